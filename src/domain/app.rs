@@ -1,0 +1,285 @@
+//! Apps and their declarations (SPEC section 2), validated on registration.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::{AppId, Availability, DomainError, Scope};
+
+/// Longest accepted `permission` desc, in characters.
+pub const MAX_DESC_CHARS: usize = 256;
+
+/// Values accepted in `requiredBackgroundModes`.
+pub const BACKGROUND_MODES: [&str; 2] = ["audio", "location"];
+
+/// Values accepted in `requiredPrivateInfos`.
+pub const PRIVATE_INFOS: [&str; 8] = [
+    "getFuzzyLocation",
+    "getLocation",
+    "onLocationChange",
+    "startLocationUpdate",
+    "startLocationUpdateBackground",
+    "chooseLocation",
+    "choosePoi",
+    "chooseAddress",
+];
+
+/// Private infos that cannot be declared together with getFuzzyLocation.
+const PRECISE_LOCATION_INFOS: [&str; 4] = [
+    "getLocation",
+    "onLocationChange",
+    "startLocationUpdate",
+    "startLocationUpdateBackground",
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AppKind {
+    MiniProgram,
+    MiniGame,
+}
+
+/// What an app declares in app.json / game.json.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Declarations {
+    /// scope -> desc shown in the popup.
+    pub permission: BTreeMap<Scope, String>,
+    pub background_modes: BTreeSet<String>,
+    pub private_infos: BTreeSet<String>,
+}
+
+/// A registered app.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct App {
+    pub id: AppId,
+    pub kind: AppKind,
+    pub declarations: Declarations,
+    /// Revision of the registration's last change.
+    pub revision: u64,
+    /// Unix milliseconds of the last change.
+    pub updated_at_ms: u64,
+}
+
+/// Unvalidated declarations as they arrive from the wire or a file.
+#[derive(Clone, Debug, Default)]
+pub struct RawDeclarations {
+    pub permission: Vec<(String, String)>,
+    pub background_modes: Vec<String>,
+    pub private_infos: Vec<String>,
+}
+
+impl Declarations {
+    /// Validates declarations for an app of `kind`.
+    pub fn parse(kind: AppKind, raw: RawDeclarations) -> Result<Self, DomainError> {
+        let invalid = |field: &str, message: String| DomainError::InvalidArgument {
+            field: field.to_owned(),
+            message,
+        };
+        let mut permission = BTreeMap::new();
+        for (key, desc) in raw.permission {
+            let scope = Scope::parse_field("app.permission", &key)?;
+            if scope.availability(kind) == Availability::Unsupported {
+                return Err(invalid(
+                    "app.permission",
+                    format!("app.permission {key:?} does not exist for {}", kind.name()),
+                ));
+            }
+            let chars = desc.chars().count();
+            if desc.trim().is_empty() || chars > MAX_DESC_CHARS {
+                return Err(invalid(
+                    "app.permission",
+                    format!(
+                        "app.permission[{key:?}].desc must be 1 to {MAX_DESC_CHARS} characters, not {chars}"
+                    ),
+                ));
+            }
+            if desc.chars().any(char::is_control) {
+                return Err(invalid(
+                    "app.permission",
+                    format!("app.permission[{key:?}].desc contains a control character"),
+                ));
+            }
+            permission.insert(scope, desc);
+        }
+        let background_modes = check_values(
+            "app.required_background_modes",
+            raw.background_modes,
+            &BACKGROUND_MODES,
+        )?;
+        let private_infos = check_values(
+            "app.required_private_infos",
+            raw.private_infos,
+            &PRIVATE_INFOS,
+        )?;
+        if private_infos.contains("getFuzzyLocation") {
+            let clash: Vec<_> = PRECISE_LOCATION_INFOS
+                .iter()
+                .filter(|p| private_infos.contains(**p))
+                .copied()
+                .collect();
+            if !clash.is_empty() {
+                return Err(invalid(
+                    "app.required_private_infos",
+                    format!(
+                        "app.required_private_infos declares getFuzzyLocation together with {}; \
+                         fuzzy and precise location are mutually exclusive",
+                        clash.join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(Self {
+            permission,
+            background_modes,
+            private_infos,
+        })
+    }
+
+    /// The popup desc for `scope`. Background location falls back to the
+    /// scope.userLocation statement, which is where app.json keeps it.
+    pub fn desc(&self, scope: Scope) -> Option<&str> {
+        self.permission
+            .get(&scope)
+            .or_else(|| match scope {
+                Scope::UserLocationBackground => self.permission.get(&Scope::UserLocation),
+                _ => None,
+            })
+            .map(String::as_str)
+    }
+
+    pub fn background_location(&self) -> bool {
+        self.background_modes.contains("location")
+    }
+}
+
+fn check_values(
+    field: &str,
+    values: Vec<String>,
+    valid: &[&str],
+) -> Result<BTreeSet<String>, DomainError> {
+    values
+        .into_iter()
+        .map(|v| {
+            if valid.contains(&v.as_str()) {
+                Ok(v)
+            } else {
+                Err(DomainError::InvalidArgument {
+                    field: field.to_owned(),
+                    message: format!(
+                        "{field} contains unknown value {v:?}; valid values: {}",
+                        valid.join(", ")
+                    ),
+                })
+            }
+        })
+        .collect()
+}
+
+impl AppKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            AppKind::MiniProgram => "mini programs",
+            AppKind::MiniGame => "mini games",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(perm: &[(&str, &str)], modes: &[&str], infos: &[&str]) -> RawDeclarations {
+        RawDeclarations {
+            permission: perm
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            background_modes: modes.iter().map(|s| s.to_string()).collect(),
+            private_infos: infos.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn accepts_and_dedupes_valid_declarations() {
+        let d = Declarations::parse(
+            AppKind::MiniProgram,
+            raw(
+                &[("scope.userLocation", "to show nearby shops")],
+                &["location", "location"],
+                &["getLocation", "chooseAddress", "getLocation"],
+            ),
+        )
+        .unwrap();
+        assert_eq!(d.private_infos.len(), 2);
+        assert!(d.background_location());
+        assert_eq!(
+            d.desc(Scope::UserLocationBackground),
+            Some("to show nearby shops")
+        );
+        assert_eq!(d.desc(Scope::UserFuzzyLocation), None);
+    }
+
+    #[test]
+    fn rejects_invalid_declarations_naming_the_field() {
+        let cases = [
+            (
+                AppKind::MiniProgram,
+                raw(&[], &[], &["getFuzzyLocation", "getLocation"]),
+                "mutually exclusive",
+            ),
+            (
+                AppKind::MiniProgram,
+                raw(
+                    &[],
+                    &[],
+                    &["getFuzzyLocation", "startLocationUpdateBackground"],
+                ),
+                "startLocationUpdateBackground",
+            ),
+            (
+                AppKind::MiniProgram,
+                raw(&[], &[], &["getlocation"]),
+                "unknown value \"getlocation\"",
+            ),
+            (
+                AppKind::MiniProgram,
+                raw(&[], &["gps"], &[]),
+                "required_background_modes",
+            ),
+            (
+                AppKind::MiniProgram,
+                raw(&[("scope.foo", "x")], &[], &[]),
+                "not a known scope",
+            ),
+            (
+                AppKind::MiniProgram,
+                raw(&[("scope.camera", " ")], &[], &[]),
+                "1 to 256",
+            ),
+            (
+                AppKind::MiniGame,
+                raw(&[("scope.userLocationBackground", "x")], &[], &[]),
+                "does not exist for mini games",
+            ),
+        ];
+        for (kind, r, needle) in cases {
+            let err = Declarations::parse(kind, r).unwrap_err().to_string();
+            assert!(err.contains(needle), "{err}");
+        }
+    }
+
+    #[test]
+    fn fuzzy_with_non_conflicting_infos_is_fine() {
+        Declarations::parse(
+            AppKind::MiniProgram,
+            raw(
+                &[],
+                &[],
+                &[
+                    "getFuzzyLocation",
+                    "chooseLocation",
+                    "choosePoi",
+                    "chooseAddress",
+                ],
+            ),
+        )
+        .unwrap();
+    }
+}

@@ -1,0 +1,423 @@
+//! The gates of SPEC section 4: one pure function from (app, scope, client,
+//! stored state, rules) to a verdict.
+
+use super::{
+    rules::Target, Api, App, Availability, Client, DecisionState, LocationKind, RuleSet, Scope,
+};
+
+/// What the runtime must do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    Granted,
+    Denied,
+    Prompt,
+    SettingsRequired,
+    NoAuthNeeded,
+    NotDeclared,
+    Unsupported,
+}
+
+/// The gate or rule that decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    ScopeNotForAppKind,
+    BaseLibraryTooOld,
+    AuthorizationAbolished,
+    AnonymousProfile,
+    MissingPermissionDesc,
+    MissingBackgroundMode,
+    MissingPrivateInfo,
+    StoredGrant,
+    StoredDenial,
+    PopupAvailable,
+    PopupUnavailable,
+}
+
+/// The popup the runtime must show.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Prompt {
+    pub scope: Scope,
+    pub scope_description: &'static str,
+    pub app_desc: Option<String>,
+    /// The two-option background-location popup.
+    pub background_location: bool,
+}
+
+/// One scope's answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    pub scope: Scope,
+    pub outcome: Outcome,
+    pub state: DecisionState,
+    pub reason: Reason,
+    /// The id of the rule that decided, when one did.
+    pub rule: Option<String>,
+    pub err_msg: String,
+    pub prompt: Option<Prompt>,
+}
+
+/// The errMsg prefix for a target: "authorize" or the interface's name.
+pub fn err_prefix(target: Target<'_>) -> &'static str {
+    match target {
+        Target::Authorize => "authorize",
+        Target::Api(api) => api.err_prefix(),
+    }
+}
+
+/// errMsg suffixes (SPEC section 8), after `<prefix>:`.
+pub mod msg {
+    pub const OK: &str = "ok";
+    pub const AUTH_DENY: &str = "fail auth deny";
+    pub const AUTH_CANCEL: &str = "fail auth cancel";
+    pub const REQUIRE_DESC: &str = "fail:require permission desc";
+    pub const REQUIRE_BACKGROUND_MODE: &str =
+        "fail the api need to be declared in the requiredBackgroundModes field in app.json/ext.json";
+    pub const REQUIRE_PRIVATE_INFO: &str =
+        "fail the api need to be declared in the requiredPrivateInfos field in app.json/ext.json";
+    pub const NOT_SUPPORTED: &str = "fail not supported";
+}
+
+/// Evaluates the gates for `scope` asked through `target`, in order; the
+/// first gate that decides wins. Gate 1's malformed-request and unknown-app
+/// checks happen before (ids, client and scope are already typed here).
+pub fn evaluate(
+    app: &App,
+    scope: Scope,
+    target: Target<'_>,
+    client: &Client,
+    state: DecisionState,
+    rules: &RuleSet,
+) -> Verdict {
+    let decide = |outcome, reason, rule: Option<&str>, suffix: &str| Verdict {
+        scope,
+        outcome,
+        state,
+        reason,
+        rule: rule.map(str::to_owned),
+        err_msg: if suffix.is_empty() {
+            String::new()
+        } else {
+            format!("{}:{suffix}", err_prefix(target))
+        },
+        prompt: None,
+    };
+    let decl = &app.declarations;
+
+    // Gate 1: does the scope (or interface) exist for this app and client?
+    let availability = scope.availability(app.kind);
+    if availability == Availability::Unsupported {
+        return decide(
+            Outcome::Unsupported,
+            Reason::ScopeNotForAppKind,
+            None,
+            msg::NOT_SUPPORTED,
+        );
+    }
+    if let Some(rule) = rules.failed_min_sdk(scope, target, client) {
+        return decide(
+            Outcome::Unsupported,
+            Reason::BaseLibraryTooOld,
+            Some(&rule.id),
+            msg::NOT_SUPPORTED,
+        );
+    }
+
+    // Gate 2: no authorization needed.
+    match availability {
+        Availability::NoAuthNeeded => {
+            return decide(
+                Outcome::NoAuthNeeded,
+                Reason::AuthorizationAbolished,
+                None,
+                msg::OK,
+            )
+        }
+        Availability::Anonymous => {
+            return decide(
+                Outcome::NoAuthNeeded,
+                Reason::AnonymousProfile,
+                None,
+                msg::OK,
+            )
+        }
+        Availability::Popup | Availability::Unsupported => {}
+    }
+
+    // Gate 3: declarations.
+    let location = scope.info().location;
+    if location != LocationKind::None && decl.desc(scope).is_none() {
+        return decide(
+            Outcome::NotDeclared,
+            Reason::MissingPermissionDesc,
+            None,
+            msg::REQUIRE_DESC,
+        );
+    }
+    if location == LocationKind::Background && !decl.background_location() {
+        return decide(
+            Outcome::NotDeclared,
+            Reason::MissingBackgroundMode,
+            None,
+            msg::REQUIRE_BACKGROUND_MODE,
+        );
+    }
+    if let Target::Api(api) = target {
+        if let Some(info) = api.private_info_name() {
+            if !decl.private_infos.contains(info) {
+                return decide(
+                    Outcome::NotDeclared,
+                    Reason::MissingPrivateInfo,
+                    None,
+                    msg::REQUIRE_PRIVATE_INFO,
+                );
+            }
+        }
+    }
+
+    // Gate 4: the stored decision.
+    match state {
+        DecisionState::Granted => {
+            return decide(Outcome::Granted, Reason::StoredGrant, None, msg::OK)
+        }
+        DecisionState::Denied => {
+            return decide(Outcome::Denied, Reason::StoredDenial, None, msg::AUTH_DENY)
+        }
+        DecisionState::NotDetermined => {}
+    }
+
+    // Gate 5: can this client show the popup?
+    if let Some(rule) = rules.failed_popup(scope, client) {
+        return decide(
+            Outcome::SettingsRequired,
+            Reason::PopupUnavailable,
+            Some(&rule.id),
+            msg::AUTH_DENY,
+        );
+    }
+    Verdict {
+        prompt: Some(Prompt {
+            scope,
+            scope_description: scope.info().description,
+            app_desc: decl.desc(scope).map(str::to_owned),
+            background_location: location == LocationKind::Background,
+        }),
+        ..decide(Outcome::Prompt, Reason::PopupAvailable, None, "")
+    }
+}
+
+/// The combined answer for an interface that needs several scopes
+/// (live-pusher: record and camera): the most restrictive verdict decides.
+pub fn most_restrictive(verdicts: &[Verdict]) -> Option<&Verdict> {
+    fn rank(outcome: Outcome) -> u8 {
+        match outcome {
+            Outcome::Unsupported => 6,
+            Outcome::NotDeclared => 5,
+            Outcome::Denied => 4,
+            Outcome::SettingsRequired => 3,
+            Outcome::Prompt => 2,
+            Outcome::Granted => 1,
+            Outcome::NoAuthNeeded => 0,
+        }
+    }
+    // max_by_key keeps the last maximum; reverse so the first in catalog order wins ties.
+    verdicts.iter().rev().max_by_key(|v| rank(v.outcome))
+}
+
+/// Convenience: evaluate every scope of `api`.
+pub fn evaluate_api(
+    app: &App,
+    api: &Api,
+    client: &Client,
+    state_of: impl Fn(Scope) -> DecisionState,
+    rules: &RuleSet,
+) -> Vec<Verdict> {
+    api.scopes()
+        .iter()
+        .map(|&scope| evaluate(app, scope, Target::Api(api), client, state_of(scope), rules))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{AppId, AppKind, Declarations, Platform, RawDeclarations};
+
+    fn app(kind: AppKind, perm: &[&str], modes: &[&str], infos: &[&str]) -> App {
+        let raw = RawDeclarations {
+            permission: perm
+                .iter()
+                .map(|s| (s.to_string(), "why".to_string()))
+                .collect(),
+            background_modes: modes.iter().map(|s| s.to_string()).collect(),
+            private_infos: infos.iter().map(|s| s.to_string()).collect(),
+        };
+        App {
+            id: AppId::parse("wxapp").unwrap(),
+            kind,
+            declarations: Declarations::parse(kind, raw).unwrap(),
+            revision: 1,
+            updated_at_ms: 0,
+        }
+    }
+
+    fn client(platform: Platform, host: &str, sdk: &str) -> Client {
+        Client {
+            platform,
+            host_version: host.parse().unwrap(),
+            sdk_version: sdk.parse().unwrap(),
+        }
+    }
+
+    use DecisionState::{Denied as D, Granted as G, NotDetermined as N};
+    use Outcome::*;
+
+    #[test]
+    fn authorize_gates_in_order() {
+        let mp = AppKind::MiniProgram;
+        let mg = AppKind::MiniGame;
+        let full = app(mp, &["scope.userLocation"], &["location"], &["getLocation"]);
+        let bare = app(mp, &[], &[], &[]);
+        let game = app(mg, &[], &[], &[]);
+        let no_mode = app(mp, &["scope.userLocation"], &[], &[]);
+        let new = client(Platform::Android, "8.0.5", "3.0.0");
+        let old = client(Platform::Android, "7.0.20", "3.0.0");
+        let ancient_sdk = client(Platform::Android, "8.0.5", "1.1.0");
+        #[rustfmt::skip]
+        let cases: Vec<(&App, Scope, &Client, DecisionState, Outcome, Reason, &str)> = vec![
+            // Gate 1: kind, then base library.
+            (&game, Scope::Address, &new, N, Unsupported, Reason::ScopeNotForAppKind, "authorize:fail not supported"),
+            (&game, Scope::UserLocationBackground, &new, G, Unsupported, Reason::ScopeNotForAppKind, "authorize:fail not supported"),
+            (&bare, Scope::GameClubData, &new, N, Unsupported, Reason::ScopeNotForAppKind, "authorize:fail not supported"),
+            (&full, Scope::Camera, &ancient_sdk, G, Unsupported, Reason::BaseLibraryTooOld, "authorize:fail not supported"),
+            // Gate 2 beats stored state and declarations.
+            (&bare, Scope::Address, &new, D, NoAuthNeeded, Reason::AuthorizationAbolished, "authorize:ok"),
+            (&bare, Scope::Invoice, &new, N, NoAuthNeeded, Reason::AuthorizationAbolished, "authorize:ok"),
+            (&bare, Scope::UserInfo, &new, N, NoAuthNeeded, Reason::AnonymousProfile, "authorize:ok"),
+            (&game, Scope::UserInfo, &new, N, Prompt, Reason::PopupAvailable, ""),
+            // Gate 3 beats stored state.
+            (&bare, Scope::UserLocation, &new, G, NotDeclared, Reason::MissingPermissionDesc, "authorize:fail:require permission desc"),
+            (&bare, Scope::UserFuzzyLocation, &new, N, NotDeclared, Reason::MissingPermissionDesc, "authorize:fail:require permission desc"),
+            (&no_mode, Scope::UserLocationBackground, &new, N, NotDeclared, Reason::MissingBackgroundMode, "authorize:fail the api need to be declared in the requiredBackgroundModes field in app.json/ext.json"),
+            // Gate 4.
+            (&full, Scope::UserLocation, &new, G, Granted, Reason::StoredGrant, "authorize:ok"),
+            (&full, Scope::Camera, &old, D, Denied, Reason::StoredDenial, "authorize:fail auth deny"),
+            // Stored decisions win over the popup rule.
+            (&full, Scope::UserLocationBackground, &old, G, Granted, Reason::StoredGrant, "authorize:ok"),
+            // Gate 5.
+            (&full, Scope::Camera, &old, N, Prompt, Reason::PopupAvailable, ""),
+            (&full, Scope::UserLocationBackground, &new, N, Prompt, Reason::PopupAvailable, ""),
+            (&full, Scope::UserLocationBackground, &old, N, SettingsRequired, Reason::PopupUnavailable, "authorize:fail auth deny"),
+        ];
+        let rules = RuleSet::default();
+        for (i, (app, scope, client, state, outcome, reason, err)) in cases.into_iter().enumerate()
+        {
+            let v = evaluate(app, scope, Target::Authorize, client, state, &rules);
+            assert_eq!(
+                (v.outcome, v.reason, v.err_msg.as_str()),
+                (outcome, reason, err),
+                "case {i}: {scope}"
+            );
+            assert_eq!(v.state, state);
+            assert_eq!(v.prompt.is_some(), outcome == Prompt, "case {i}");
+        }
+    }
+
+    #[test]
+    fn prompt_carries_the_popup_content() {
+        let a = app(
+            AppKind::MiniProgram,
+            &["scope.userLocation"],
+            &["location"],
+            &[],
+        );
+        let c = client(Platform::Ios, "8.0.0", "2.8.0");
+        let v = evaluate(
+            &a,
+            Scope::UserLocationBackground,
+            Target::Authorize,
+            &c,
+            N,
+            &RuleSet::default(),
+        );
+        let p = v.prompt.unwrap();
+        assert!(p.background_location);
+        assert_eq!(p.app_desc.as_deref(), Some("why"));
+        assert_eq!(v.rule, None);
+        let v = evaluate(
+            &a,
+            Scope::UserLocationBackground,
+            Target::Authorize,
+            &client(Platform::Ios, "7.9.99", "2.8.0"),
+            N,
+            &RuleSet::default(),
+        );
+        assert_eq!(v.rule.as_deref(), Some("background-location-popup"));
+    }
+
+    #[test]
+    fn interface_checks_prefix_and_need_private_infos() {
+        let rules = RuleSet::default();
+        let c = client(Platform::Android, "8.0.5", "3.0.0");
+        let undeclared = app(AppKind::MiniProgram, &["scope.userLocation"], &[], &[]);
+        let declared = app(
+            AppKind::MiniProgram,
+            &["scope.userLocation"],
+            &[],
+            &["getLocation"],
+        );
+        let api = Api::parse_field("api", "wx.getLocation").unwrap();
+        let v = &evaluate_api(&undeclared, &api, &c, |_| G, &rules)[0];
+        assert_eq!(v.outcome, NotDeclared);
+        assert_eq!(v.err_msg, "getLocation:fail the api need to be declared in the requiredPrivateInfos field in app.json/ext.json");
+        let v = &evaluate_api(&declared, &api, &c, |_| D, &rules)[0];
+        assert_eq!(v.err_msg, "getLocation:fail auth deny");
+        // moveToLocation is not a private info.
+        let map = Api::parse_field("api", "MapContext.moveToLocation").unwrap();
+        assert_eq!(
+            evaluate_api(&undeclared, &map, &c, |_| G, &rules)[0].err_msg,
+            "moveToLocation:ok"
+        );
+        // chooseAddress: abolished scope decides first.
+        let addr = Api::parse_field("api", "wx.chooseAddress").unwrap();
+        assert_eq!(
+            evaluate_api(&undeclared, &addr, &c, |_| N, &rules)[0].outcome,
+            NoAuthNeeded
+        );
+    }
+
+    #[test]
+    fn most_restrictive_scope_decides_a_multi_scope_interface() {
+        let rules = RuleSet::default();
+        let a = app(AppKind::MiniProgram, &[], &[], &[]);
+        let c = client(Platform::Android, "8.0.5", "3.0.0");
+        let pusher = Api::parse_field("api", "live-pusher").unwrap();
+        let cases = [
+            ((G, G), Granted),
+            ((G, N), Prompt),
+            ((N, D), Denied),
+            ((D, G), Denied),
+            ((N, N), Prompt),
+        ];
+        for ((record, camera), want) in cases {
+            let vs = evaluate_api(
+                &a,
+                &pusher,
+                &c,
+                |s| if s == Scope::Record { record } else { camera },
+                &rules,
+            );
+            let top = most_restrictive(&vs).unwrap();
+            assert_eq!(top.outcome, want, "{record:?}/{camera:?}");
+        }
+        let vs = evaluate_api(&a, &pusher, &c, |_| D, &rules);
+        assert_eq!(
+            most_restrictive(&vs).unwrap().scope,
+            Scope::Record,
+            "ties go to catalog order"
+        );
+        assert_eq!(
+            most_restrictive(&vs).unwrap().err_msg,
+            "live-pusher:fail auth deny"
+        );
+    }
+}

@@ -1,0 +1,580 @@
+//! The decision state machine: popup answers, settings-page changes and app
+//! removal, each planned as a list of [`Change`]s against the current
+//! decisions. The store commits a plan atomically; nothing here does I/O.
+//!
+//! Every plan keeps the invariant "background location GRANTED implies
+//! location GRANTED" after each of its changes, in order: grants of location
+//! come before grants of background, revocations of background before
+//! revocations of location.
+
+use std::collections::BTreeMap;
+
+use super::{
+    gates::{self, msg, Outcome, Verdict},
+    rules::Target,
+    App, Cause, Change, Client, DecisionState, DomainError, RuleSet, Scope, UserDecisions,
+};
+
+/// The user's answer to a popup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer {
+    Allow,
+    Deny,
+    Cancel,
+    /// Background-location popup only: "while using the mini program".
+    AllowWhileUsing,
+}
+
+/// The settings page's location item.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LocationOption {
+    NotAllowed,
+    WhileUsing,
+    WhileUsingAndAfterLeaving,
+}
+
+/// A planned popup answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AnswerPlan {
+    pub changes: Vec<Change>,
+    pub err_msg: String,
+}
+
+fn state(decisions: &UserDecisions, scope: Scope) -> DecisionState {
+    decisions.get(&scope).copied().unwrap_or_default()
+}
+
+fn precondition(message: String) -> DomainError {
+    DomainError::FailedPrecondition { message }
+}
+
+/// Pushes a change for `scope` to `new` unless it is already there.
+fn push(
+    changes: &mut Vec<Change>,
+    decisions: &UserDecisions,
+    scope: Scope,
+    new: DecisionState,
+    cause: Cause,
+) {
+    let old = state(decisions, scope);
+    if old != new {
+        changes.push(Change {
+            scope,
+            old,
+            new,
+            cause,
+        });
+    }
+}
+
+/// Plans the popup answer for `scope`. The Authorize gates are evaluated
+/// first: only a popup this client could have shown can be answered; a
+/// repeated answer that matches the stored decision changes nothing.
+pub fn plan_answer(
+    app: &App,
+    decisions: &UserDecisions,
+    scope: Scope,
+    client: &Client,
+    rules: &RuleSet,
+    answer: Answer,
+) -> Result<AnswerPlan, DomainError> {
+    let background = scope == Scope::UserLocationBackground;
+    if answer == Answer::AllowWhileUsing && !background {
+        return Err(DomainError::InvalidArgument {
+            field: "answer".into(),
+            message: format!(
+                "answer ALLOW_WHILE_USING is only valid for {}, not {scope}",
+                Scope::UserLocationBackground
+            ),
+        });
+    }
+    let verdict = gates::evaluate(
+        app,
+        scope,
+        Target::Authorize,
+        client,
+        state(decisions, scope),
+        rules,
+    );
+    let err = |suffix: &str| format!("{}:{suffix}", gates::err_prefix(Target::Authorize));
+    let mut changes = Vec::new();
+    let err_msg = match (verdict.outcome, answer) {
+        (Outcome::Prompt, Answer::Allow) => {
+            if background {
+                push(
+                    &mut changes,
+                    decisions,
+                    Scope::UserLocation,
+                    DecisionState::Granted,
+                    Cause::Popup,
+                );
+            }
+            push(
+                &mut changes,
+                decisions,
+                scope,
+                DecisionState::Granted,
+                Cause::Popup,
+            );
+            err(msg::OK)
+        }
+        (Outcome::Prompt, Answer::AllowWhileUsing) => {
+            push(
+                &mut changes,
+                decisions,
+                Scope::UserLocation,
+                DecisionState::Granted,
+                Cause::Popup,
+            );
+            err(msg::AUTH_DENY)
+        }
+        (Outcome::Prompt, Answer::Deny) => {
+            push(
+                &mut changes,
+                decisions,
+                scope,
+                DecisionState::Denied,
+                Cause::Popup,
+            );
+            err(msg::AUTH_DENY)
+        }
+        (Outcome::Prompt, Answer::Cancel) => err(msg::AUTH_CANCEL),
+        (Outcome::Granted, Answer::Allow) => err(msg::OK),
+        (Outcome::Denied, Answer::Deny) => err(msg::AUTH_DENY),
+        (outcome, answer) => return Err(no_popup(scope, &verdict, outcome, answer)),
+    };
+    Ok(AnswerPlan { changes, err_msg })
+}
+
+fn no_popup(scope: Scope, verdict: &Verdict, outcome: Outcome, answer: Answer) -> DomainError {
+    let why =
+        match outcome {
+            Outcome::Granted => "it is already GRANTED; change it on the settings page".to_owned(),
+            Outcome::Denied => "it is already DENIED; change it on the settings page".to_owned(),
+            other => {
+                format!(
+            "this client gets outcome {other:?} ({:?}{}), so no popup could have been shown",
+            verdict.reason,
+            verdict.rule.as_deref().map(|r| format!(", rule {r}")).unwrap_or_default()
+        )
+            }
+        };
+    precondition(format!(
+        "cannot record answer {answer:?} for {scope}: {why}"
+    ))
+}
+
+/// wx.getSetting's authSetting: every decided scope -> granted.
+pub fn auth_setting(decisions: &UserDecisions) -> BTreeMap<Scope, bool> {
+    decisions
+        .iter()
+        .filter(|(_, s)| **s != DecisionState::NotDetermined)
+        .map(|(scope, s)| (*scope, *s == DecisionState::Granted))
+        .collect()
+}
+
+/// One item of the settings page.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SettingItem {
+    Toggle {
+        scope: Scope,
+        enabled: bool,
+    },
+    Location {
+        current: LocationOption,
+        options: Vec<LocationOption>,
+    },
+}
+
+fn is_location_item(scope: Scope) -> bool {
+    matches!(scope, Scope::UserLocation | Scope::UserLocationBackground)
+}
+
+fn location_options(app: &App) -> Vec<LocationOption> {
+    let mut options = vec![LocationOption::NotAllowed, LocationOption::WhileUsing];
+    if app.declarations.background_location() {
+        options.push(LocationOption::WhileUsingAndAfterLeaving);
+    }
+    options
+}
+
+/// The settings page: only asked scopes, in catalog order; location is one
+/// three-option item.
+pub fn settings_page(app: &App, decisions: &UserDecisions) -> Vec<SettingItem> {
+    let mut items = Vec::new();
+    let mut location_done = false;
+    for (&scope, &s) in decisions {
+        if s == DecisionState::NotDetermined {
+            continue;
+        }
+        if is_location_item(scope) {
+            if !location_done {
+                location_done = true;
+                let current = match (
+                    state(decisions, Scope::UserLocation),
+                    state(decisions, Scope::UserLocationBackground),
+                ) {
+                    (DecisionState::Granted, DecisionState::Granted) => {
+                        LocationOption::WhileUsingAndAfterLeaving
+                    }
+                    (DecisionState::Granted, _) => LocationOption::WhileUsing,
+                    _ => LocationOption::NotAllowed,
+                };
+                items.push(SettingItem::Location {
+                    current,
+                    options: location_options(app),
+                });
+            }
+        } else {
+            items.push(SettingItem::Toggle {
+                scope,
+                enabled: s == DecisionState::Granted,
+            });
+        }
+    }
+    items
+}
+
+/// What the user changed on the settings page.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SettingsUpdate {
+    pub toggles: BTreeMap<Scope, bool>,
+    pub location: Option<LocationOption>,
+}
+
+/// Plans a settings-page change (SPEC section 6).
+pub fn plan_settings_update(
+    app: &App,
+    decisions: &UserDecisions,
+    update: &SettingsUpdate,
+) -> Result<Vec<Change>, DomainError> {
+    let decided = |scope| state(decisions, scope) != DecisionState::NotDetermined;
+    let granted = |scope| state(decisions, scope) == DecisionState::Granted;
+    let fg = update.toggles.get(&Scope::UserLocation).copied();
+    let bg = update.toggles.get(&Scope::UserLocationBackground).copied();
+    // Location toggles are the location item in another form.
+    let from_toggles = match (fg, bg) {
+        (None, None) => None,
+        (Some(false), Some(true)) => {
+            return Err(DomainError::InvalidArgument {
+                field: "auth_setting".into(),
+                message: "auth_setting cannot revoke scope.userLocation while granting \
+                          scope.userLocationBackground"
+                    .into(),
+            })
+        }
+        (_, Some(true)) => Some(LocationOption::WhileUsingAndAfterLeaving),
+        (Some(false), _) => Some(LocationOption::NotAllowed),
+        (Some(true), Some(false)) => Some(LocationOption::WhileUsing),
+        (None, Some(false)) if granted(Scope::UserLocation) => Some(LocationOption::WhileUsing),
+        (None, Some(false)) => Some(LocationOption::NotAllowed),
+        (Some(true), None) if granted(Scope::UserLocationBackground) => {
+            Some(LocationOption::WhileUsingAndAfterLeaving)
+        }
+        (Some(true), None) => Some(LocationOption::WhileUsing),
+    };
+    let location = match (update.location, from_toggles) {
+        (Some(_), Some(_)) => {
+            return Err(DomainError::InvalidArgument {
+                field: "location".into(),
+                message: "location cannot be set together with scope.userLocation or \
+                          scope.userLocationBackground in auth_setting"
+                    .into(),
+            })
+        }
+        (explicit, toggles) => explicit.or(toggles),
+    };
+
+    let mut changes = Vec::new();
+    for (&scope, &enabled) in &update.toggles {
+        if is_location_item(scope) {
+            continue;
+        }
+        if !decided(scope) {
+            return Err(never_asked(scope));
+        }
+        let new = if enabled {
+            DecisionState::Granted
+        } else {
+            DecisionState::Denied
+        };
+        push(&mut changes, decisions, scope, new, Cause::Settings);
+    }
+
+    if let Some(option) = location {
+        if !decided(Scope::UserLocation) && !decided(Scope::UserLocationBackground) {
+            return Err(never_asked(Scope::UserLocation));
+        }
+        if option == LocationOption::WhileUsingAndAfterLeaving
+            && !app.declarations.background_location()
+        {
+            return Err(precondition(format!(
+                "app {} does not declare requiredBackgroundModes \"location\", so the settings \
+                 page has no \"while using and after leaving\" option",
+                app.id
+            )));
+        }
+        let (fg_new, bg_new) = match option {
+            LocationOption::NotAllowed => (DecisionState::Denied, DecisionState::Denied),
+            LocationOption::WhileUsing => (DecisionState::Granted, DecisionState::Denied),
+            LocationOption::WhileUsingAndAfterLeaving => {
+                (DecisionState::Granted, DecisionState::Granted)
+            }
+        };
+        // Grants may create a decision; revocations only touch decided scopes.
+        let mut set = |scope, new| {
+            if new == DecisionState::Granted || decided(scope) {
+                push(&mut changes, decisions, scope, new, Cause::Settings);
+            }
+        };
+        if bg_new == DecisionState::Denied {
+            set(Scope::UserLocationBackground, bg_new);
+        }
+        set(Scope::UserLocation, fg_new);
+        if bg_new == DecisionState::Granted {
+            set(Scope::UserLocationBackground, bg_new);
+        }
+    }
+    Ok(changes)
+}
+
+fn never_asked(scope: Scope) -> DomainError {
+    precondition(format!(
+        "{scope} was never asked for this user; only asked scopes appear on the settings page"
+    ))
+}
+
+/// Plans forgetting every decision (RemoveApp, DeleteApp): background first.
+pub fn plan_forget(decisions: &UserDecisions, cause: Cause) -> Vec<Change> {
+    let mut changes: Vec<Change> = decisions
+        .iter()
+        .filter(|(_, s)| **s != DecisionState::NotDetermined)
+        .map(|(&scope, &old)| Change {
+            scope,
+            old,
+            new: DecisionState::NotDetermined,
+            cause,
+        })
+        .collect();
+    // Catalog order puts userLocation before background: move background first.
+    changes.sort_by_key(|c| c.scope != Scope::UserLocationBackground);
+    changes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{AppId, AppKind, Declarations, Platform, RawDeclarations};
+    use DecisionState::{Denied as D, Granted as G, NotDetermined as N};
+    use Scope::{Camera, UserLocation as Fg, UserLocationBackground as Bg};
+
+    fn app(background: bool) -> App {
+        let raw = RawDeclarations {
+            permission: vec![("scope.userLocation".into(), "nearby".into())],
+            background_modes: if background {
+                vec!["location".into()]
+            } else {
+                vec![]
+            },
+            private_infos: vec![],
+        };
+        App {
+            id: AppId::parse("wxapp").unwrap(),
+            kind: AppKind::MiniProgram,
+            declarations: Declarations::parse(AppKind::MiniProgram, raw).unwrap(),
+            revision: 1,
+            updated_at_ms: 0,
+        }
+    }
+
+    fn decisions(entries: &[(Scope, DecisionState)]) -> UserDecisions {
+        entries.iter().copied().collect()
+    }
+
+    fn apply(d: &UserDecisions, changes: &[Change]) -> UserDecisions {
+        let mut out = d.clone();
+        for c in changes {
+            assert_eq!(
+                state(&out, c.scope),
+                c.old,
+                "change {c:?} starts from the current state"
+            );
+            if c.new == N {
+                out.remove(&c.scope);
+            } else {
+                out.insert(c.scope, c.new);
+            }
+            assert!(
+                state(&out, Bg) != G || state(&out, Fg) == G,
+                "invariant broken after {c:?}"
+            );
+        }
+        out
+    }
+
+    fn new_client() -> Client {
+        Client {
+            platform: Platform::Ios,
+            host_version: "8.0.1".parse().unwrap(),
+            sdk_version: "3.0".parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn popup_answers() {
+        #[rustfmt::skip]
+        let cases: Vec<(Scope, &[(Scope, DecisionState)], Answer, Result<(&[(Scope, DecisionState)], &str), &str>)> = vec![
+            (Camera, &[], Answer::Allow, Ok((&[(Camera, G)], "authorize:ok"))),
+            (Camera, &[], Answer::Deny, Ok((&[(Camera, D)], "authorize:fail auth deny"))),
+            (Camera, &[], Answer::Cancel, Ok((&[], "authorize:fail auth cancel"))),
+            (Camera, &[(Camera, G)], Answer::Allow, Ok((&[(Camera, G)], "authorize:ok"))),
+            (Camera, &[(Camera, D)], Answer::Deny, Ok((&[(Camera, D)], "authorize:fail auth deny"))),
+            (Camera, &[(Camera, D)], Answer::Allow, Err("already DENIED")),
+            (Camera, &[(Camera, G)], Answer::Cancel, Err("already GRANTED")),
+            (Camera, &[], Answer::AllowWhileUsing, Err("only valid for scope.userLocationBackground")),
+            (Bg, &[], Answer::Allow, Ok((&[(Fg, G), (Bg, G)], "authorize:ok"))),
+            (Bg, &[(Fg, D)], Answer::Allow, Ok((&[(Fg, G), (Bg, G)], "authorize:ok"))),
+            (Bg, &[], Answer::AllowWhileUsing, Ok((&[(Fg, G)], "authorize:fail auth deny"))),
+            (Bg, &[], Answer::Deny, Ok((&[(Bg, D)], "authorize:fail auth deny"))),
+            (Scope::Address, &[], Answer::Allow, Err("NoAuthNeeded")),
+        ];
+        for (i, (scope, before, answer, want)) in cases.into_iter().enumerate() {
+            let before = decisions(before);
+            let got = plan_answer(
+                &app(true),
+                &before,
+                scope,
+                &new_client(),
+                &RuleSet::default(),
+                answer,
+            );
+            match (got, want) {
+                (Ok(plan), Ok((after, err))) => {
+                    assert_eq!(apply(&before, &plan.changes), decisions(after), "case {i}");
+                    assert_eq!(plan.err_msg, err, "case {i}");
+                    assert!(plan.changes.iter().all(|c| c.cause == Cause::Popup));
+                }
+                (Err(e), Err(needle)) => assert!(e.to_string().contains(needle), "case {i}: {e}"),
+                (got, want) => panic!("case {i}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn background_popup_needs_a_new_enough_client() {
+        let old = Client {
+            host_version: "7.9.99".parse().unwrap(),
+            ..new_client()
+        };
+        let err = plan_answer(
+            &app(true),
+            &decisions(&[]),
+            Bg,
+            &old,
+            &RuleSet::default(),
+            Answer::Allow,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, DomainError::FailedPrecondition { .. }),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("background-location-popup"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn settings_updates_keep_the_location_invariant() {
+        use LocationOption::*;
+        let loc = |o| SettingsUpdate {
+            location: Some(o),
+            ..Default::default()
+        };
+        let tog = |entries: &[(Scope, bool)]| SettingsUpdate {
+            toggles: entries.iter().copied().collect(),
+            location: None,
+        };
+        #[rustfmt::skip]
+        let cases: Vec<(bool, &[(Scope, DecisionState)], SettingsUpdate, Result<&[(Scope, DecisionState)], &str>)> = vec![
+            (true, &[(Fg, G)], loc(WhileUsingAndAfterLeaving), Ok(&[(Fg, G), (Bg, G)])),
+            (false, &[(Fg, G)], loc(WhileUsingAndAfterLeaving), Err("does not declare requiredBackgroundModes")),
+            (true, &[(Fg, G), (Bg, G)], loc(WhileUsing), Ok(&[(Fg, G), (Bg, D)])),
+            (true, &[(Fg, G), (Bg, G)], loc(NotAllowed), Ok(&[(Fg, D), (Bg, D)])),
+            (true, &[(Fg, G)], loc(NotAllowed), Ok(&[(Fg, D)])),
+            (true, &[(Fg, D)], loc(WhileUsing), Ok(&[(Fg, G)])),
+            (true, &[(Bg, D)], loc(NotAllowed), Ok(&[(Bg, D)])),
+            (true, &[], loc(WhileUsing), Err("scope.userLocation was never asked")),
+            (true, &[(Fg, G), (Bg, G)], tog(&[(Fg, false)]), Ok(&[(Fg, D), (Bg, D)])),
+            (true, &[(Fg, D), (Bg, D)], tog(&[(Bg, true)]), Ok(&[(Fg, G), (Bg, G)])),
+            (true, &[(Fg, G), (Bg, G)], tog(&[(Bg, false)]), Ok(&[(Fg, G), (Bg, D)])),
+            (true, &[(Fg, G)], tog(&[(Fg, true)]), Ok(&[(Fg, G)])),
+            (true, &[(Fg, G)], tog(&[(Fg, false), (Bg, true)]), Err("cannot revoke")),
+            (true, &[(Fg, G)], SettingsUpdate { toggles: [(Fg, true)].into(), location: Some(NotAllowed) }, Err("cannot be set together")),
+            (true, &[(Camera, D)], tog(&[(Camera, true)]), Ok(&[(Camera, G)])),
+            (true, &[(Camera, G)], tog(&[(Camera, false)]), Ok(&[(Camera, D)])),
+            (true, &[], tog(&[(Camera, true)]), Err("scope.camera was never asked")),
+        ];
+        for (i, (background, before, update, want)) in cases.into_iter().enumerate() {
+            let before = decisions(before);
+            match (
+                plan_settings_update(&app(background), &before, &update),
+                want,
+            ) {
+                (Ok(changes), Ok(after)) => {
+                    assert_eq!(apply(&before, &changes), decisions(after), "case {i}");
+                    assert!(changes
+                        .iter()
+                        .all(|c| c.cause == Cause::Settings && c.old != c.new));
+                }
+                (Err(e), Err(needle)) => assert!(e.to_string().contains(needle), "case {i}: {e}"),
+                (got, want) => panic!("case {i}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn settings_page_lists_asked_scopes_with_one_location_item() {
+        let page = settings_page(&app(true), &decisions(&[(Fg, G), (Bg, D), (Camera, D)]));
+        assert_eq!(
+            page,
+            vec![
+                SettingItem::Location {
+                    current: LocationOption::WhileUsing,
+                    options: vec![
+                        LocationOption::NotAllowed,
+                        LocationOption::WhileUsing,
+                        LocationOption::WhileUsingAndAfterLeaving
+                    ],
+                },
+                SettingItem::Toggle {
+                    scope: Camera,
+                    enabled: false
+                },
+            ]
+        );
+        let page = settings_page(&app(false), &decisions(&[(Bg, D)]));
+        assert_eq!(
+            page,
+            vec![SettingItem::Location {
+                current: LocationOption::NotAllowed,
+                options: vec![LocationOption::NotAllowed, LocationOption::WhileUsing]
+            }]
+        );
+        assert!(settings_page(&app(true), &decisions(&[])).is_empty());
+    }
+
+    #[test]
+    fn forgetting_revokes_background_first() {
+        let before = decisions(&[(Fg, G), (Bg, G), (Camera, D)]);
+        let changes = plan_forget(&before, Cause::AppRemoved);
+        assert_eq!(changes.len(), 3);
+        assert_eq!(changes[0].scope, Bg);
+        assert!(apply(&before, &changes).is_empty());
+        assert_eq!(
+            auth_setting(&before),
+            [(Fg, true), (Bg, true), (Camera, false)].into()
+        );
+    }
+}

@@ -1,0 +1,27 @@
+//! The domain: scopes, rules, gates and the decision state machine.
+//!
+//! Plain Rust: nothing here knows about gRPC, protobuf or the store. Values
+//! arrive already typed (ids, scopes, versions are parsed at the edge), and
+//! every function is pure, so it is unit-tested directly.
+
+pub mod app;
+pub mod catalog;
+pub mod decision;
+mod error;
+pub mod gates;
+mod ids;
+pub mod machine;
+mod platform;
+pub mod rules;
+mod version;
+
+pub use app::{App, AppKind, Declarations, RawDeclarations};
+pub use catalog::{Api, Availability, LocationKind, Scope, ScopeInfo, CATALOG};
+pub use decision::{Cause, Change, Decision, DecisionState, Event, UserDecisions};
+pub use error::DomainError;
+pub use gates::{Outcome, Prompt, Reason, Verdict};
+pub use ids::{AppId, UserId, MAX_ID_LEN};
+pub use machine::{Answer, LocationOption, SettingItem, SettingsUpdate};
+pub use platform::{Client, Platform};
+pub use rules::{MinSdkRule, MinSdkTarget, PopupRule, RuleSet, Target};
+pub use version::{Version, VersionError};

@@ -1,0 +1,180 @@
+//! Dotted numeric versions ("8.0.5", "2.25.0") with zero-padded numeric ordering.
+
+use std::{cmp::Ordering, fmt, hash, str::FromStr};
+
+/// Most segments accepted in a version ("8.0.0.1" has four).
+pub const MAX_SEGMENTS: usize = 8;
+
+/// A version compared numerically segment by segment, the shorter padded with
+/// zeros: `1.11.0 > 1.9.9`, `8.0 == 8.0.0`.
+#[derive(Clone, Debug)]
+pub struct Version {
+    segments: Vec<u32>,
+}
+
+/// Why a version string was rejected.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum VersionError {
+    #[error("is empty")]
+    Empty,
+    #[error("has more than {MAX_SEGMENTS} segments")]
+    TooManySegments,
+    #[error("has an empty segment")]
+    EmptySegment,
+    #[error("has a non-numeric segment {0:?}")]
+    NotNumeric(String),
+    #[error("has a segment {0:?} that is too large")]
+    TooLarge(String),
+}
+
+impl Version {
+    pub fn new(segments: Vec<u32>) -> Self {
+        Self { segments }
+    }
+
+    /// The segments without trailing zeros: the canonical form for Eq and Hash.
+    fn significant(&self) -> &[u32] {
+        let end = self
+            .segments
+            .iter()
+            .rposition(|&s| s != 0)
+            .map_or(0, |i| i + 1);
+        &self.segments[..end]
+    }
+}
+
+impl FromStr for Version {
+    type Err = VersionError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.is_empty() {
+            return Err(VersionError::Empty);
+        }
+        let mut segments = Vec::with_capacity(4);
+        for part in s.split('.') {
+            if segments.len() == MAX_SEGMENTS {
+                return Err(VersionError::TooManySegments);
+            }
+            if part.is_empty() {
+                return Err(VersionError::EmptySegment);
+            }
+            if !part.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(VersionError::NotNumeric(part.to_owned()));
+            }
+            let n = part
+                .parse::<u32>()
+                .map_err(|_| VersionError::TooLarge(part.to_owned()))?;
+            segments.push(n);
+        }
+        Ok(Self { segments })
+    }
+}
+
+impl Ord for Version {
+    fn cmp(&self, other: &Self) -> Ordering {
+        let n = self.segments.len().max(other.segments.len());
+        (0..n)
+            .map(|i| {
+                let a = self.segments.get(i).copied().unwrap_or(0);
+                let b = other.segments.get(i).copied().unwrap_or(0);
+                a.cmp(&b)
+            })
+            .find(|o| o.is_ne())
+            .unwrap_or(Ordering::Equal)
+    }
+}
+
+impl PartialOrd for Version {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Version {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other).is_eq()
+    }
+}
+
+impl Eq for Version {}
+
+impl hash::Hash for Version {
+    fn hash<H: hash::Hasher>(&self, state: &mut H) {
+        self.significant().hash(state);
+    }
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, s) in self.segments.iter().enumerate() {
+            if i > 0 {
+                f.write_str(".")?;
+            }
+            write!(f, "{s}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &str) -> Version {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn orders_numerically_with_zero_padding() {
+        use Ordering::*;
+        let cases = [
+            ("8.0", "8.0.0", Equal),
+            ("8", "8.0.0.0", Equal),
+            ("7.9.99", "8.0.0", Less),
+            ("8.0.0.1", "8.0.0", Greater),
+            ("10.0.0", "8.0.0", Greater),
+            ("1.11.0", "1.9.9", Greater),
+            ("2.25", "2.25.0", Equal),
+            ("2.100.0", "2.25.0", Greater),
+            ("2.9.9", "2.25.0", Less),
+            ("08.0.0", "8.0.0", Equal),
+            ("0", "0.0.1", Less),
+        ];
+        for (a, b, want) in cases {
+            assert_eq!(v(a).cmp(&v(b)), want, "{a} vs {b}");
+            assert_eq!(v(b).cmp(&v(a)), want.reverse(), "{b} vs {a}");
+        }
+    }
+
+    #[test]
+    fn equal_versions_hash_alike() {
+        use std::collections::HashSet;
+        let set: HashSet<Version> = ["8.0", "8.0.0", "8"].into_iter().map(v).collect();
+        assert_eq!(set.len(), 1);
+    }
+
+    #[test]
+    fn rejects_malformed_versions() {
+        use VersionError::*;
+        let cases = [
+            ("", Empty),
+            ("8..0", EmptySegment),
+            (".8", EmptySegment),
+            ("8.", EmptySegment),
+            ("a.b", NotNumeric("a".into())),
+            ("8.0.0-beta", NotNumeric("0-beta".into())),
+            ("+8", NotNumeric("+8".into())),
+            (" 8", NotNumeric(" 8".into())),
+            ("99999999999", TooLarge("99999999999".into())),
+            ("1.2.3.4.5.6.7.8.9", TooManySegments),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(raw.parse::<Version>().unwrap_err(), want, "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn displays_as_parsed() {
+        assert_eq!(v("8.0.0.1").to_string(), "8.0.0.1");
+    }
+}

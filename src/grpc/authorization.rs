@@ -1,0 +1,201 @@
+//! `consent.v1.Authorization`: parse, call the broker, render.
+
+use tonic::{Request, Response, Status};
+
+use super::convert;
+use crate::{
+    broker::Broker,
+    domain::{gates::msg, Api, Scope, SettingsUpdate},
+    pb::{self, authorization_server::Authorization},
+};
+
+/// Most scopes one BatchAuthorize may ask about.
+pub const MAX_BATCH_SCOPES: usize = 64;
+
+pub struct AuthorizationService {
+    broker: Broker,
+}
+
+impl AuthorizationService {
+    pub fn new(broker: Broker) -> Self {
+        Self { broker }
+    }
+}
+
+#[tonic::async_trait]
+impl Authorization for AuthorizationService {
+    async fn authorize(
+        &self,
+        request: Request<pb::AuthorizeRequest>,
+    ) -> Result<Response<pb::AuthorizeResponse>, Status> {
+        let r = request.into_inner();
+        let subject = convert::subject(&r.app_id, &r.user_id)?;
+        let scope = convert::scope("scope", &r.scope)?;
+        let client = convert::client(r.client)?;
+        let read = self.broker.authorize(&subject, scope, &client)?;
+        Ok(Response::new(pb::AuthorizeResponse {
+            decision: Some(convert::decision(read.value)),
+            revision: read.revision,
+        }))
+    }
+
+    async fn batch_authorize(
+        &self,
+        request: Request<pb::BatchAuthorizeRequest>,
+    ) -> Result<Response<pb::BatchAuthorizeResponse>, Status> {
+        let r = request.into_inner();
+        let subject = convert::subject(&r.app_id, &r.user_id)?;
+        if r.scopes.is_empty() || r.scopes.len() > MAX_BATCH_SCOPES {
+            return Err(Status::invalid_argument(format!(
+                "scopes must hold 1 to {MAX_BATCH_SCOPES} scopes, not {}",
+                r.scopes.len()
+            )));
+        }
+        let scopes = r
+            .scopes
+            .iter()
+            .enumerate()
+            .map(|(i, s)| convert::scope(&format!("scopes[{i}]"), s))
+            .collect::<Result<Vec<Scope>, _>>()?;
+        let client = convert::client(r.client)?;
+        let read = self.broker.batch_authorize(&subject, &scopes, &client)?;
+        Ok(Response::new(pb::BatchAuthorizeResponse {
+            decisions: read.value.into_iter().map(convert::decision).collect(),
+            revision: read.revision,
+        }))
+    }
+
+    async fn check_api(
+        &self,
+        request: Request<pb::CheckApiRequest>,
+    ) -> Result<Response<pb::CheckApiResponse>, Status> {
+        let r = request.into_inner();
+        let subject = convert::subject(&r.app_id, &r.user_id)?;
+        let api = Api::parse_field("api", &r.api)?;
+        let client = convert::client(r.client)?;
+        let read = self.broker.check_api(&subject, api, &client)?;
+        let v = read.value;
+        Ok(Response::new(pb::CheckApiResponse {
+            api: v.api.name().to_owned(),
+            outcome: convert::outcome(v.outcome).into(),
+            err_msg: v.err_msg,
+            decisions: v.verdicts.into_iter().map(convert::decision).collect(),
+            revision: read.revision,
+        }))
+    }
+
+    async fn record_decision(
+        &self,
+        request: Request<pb::RecordDecisionRequest>,
+    ) -> Result<Response<pb::RecordDecisionResponse>, Status> {
+        let r = request.into_inner();
+        let subject = convert::subject(&r.app_id, &r.user_id)?;
+        let scope = convert::scope("scope", &r.scope)?;
+        let answer = convert::answer(r.answer)?;
+        let client = convert::client(r.client)?;
+        let written = self.broker.record(&subject, scope, client, answer).await?;
+        Ok(Response::new(pb::RecordDecisionResponse {
+            err_msg: written.value.err_msg,
+            state: convert::state(written.value.state).into(),
+            changes: convert::changes(&written.events),
+            revision: written.revision,
+        }))
+    }
+
+    async fn get_setting(
+        &self,
+        request: Request<pb::GetSettingRequest>,
+    ) -> Result<Response<pb::GetSettingResponse>, Status> {
+        let r = request.into_inner();
+        let subject = convert::subject(&r.app_id, &r.user_id)?;
+        let read = self.broker.get_setting(&subject)?;
+        Ok(Response::new(pb::GetSettingResponse {
+            auth_setting: convert::auth_setting(&read.value),
+            err_msg: format!("getSetting:{}", msg::OK),
+            revision: read.revision,
+        }))
+    }
+
+    async fn open_setting(
+        &self,
+        request: Request<pb::OpenSettingRequest>,
+    ) -> Result<Response<pb::OpenSettingResponse>, Status> {
+        let r = request.into_inner();
+        let subject = convert::subject(&r.app_id, &r.user_id)?;
+        let read = self.broker.open_setting(&subject)?;
+        Ok(Response::new(pb::OpenSettingResponse {
+            items: read
+                .value
+                .items
+                .into_iter()
+                .map(convert::setting_item)
+                .collect(),
+            auth_setting: convert::auth_setting(&read.value.auth_setting),
+            err_msg: format!("openSetting:{}", msg::OK),
+            revision: read.revision,
+        }))
+    }
+
+    async fn update_setting(
+        &self,
+        request: Request<pb::UpdateSettingRequest>,
+    ) -> Result<Response<pb::UpdateSettingResponse>, Status> {
+        let r = request.into_inner();
+        let subject = convert::subject(&r.app_id, &r.user_id)?;
+        let mut toggles = std::collections::BTreeMap::new();
+        for (name, enabled) in &r.auth_setting {
+            toggles.insert(convert::scope("auth_setting", name)?, *enabled);
+        }
+        let location = convert::location_option(r.location)?;
+        if toggles.is_empty() && location.is_none() {
+            return Err(Status::invalid_argument(
+                "auth_setting and location are both empty: nothing to change",
+            ));
+        }
+        let written = self
+            .broker
+            .update_setting(&subject, SettingsUpdate { toggles, location })
+            .await?;
+        Ok(Response::new(pb::UpdateSettingResponse {
+            auth_setting: convert::auth_setting(&written.value),
+            changes: convert::changes(&written.events),
+            err_msg: format!("openSetting:{}", msg::OK),
+            revision: written.revision,
+        }))
+    }
+
+    async fn remove_app(
+        &self,
+        request: Request<pb::RemoveAppRequest>,
+    ) -> Result<Response<pb::RemoveAppResponse>, Status> {
+        let r = request.into_inner();
+        let subject = convert::subject(&r.app_id, &r.user_id)?;
+        let written = self.broker.remove_app(&subject).await?;
+        Ok(Response::new(pb::RemoveAppResponse {
+            changes: convert::changes(&written.events),
+            revision: written.revision,
+        }))
+    }
+
+    async fn list_scopes(
+        &self,
+        request: Request<pb::ListScopesRequest>,
+    ) -> Result<Response<pb::ListScopesResponse>, Status> {
+        let kind = convert::app_kind("kind", request.into_inner().kind, false)?;
+        let read = self.broker.scopes(kind);
+        Ok(Response::new(pb::ListScopesResponse {
+            scopes: read.value.into_iter().map(convert::scope_info).collect(),
+            revision: read.revision,
+        }))
+    }
+
+    async fn get_rules(
+        &self,
+        _request: Request<pb::GetRulesRequest>,
+    ) -> Result<Response<pb::GetRulesResponse>, Status> {
+        Ok(Response::new(convert::rules(
+            self.broker.rules(),
+            self.broker.store().revision(),
+        )))
+    }
+}

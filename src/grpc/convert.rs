@@ -1,0 +1,346 @@
+//! The only place that knows both the wire types and the domain types:
+//! requests are parsed into typed values (ids, scopes, clients, answers),
+//! answers are rendered back into protobuf messages.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use crate::{
+    broker::Subject,
+    domain::{
+        gates::Verdict, Answer, App, AppId, AppKind, Availability, Cause, Client, DecisionState,
+        DomainError, Event, LocationOption, MinSdkTarget, Outcome, Platform, RawDeclarations,
+        Reason, RuleSet, Scope, ScopeInfo, SettingItem, UserId, Version,
+    },
+    pb,
+};
+
+fn invalid(field: &str, message: String) -> DomainError {
+    DomainError::InvalidArgument {
+        field: field.to_owned(),
+        message,
+    }
+}
+
+pub fn subject(app_id: &str, user_id: &str) -> Result<Subject, DomainError> {
+    Ok(Subject {
+        app: AppId::parse(app_id)?,
+        user: UserId::parse(user_id)?,
+    })
+}
+
+pub fn scope(field: &str, raw: &str) -> Result<Scope, DomainError> {
+    Scope::parse_field(field, raw)
+}
+
+fn version(field: &str, raw: &str) -> Result<Version, DomainError> {
+    raw.parse()
+        .map_err(|e| invalid(field, format!("{field} {raw:?} is not a version: it {e}")))
+}
+
+pub fn client(client: Option<pb::ClientInfo>) -> Result<Client, DomainError> {
+    let c = client.ok_or_else(|| {
+        invalid(
+            "client",
+            "client is required (platform, host_version, sdk_version)".into(),
+        )
+    })?;
+    let platform = match pb::Platform::try_from(c.platform) {
+        Ok(pb::Platform::Unspecified) => {
+            return Err(invalid(
+                "client.platform",
+                "client.platform is required (PLATFORM_UNSPECIFIED)".into(),
+            ))
+        }
+        Ok(pb::Platform::Ios) => Platform::Ios,
+        Ok(pb::Platform::Android) => Platform::Android,
+        Ok(pb::Platform::Ohos) => Platform::Ohos,
+        Ok(pb::Platform::Windows) => Platform::Windows,
+        Ok(pb::Platform::Mac) => Platform::Mac,
+        Ok(pb::Platform::Devtools) => Platform::Devtools,
+        Err(_) => {
+            return Err(invalid(
+                "client.platform",
+                format!("client.platform {} is not a known platform", c.platform),
+            ))
+        }
+    };
+    Ok(Client {
+        platform,
+        host_version: version("client.host_version", &c.host_version)?,
+        sdk_version: version("client.sdk_version", &c.sdk_version)?,
+    })
+}
+
+pub fn answer(raw: i32) -> Result<Answer, DomainError> {
+    match pb::Answer::try_from(raw) {
+        Ok(pb::Answer::Allow) => Ok(Answer::Allow),
+        Ok(pb::Answer::Deny) => Ok(Answer::Deny),
+        Ok(pb::Answer::Cancel) => Ok(Answer::Cancel),
+        Ok(pb::Answer::AllowWhileUsing) => Ok(Answer::AllowWhileUsing),
+        Ok(pb::Answer::Unspecified) => Err(invalid(
+            "answer",
+            "answer is required (ANSWER_UNSPECIFIED)".into(),
+        )),
+        Err(_) => Err(invalid(
+            "answer",
+            format!("answer {raw} is not a known answer"),
+        )),
+    }
+}
+
+/// UNSPECIFIED means "not changing the location item".
+pub fn location_option(raw: i32) -> Result<Option<LocationOption>, DomainError> {
+    match pb::LocationOption::try_from(raw) {
+        Ok(pb::LocationOption::Unspecified) => Ok(None),
+        Ok(pb::LocationOption::NotAllowed) => Ok(Some(LocationOption::NotAllowed)),
+        Ok(pb::LocationOption::WhileUsing) => Ok(Some(LocationOption::WhileUsing)),
+        Ok(pb::LocationOption::WhileUsingAndAfterLeaving) => {
+            Ok(Some(LocationOption::WhileUsingAndAfterLeaving))
+        }
+        Err(_) => Err(invalid(
+            "location",
+            format!("location {raw} is not a known location option"),
+        )),
+    }
+}
+
+/// `required`: whether UNSPECIFIED is an error (app registration) or means
+/// "any kind" (catalog listing).
+pub fn app_kind(field: &str, raw: i32, required: bool) -> Result<Option<AppKind>, DomainError> {
+    match pb::AppKind::try_from(raw) {
+        Ok(pb::AppKind::MiniProgram) => Ok(Some(AppKind::MiniProgram)),
+        Ok(pb::AppKind::MiniGame) => Ok(Some(AppKind::MiniGame)),
+        Ok(pb::AppKind::Unspecified) if !required => Ok(None),
+        Ok(pb::AppKind::Unspecified) => Err(invalid(
+            field,
+            format!("{field} is required (APP_KIND_UNSPECIFIED)"),
+        )),
+        Err(_) => Err(invalid(
+            field,
+            format!("{field} {raw} is not a known app kind"),
+        )),
+    }
+}
+
+/// An app registration request: id, kind and raw declarations.
+pub fn app_request(app: Option<pb::App>) -> Result<(AppId, AppKind, RawDeclarations), DomainError> {
+    let app = app.ok_or_else(|| invalid("app", "app is required".into()))?;
+    let id = AppId::parse_field("app.app_id", &app.app_id)?;
+    let kind = app_kind("app.kind", app.kind, true)?
+        .ok_or_else(|| invalid("app.kind", "app.kind is required".into()))?;
+    let raw = RawDeclarations {
+        permission: app
+            .permission
+            .into_iter()
+            .map(|(k, v)| (k, v.desc))
+            .collect(),
+        background_modes: app.required_background_modes,
+        private_infos: app.required_private_infos,
+    };
+    Ok((id, kind, raw))
+}
+
+// ---------------------------------------------------------------------------
+// Domain -> wire
+// ---------------------------------------------------------------------------
+
+pub fn state(s: DecisionState) -> pb::DecisionState {
+    match s {
+        DecisionState::NotDetermined => pb::DecisionState::NotDetermined,
+        DecisionState::Granted => pb::DecisionState::Granted,
+        DecisionState::Denied => pb::DecisionState::Denied,
+    }
+}
+
+pub fn outcome(o: Outcome) -> pb::Outcome {
+    match o {
+        Outcome::Granted => pb::Outcome::Granted,
+        Outcome::Denied => pb::Outcome::Denied,
+        Outcome::Prompt => pb::Outcome::Prompt,
+        Outcome::SettingsRequired => pb::Outcome::SettingsRequired,
+        Outcome::NoAuthNeeded => pb::Outcome::NoAuthNeeded,
+        Outcome::NotDeclared => pb::Outcome::NotDeclared,
+        Outcome::Unsupported => pb::Outcome::Unsupported,
+    }
+}
+
+fn reason(r: Reason) -> pb::Reason {
+    match r {
+        Reason::ScopeNotForAppKind => pb::Reason::ScopeNotForAppKind,
+        Reason::BaseLibraryTooOld => pb::Reason::BaseLibraryTooOld,
+        Reason::AuthorizationAbolished => pb::Reason::AuthorizationAbolished,
+        Reason::AnonymousProfile => pb::Reason::AnonymousProfile,
+        Reason::MissingPermissionDesc => pb::Reason::MissingPermissionDesc,
+        Reason::MissingBackgroundMode => pb::Reason::MissingBackgroundMode,
+        Reason::MissingPrivateInfo => pb::Reason::MissingPrivateInfo,
+        Reason::StoredGrant => pb::Reason::StoredGrant,
+        Reason::StoredDenial => pb::Reason::StoredDenial,
+        Reason::PopupAvailable => pb::Reason::PopupAvailable,
+        Reason::PopupUnavailable => pb::Reason::PopupUnavailable,
+    }
+}
+
+pub fn cause(c: Cause) -> pb::Cause {
+    match c {
+        Cause::Popup => pb::Cause::Popup,
+        Cause::Settings => pb::Cause::Settings,
+        Cause::AppRemoved => pb::Cause::AppRemoved,
+        Cause::Operator => pb::Cause::Operator,
+    }
+}
+
+fn platform(p: Platform) -> pb::Platform {
+    match p {
+        Platform::Ios => pb::Platform::Ios,
+        Platform::Android => pb::Platform::Android,
+        Platform::Ohos => pb::Platform::Ohos,
+        Platform::Windows => pb::Platform::Windows,
+        Platform::Mac => pb::Platform::Mac,
+        Platform::Devtools => pb::Platform::Devtools,
+    }
+}
+
+fn location(o: LocationOption) -> pb::LocationOption {
+    match o {
+        LocationOption::NotAllowed => pb::LocationOption::NotAllowed,
+        LocationOption::WhileUsing => pb::LocationOption::WhileUsing,
+        LocationOption::WhileUsingAndAfterLeaving => pb::LocationOption::WhileUsingAndAfterLeaving,
+    }
+}
+
+fn kind(k: AppKind) -> pb::AppKind {
+    match k {
+        AppKind::MiniProgram => pb::AppKind::MiniProgram,
+        AppKind::MiniGame => pb::AppKind::MiniGame,
+    }
+}
+
+fn availability(a: Availability) -> pb::Availability {
+    match a {
+        Availability::Unsupported => pb::Availability::Unsupported,
+        Availability::Popup => pb::Availability::Popup,
+        Availability::NoAuthNeeded => pb::Availability::NoAuthNeeded,
+        Availability::Anonymous => pb::Availability::Anonymous,
+    }
+}
+
+pub fn decision(v: Verdict) -> pb::Decision {
+    pb::Decision {
+        scope: v.scope.name().to_owned(),
+        outcome: outcome(v.outcome).into(),
+        state: state(v.state).into(),
+        err_msg: v.err_msg,
+        reason: reason(v.reason).into(),
+        rule: v.rule.unwrap_or_default(),
+        prompt: v.prompt.map(|p| pb::Prompt {
+            scope: p.scope.name().to_owned(),
+            scope_description: p.scope_description.to_owned(),
+            app_desc: p.app_desc.unwrap_or_default(),
+            background_location: p.background_location,
+        }),
+    }
+}
+
+pub fn change(e: &Event) -> pb::DecisionChange {
+    pb::DecisionChange {
+        scope: e.scope.name().to_owned(),
+        old_state: state(e.old).into(),
+        new_state: state(e.new).into(),
+        cause: cause(e.cause).into(),
+        revision: e.revision,
+    }
+}
+
+pub fn changes(events: &[Event]) -> Vec<pb::DecisionChange> {
+    events.iter().map(change).collect()
+}
+
+pub fn auth_setting(map: &BTreeMap<Scope, bool>) -> std::collections::HashMap<String, bool> {
+    map.iter().map(|(s, g)| (s.name().to_owned(), *g)).collect()
+}
+
+pub fn setting_item(item: SettingItem) -> pb::SettingItem {
+    match item {
+        SettingItem::Toggle { scope, enabled } => pb::SettingItem {
+            scope: scope.name().to_owned(),
+            title: scope.info().description.to_owned(),
+            enabled,
+            ..Default::default()
+        },
+        SettingItem::Location { current, options } => pb::SettingItem {
+            scope: Scope::UserLocation.name().to_owned(),
+            title: "Location".to_owned(),
+            enabled: current != LocationOption::NotAllowed,
+            location: true,
+            location_option: location(current).into(),
+            location_options: options.into_iter().map(|o| location(o).into()).collect(),
+        },
+    }
+}
+
+pub fn scope_info(info: &ScopeInfo) -> pb::ScopeInfo {
+    use crate::domain::LocationKind;
+    pb::ScopeInfo {
+        scope: info.name.to_owned(),
+        description: info.description.to_owned(),
+        interfaces: info.interfaces.iter().map(|s| (*s).to_owned()).collect(),
+        mini_program: availability(info.mini_program).into(),
+        mini_game: availability(info.mini_game).into(),
+        desc_required: info.location != LocationKind::None,
+        background_mode_required: info.location == LocationKind::Background,
+    }
+}
+
+pub fn rules(rules: &RuleSet, revision: u64) -> pb::GetRulesResponse {
+    pb::GetRulesResponse {
+        popup_rules: rules
+            .popup
+            .iter()
+            .map(|r| pb::PopupRule {
+                id: r.id.clone(),
+                scope: r.scope.name().to_owned(),
+                platforms: r.platforms.iter().map(|p| platform(*p).into()).collect(),
+                min_host_version: r.min_host_version.to_string(),
+            })
+            .collect(),
+        min_sdk_rules: rules
+            .min_sdk
+            .iter()
+            .map(|r| pb::MinSdkRule {
+                id: r.id.clone(),
+                target: Some(match &r.target {
+                    MinSdkTarget::Api(api) => pb::min_sdk_rule::Target::Api(api.clone()),
+                    MinSdkTarget::Scope(s) => pb::min_sdk_rule::Target::Scope(s.name().to_owned()),
+                }),
+                min_sdk_version: r.min_sdk_version.to_string(),
+            })
+            .collect(),
+        revision,
+    }
+}
+
+pub fn app(app: &Arc<App>) -> pb::App {
+    let d = &app.declarations;
+    let ms = app.updated_at_ms;
+    pb::App {
+        app_id: app.id.as_str().to_owned(),
+        kind: kind(app.kind).into(),
+        permission: d
+            .permission
+            .iter()
+            .map(|(s, desc)| {
+                (
+                    s.name().to_owned(),
+                    pb::PermissionDesc { desc: desc.clone() },
+                )
+            })
+            .collect(),
+        required_background_modes: d.background_modes.iter().cloned().collect(),
+        required_private_infos: d.private_infos.iter().cloned().collect(),
+        revision: app.revision,
+        updated_at: Some(prost_types::Timestamp {
+            seconds: i64::try_from(ms / 1000).unwrap_or(i64::MAX),
+            nanos: i32::try_from((ms % 1000) * 1_000_000).unwrap_or(0),
+        }),
+    }
+}

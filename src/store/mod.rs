@@ -1,0 +1,134 @@
+//! Storage: decisions, apps and the event log behind a small trait.
+//!
+//! Writes are *jobs*: a closure that reads the current state through a
+//! [`View`] and returns a [`WriteSet`]. The store runs jobs one at a time on
+//! its single writer, so a job's reads and its writes are atomic with
+//! respect to every other write, gives every change a revision, appends one
+//! event per decision change, and acknowledges only once the change is
+//! durable. Concurrent jobs share one commit and one flush (group commit).
+
+mod codec;
+mod sled_store;
+mod writer;
+
+use std::{future::Future, pin::Pin, sync::Arc};
+
+pub use sled_store::{SledConfig, SledStore};
+
+use crate::domain::{
+    App, AppId, Change, Decision, DomainError, Event, Scope, UserDecisions, UserId,
+};
+
+/// A boxed future, so the trait stays object-safe.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The current state as a write job sees it: committed data plus whatever
+/// earlier jobs of the same group commit staged.
+pub trait View {
+    fn app(&self, id: &AppId) -> Result<Option<Arc<App>>, StoreError>;
+    fn decisions(&self, app: &AppId, user: &UserId) -> Result<UserDecisions, StoreError>;
+    /// Every user's decisions for `app` (for deleting an app).
+    fn app_decisions(&self, app: &AppId) -> Result<Vec<(UserId, UserDecisions)>, StoreError>;
+}
+
+/// What a job writes. Decision changes become events, in order.
+#[derive(Debug, Default)]
+pub struct WriteSet {
+    pub app: Option<AppWrite>,
+    pub changes: Vec<(AppId, UserId, Change)>,
+}
+
+/// A change to an app registration.
+#[derive(Debug)]
+pub enum AppWrite {
+    /// Create or replace; the store sets `revision` and `updated_at_ms`.
+    Put(App),
+    Delete(AppId),
+}
+
+/// A committed write.
+#[derive(Clone, Debug, Default)]
+pub struct Committed {
+    /// The revision of the job's last change, or the current revision when
+    /// it changed nothing.
+    pub revision: u64,
+    pub events: Vec<Event>,
+    /// The app as stored, for an `AppWrite::Put`.
+    pub app: Option<Arc<App>>,
+}
+
+/// A write job.
+pub type Job = Box<dyn FnOnce(&dyn View) -> Result<WriteSet, TxnError> + Send>;
+
+/// The storage interface the broker uses.
+pub trait Store: Send + Sync + 'static {
+    fn app(&self, id: &AppId) -> Result<Option<Arc<App>>, StoreError>;
+    /// Apps in id order, starting after `after`.
+    fn apps(&self, after: Option<&AppId>, limit: usize) -> Result<Vec<Arc<App>>, StoreError>;
+    fn decision(
+        &self,
+        app: &AppId,
+        user: &UserId,
+        scope: Scope,
+    ) -> Result<Option<Decision>, StoreError>;
+    fn decisions(&self, app: &AppId, user: &UserId) -> Result<UserDecisions, StoreError>;
+    /// The revision of the last durable commit.
+    fn revision(&self) -> u64;
+    /// Retained events with revision > `after`, oldest first, at most `limit`.
+    fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>, StoreError>;
+    /// Runs `job` on the writer; resolves once its changes are durable.
+    fn submit(&self, job: Job) -> BoxFuture<'_, Result<Committed, TxnError>>;
+    /// Stops the writer after the jobs already queued and flushes. Later
+    /// writes fail with [`StoreError::Closed`].
+    fn close(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+}
+
+impl dyn Store {
+    /// Runs a job that also returns a value computed from what it read.
+    pub async fn write<T, F>(&self, job: F) -> Result<(Committed, T), TxnError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn View) -> Result<(WriteSet, T), TxnError> + Send + 'static,
+    {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let committed = self
+            .submit(Box::new(move |view| {
+                let (set, value) = job(view)?;
+                // The receiver lives until after the commit: cannot fail.
+                let _ = tx.send(value);
+                Ok(set)
+            }))
+            .await?;
+        let value = rx
+            .try_recv()
+            .map_err(|_| StoreError::Internal("write job returned no value".into()))?;
+        Ok((committed, value))
+    }
+}
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the data dir {path}: {source}")]
+    Open { path: String, source: sled::Error },
+    #[error("data dir {path}: {message}")]
+    Format { path: String, message: String },
+    #[error("storage I/O failed: {0}")]
+    Io(#[from] sled::Error),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("the store is shutting down")]
+    Closed,
+    #[error("internal store error: {0}")]
+    Internal(String),
+}
+
+/// Why a write job did not commit.
+#[derive(Debug, thiserror::Error)]
+pub enum TxnError {
+    /// The job refused the write (the request broke a rule).
+    #[error(transparent)]
+    Rejected(#[from] DomainError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}

@@ -1,0 +1,238 @@
+//! The sled backend: one tree, one writer thread, an in-memory app index.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, RwLock,
+    },
+    thread::JoinHandle,
+};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    codec::{self, FORMAT_KEY, FORMAT_VERSION, REVISION_KEY},
+    writer::{self, Request},
+    BoxFuture, Committed, Job, Store, StoreError, TxnError,
+};
+use crate::domain::{App, AppId, Decision, Event, Scope, UserDecisions, UserId};
+
+/// Tuning of the sled backend.
+#[derive(Clone, Debug)]
+pub struct SledConfig {
+    pub path: PathBuf,
+    /// sled's page cache, in bytes.
+    pub cache_capacity: u64,
+    /// Most jobs committed by one group commit.
+    pub max_batch: usize,
+    /// Jobs waiting for the writer before submitters wait.
+    pub queue_depth: usize,
+}
+
+/// Apps by id: every registration, kept in memory (apps are few and read
+/// on every call).
+pub(super) type AppIndex = RwLock<BTreeMap<AppId, Arc<App>>>;
+
+/// The sled-backed [`Store`].
+pub struct SledStore {
+    tree: sled::Tree,
+    db: sled::Db,
+    apps: Arc<AppIndex>,
+    revision: Arc<AtomicU64>,
+    writer: Mutex<Option<WriterHandle>>,
+}
+
+struct WriterHandle {
+    tx: mpsc::Sender<Request>,
+    thread: JoinHandle<()>,
+}
+
+impl SledStore {
+    /// Opens (or creates) the store at `config.path` and starts its writer.
+    pub fn open(config: &SledConfig) -> Result<Self, StoreError> {
+        let path = config.path.display().to_string();
+        let open_err = |source| StoreError::Open {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&config.path).map_err(|e| open_err(e.into()))?;
+        let db = sled::Config::new()
+            .path(&config.path)
+            .cache_capacity(config.cache_capacity)
+            .flush_every_ms(None)
+            .open()
+            .map_err(open_err)?;
+        let tree = db.open_tree("consent").map_err(open_err)?;
+        check_format(&tree, &config.path)?;
+
+        let revision = match tree.get(REVISION_KEY)? {
+            Some(raw) => codec::decode_u64(&raw)?,
+            None => 0,
+        };
+        let mut apps = BTreeMap::new();
+        for item in tree.scan_prefix(codec::APP_PREFIX) {
+            let (_, value) = item?;
+            let app = codec::decode_app(&value)?;
+            apps.insert(app.id.clone(), Arc::new(app));
+        }
+        tracing::info!(path = %path, revision, apps = apps.len(), "store opened");
+
+        let apps = Arc::new(RwLock::new(apps));
+        let revision = Arc::new(AtomicU64::new(revision));
+        let (tx, rx) = mpsc::channel(config.queue_depth.max(1));
+        let state = writer::Writer::new(
+            tree.clone(),
+            apps.clone(),
+            revision.clone(),
+            config.max_batch.max(1),
+        );
+        let thread = std::thread::Builder::new()
+            .name("consentd-writer".into())
+            .spawn(move || state.run(rx))
+            .map_err(|e| StoreError::Internal(format!("cannot start the writer thread: {e}")))?;
+        Ok(Self {
+            tree,
+            db,
+            apps,
+            revision,
+            writer: Mutex::new(Some(WriterHandle { tx, thread })),
+        })
+    }
+
+    fn sender(&self) -> Option<mpsc::Sender<Request>> {
+        self.writer.lock().ok()?.as_ref().map(|w| w.tx.clone())
+    }
+}
+
+fn check_format(tree: &sled::Tree, path: &Path) -> Result<(), StoreError> {
+    let format_err = |message: String| StoreError::Format {
+        path: path.display().to_string(),
+        message,
+    };
+    match tree.get(FORMAT_KEY)? {
+        Some(raw) => {
+            let found = codec::decode_u64(&raw)?;
+            if found != FORMAT_VERSION {
+                return Err(format_err(format!(
+                    "has data format {found}; this consentd reads format {FORMAT_VERSION}"
+                )));
+            }
+        }
+        None if tree.is_empty() => {
+            tree.insert(FORMAT_KEY, &codec::encode_u64(FORMAT_VERSION))?;
+            tree.flush()?;
+        }
+        None => return Err(format_err("holds data without a format marker".into())),
+    }
+    Ok(())
+}
+
+pub(super) fn read_decisions(
+    tree: &sled::Tree,
+    app: &AppId,
+    user: &UserId,
+) -> Result<UserDecisions, StoreError> {
+    let prefix = codec::user_decisions_prefix(app, user);
+    let mut out = UserDecisions::new();
+    for item in tree.scan_prefix(&prefix) {
+        let (key, value) = item?;
+        let scope = codec::decode_scope(&key[prefix.len()..])?;
+        out.insert(scope, codec::decode_decision(&value)?.state);
+    }
+    Ok(out)
+}
+
+impl Store for SledStore {
+    fn app(&self, id: &AppId) -> Result<Option<Arc<App>>, StoreError> {
+        let apps = self
+            .apps
+            .read()
+            .map_err(|_| StoreError::Internal("app index poisoned".into()))?;
+        Ok(apps.get(id).cloned())
+    }
+
+    fn apps(&self, after: Option<&AppId>, limit: usize) -> Result<Vec<Arc<App>>, StoreError> {
+        use std::ops::Bound;
+        let apps = self
+            .apps
+            .read()
+            .map_err(|_| StoreError::Internal("app index poisoned".into()))?;
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        Ok(apps
+            .range((start, Bound::Unbounded))
+            .take(limit)
+            .map(|(_, a)| a.clone())
+            .collect())
+    }
+
+    fn decision(
+        &self,
+        app: &AppId,
+        user: &UserId,
+        scope: Scope,
+    ) -> Result<Option<Decision>, StoreError> {
+        self.tree
+            .get(codec::decision_key(app, user, scope))?
+            .map(|raw| codec::decode_decision(&raw))
+            .transpose()
+    }
+
+    fn decisions(&self, app: &AppId, user: &UserId) -> Result<UserDecisions, StoreError> {
+        read_decisions(&self.tree, app, user)
+    }
+
+    fn revision(&self) -> u64 {
+        self.revision.load(Ordering::Acquire)
+    }
+
+    fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
+        let Some(start) = after.checked_add(1) else {
+            return Ok(Vec::new());
+        };
+        let end = codec::event_key(u64::MAX);
+        let mut out = Vec::new();
+        for item in self.tree.range(codec::event_key(start)..=end).take(limit) {
+            let (key, value) = item?;
+            let revision = codec::decode_u64(&key[codec::EVENT_PREFIX.len()..])?;
+            out.push(codec::decode_event(revision, &value)?);
+        }
+        Ok(out)
+    }
+
+    fn submit(&self, job: Job) -> BoxFuture<'_, Result<Committed, TxnError>> {
+        Box::pin(async move {
+            let tx = self.sender().ok_or(StoreError::Closed)?;
+            let (reply, rx) = oneshot::channel();
+            tx.send(Request { job, reply })
+                .await
+                .map_err(|_| StoreError::Closed)?;
+            rx.await.map_err(|_| StoreError::Closed)?
+        })
+    }
+
+    fn close(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let handle = self
+                .writer
+                .lock()
+                .map_err(|_| StoreError::Internal("writer handle poisoned".into()))?
+                .take();
+            if let Some(WriterHandle { tx, thread }) = handle {
+                // Dropping the last sender ends the writer once the queue is drained.
+                drop(tx);
+                tokio::task::spawn_blocking(move || thread.join())
+                    .await
+                    .map_err(|e| StoreError::Internal(format!("joining the writer: {e}")))?
+                    .map_err(|_| StoreError::Internal("the writer thread panicked".into()))?;
+            }
+            let db = self.db.clone();
+            tokio::task::spawn_blocking(move || db.flush())
+                .await
+                .map_err(|e| StoreError::Internal(format!("final flush: {e}")))??;
+            tracing::info!(revision = self.revision(), "store closed");
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,316 @@
+//! The single writer: runs write jobs in arrival order, stages their changes
+//! in one sled batch, commits and flushes once per group, then acknowledges.
+
+use std::{
+    collections::BTreeMap,
+    panic::{catch_unwind, AssertUnwindSafe},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    codec,
+    sled_store::{read_decisions, AppIndex},
+    AppWrite, Committed, Job, StoreError, TxnError, View, WriteSet,
+};
+use crate::domain::{App, AppId, Decision, DecisionState, Event, UserDecisions, UserId};
+
+pub(super) struct Request {
+    pub job: Job,
+    pub reply: oneshot::Sender<Result<Committed, TxnError>>,
+}
+
+pub(super) struct Writer {
+    tree: sled::Tree,
+    apps: Arc<AppIndex>,
+    revision: Arc<AtomicU64>,
+    max_batch: usize,
+}
+
+/// Raw key -> new value (None = removed), staged by earlier jobs of a group.
+type Overlay = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+/// What one group commit has staged so far.
+struct Group {
+    batch: sled::Batch,
+    overlay: Overlay,
+    /// App index updates to publish after the commit.
+    apps: Vec<(AppId, Option<Arc<App>>)>,
+    /// The last revision handed out.
+    revision: u64,
+    dirty: bool,
+}
+
+impl Writer {
+    pub fn new(
+        tree: sled::Tree,
+        apps: Arc<AppIndex>,
+        revision: Arc<AtomicU64>,
+        max_batch: usize,
+    ) -> Self {
+        Self {
+            tree,
+            apps,
+            revision,
+            max_batch,
+        }
+    }
+
+    /// Serves requests until every sender is gone.
+    pub fn run(self, mut rx: mpsc::Receiver<Request>) {
+        let mut pending = Vec::with_capacity(self.max_batch);
+        while let Some(first) = rx.blocking_recv() {
+            pending.push(first);
+            while pending.len() < self.max_batch {
+                match rx.try_recv() {
+                    Ok(request) => pending.push(request),
+                    Err(_) => break,
+                }
+            }
+            self.commit_group(&mut pending);
+        }
+        tracing::debug!("writer stopped");
+    }
+
+    fn commit_group(&self, pending: &mut Vec<Request>) {
+        let mut group = Group {
+            batch: sled::Batch::default(),
+            overlay: Overlay::new(),
+            apps: Vec::new(),
+            revision: self.revision.load(Ordering::Acquire),
+            dirty: false,
+        };
+        let now = now_ms();
+        let mut replies = Vec::with_capacity(pending.len());
+        for Request { job, reply } in pending.drain(..) {
+            let view = GroupView {
+                writer: self,
+                overlay: &group.overlay,
+            };
+            let planned = catch_unwind(AssertUnwindSafe(|| job(&view))).unwrap_or_else(|_| {
+                Err(StoreError::Internal("a write job panicked".into()).into())
+            });
+            let result =
+                planned.and_then(|set| self.stage(&mut group, set, now).map_err(TxnError::from));
+            replies.push((reply, result));
+        }
+
+        let jobs = replies.len();
+        let mut failure = None;
+        if group.dirty {
+            group
+                .batch
+                .insert(codec::REVISION_KEY, &codec::encode_u64(group.revision));
+            if let Err(e) = self.tree.apply_batch(group.batch) {
+                // Nothing of the group was applied: its revisions can be handed out again.
+                tracing::error!(error = %e, jobs, "group commit failed");
+                failure = Some(e);
+            } else {
+                // Applied: the changes are visible, so publish them even if the flush
+                // fails (their callers then learn the outcome is unknown).
+                if let Err(e) = self.tree.flush() {
+                    tracing::error!(error = %e, jobs, "flush failed; writes not acknowledged");
+                    failure = Some(e);
+                }
+                self.publish(group.apps, group.revision);
+                tracing::trace!(jobs, revision = group.revision, "group committed");
+            }
+        }
+        for (reply, result) in replies {
+            let result = match &failure {
+                Some(e) => result.and_then(|_| Err(StoreError::Io(e.clone()).into())),
+                None => result,
+            };
+            // A caller that went away no longer needs its answer; the write stands.
+            let _ = reply.send(result);
+        }
+    }
+
+    /// Makes a committed group visible to readers.
+    fn publish(&self, apps: Vec<(AppId, Option<Arc<App>>)>, revision: u64) {
+        match self.apps.write() {
+            Ok(mut index) => {
+                for (id, app) in apps {
+                    match app {
+                        Some(app) => index.insert(id, app),
+                        None => index.remove(&id),
+                    };
+                }
+            }
+            Err(_) => tracing::error!("app index poisoned; app changes not visible until restart"),
+        }
+        self.revision.store(revision, Ordering::Release);
+    }
+
+    /// Stages one job's write set, giving each change the next revision.
+    fn stage(&self, group: &mut Group, set: WriteSet, now: u64) -> Result<Committed, StoreError> {
+        let mut committed = Committed {
+            revision: group.revision,
+            ..Committed::default()
+        };
+        let put = |group: &mut Group, key: Vec<u8>, value: Option<Vec<u8>>| {
+            match &value {
+                Some(v) => group.batch.insert(key.as_slice(), v.as_slice()),
+                None => group.batch.remove(key.as_slice()),
+            }
+            group.overlay.insert(key, value);
+            group.dirty = true;
+        };
+        let next = |group: &mut Group| -> Result<u64, StoreError> {
+            group.revision = group
+                .revision
+                .checked_add(1)
+                .ok_or_else(|| StoreError::Internal("revision counter exhausted".into()))?;
+            Ok(group.revision)
+        };
+
+        match set.app {
+            Some(AppWrite::Put(mut app)) => {
+                app.revision = next(group)?;
+                app.updated_at_ms = now;
+                put(
+                    group,
+                    codec::app_key(&app.id),
+                    Some(codec::encode_app(&app)),
+                );
+                let app = Arc::new(app);
+                group.apps.push((app.id.clone(), Some(app.clone())));
+                committed.app = Some(app);
+                committed.revision = group.revision;
+            }
+            Some(AppWrite::Delete(id)) => {
+                next(group)?;
+                put(group, codec::app_key(&id), None);
+                group.apps.push((id, None));
+                committed.revision = group.revision;
+            }
+            None => {}
+        }
+
+        for (app, user, change) in set.changes {
+            let revision = next(group)?;
+            let key = codec::decision_key(&app, &user, change.scope);
+            let value = (change.new != DecisionState::NotDetermined).then(|| {
+                codec::encode_decision(&Decision {
+                    state: change.new,
+                    cause: change.cause,
+                    updated_at_ms: now,
+                    revision,
+                })
+                .to_vec()
+            });
+            put(group, key, value);
+            let event = Event {
+                revision,
+                app,
+                user,
+                scope: change.scope,
+                old: change.old,
+                new: change.new,
+                cause: change.cause,
+                time_ms: now,
+            };
+            put(
+                group,
+                codec::event_key(revision).to_vec(),
+                Some(codec::encode_event(&event)),
+            );
+            committed.events.push(event);
+            committed.revision = revision;
+        }
+        Ok(committed)
+    }
+}
+
+/// Committed state plus the group's staged overlay.
+struct GroupView<'a> {
+    writer: &'a Writer,
+    overlay: &'a Overlay,
+}
+
+impl GroupView<'_> {
+    /// Applies staged entries under `prefix` on top of committed decisions.
+    fn overlay_decisions(
+        &self,
+        prefix: &[u8],
+        mut apply: impl FnMut(&[u8], Option<DecisionState>) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        for (key, value) in self.overlay.range(prefix.to_vec()..) {
+            if !key.starts_with(prefix) {
+                break;
+            }
+            let state = value
+                .as_deref()
+                .map(codec::decode_decision)
+                .transpose()?
+                .map(|d| d.state);
+            apply(&key[prefix.len()..], state)?;
+        }
+        Ok(())
+    }
+}
+
+impl View for GroupView<'_> {
+    fn app(&self, id: &AppId) -> Result<Option<Arc<App>>, StoreError> {
+        if let Some(staged) = self.overlay.get(&codec::app_key(id)) {
+            return staged
+                .as_deref()
+                .map(|raw| codec::decode_app(raw).map(Arc::new))
+                .transpose();
+        }
+        let apps = self
+            .writer
+            .apps
+            .read()
+            .map_err(|_| StoreError::Internal("app index poisoned".into()))?;
+        Ok(apps.get(id).cloned())
+    }
+
+    fn decisions(&self, app: &AppId, user: &UserId) -> Result<UserDecisions, StoreError> {
+        let mut out = read_decisions(&self.writer.tree, app, user)?;
+        self.overlay_decisions(&codec::user_decisions_prefix(app, user), |tail, state| {
+            let scope = codec::decode_scope(tail)?;
+            match state {
+                Some(s) => out.insert(scope, s),
+                None => out.remove(&scope),
+            };
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    fn app_decisions(&self, app: &AppId) -> Result<Vec<(UserId, UserDecisions)>, StoreError> {
+        let prefix = codec::app_decisions_prefix(app);
+        let mut users: BTreeMap<UserId, UserDecisions> = BTreeMap::new();
+        for item in self.writer.tree.scan_prefix(&prefix) {
+            let (key, value) = item?;
+            let (user, scope) = codec::split_user_scope(&key[prefix.len()..])?;
+            users
+                .entry(user)
+                .or_default()
+                .insert(scope, codec::decode_decision(&value)?.state);
+        }
+        self.overlay_decisions(&prefix, |tail, state| {
+            let (user, scope) = codec::split_user_scope(tail)?;
+            let decisions = users.entry(user).or_default();
+            match state {
+                Some(s) => decisions.insert(scope, s),
+                None => decisions.remove(&scope),
+            };
+            Ok(())
+        })?;
+        users.retain(|_, d| !d.is_empty());
+        Ok(users.into_iter().collect())
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
