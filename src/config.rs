@@ -8,7 +8,11 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use serde::Deserialize;
 
-use crate::domain::{MinSdkRule, MinSdkTarget, Platform, PopupRule, RuleSet, Scope, Version};
+use crate::{
+    domain::{MinSdkRule, MinSdkTarget, Platform, PopupRule, RuleSet, Scope, Version},
+    store::{Retention, DEFAULT_RETENTION},
+    watch::WatchConfig,
+};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 pub const DEFAULT_DATA_DIR: &str = "./consentd-data";
@@ -17,6 +21,8 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 1024;
 pub const DEFAULT_MAX_BATCH: usize = 1024;
 pub const DEFAULT_QUEUE_DEPTH: usize = 4096;
+pub const DEFAULT_PUBLISH_CAPACITY: usize = 1024;
+pub const DEFAULT_COMPACTION_INTERVAL: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -41,6 +47,13 @@ pub struct Config {
     pub max_batch: usize,
     /// Write jobs queued for the writer before callers wait.
     pub queue_depth: usize,
+    /// Committed groups buffered for watchers before a slow one must read the log.
+    pub publish_capacity: usize,
+    pub watch: WatchConfig,
+    /// How much of the event log to keep.
+    pub retention: Retention,
+    /// How often the log is compacted to the retention policy.
+    pub compaction_interval: Duration,
     pub rules: RuleSet,
 }
 
@@ -57,6 +70,10 @@ impl Default for Config {
             max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
             max_batch: DEFAULT_MAX_BATCH,
             queue_depth: DEFAULT_QUEUE_DEPTH,
+            publish_capacity: DEFAULT_PUBLISH_CAPACITY,
+            watch: WatchConfig::default(),
+            retention: DEFAULT_RETENTION,
+            compaction_interval: DEFAULT_COMPACTION_INTERVAL,
             rules: RuleSet::default(),
         }
     }
@@ -102,7 +119,28 @@ pub struct FileConfig {
     pub max_concurrent_streams: Option<u32>,
     pub max_batch: Option<usize>,
     pub queue_depth: Option<usize>,
+    pub publish_capacity: Option<usize>,
+    pub watch: Option<FileWatch>,
+    pub retention: Option<FileRetention>,
     pub rules: Option<FileRules>,
+}
+
+/// `[watch]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileWatch {
+    pub progress_interval_ms: Option<u64>,
+    pub stream_buffer: Option<usize>,
+    pub catch_up_page: Option<usize>,
+}
+
+/// `[retention]`: 0 disables a limit.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRetention {
+    pub max_events: Option<u64>,
+    pub max_age_secs: Option<u64>,
+    pub compaction_interval_secs: Option<u64>,
 }
 
 /// `[rules]`: rules with an id of a built-in rule replace it, others are
@@ -191,6 +229,35 @@ impl Config {
                 .unwrap_or(d.max_concurrent_streams),
             max_batch: file.max_batch.unwrap_or(d.max_batch),
             queue_depth: file.queue_depth.unwrap_or(d.queue_depth),
+            publish_capacity: file.publish_capacity.unwrap_or(d.publish_capacity),
+            watch: {
+                let w = file.watch.unwrap_or_default();
+                WatchConfig {
+                    progress_interval: w
+                        .progress_interval_ms
+                        .map_or(d.watch.progress_interval, Duration::from_millis),
+                    stream_buffer: w.stream_buffer.unwrap_or(d.watch.stream_buffer),
+                    catch_up_page: w.catch_up_page.unwrap_or(d.watch.catch_up_page),
+                }
+            },
+            retention: {
+                let r = file.retention.as_ref();
+                Retention {
+                    max_events: r
+                        .and_then(|r| r.max_events)
+                        .map_or(d.retention.max_events, |n| (n > 0).then_some(n)),
+                    max_age: r
+                        .and_then(|r| r.max_age_secs)
+                        .map_or(d.retention.max_age, |s| {
+                            (s > 0).then(|| Duration::from_secs(s))
+                        }),
+                }
+            },
+            compaction_interval: file
+                .retention
+                .as_ref()
+                .and_then(|r| r.compaction_interval_secs)
+                .map_or(d.compaction_interval, Duration::from_secs),
             rules: match file.rules {
                 Some(rules) => rules.resolve()?,
                 None => d.rules,
@@ -203,6 +270,11 @@ impl Config {
             if value == 0 {
                 return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
             }
+        }
+        if config.watch.progress_interval.is_zero() || config.compaction_interval.is_zero() {
+            return Err(ConfigError::Invalid(
+                "watch.progress_interval_ms and retention.compaction_interval_secs must be positive".into(),
+            ));
         }
         if config.max_concurrent_streams == 0 {
             return Err(ConfigError::Invalid(

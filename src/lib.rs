@@ -18,6 +18,7 @@ pub mod domain;
 pub mod grpc;
 pub mod server;
 pub mod store;
+pub mod watch;
 
 /// Generated protobuf and gRPC types (package `consent.v1`).
 pub mod pb {

@@ -1,18 +1,24 @@
 //! Wiring: open the store, bind, serve gRPC (with health and reflection),
-//! and shut down in order: NOT_SERVING, drain in-flight calls (bounded),
-//! stop and flush the store.
+//! run the compaction task, and shut down in order: NOT_SERVING, end watch
+//! streams with a resumable status, drain in-flight calls (bounded), stop
+//! compaction, stop and flush the store.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
 use tonic::transport::{server::TcpIncoming, Server};
 
 use crate::{
     broker::Broker,
     config::Config,
-    grpc::{AppsService, AuthorizationService},
-    pb::{self, apps_server::AppsServer, authorization_server::AuthorizationServer},
-    store::{SledConfig, SledStore, Store, StoreError},
+    grpc::{AdminService, AppsService, AuthorizationService},
+    pb::{
+        self, admin_server::AdminServer, apps_server::AppsServer,
+        authorization_server::AuthorizationServer,
+    },
+    store::{Retention, SledConfig, SledStore, Store, StoreError},
+    watch::Watcher,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -32,14 +38,16 @@ pub enum ServerError {
     Internal(String),
 }
 
-/// A running daemon. Dropping it without [`Daemon::shutdown`] aborts the
-/// server task; the store then flushes when its last reference goes.
+/// A running daemon. Dropping it without [`Daemon::shutdown`] aborts its
+/// tasks; the store then flushes when its last reference goes.
 pub struct Daemon {
     addr: SocketAddr,
     store: Arc<dyn Store>,
+    watcher: Arc<Watcher>,
     health: tonic_health::server::HealthReporter,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
+    stop: CancellationToken,
+    server: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
+    compactor: Option<JoinHandle<()>>,
     drain_timeout: Duration,
 }
 
@@ -52,18 +60,21 @@ impl Daemon {
             cache_capacity: config.cache_capacity,
             max_batch: config.max_batch,
             queue_depth: config.queue_depth,
+            publish_capacity: config.publish_capacity,
         };
         let store = tokio::task::spawn_blocking(move || SledStore::open(&sled_config))
             .await
             .map_err(|e| ServerError::Internal(format!("opening the store: {e}")))??;
         let store: Arc<dyn Store> = Arc::new(store);
         let broker = Broker::new(store.clone(), config.rules.clone());
+        let watcher = Arc::new(Watcher::new(store.clone(), config.watch.clone()));
 
         let (health, health_service) = tonic_health::server::health_reporter();
         health
             .set_serving::<AuthorizationServer<AuthorizationService>>()
             .await;
         health.set_serving::<AppsServer<AppsService>>().await;
+        health.set_serving::<AdminServer<AdminService>>().await;
         let reflection = || {
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -93,21 +104,33 @@ impl Daemon {
             .add_service(reflection().build_v1alpha()?)
             .add_service(AuthorizationServer::new(AuthorizationService::new(
                 broker.clone(),
+                watcher.clone(),
             )))
-            .add_service(AppsServer::new(AppsService::new(broker)));
+            .add_service(AppsServer::new(AppsService::new(broker)))
+            .add_service(AdminServer::new(AdminService::new(
+                store.clone(),
+                config.retention,
+            )));
 
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
-            // Either an explicit stop or the Daemon being dropped.
-            let _ = stopped.await;
-        }));
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(
+            router.serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned()),
+        );
+        let compactor = tokio::spawn(compact_periodically(
+            store.clone(),
+            config.retention,
+            config.compaction_interval,
+            stop.clone(),
+        ));
         tracing::info!(%addr, data_dir = %config.data_dir.display(), revision = store.revision(), "consentd serving");
         Ok(Daemon {
             addr,
             store,
+            watcher,
             health,
-            stop: Some(stop),
-            task: Some(task),
+            stop,
+            server: Some(server),
+            compactor: Some(compactor),
             drain_timeout: config.drain_timeout,
         })
     }
@@ -117,8 +140,9 @@ impl Daemon {
         self.addr
     }
 
-    /// Graceful shutdown: health NOT_SERVING, stop accepting, let in-flight
-    /// calls finish within the drain timeout, then stop and flush the store.
+    /// Graceful shutdown: health NOT_SERVING, watch streams end with
+    /// UNAVAILABLE carrying their resume revision, in-flight calls finish
+    /// within the drain timeout, then the store stops and flushes.
     pub async fn shutdown(mut self) -> Result<(), ServerError> {
         tracing::info!("shutting down");
         self.health
@@ -127,19 +151,26 @@ impl Daemon {
         self.health
             .set_not_serving::<AppsServer<AppsService>>()
             .await;
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+        self.health
+            .set_not_serving::<AdminServer<AdminService>>()
+            .await;
+        self.watcher.shutdown(self.drain_timeout).await;
+        self.stop.cancel();
         let mut served = Ok(());
-        if let Some(mut task) = self.task.take() {
-            match tokio::time::timeout(self.drain_timeout, &mut task).await {
+        if let Some(mut server) = self.server.take() {
+            match tokio::time::timeout(self.drain_timeout, &mut server).await {
                 Ok(Ok(result)) => served = result.map_err(ServerError::from),
                 Ok(Err(e)) => served = Err(ServerError::Internal(format!("server task: {e}"))),
                 Err(_) => {
                     tracing::warn!(timeout = ?self.drain_timeout, "drain timeout: aborting in-flight calls");
-                    task.abort();
-                    let _ = task.await;
+                    server.abort();
+                    let _ = server.await;
                 }
+            }
+        }
+        if let Some(compactor) = self.compactor.take() {
+            if let Err(e) = compactor.await {
+                tracing::error!(error = %e, "compaction task failed");
             }
         }
         self.store.close().await?;
@@ -150,8 +181,41 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
+        self.stop.cancel();
+        for task in [
+            self.server.take().map(|t| t.abort_handle()),
+            self.compactor.take().map(|t| t.abort_handle()),
+        ]
+        .into_iter()
+        .flatten()
+        {
             task.abort();
+        }
+    }
+}
+
+/// Trims the event log every `every` until `stop`.
+async fn compact_periodically(
+    store: Arc<dyn Store>,
+    retention: Retention,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            result = store.compact(retention) => {
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "compaction failed; will retry");
+                }
+            }
         }
     }
 }

@@ -64,6 +64,13 @@ pub struct Recorded {
     pub state: DecisionState,
 }
 
+/// One page of apps and the id to continue after, if more follow.
+#[derive(Clone, Debug)]
+pub struct AppPage {
+    pub apps: Vec<Arc<App>>,
+    pub next: Option<AppId>,
+}
+
 /// The settings page.
 #[derive(Clone, Debug)]
 pub struct SettingsPage {
@@ -398,7 +405,7 @@ impl Broker {
         &self,
         after: Option<&AppId>,
         page_size: usize,
-    ) -> Result<Read<(Vec<Arc<App>>, Option<AppId>)>, BrokerError> {
+    ) -> Result<Read<AppPage>, BrokerError> {
         let revision = self.store.revision();
         let size = match page_size {
             0 => DEFAULT_PAGE_SIZE,
@@ -411,7 +418,10 @@ impl Broker {
             apps.last().map(|a| a.id.clone())
         });
         Ok(Read {
-            value: (apps, next.flatten()),
+            value: AppPage {
+                apps,
+                next: next.flatten(),
+            },
             revision,
         })
     }

@@ -387,7 +387,10 @@ mod tests {
         }
     }
 
-    fn decisions(entries: &[(Scope, DecisionState)]) -> UserDecisions {
+    /// Decisions written as a table row.
+    type States<'a> = &'a [(Scope, DecisionState)];
+
+    fn decisions(entries: States<'_>) -> UserDecisions {
         entries.iter().copied().collect()
     }
 
@@ -423,19 +426,75 @@ mod tests {
     #[test]
     fn popup_answers() {
         #[rustfmt::skip]
-        let cases: Vec<(Scope, &[(Scope, DecisionState)], Answer, Result<(&[(Scope, DecisionState)], &str), &str>)> = vec![
-            (Camera, &[], Answer::Allow, Ok((&[(Camera, G)], "authorize:ok"))),
-            (Camera, &[], Answer::Deny, Ok((&[(Camera, D)], "authorize:fail auth deny"))),
-            (Camera, &[], Answer::Cancel, Ok((&[], "authorize:fail auth cancel"))),
-            (Camera, &[(Camera, G)], Answer::Allow, Ok((&[(Camera, G)], "authorize:ok"))),
-            (Camera, &[(Camera, D)], Answer::Deny, Ok((&[(Camera, D)], "authorize:fail auth deny"))),
+        type Want<'a> = Result<(States<'a>, &'a str), &'a str>;
+        let cases: Vec<(Scope, States, Answer, Want)> = vec![
+            (
+                Camera,
+                &[],
+                Answer::Allow,
+                Ok((&[(Camera, G)], "authorize:ok")),
+            ),
+            (
+                Camera,
+                &[],
+                Answer::Deny,
+                Ok((&[(Camera, D)], "authorize:fail auth deny")),
+            ),
+            (
+                Camera,
+                &[],
+                Answer::Cancel,
+                Ok((&[], "authorize:fail auth cancel")),
+            ),
+            (
+                Camera,
+                &[(Camera, G)],
+                Answer::Allow,
+                Ok((&[(Camera, G)], "authorize:ok")),
+            ),
+            (
+                Camera,
+                &[(Camera, D)],
+                Answer::Deny,
+                Ok((&[(Camera, D)], "authorize:fail auth deny")),
+            ),
             (Camera, &[(Camera, D)], Answer::Allow, Err("already DENIED")),
-            (Camera, &[(Camera, G)], Answer::Cancel, Err("already GRANTED")),
-            (Camera, &[], Answer::AllowWhileUsing, Err("only valid for scope.userLocationBackground")),
-            (Bg, &[], Answer::Allow, Ok((&[(Fg, G), (Bg, G)], "authorize:ok"))),
-            (Bg, &[(Fg, D)], Answer::Allow, Ok((&[(Fg, G), (Bg, G)], "authorize:ok"))),
-            (Bg, &[], Answer::AllowWhileUsing, Ok((&[(Fg, G)], "authorize:fail auth deny"))),
-            (Bg, &[], Answer::Deny, Ok((&[(Bg, D)], "authorize:fail auth deny"))),
+            (
+                Camera,
+                &[(Camera, G)],
+                Answer::Cancel,
+                Err("already GRANTED"),
+            ),
+            (
+                Camera,
+                &[],
+                Answer::AllowWhileUsing,
+                Err("only valid for scope.userLocationBackground"),
+            ),
+            (
+                Bg,
+                &[],
+                Answer::Allow,
+                Ok((&[(Fg, G), (Bg, G)], "authorize:ok")),
+            ),
+            (
+                Bg,
+                &[(Fg, D)],
+                Answer::Allow,
+                Ok((&[(Fg, G), (Bg, G)], "authorize:ok")),
+            ),
+            (
+                Bg,
+                &[],
+                Answer::AllowWhileUsing,
+                Ok((&[(Fg, G)], "authorize:fail auth deny")),
+            ),
+            (
+                Bg,
+                &[],
+                Answer::Deny,
+                Ok((&[(Bg, D)], "authorize:fail auth deny")),
+            ),
             (Scope::Address, &[], Answer::Allow, Err("NoAuthNeeded")),
         ];
         for (i, (scope, before, answer, want)) in cases.into_iter().enumerate() {
@@ -497,7 +556,7 @@ mod tests {
             location: None,
         };
         #[rustfmt::skip]
-        let cases: Vec<(bool, &[(Scope, DecisionState)], SettingsUpdate, Result<&[(Scope, DecisionState)], &str>)> = vec![
+        let cases: Vec<(bool, States, SettingsUpdate, Result<States, &str>)> = vec![
             (true, &[(Fg, G)], loc(WhileUsingAndAfterLeaving), Ok(&[(Fg, G), (Bg, G)])),
             (false, &[(Fg, G)], loc(WhileUsingAndAfterLeaving), Err("does not declare requiredBackgroundModes")),
             (true, &[(Fg, G), (Bg, G)], loc(WhileUsing), Ok(&[(Fg, G), (Bg, D)])),

@@ -17,7 +17,7 @@ mod version;
 
 pub use app::{App, AppKind, Declarations, RawDeclarations};
 pub use catalog::{Api, Availability, LocationKind, Scope, ScopeInfo, CATALOG};
-pub use decision::{Cause, Change, Decision, DecisionState, Event, UserDecisions};
+pub use decision::{Cause, Change, Decision, DecisionState, Event, EventFilter, UserDecisions};
 pub use error::DomainError;
 pub use gates::{Outcome, Prompt, Reason, Verdict};
 pub use ids::{AppId, UserId, MAX_ID_LEN};

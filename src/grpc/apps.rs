@@ -68,7 +68,7 @@ impl Apps for AppsService {
         };
         let page_size = usize::try_from(r.page_size).unwrap_or(usize::MAX);
         let read = self.broker.list_apps(after.as_ref(), page_size)?;
-        let (apps, next) = read.value;
+        let crate::broker::AppPage { apps, next } = read.value;
         Ok(Response::new(pb::ListAppsResponse {
             apps: apps.iter().map(convert::app).collect(),
             next_page_token: next.map(|id| id.as_str().to_owned()).unwrap_or_default(),

@@ -2,11 +2,14 @@
 
 use tonic::{Request, Response, Status};
 
-use super::convert;
+use std::sync::Arc;
+
+use super::{convert, stream::WatchStream};
 use crate::{
     broker::Broker,
     domain::{gates::msg, Api, Scope, SettingsUpdate},
     pb::{self, authorization_server::Authorization},
+    watch::Watcher,
 };
 
 /// Most scopes one BatchAuthorize may ask about.
@@ -14,16 +17,28 @@ pub const MAX_BATCH_SCOPES: usize = 64;
 
 pub struct AuthorizationService {
     broker: Broker,
+    watcher: Arc<Watcher>,
 }
 
 impl AuthorizationService {
-    pub fn new(broker: Broker) -> Self {
-        Self { broker }
+    pub fn new(broker: Broker, watcher: Arc<Watcher>) -> Self {
+        Self { broker, watcher }
     }
 }
 
 #[tonic::async_trait]
 impl Authorization for AuthorizationService {
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        request: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let (filter, start) = convert::watch_request(request.into_inner())?;
+        let (items, outcome) = self.watcher.subscribe(filter, start)?;
+        Ok(Response::new(WatchStream::new(items, outcome)))
+    }
+
     async fn authorize(
         &self,
         request: Request<pb::AuthorizeRequest>,

@@ -8,10 +8,11 @@ use crate::{
     broker::Subject,
     domain::{
         gates::Verdict, Answer, App, AppId, AppKind, Availability, Cause, Client, DecisionState,
-        DomainError, Event, LocationOption, MinSdkTarget, Outcome, Platform, RawDeclarations,
-        Reason, RuleSet, Scope, ScopeInfo, SettingItem, UserId, Version,
+        DomainError, Event, EventFilter, LocationOption, MinSdkTarget, Outcome, Platform,
+        RawDeclarations, Reason, RuleSet, Scope, ScopeInfo, SettingItem, UserId, Version,
     },
     pb,
+    watch::WatchItem,
 };
 
 fn invalid(field: &str, message: String) -> DomainError {
@@ -338,9 +339,70 @@ pub fn app(app: &Arc<App>) -> pb::App {
         required_background_modes: d.background_modes.iter().cloned().collect(),
         required_private_infos: d.private_infos.iter().cloned().collect(),
         revision: app.revision,
-        updated_at: Some(prost_types::Timestamp {
-            seconds: i64::try_from(ms / 1000).unwrap_or(i64::MAX),
-            nanos: i32::try_from((ms % 1000) * 1_000_000).unwrap_or(0),
-        }),
+        updated_at: Some(timestamp(ms)),
     }
+}
+
+pub fn watch_request(r: pb::WatchRequest) -> Result<(EventFilter, Option<u64>), DomainError> {
+    let limit = |field: &str, n: usize| {
+        if n > MAX_WATCH_FILTER {
+            Err(invalid(
+                field,
+                format!("{field} holds {n} entries; the limit is {MAX_WATCH_FILTER}"),
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    limit("app_ids", r.app_ids.len())?;
+    limit("user_ids", r.user_ids.len())?;
+    limit("scopes", r.scopes.len())?;
+    let mut filter = EventFilter::default();
+    for (i, id) in r.app_ids.iter().enumerate() {
+        filter
+            .apps
+            .insert(AppId::parse_field(&format!("app_ids[{i}]"), id)?);
+    }
+    for (i, id) in r.user_ids.iter().enumerate() {
+        filter
+            .users
+            .insert(UserId::parse_field(&format!("user_ids[{i}]"), id)?);
+    }
+    for (i, s) in r.scopes.iter().enumerate() {
+        filter.scopes.insert(scope(&format!("scopes[{i}]"), s)?);
+    }
+    Ok((filter, r.start_revision))
+}
+
+/// Most entries in each Watch filter list.
+pub const MAX_WATCH_FILTER: usize = 1000;
+
+fn timestamp(ms: u64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: i64::try_from(ms / 1000).unwrap_or(i64::MAX),
+        nanos: i32::try_from((ms % 1000) * 1_000_000).unwrap_or(0),
+    }
+}
+
+pub fn event(e: Event) -> pb::DecisionEvent {
+    pb::DecisionEvent {
+        revision: e.revision,
+        app_id: e.app.as_str().to_owned(),
+        user_id: e.user.as_str().to_owned(),
+        scope: e.scope.name().to_owned(),
+        old_state: state(e.old).into(),
+        new_state: state(e.new).into(),
+        cause: cause(e.cause).into(),
+        time: Some(timestamp(e.time_ms)),
+    }
+}
+
+pub fn watch_item(item: WatchItem) -> pb::WatchResponse {
+    let kind = match item {
+        WatchItem::Event(e) => pb::watch_response::Kind::Event(event(e)),
+        WatchItem::Progress(revision) => {
+            pb::watch_response::Kind::Progress(pb::Progress { revision })
+        }
+    };
+    pb::WatchResponse { kind: Some(kind) }
 }

@@ -1,11 +1,15 @@
 //! The gRPC edge. Only this module (and the generated `pb`) touches wire
-//! types: requests are converted into domain values in [`convert`], broker
-//! errors into statuses in `status`.
+//! types: requests are converted into domain values in [`convert`], errors
+//! into statuses in `status`.
 
+mod admin;
 mod apps;
 mod authorization;
 pub mod convert;
 mod status;
+mod stream;
 
+pub use admin::AdminService;
 pub use apps::AppsService;
 pub use authorization::{AuthorizationService, MAX_BATCH_SCOPES};
+pub use stream::WatchStream;

@@ -2,7 +2,7 @@
 
 use tonic::{Code, Status};
 
-use crate::{broker::BrokerError, domain::DomainError, store::StoreError};
+use crate::{broker::BrokerError, domain::DomainError, store::StoreError, watch::WatchError};
 
 impl From<BrokerError> for Status {
     fn from(e: BrokerError) -> Self {
@@ -13,20 +13,43 @@ impl From<BrokerError> for Status {
                 DomainError::AlreadyExists { .. } => Code::AlreadyExists,
                 DomainError::FailedPrecondition { .. } => Code::FailedPrecondition,
             },
-            BrokerError::Store(s) => match s {
-                StoreError::Closed => Code::Unavailable,
-                StoreError::Io(_) => Code::Unavailable,
-                StoreError::Open { .. }
-                | StoreError::Format { .. }
-                | StoreError::Corrupt(_)
-                | StoreError::Internal(_) => Code::Internal,
-            },
+            BrokerError::Store(s) => store_code(s),
             BrokerError::Internal(_) => Code::Internal,
         };
         if code == Code::Internal || code == Code::Unavailable {
             tracing::error!(error = %e, "request failed");
         }
         Status::new(code, e.to_string())
+    }
+}
+
+fn store_code(e: &StoreError) -> Code {
+    match e {
+        StoreError::Closed | StoreError::Io(_) => Code::Unavailable,
+        StoreError::Open { .. }
+        | StoreError::Format { .. }
+        | StoreError::Corrupt(_)
+        | StoreError::Internal(_) => Code::Internal,
+    }
+}
+
+impl From<WatchError> for Status {
+    fn from(e: WatchError) -> Self {
+        let code = match &e {
+            WatchError::OutOfRange { .. }
+            | WatchError::Ahead { .. }
+            | WatchError::FellBehind { .. } => Code::OutOfRange,
+            WatchError::ShuttingDown { .. } => Code::Unavailable,
+            WatchError::Store(s) => store_code(s),
+        };
+        tracing::info!(error = %e, ?code, "watch stream ended");
+        Status::new(code, e.to_string())
+    }
+}
+
+impl From<StoreError> for Status {
+    fn from(e: StoreError) -> Self {
+        BrokerError::Store(e).into()
     }
 }
 

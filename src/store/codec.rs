@@ -4,7 +4,9 @@
 //! - `a/<app>`                        -> app registration (JSON)
 //! - `d/<app>\0<user>\0<scope>`       -> decision (fixed 19 bytes)
 //! - `e/<revision: u64 BE>`           -> event (binary)
-//! - `m/revision`, `m/format`         -> metadata (u64 BE)
+//! - `b/<app>\0<user>\0<scope>`       -> checkpoint: the decision as of
+//!   `m/compacted_through` (one state byte); the log folds on top of it
+//! - `m/revision`, `m/format`, `m/compacted_through` -> metadata (u64 BE)
 
 use std::collections::BTreeSet;
 
@@ -18,6 +20,8 @@ use crate::domain::{
 pub const APP_PREFIX: &[u8] = b"a/";
 pub const DECISION_PREFIX: &[u8] = b"d/";
 pub const EVENT_PREFIX: &[u8] = b"e/";
+pub const BASE_PREFIX: &[u8] = b"b/";
+pub const COMPACTED_KEY: &[u8] = b"m/compacted_through";
 pub const REVISION_KEY: &[u8] = b"m/revision";
 pub const FORMAT_KEY: &[u8] = b"m/format";
 
@@ -51,6 +55,11 @@ pub fn decision_key(app: &AppId, user: &UserId, scope: Scope) -> Vec<u8> {
         scope.name().as_bytes(),
     ]
     .concat()
+}
+
+/// The checkpoint key of a decision key: same tail, `b/` prefix.
+pub fn base_key_of(decision_key: &[u8]) -> Vec<u8> {
+    [BASE_PREFIX, &decision_key[DECISION_PREFIX.len()..]].concat()
 }
 
 pub fn event_key(revision: u64) -> [u8; 10] {
@@ -93,7 +102,7 @@ pub fn decode_u64(raw: &[u8]) -> Result<u64, StoreError> {
         .map_err(|_| StoreError::Corrupt(format!("expected 8 bytes, got {}", raw.len())))
 }
 
-fn state_code(s: DecisionState) -> u8 {
+pub fn state_code(s: DecisionState) -> u8 {
     match s {
         DecisionState::NotDetermined => 0,
         DecisionState::Granted => 1,
@@ -101,7 +110,7 @@ fn state_code(s: DecisionState) -> u8 {
     }
 }
 
-fn state_from(code: u8) -> Result<DecisionState, StoreError> {
+pub fn state_from(code: u8) -> Result<DecisionState, StoreError> {
     match code {
         0 => Ok(DecisionState::NotDetermined),
         1 => Ok(DecisionState::Granted),

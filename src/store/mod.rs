@@ -8,11 +8,15 @@
 //! durable. Concurrent jobs share one commit and one flush (group commit).
 
 mod codec;
+mod maintenance;
 mod sled_store;
 mod writer;
 
-use std::{future::Future, pin::Pin, sync::Arc};
+use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
+use tokio::sync::broadcast;
+
+pub use maintenance::DEFAULT_RETENTION;
 pub use sled_store::{SledConfig, SledStore};
 
 use crate::domain::{
@@ -57,6 +61,48 @@ pub struct Committed {
     pub app: Option<Arc<App>>,
 }
 
+/// One group commit as the writer publishes it to subscribers. Groups are
+/// contiguous: each one's `prev_revision` is the previous one's `revision`,
+/// so a subscriber can tell a gap (it lagged) from a duplicate.
+#[derive(Debug)]
+pub struct Published {
+    pub prev_revision: u64,
+    pub revision: u64,
+    /// The group's events, in revision order (possibly none: app changes).
+    pub events: Vec<Event>,
+}
+
+/// How much of the event log to keep. An event is trimmed when either limit
+/// says so; `None` disables a limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    pub max_events: Option<u64>,
+    pub max_age: Option<Duration>,
+}
+
+/// What a compaction did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Compaction {
+    pub removed: u64,
+    /// Every event up to this revision has been trimmed into the checkpoint.
+    pub compacted_through: u64,
+}
+
+/// The result of checking checkpoint + log against the stored decisions.
+#[derive(Clone, Debug, Default)]
+pub struct Verification {
+    pub decisions: u64,
+    pub retained_events: u64,
+    pub compacted_through: u64,
+    /// Described mismatches, at most [`MAX_MISMATCHES`].
+    pub mismatches: Vec<String>,
+    /// The revision the check ran at.
+    pub revision: u64,
+}
+
+/// Most mismatches a verification reports.
+pub const MAX_MISMATCHES: usize = 20;
+
 /// A write job.
 pub type Job = Box<dyn FnOnce(&dyn View) -> Result<WriteSet, TxnError> + Send>;
 
@@ -76,6 +122,15 @@ pub trait Store: Send + Sync + 'static {
     fn revision(&self) -> u64;
     /// Retained events with revision > `after`, oldest first, at most `limit`.
     fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>, StoreError>;
+    /// Committed groups from now on (bounded: a slow receiver lags and must
+    /// catch up from [`Store::events_after`]).
+    fn subscribe(&self) -> broadcast::Receiver<Arc<Published>>;
+    /// Events up to this revision have been trimmed from the log.
+    fn compacted_through(&self) -> u64;
+    /// Trims the log to `retention`, folding trimmed events into the checkpoint.
+    fn compact(&self, retention: Retention) -> BoxFuture<'_, Result<Compaction, StoreError>>;
+    /// Checks checkpoint + retained log == stored decisions.
+    fn verify(&self) -> BoxFuture<'_, Result<Verification, StoreError>>;
     /// Runs `job` on the writer; resolves once its changes are durable.
     fn submit(&self, job: Job) -> BoxFuture<'_, Result<Committed, TxnError>>;
     /// Stops the writer after the jobs already queued and flushes. Later

@@ -1,4 +1,5 @@
-//! The sled backend: one tree, one writer thread, an in-memory app index.
+//! The sled backend: one tree, one writer thread, an in-memory app index,
+//! and a broadcast of committed groups for watchers.
 
 use std::{
     collections::BTreeMap,
@@ -10,12 +11,14 @@ use std::{
     thread::JoinHandle,
 };
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::{
     codec::{self, FORMAT_KEY, FORMAT_VERSION, REVISION_KEY},
+    maintenance,
     writer::{self, Request},
-    BoxFuture, Committed, Job, Store, StoreError, TxnError,
+    BoxFuture, Committed, Compaction, Job, Published, Retention, Store, StoreError, TxnError,
+    Verification,
 };
 use crate::domain::{App, AppId, Decision, Event, Scope, UserDecisions, UserId};
 
@@ -29,18 +32,30 @@ pub struct SledConfig {
     pub max_batch: usize,
     /// Jobs waiting for the writer before submitters wait.
     pub queue_depth: usize,
+    /// Committed groups buffered for watchers before a slow one lags.
+    pub publish_capacity: usize,
 }
 
 /// Apps by id: every registration, kept in memory (apps are few and read
 /// on every call).
 pub(super) type AppIndex = RwLock<BTreeMap<AppId, Arc<App>>>;
 
+/// State shared by the readers and the writer.
+pub(super) struct Shared {
+    pub apps: AppIndex,
+    /// The last durable (published) revision.
+    pub revision: AtomicU64,
+    pub compacted_through: AtomicU64,
+    /// Event keys present in the log.
+    pub event_count: AtomicU64,
+    pub published: broadcast::Sender<Arc<Published>>,
+}
+
 /// The sled-backed [`Store`].
 pub struct SledStore {
     tree: sled::Tree,
     db: sled::Db,
-    apps: Arc<AppIndex>,
-    revision: Arc<AtomicU64>,
+    shared: Arc<Shared>,
     writer: Mutex<Option<WriterHandle>>,
 }
 
@@ -67,27 +82,34 @@ impl SledStore {
         let tree = db.open_tree("consent").map_err(open_err)?;
         check_format(&tree, &config.path)?;
 
-        let revision = match tree.get(REVISION_KEY)? {
-            Some(raw) => codec::decode_u64(&raw)?,
-            None => 0,
+        let meta = |key| -> Result<u64, StoreError> {
+            tree.get(key)?.map_or(Ok(0), |raw| codec::decode_u64(&raw))
         };
+        let revision = meta(REVISION_KEY)?;
+        let compacted_through = meta(codec::COMPACTED_KEY)?;
         let mut apps = BTreeMap::new();
         for item in tree.scan_prefix(codec::APP_PREFIX) {
             let (_, value) = item?;
             let app = codec::decode_app(&value)?;
             apps.insert(app.id.clone(), Arc::new(app));
         }
-        tracing::info!(path = %path, revision, apps = apps.len(), "store opened");
+        let mut events = 0u64;
+        for key in tree.scan_prefix(codec::EVENT_PREFIX).keys() {
+            key?;
+            events += 1;
+        }
+        tracing::info!(path = %path, revision, compacted_through, apps = apps.len(), events, "store opened");
 
-        let apps = Arc::new(RwLock::new(apps));
-        let revision = Arc::new(AtomicU64::new(revision));
+        let (published, _) = broadcast::channel(config.publish_capacity.max(1));
+        let shared = Arc::new(Shared {
+            apps: RwLock::new(apps),
+            revision: AtomicU64::new(revision),
+            compacted_through: AtomicU64::new(compacted_through),
+            event_count: AtomicU64::new(events),
+            published,
+        });
         let (tx, rx) = mpsc::channel(config.queue_depth.max(1));
-        let state = writer::Writer::new(
-            tree.clone(),
-            apps.clone(),
-            revision.clone(),
-            config.max_batch.max(1),
-        );
+        let state = writer::Writer::new(tree.clone(), shared.clone(), config.max_batch.max(1));
         let thread = std::thread::Builder::new()
             .name("consentd-writer".into())
             .spawn(move || state.run(rx))
@@ -95,14 +117,34 @@ impl SledStore {
         Ok(Self {
             tree,
             db,
-            apps,
-            revision,
+            shared,
             writer: Mutex::new(Some(WriterHandle { tx, thread })),
         })
     }
 
-    fn sender(&self) -> Option<mpsc::Sender<Request>> {
-        self.writer.lock().ok()?.as_ref().map(|w| w.tx.clone())
+    fn sender(&self) -> Result<mpsc::Sender<Request>, StoreError> {
+        self.writer
+            .lock()
+            .map_err(|_| StoreError::Internal("writer handle poisoned".into()))?
+            .as_ref()
+            .map(|w| w.tx.clone())
+            .ok_or(StoreError::Closed)
+    }
+
+    /// Runs `task` on the writer between two group commits.
+    async fn exclusive<T: Send + 'static>(
+        &self,
+        task: impl FnOnce(&writer::Writer) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        let request = Request::Exclusive(Box::new(move |w| {
+            let _ = reply.send(task(w));
+        }));
+        self.sender()?
+            .send(request)
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
     }
 }
 
@@ -147,6 +189,7 @@ pub(super) fn read_decisions(
 impl Store for SledStore {
     fn app(&self, id: &AppId) -> Result<Option<Arc<App>>, StoreError> {
         let apps = self
+            .shared
             .apps
             .read()
             .map_err(|_| StoreError::Internal("app index poisoned".into()))?;
@@ -156,6 +199,7 @@ impl Store for SledStore {
     fn apps(&self, after: Option<&AppId>, limit: usize) -> Result<Vec<Arc<App>>, StoreError> {
         use std::ops::Bound;
         let apps = self
+            .shared
             .apps
             .read()
             .map_err(|_| StoreError::Internal("app index poisoned".into()))?;
@@ -184,16 +228,19 @@ impl Store for SledStore {
     }
 
     fn revision(&self) -> u64 {
-        self.revision.load(Ordering::Acquire)
+        self.shared.revision.load(Ordering::Acquire)
     }
 
     fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
         let Some(start) = after.checked_add(1) else {
             return Ok(Vec::new());
         };
-        let end = codec::event_key(u64::MAX);
         let mut out = Vec::new();
-        for item in self.tree.range(codec::event_key(start)..=end).take(limit) {
+        for item in self
+            .tree
+            .range(codec::event_key(start)..=codec::event_key(u64::MAX))
+            .take(limit)
+        {
             let (key, value) = item?;
             let revision = codec::decode_u64(&key[codec::EVENT_PREFIX.len()..])?;
             out.push(codec::decode_event(revision, &value)?);
@@ -201,11 +248,54 @@ impl Store for SledStore {
         Ok(out)
     }
 
+    fn subscribe(&self) -> broadcast::Receiver<Arc<Published>> {
+        self.shared.published.subscribe()
+    }
+
+    fn compacted_through(&self) -> u64 {
+        self.shared.compacted_through.load(Ordering::Acquire)
+    }
+
+    fn compact(&self, retention: Retention) -> BoxFuture<'_, Result<Compaction, StoreError>> {
+        Box::pin(async move {
+            let now = writer::now_ms();
+            let mut total = Compaction {
+                removed: 0,
+                compacted_through: self.compacted_through(),
+            };
+            // Chunks keep each exclusive turn on the writer short.
+            loop {
+                let (chunk, done) = self
+                    .exclusive(move |w| {
+                        maintenance::compact_chunk(w, retention, now, maintenance::COMPACT_CHUNK)
+                    })
+                    .await?;
+                total.removed += chunk.removed;
+                total.compacted_through = chunk.compacted_through;
+                if done {
+                    break;
+                }
+            }
+            if total.removed > 0 {
+                tracing::info!(
+                    removed = total.removed,
+                    compacted_through = total.compacted_through,
+                    "event log compacted"
+                );
+            }
+            Ok(total)
+        })
+    }
+
+    fn verify(&self) -> BoxFuture<'_, Result<Verification, StoreError>> {
+        Box::pin(self.exclusive(maintenance::verify))
+    }
+
     fn submit(&self, job: Job) -> BoxFuture<'_, Result<Committed, TxnError>> {
         Box::pin(async move {
-            let tx = self.sender().ok_or(StoreError::Closed)?;
+            let tx = self.sender()?;
             let (reply, rx) = oneshot::channel();
-            tx.send(Request { job, reply })
+            tx.send(Request::Write { job, reply })
                 .await
                 .map_err(|_| StoreError::Closed)?;
             rx.await.map_err(|_| StoreError::Closed)?

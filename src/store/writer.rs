@@ -4,10 +4,7 @@
 use std::{
     collections::BTreeMap,
     panic::{catch_unwind, AssertUnwindSafe},
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc,
-    },
+    sync::{atomic::Ordering, Arc},
     time::{SystemTime, UNIX_EPOCH},
 };
 
@@ -15,20 +12,25 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     codec,
-    sled_store::{read_decisions, AppIndex},
-    AppWrite, Committed, Job, StoreError, TxnError, View, WriteSet,
+    sled_store::{read_decisions, Shared},
+    AppWrite, Committed, Job, Published, StoreError, TxnError, View, WriteSet,
 };
 use crate::domain::{App, AppId, Decision, DecisionState, Event, UserDecisions, UserId};
 
-pub(super) struct Request {
-    pub job: Job,
-    pub reply: oneshot::Sender<Result<Committed, TxnError>>,
+pub(super) enum Request {
+    /// A write job, group-committed with its neighbours.
+    Write {
+        job: Job,
+        reply: oneshot::Sender<Result<Committed, TxnError>>,
+    },
+    /// Maintenance that must see no concurrent write (compaction, verify);
+    /// it replies through its own channel.
+    Exclusive(Box<dyn FnOnce(&Writer) + Send>),
 }
 
 pub(super) struct Writer {
-    tree: sled::Tree,
-    apps: Arc<AppIndex>,
-    revision: Arc<AtomicU64>,
+    pub(super) tree: sled::Tree,
+    pub(super) shared: Arc<Shared>,
     max_batch: usize,
 }
 
@@ -41,22 +43,18 @@ struct Group {
     overlay: Overlay,
     /// App index updates to publish after the commit.
     apps: Vec<(AppId, Option<Arc<App>>)>,
+    /// The group's events, for watchers.
+    events: Vec<Event>,
     /// The last revision handed out.
     revision: u64,
     dirty: bool,
 }
 
 impl Writer {
-    pub fn new(
-        tree: sled::Tree,
-        apps: Arc<AppIndex>,
-        revision: Arc<AtomicU64>,
-        max_batch: usize,
-    ) -> Self {
+    pub fn new(tree: sled::Tree, shared: Arc<Shared>, max_batch: usize) -> Self {
         Self {
             tree,
-            apps,
-            revision,
+            shared,
             max_batch,
         }
     }
@@ -64,30 +62,47 @@ impl Writer {
     /// Serves requests until every sender is gone.
     pub fn run(self, mut rx: mpsc::Receiver<Request>) {
         let mut pending = Vec::with_capacity(self.max_batch);
+        let mut exclusive = None;
         while let Some(first) = rx.blocking_recv() {
-            pending.push(first);
-            while pending.len() < self.max_batch {
-                match rx.try_recv() {
-                    Ok(request) => pending.push(request),
-                    Err(_) => break,
+            let mut next = Some(first);
+            while let Some(request) = next.take() {
+                match request {
+                    Request::Write { job, reply } => pending.push((job, reply)),
+                    Request::Exclusive(task) => {
+                        // Runs after the writes that arrived before it.
+                        exclusive = Some(task);
+                        break;
+                    }
+                }
+                if pending.len() < self.max_batch {
+                    next = rx.try_recv().ok();
                 }
             }
-            self.commit_group(&mut pending);
+            if !pending.is_empty() {
+                self.commit_group(&mut pending);
+            }
+            if let Some(task) = exclusive.take() {
+                if catch_unwind(AssertUnwindSafe(|| task(&self))).is_err() {
+                    tracing::error!("a maintenance task panicked");
+                }
+            }
         }
         tracing::debug!("writer stopped");
     }
 
-    fn commit_group(&self, pending: &mut Vec<Request>) {
+    fn commit_group(&self, pending: &mut Vec<(Job, oneshot::Sender<Result<Committed, TxnError>>)>) {
+        let prev_revision = self.shared.revision.load(Ordering::Acquire);
         let mut group = Group {
             batch: sled::Batch::default(),
             overlay: Overlay::new(),
             apps: Vec::new(),
-            revision: self.revision.load(Ordering::Acquire),
+            events: Vec::new(),
+            revision: prev_revision,
             dirty: false,
         };
         let now = now_ms();
         let mut replies = Vec::with_capacity(pending.len());
-        for Request { job, reply } in pending.drain(..) {
+        for (job, reply) in pending.drain(..) {
             let view = GroupView {
                 writer: self,
                 overlay: &group.overlay,
@@ -117,7 +132,14 @@ impl Writer {
                     tracing::error!(error = %e, jobs, "flush failed; writes not acknowledged");
                     failure = Some(e);
                 }
-                self.publish(group.apps, group.revision);
+                self.publish(
+                    group.apps,
+                    Published {
+                        prev_revision,
+                        revision: group.revision,
+                        events: group.events,
+                    },
+                );
                 tracing::trace!(jobs, revision = group.revision, "group committed");
             }
         }
@@ -132,8 +154,8 @@ impl Writer {
     }
 
     /// Makes a committed group visible to readers.
-    fn publish(&self, apps: Vec<(AppId, Option<Arc<App>>)>, revision: u64) {
-        match self.apps.write() {
+    fn publish(&self, apps: Vec<(AppId, Option<Arc<App>>)>, group: Published) {
+        match self.shared.apps.write() {
             Ok(mut index) => {
                 for (id, app) in apps {
                     match app {
@@ -144,7 +166,14 @@ impl Writer {
             }
             Err(_) => tracing::error!("app index poisoned; app changes not visible until restart"),
         }
-        self.revision.store(revision, Ordering::Release);
+        self.shared
+            .event_count
+            .fetch_add(group.events.len() as u64, Ordering::AcqRel);
+        self.shared
+            .revision
+            .store(group.revision, Ordering::Release);
+        // No receivers is fine: nobody is watching.
+        let _ = self.shared.published.send(Arc::new(group));
     }
 
     /// Stages one job's write set, giving each change the next revision.
@@ -220,6 +249,7 @@ impl Writer {
                 codec::event_key(revision).to_vec(),
                 Some(codec::encode_event(&event)),
             );
+            group.events.push(event.clone());
             committed.events.push(event);
             committed.revision = revision;
         }
@@ -265,6 +295,7 @@ impl View for GroupView<'_> {
         }
         let apps = self
             .writer
+            .shared
             .apps
             .read()
             .map_err(|_| StoreError::Internal("app index poisoned".into()))?;
@@ -309,7 +340,7 @@ impl View for GroupView<'_> {
     }
 }
 
-fn now_ms() -> u64 {
+pub(super) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
