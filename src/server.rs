@@ -18,7 +18,7 @@ use crate::{
         authorization_server::AuthorizationServer,
     },
     store::{Retention, SledConfig, SledStore, Store, StoreError},
-    watch::Watcher,
+    watch::{WatchStats, Watcher},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -138,6 +138,11 @@ impl Daemon {
     /// The bound address (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Counters of the watch streams.
+    pub fn watch_stats(&self) -> &WatchStats {
+        self.watcher.stats()
     }
 
     /// Graceful shutdown: health NOT_SERVING, watch streams end with
