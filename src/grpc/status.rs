@@ -17,7 +17,9 @@ impl From<BrokerError> for Status {
             BrokerError::Internal(_) => Code::Internal,
         };
         if code == Code::Internal || code == Code::Unavailable {
-            tracing::error!(error = %e, "request failed");
+            tracing::error!(error = %e, ?code, "request failed");
+        } else {
+            tracing::debug!(error = %e, ?code, "request refused");
         }
         Status::new(code, e.to_string())
     }
