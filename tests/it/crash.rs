@@ -11,15 +11,13 @@ use std::{
 };
 
 use consentd::{
-    config::Config,
-    pb::{
-        self, admin_client::AdminClient, apps_client::AppsClient,
-        authorization_client::AuthorizationClient, watch_response::Kind,
-    },
+    pb::{self, authorization_client::AuthorizationClient, watch_response::Kind},
     server::Daemon,
 };
 use tokio_stream::StreamExt as _;
 use tonic::transport::Channel;
+
+use crate::fixture::{client_info, connect, location_app, test_config, Client};
 
 /// The real `consentd` binary on a port of its choosing.
 struct ChildDaemon {
@@ -63,11 +61,7 @@ impl ChildDaemon {
 }
 
 fn client() -> pb::ClientInfo {
-    pb::ClientInfo {
-        platform: pb::Platform::Ios.into(),
-        host_version: "8.0.5".into(),
-        sdk_version: "3.0.0".into(),
-    }
+    client_info(pb::Platform::Ios, "8.0.5", "3.0.0")
 }
 
 type Key = (u64, String, String, String, i32, i32, i32);
@@ -153,26 +147,12 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let daemon = ChildDaemon::spawn(&data);
-    let channel = Channel::from_shared(format!("http://{}", daemon.addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let app = pb::App {
-        app_id: "wxcrash".into(),
-        kind: pb::AppKind::MiniProgram.into(),
-        permission: [(
-            "scope.userLocation".to_string(),
-            pb::PermissionDesc { desc: "d".into() },
-        )]
-        .into(),
-        required_background_modes: vec!["location".into()],
-        ..Default::default()
-    };
-    AppsClient::new(channel.clone())
-        .register_app(pb::RegisterAppRequest { app: Some(app) })
-        .await
-        .unwrap();
+    let channel = connect(daemon.addr).await;
+    Client {
+        channel: channel.clone(),
+    }
+    .register(location_app("wxcrash"))
+    .await;
 
     // A subscriber follows from the start and records what it saw.
     let mut stream = AuthorizationClient::new(channel.clone())
@@ -210,22 +190,16 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
     );
 
     // Restart in-process on the same dir.
-    let config = Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: data,
-        ..Config::default()
-    };
-    let daemon = Daemon::start(config).await.unwrap();
-    let channel = Channel::from_shared(format!("http://{}", daemon.local_addr()))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let verify = AdminClient::new(channel.clone())
-        .verify(pb::VerifyRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let daemon = Daemon::start(test_config(data)).await.unwrap();
+    let channel = connect(daemon.local_addr()).await;
+    let verify = Client {
+        channel: channel.clone(),
+    }
+    .admin()
+    .verify(pb::VerifyRequest {})
+    .await
+    .unwrap()
+    .into_inner();
     assert!(
         verify.consistent,
         "state != fold(log): {:?}",

