@@ -79,6 +79,12 @@ impl TestDaemon {
         self.daemon = Some(daemon);
     }
 
+    /// Like [`TestDaemon::start_again`], on a given address (e.g. the old port).
+    pub async fn start_again_at(&mut self, addr: SocketAddr) {
+        self.config.listen = addr;
+        self.start_again().await;
+    }
+
     /// Graceful shutdown, then a new daemon on the same data dir.
     pub async fn restart(&mut self) {
         self.take().shutdown().await.unwrap();

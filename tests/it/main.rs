@@ -4,6 +4,7 @@
 mod apps;
 mod bad_input;
 mod catalog;
+mod cli;
 mod crash;
 mod fixture;
 mod gates;

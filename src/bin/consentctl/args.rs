@@ -1,0 +1,265 @@
+//! Command-line arguments, parsed once into typed values.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use consentd::pb;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "consentctl",
+    version,
+    about = "A command-line client for consentd."
+)]
+pub struct Cli {
+    /// The daemon's address.
+    #[arg(
+        long,
+        global = true,
+        env = "CONSENTD_ADDR",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub addr: String,
+    /// Print JSON instead of tables (one object per response; JSON lines for watch).
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Seconds to wait for each call (not for watch streams).
+    #[arg(long, global = true, default_value_t = 10)]
+    pub timeout: u64,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// wx.authorize: what happens if SCOPE is requested now.
+    Authorize {
+        app: String,
+        user: String,
+        scope: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Authorize several scopes of one user at once.
+    BatchAuthorize {
+        app: String,
+        user: String,
+        #[arg(required = true)]
+        scopes: Vec<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Whether a gated interface (wx.getLocation, camera, ...) may run now.
+    CheckApi {
+        app: String,
+        user: String,
+        api: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Record the user's answer to a popup.
+    Record {
+        app: String,
+        user: String,
+        scope: String,
+        answer: AnswerArg,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// wx.getSetting: the decided scopes of a user.
+    Settings { app: String, user: String },
+    /// The settings page (wx.openSetting).
+    SettingsPage { app: String, user: String },
+    /// Change the settings page; prints the new authSetting.
+    UpdateSettings {
+        app: String,
+        user: String,
+        /// SCOPE=true|false; repeatable.
+        #[arg(long = "set", value_name = "SCOPE=BOOL", value_parser = parse_toggle)]
+        toggles: Vec<(String, bool)>,
+        /// The location item.
+        #[arg(long)]
+        location: Option<LocationArg>,
+    },
+    /// The user deleted the mini program: forget their decisions.
+    RemoveApp { app: String, user: String },
+    /// Register and inspect apps.
+    #[command(subcommand)]
+    Apps(AppsCommand),
+    /// The scope catalog.
+    Scopes {
+        #[arg(long)]
+        kind: Option<KindArg>,
+    },
+    /// The platform-version rules in force.
+    Rules,
+    /// Follow decision changes live; resumes by itself after a disconnect.
+    Watch {
+        /// Only these apps (repeatable).
+        #[arg(long = "app")]
+        apps: Vec<String>,
+        /// Only these users (repeatable).
+        #[arg(long = "user")]
+        users: Vec<String>,
+        /// Only these scopes (repeatable).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// Replay every retained event after this revision first.
+        #[arg(long = "from")]
+        from: Option<u64>,
+    },
+    /// Trim the event log to the retention policy now.
+    Compact,
+    /// Check that checkpoint + event log reproduce the stored decisions.
+    Verify,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AppsCommand {
+    /// Register a new app.
+    Register(AppArgs),
+    /// Replace an app's declarations.
+    Update(AppArgs),
+    Get {
+        app: String,
+    },
+    List {
+        #[arg(long, default_value_t = 100)]
+        page_size: u32,
+        /// Follow every page.
+        #[arg(long)]
+        all: bool,
+        #[arg(long, default_value = "")]
+        page_token: String,
+    },
+    /// Delete an app and every user's decisions for it.
+    Delete {
+        app: String,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct AppArgs {
+    pub app: String,
+    #[arg(long)]
+    pub kind: KindArg,
+    /// SCOPE=DESC, the popup text; repeatable.
+    #[arg(long = "permission", value_name = "SCOPE=DESC", value_parser = parse_permission)]
+    pub permissions: Vec<(String, String)>,
+    /// requiredBackgroundModes entry (location, audio); repeatable.
+    #[arg(long = "background-mode")]
+    pub background_modes: Vec<String>,
+    /// requiredPrivateInfos entry (getLocation, ...); repeatable.
+    #[arg(long = "private-info")]
+    pub private_infos: Vec<String>,
+}
+
+/// The client that asks. Defaults describe a current Android host.
+#[derive(Args, Debug)]
+pub struct ClientArgs {
+    #[arg(long, default_value = "android")]
+    pub platform: PlatformArg,
+    #[arg(long, default_value = "8.0.50")]
+    pub host_version: String,
+    #[arg(long, default_value = "3.0.0")]
+    pub sdk_version: String,
+}
+
+impl ClientArgs {
+    pub fn to_pb(&self) -> pb::ClientInfo {
+        pb::ClientInfo {
+            platform: self.platform.to_pb().into(),
+            host_version: self.host_version.clone(),
+            sdk_version: self.sdk_version.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum PlatformArg {
+    Ios,
+    Android,
+    Ohos,
+    Windows,
+    Mac,
+    Devtools,
+}
+
+impl PlatformArg {
+    fn to_pb(self) -> pb::Platform {
+        match self {
+            PlatformArg::Ios => pb::Platform::Ios,
+            PlatformArg::Android => pb::Platform::Android,
+            PlatformArg::Ohos => pb::Platform::Ohos,
+            PlatformArg::Windows => pb::Platform::Windows,
+            PlatformArg::Mac => pb::Platform::Mac,
+            PlatformArg::Devtools => pb::Platform::Devtools,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum AnswerArg {
+    Allow,
+    Deny,
+    Cancel,
+    AllowWhileUsing,
+}
+
+impl AnswerArg {
+    pub fn to_pb(self) -> pb::Answer {
+        match self {
+            AnswerArg::Allow => pb::Answer::Allow,
+            AnswerArg::Deny => pb::Answer::Deny,
+            AnswerArg::Cancel => pb::Answer::Cancel,
+            AnswerArg::AllowWhileUsing => pb::Answer::AllowWhileUsing,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LocationArg {
+    NotAllowed,
+    WhileUsing,
+    /// While using and after leaving.
+    Always,
+}
+
+impl LocationArg {
+    pub fn to_pb(self) -> pb::LocationOption {
+        match self {
+            LocationArg::NotAllowed => pb::LocationOption::NotAllowed,
+            LocationArg::WhileUsing => pb::LocationOption::WhileUsing,
+            LocationArg::Always => pb::LocationOption::WhileUsingAndAfterLeaving,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum KindArg {
+    MiniProgram,
+    MiniGame,
+}
+
+impl KindArg {
+    pub fn to_pb(self) -> pb::AppKind {
+        match self {
+            KindArg::MiniProgram => pb::AppKind::MiniProgram,
+            KindArg::MiniGame => pb::AppKind::MiniGame,
+        }
+    }
+}
+
+fn parse_toggle(raw: &str) -> Result<(String, bool), String> {
+    let (scope, value) = raw
+        .split_once('=')
+        .ok_or_else(|| format!("expected SCOPE=true|false, got {raw:?}"))?;
+    let value = value
+        .parse()
+        .map_err(|_| format!("expected true or false after '=', got {value:?}"))?;
+    Ok((scope.to_owned(), value))
+}
+
+fn parse_permission(raw: &str) -> Result<(String, String), String> {
+    raw.split_once('=')
+        .map(|(s, d)| (s.to_owned(), d.to_owned()))
+        .ok_or_else(|| format!("expected SCOPE=DESC, got {raw:?}"))
+}

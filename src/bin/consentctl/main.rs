@@ -1,0 +1,417 @@
+//! consentctl: a command-line client for every consentd RPC.
+//!
+//! Exit codes: 0 success, 2 error (bad arguments, transport failure or a
+//! gRPC error status, printed with its code and message).
+
+mod args;
+mod render;
+
+use std::{process::ExitCode, time::Duration};
+
+use anyhow::{Context as _, Result};
+use clap::Parser as _;
+use consentd::pb::{
+    self, admin_client::AdminClient, apps_client::AppsClient,
+    authorization_client::AuthorizationClient, watch_response::Kind,
+};
+use serde_json::{json, Value};
+use tokio_stream::StreamExt as _;
+use tonic::{transport::Channel, Code, Status};
+
+use args::{AppArgs, AppsCommand, Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(&cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            report(&e, &cli.addr);
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn report(e: &anyhow::Error, addr: &str) {
+    eprintln!("error: {}", describe(e));
+    let unreachable = e.downcast_ref::<tonic::transport::Error>().is_some()
+        || e.downcast_ref::<Status>()
+            .is_some_and(|s| s.code() == Code::Unavailable);
+    if unreachable {
+        eprintln!("hint: is consentd running at {addr}?");
+    }
+}
+
+/// `Code: message` for statuses, the error chain otherwise.
+fn describe(e: &anyhow::Error) -> String {
+    match e.downcast_ref::<Status>() {
+        Some(status) => format!("{:?}: {}", status.code(), status.message()),
+        None => format!("{e:#}"),
+    }
+}
+
+fn endpoint(addr: &str) -> String {
+    if addr.contains("://") {
+        addr.to_owned()
+    } else {
+        format!("http://{addr}")
+    }
+}
+
+async fn connect(cli: &Cli, stream: bool) -> Result<Channel> {
+    let mut endpoint = Channel::from_shared(endpoint(&cli.addr))
+        .with_context(|| format!("bad address {:?}", cli.addr))?;
+    endpoint = endpoint.connect_timeout(Duration::from_secs(cli.timeout));
+    if !stream {
+        endpoint = endpoint.timeout(Duration::from_secs(cli.timeout));
+    }
+    Ok(endpoint.connect().await?)
+}
+
+async fn run(cli: &Cli) -> Result<()> {
+    if let Command::Watch {
+        apps,
+        users,
+        scopes,
+        from,
+    } = &cli.command
+    {
+        let filter = pb::WatchRequest {
+            app_ids: apps.clone(),
+            user_ids: users.clone(),
+            scopes: scopes.clone(),
+            start_revision: *from,
+        };
+        return watch(cli, filter).await;
+    }
+    let channel = connect(cli, false).await?;
+    let mut auth = AuthorizationClient::new(channel.clone());
+    let mut apps = AppsClient::new(channel.clone());
+    let mut admin = AdminClient::new(channel);
+    let value: Value = match &cli.command {
+        Command::Authorize {
+            app,
+            user,
+            scope,
+            client,
+        } => {
+            let req = pb::AuthorizeRequest {
+                app_id: app.clone(),
+                user_id: user.clone(),
+                scope: scope.clone(),
+                client: Some(client.to_pb()),
+            };
+            let r = auth.authorize(req).await?.into_inner();
+            with_revision(
+                r.decision.as_ref().map_or(Value::Null, render::decision),
+                r.revision,
+            )
+        }
+        Command::BatchAuthorize {
+            app,
+            user,
+            scopes,
+            client,
+        } => {
+            let req = pb::BatchAuthorizeRequest {
+                app_id: app.clone(),
+                user_id: user.clone(),
+                scopes: scopes.clone(),
+                client: Some(client.to_pb()),
+            };
+            let r = auth.batch_authorize(req).await?.into_inner();
+            json!({ "decisions": r.decisions.iter().map(render::decision).collect::<Vec<_>>(), "revision": r.revision })
+        }
+        Command::CheckApi {
+            app,
+            user,
+            api,
+            client,
+        } => {
+            let req = pb::CheckApiRequest {
+                app_id: app.clone(),
+                user_id: user.clone(),
+                api: api.clone(),
+                client: Some(client.to_pb()),
+            };
+            let r = auth.check_api(req).await?.into_inner();
+            json!({
+                "api": r.api,
+                "outcome": render::decision(&pb::Decision { outcome: r.outcome, ..Default::default() })["outcome"],
+                "err_msg": r.err_msg,
+                "decisions": r.decisions.iter().map(render::decision).collect::<Vec<_>>(),
+                "revision": r.revision,
+            })
+        }
+        Command::Record {
+            app,
+            user,
+            scope,
+            answer,
+            client,
+        } => {
+            let req = pb::RecordDecisionRequest {
+                app_id: app.clone(),
+                user_id: user.clone(),
+                scope: scope.clone(),
+                answer: answer.to_pb().into(),
+                client: Some(client.to_pb()),
+            };
+            let r = auth.record_decision(req).await?.into_inner();
+            json!({
+                "err_msg": r.err_msg,
+                "state": render::decision(&pb::Decision { state: r.state, ..Default::default() })["state"],
+                "changes": r.changes.iter().map(render::change).collect::<Vec<_>>(),
+                "revision": r.revision,
+            })
+        }
+        Command::Settings { app, user } => {
+            let r = auth
+                .get_setting(pb::GetSettingRequest {
+                    app_id: app.clone(),
+                    user_id: user.clone(),
+                })
+                .await?
+                .into_inner();
+            json!({ "auth_setting": render::auth_setting(&r.auth_setting), "err_msg": r.err_msg, "revision": r.revision })
+        }
+        Command::SettingsPage { app, user } => {
+            let r = auth
+                .open_setting(pb::OpenSettingRequest {
+                    app_id: app.clone(),
+                    user_id: user.clone(),
+                })
+                .await?
+                .into_inner();
+            json!({
+                "items": r.items.iter().map(render::setting_item).collect::<Vec<_>>(),
+                "auth_setting": render::auth_setting(&r.auth_setting),
+                "err_msg": r.err_msg,
+                "revision": r.revision,
+            })
+        }
+        Command::UpdateSettings {
+            app,
+            user,
+            toggles,
+            location,
+        } => {
+            let req = pb::UpdateSettingRequest {
+                app_id: app.clone(),
+                user_id: user.clone(),
+                auth_setting: toggles.iter().cloned().collect(),
+                location: location
+                    .map_or(pb::LocationOption::Unspecified, |l| l.to_pb())
+                    .into(),
+            };
+            let r = auth.update_setting(req).await?.into_inner();
+            json!({
+                "auth_setting": render::auth_setting(&r.auth_setting),
+                "changes": r.changes.iter().map(render::change).collect::<Vec<_>>(),
+                "err_msg": r.err_msg,
+                "revision": r.revision,
+            })
+        }
+        Command::RemoveApp { app, user } => {
+            let r = auth
+                .remove_app(pb::RemoveAppRequest {
+                    app_id: app.clone(),
+                    user_id: user.clone(),
+                })
+                .await?
+                .into_inner();
+            json!({ "changes": r.changes.iter().map(render::change).collect::<Vec<_>>(), "revision": r.revision })
+        }
+        Command::Apps(command) => apps_command(&mut apps, command).await?,
+        Command::Scopes { kind } => {
+            let kind = kind.map_or(pb::AppKind::Unspecified, |k| k.to_pb());
+            let r = auth
+                .list_scopes(pb::ListScopesRequest { kind: kind.into() })
+                .await?
+                .into_inner();
+            json!({ "scopes": r.scopes.iter().map(render::scope).collect::<Vec<_>>(), "revision": r.revision })
+        }
+        Command::Rules => {
+            render::rules(&auth.get_rules(pb::GetRulesRequest {}).await?.into_inner())
+        }
+        Command::Compact => {
+            let r = admin.compact(pb::CompactRequest {}).await?.into_inner();
+            json!({ "removed_events": r.removed_events, "compacted_through": r.compacted_through, "revision": r.revision })
+        }
+        Command::Verify => {
+            let r = admin.verify(pb::VerifyRequest {}).await?.into_inner();
+            json!({
+                "consistent": r.consistent,
+                "decisions": r.decisions,
+                "retained_events": r.retained_events,
+                "compacted_through": r.compacted_through,
+                "mismatches": r.mismatches,
+                "revision": r.revision,
+            })
+        }
+        Command::Watch { .. } => anyhow::bail!("internal: watch is not a unary call"),
+    };
+    render::print(&value, cli.json);
+    Ok(())
+}
+
+fn with_revision(mut value: Value, revision: u64) -> Value {
+    value["revision"] = json!(revision);
+    value
+}
+
+fn app_request(a: &AppArgs) -> pb::App {
+    pb::App {
+        app_id: a.app.clone(),
+        kind: a.kind.to_pb().into(),
+        permission: a
+            .permissions
+            .iter()
+            .map(|(s, d)| (s.clone(), pb::PermissionDesc { desc: d.clone() }))
+            .collect(),
+        required_background_modes: a.background_modes.clone(),
+        required_private_infos: a.private_infos.clone(),
+        ..Default::default()
+    }
+}
+
+async fn apps_command(apps: &mut AppsClient<Channel>, command: &AppsCommand) -> Result<Value> {
+    Ok(match command {
+        AppsCommand::Register(a) => {
+            let r = apps
+                .register_app(pb::RegisterAppRequest {
+                    app: Some(app_request(a)),
+                })
+                .await?
+                .into_inner();
+            json!({ "app": r.app.as_ref().map_or(Value::Null, render::app), "revision": r.revision })
+        }
+        AppsCommand::Update(a) => {
+            let r = apps
+                .update_app(pb::UpdateAppRequest {
+                    app: Some(app_request(a)),
+                })
+                .await?
+                .into_inner();
+            json!({ "app": r.app.as_ref().map_or(Value::Null, render::app), "revision": r.revision })
+        }
+        AppsCommand::Get { app } => {
+            let r = apps
+                .get_app(pb::GetAppRequest {
+                    app_id: app.clone(),
+                })
+                .await?
+                .into_inner();
+            json!({ "app": r.app.as_ref().map_or(Value::Null, render::app), "revision": r.revision })
+        }
+        AppsCommand::List {
+            page_size,
+            all,
+            page_token,
+        } => {
+            let mut listed = Vec::new();
+            let mut token = page_token.clone();
+            let (next, revision) = loop {
+                let r = apps
+                    .list_apps(pb::ListAppsRequest {
+                        page_size: *page_size,
+                        page_token: token,
+                    })
+                    .await?
+                    .into_inner();
+                listed.extend(r.apps.iter().map(render::app));
+                if !*all || r.next_page_token.is_empty() {
+                    break (r.next_page_token, r.revision);
+                }
+                token = r.next_page_token;
+            };
+            json!({ "apps": listed, "next_page_token": next, "revision": revision })
+        }
+        AppsCommand::Delete { app } => {
+            let r = apps
+                .delete_app(pb::DeleteAppRequest {
+                    app_id: app.clone(),
+                })
+                .await?
+                .into_inner();
+            json!({ "revoked_decisions": r.revoked_decisions, "revision": r.revision })
+        }
+    })
+}
+
+/// A live tail: prints each event, remembers the last revision it covered
+/// (events and progress markers) and resumes from it after a disconnect.
+async fn watch(cli: &Cli, mut filter: pb::WatchRequest) -> Result<()> {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let stream = async {
+            let channel = connect(cli, true).await?;
+            let mut auth = AuthorizationClient::new(channel);
+            if filter.start_revision.is_none() {
+                // Pin "now" so a reconnect resumes exactly where this started.
+                filter.start_revision = Some(
+                    auth.get_rules(pb::GetRulesRequest {})
+                        .await?
+                        .into_inner()
+                        .revision,
+                );
+            }
+            Ok::<_, anyhow::Error>(auth.watch(filter.clone()).await?.into_inner())
+        }
+        .await;
+        let failure = match stream {
+            Ok(mut stream) => {
+                backoff = Duration::from_millis(200);
+                loop {
+                    match stream.next().await {
+                        Some(Ok(item)) => match item.kind {
+                            Some(Kind::Event(e)) => {
+                                filter.start_revision = Some(e.revision);
+                                if cli.json {
+                                    println!("{}", render::event(&e));
+                                } else {
+                                    println!("{}", render::event_line(&e));
+                                }
+                            }
+                            Some(Kind::Progress(p)) => filter.start_revision = Some(p.revision),
+                            None => {}
+                        },
+                        Some(Err(status)) => break anyhow::Error::new(status),
+                        None => break anyhow::anyhow!("the stream ended"),
+                    }
+                }
+            }
+            Err(e) => e,
+        };
+        // Resumable: the daemon went away or restarted. Anything else is final.
+        let resumable = match failure.downcast_ref::<Status>() {
+            Some(status) => matches!(
+                status.code(),
+                Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled
+            ),
+            None => true,
+        };
+        if !resumable {
+            return Err(failure);
+        }
+        eprintln!(
+            "watch: {}; resuming from revision {} in {:?}",
+            describe(&failure),
+            filter
+                .start_revision
+                .map_or("now".into(), |r| r.to_string()),
+            backoff
+        );
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,280 @@
+//! Responses as JSON values; tables are drawn from the same values, so the
+//! two outputs never disagree.
+
+use consentd::pb;
+use serde_json::{json, Map, Value};
+
+/// Enum names without their type prefix: `OUTCOME_GRANTED` -> `GRANTED`.
+fn short(name: &str, prefix: &str) -> String {
+    name.strip_prefix(prefix).unwrap_or(name).to_owned()
+}
+
+fn outcome(v: i32) -> String {
+    pb::Outcome::try_from(v).map_or_else(|_| v.to_string(), |e| short(e.as_str_name(), "OUTCOME_"))
+}
+
+fn state(v: i32) -> String {
+    pb::DecisionState::try_from(v).map_or_else(
+        |_| v.to_string(),
+        |e| short(e.as_str_name(), "DECISION_STATE_"),
+    )
+}
+
+fn reason(v: i32) -> String {
+    pb::Reason::try_from(v).map_or_else(|_| v.to_string(), |e| short(e.as_str_name(), "REASON_"))
+}
+
+fn cause(v: i32) -> String {
+    pb::Cause::try_from(v).map_or_else(|_| v.to_string(), |e| short(e.as_str_name(), "CAUSE_"))
+}
+
+fn kind(v: i32) -> String {
+    pb::AppKind::try_from(v).map_or_else(|_| v.to_string(), |e| short(e.as_str_name(), "APP_KIND_"))
+}
+
+fn availability(v: i32) -> String {
+    pb::Availability::try_from(v).map_or_else(
+        |_| v.to_string(),
+        |e| short(e.as_str_name(), "AVAILABILITY_"),
+    )
+}
+
+fn location(v: i32) -> String {
+    pb::LocationOption::try_from(v).map_or_else(
+        |_| v.to_string(),
+        |e| short(e.as_str_name(), "LOCATION_OPTION_"),
+    )
+}
+
+fn platform(v: i32) -> String {
+    pb::Platform::try_from(v)
+        .map_or_else(|_| v.to_string(), |e| short(e.as_str_name(), "PLATFORM_"))
+}
+
+fn time(t: &Option<prost_types::Timestamp>) -> Value {
+    t.as_ref().map_or(Value::Null, |t| json!(t.to_string()))
+}
+
+pub fn decision(d: &pb::Decision) -> Value {
+    let mut v = json!({
+        "scope": d.scope,
+        "outcome": outcome(d.outcome),
+        "state": state(d.state),
+        "err_msg": d.err_msg,
+        "reason": reason(d.reason),
+        "rule": d.rule,
+    });
+    if let Some(p) = &d.prompt {
+        v["prompt"] = json!({
+            "scope_description": p.scope_description,
+            "app_desc": p.app_desc,
+            "background_location": p.background_location,
+        });
+    }
+    v
+}
+
+pub fn change(c: &pb::DecisionChange) -> Value {
+    json!({
+        "revision": c.revision,
+        "scope": c.scope,
+        "old_state": state(c.old_state),
+        "new_state": state(c.new_state),
+        "cause": cause(c.cause),
+    })
+}
+
+pub fn event(e: &pb::DecisionEvent) -> Value {
+    json!({
+        "revision": e.revision,
+        "app_id": e.app_id,
+        "user_id": e.user_id,
+        "scope": e.scope,
+        "old_state": state(e.old_state),
+        "new_state": state(e.new_state),
+        "cause": cause(e.cause),
+        "time": time(&e.time),
+    })
+}
+
+/// One line per event for the live tail.
+pub fn event_line(e: &pb::DecisionEvent) -> String {
+    format!(
+        "{:>8}  {}  {}  {}  {}  {} -> {}  ({})",
+        e.revision,
+        time(&e.time).as_str().unwrap_or("-"),
+        e.app_id,
+        e.user_id,
+        e.scope,
+        state(e.old_state),
+        state(e.new_state),
+        cause(e.cause)
+    )
+}
+
+pub fn app(a: &pb::App) -> Value {
+    let permission: Map<String, Value> = a
+        .permission
+        .iter()
+        .map(|(k, v)| (k.clone(), json!(v.desc)))
+        .collect();
+    json!({
+        "app_id": a.app_id,
+        "kind": kind(a.kind),
+        "permission": permission,
+        "required_background_modes": a.required_background_modes,
+        "required_private_infos": a.required_private_infos,
+        "revision": a.revision,
+        "updated_at": time(&a.updated_at),
+    })
+}
+
+pub fn scope(s: &pb::ScopeInfo) -> Value {
+    json!({
+        "scope": s.scope,
+        "description": s.description,
+        "interfaces": s.interfaces,
+        "mini_program": availability(s.mini_program),
+        "mini_game": availability(s.mini_game),
+        "desc_required": s.desc_required,
+        "background_mode_required": s.background_mode_required,
+    })
+}
+
+pub fn setting_item(i: &pb::SettingItem) -> Value {
+    if i.location {
+        json!({
+            "scope": i.scope,
+            "title": i.title,
+            "location_option": location(i.location_option),
+            "location_options": i.location_options.iter().map(|o| location(*o)).collect::<Vec<_>>(),
+        })
+    } else {
+        json!({ "scope": i.scope, "title": i.title, "enabled": i.enabled })
+    }
+}
+
+pub fn auth_setting(map: &std::collections::HashMap<String, bool>) -> Value {
+    let sorted: std::collections::BTreeMap<_, _> = map.iter().collect();
+    json!(sorted)
+}
+
+pub fn rules(r: &pb::GetRulesResponse) -> Value {
+    json!({
+        "popup_rules": r.popup_rules.iter().map(|p| json!({
+            "id": p.id,
+            "scope": p.scope,
+            "platforms": p.platforms.iter().map(|x| platform(*x)).collect::<Vec<_>>(),
+            "min_host_version": p.min_host_version,
+        })).collect::<Vec<_>>(),
+        "min_sdk_rules": r.min_sdk_rules.iter().map(|m| {
+            let (key, target) = match &m.target {
+                Some(pb::min_sdk_rule::Target::Api(a)) => ("api", a.clone()),
+                Some(pb::min_sdk_rule::Target::Scope(s)) => ("scope", s.clone()),
+                None => ("target", String::new()),
+            };
+            json!({ "id": m.id, key: target, "min_sdk_version": m.min_sdk_version })
+        }).collect::<Vec<_>>(),
+        "revision": r.revision,
+    })
+}
+
+/// Prints a value: JSON on one line, or a readable table.
+pub fn print(value: &Value, as_json: bool) {
+    if as_json {
+        println!("{value}");
+    } else {
+        print!("{}", table(value, 0));
+    }
+}
+
+/// Key/value lines for objects; arrays of objects become aligned columns.
+fn table(value: &Value, indent: usize) -> String {
+    let pad = " ".repeat(indent);
+    match value {
+        Value::Object(map) => {
+            let width = map.keys().map(String::len).max().unwrap_or(0);
+            let mut out = String::new();
+            for (k, v) in map {
+                match v {
+                    Value::Object(_) | Value::Array(_) if !is_flat(v) => {
+                        out.push_str(&format!("{pad}{k}:\n{}", table(v, indent + 2)));
+                    }
+                    _ => out.push_str(&format!("{pad}{k:<width$}  {}\n", scalar(v))),
+                }
+            }
+            out
+        }
+        Value::Array(items) if items.iter().all(Value::is_object) && !items.is_empty() => {
+            columns(items, &pad)
+        }
+        other => format!("{pad}{}\n", scalar(other)),
+    }
+}
+
+fn is_flat(v: &Value) -> bool {
+    match v {
+        Value::Array(items) => items.iter().all(|i| !i.is_object() && !i.is_array()),
+        Value::Object(map) => map.is_empty(),
+        _ => true,
+    }
+}
+
+fn columns(rows: &[Value], pad: &str) -> String {
+    let mut headers: Vec<&str> = Vec::new();
+    for row in rows {
+        for k in row.as_object().into_iter().flat_map(|m| m.keys()) {
+            if !headers.contains(&k.as_str()) {
+                headers.push(k);
+            }
+        }
+    }
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            headers
+                .iter()
+                .map(|h| r.get(*h).map_or(String::new(), scalar))
+                .collect()
+        })
+        .collect();
+    let widths: Vec<usize> = headers
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            cells
+                .iter()
+                .map(|row| row[i].chars().count())
+                .chain([h.len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |items: Vec<String>| {
+        let joined: Vec<String> = items
+            .iter()
+            .zip(&widths)
+            .map(|(s, w)| format!("{s:<w$}"))
+            .collect();
+        format!("{pad}{}\n", joined.join("  ").trim_end())
+    };
+    let mut out = line(headers.iter().map(|h| h.to_uppercase()).collect());
+    for row in cells {
+        out.push_str(&line(row));
+    }
+    out
+}
+
+fn scalar(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        Value::Array(items) => items.iter().map(scalar).collect::<Vec<_>>().join(", "),
+        Value::Object(map) => map
+            .iter()
+            .map(|(k, v)| format!("{k}={}", scalar(v)))
+            .collect::<Vec<_>>()
+            .join(", "),
+        other => other.to_string(),
+    }
+}

@@ -1,0 +1,275 @@
+//! The real `consentctl` binary against a real daemon: tables, JSON, exit
+//! codes, and the watch tail resuming across a daemon restart.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    net::SocketAddr,
+    process::{Command, Stdio},
+};
+
+use serde_json::Value;
+
+use crate::fixture::TestDaemon;
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("{e}: {:?}", self.stdout))
+    }
+}
+
+async fn ctl(addr: SocketAddr, args: &[&str]) -> Run {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_consentctl"));
+    command.arg("--addr").arg(addr.to_string()).args(args);
+    tokio::task::spawn_blocking(move || {
+        let out = command.output().unwrap();
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_authorize_record_and_settings() {
+    let h = TestDaemon::start().await;
+    let addr = h.addr();
+    let reg = ctl(
+        addr,
+        &[
+            "--json",
+            "apps",
+            "register",
+            "wxdemo",
+            "--kind",
+            "mini-program",
+            "--permission",
+            "scope.userLocation=to find shops",
+            "--background-mode",
+            "location",
+            "--private-info",
+            "getLocation",
+        ],
+    )
+    .await;
+    assert_eq!(reg.code, 0, "{}", reg.stderr);
+    let app = reg.json();
+    assert_eq!(app["app"]["kind"], "MINI_PROGRAM");
+    assert_eq!(
+        app["app"]["permission"]["scope.userLocation"],
+        "to find shops"
+    );
+    assert_eq!(app["app"]["required_private_infos"][0], "getLocation");
+
+    let table = ctl(addr, &["apps", "get", "wxdemo"]).await;
+    assert_eq!(table.code, 0);
+    assert!(
+        table.stdout.contains("MINI_PROGRAM")
+            && table.stdout.contains("scope.userLocation  to find shops"),
+        "{}",
+        table.stdout
+    );
+
+    let ask = ctl(
+        addr,
+        &["--json", "authorize", "wxdemo", "u1", "scope.userLocation"],
+    )
+    .await;
+    assert_eq!(
+        (
+            ask.json()["outcome"].as_str(),
+            ask.json()["prompt"]["app_desc"].as_str()
+        ),
+        (Some("PROMPT"), Some("to find shops"))
+    );
+    let old = ctl(
+        addr,
+        &[
+            "--json",
+            "authorize",
+            "wxdemo",
+            "u1",
+            "scope.userLocationBackground",
+            "--platform",
+            "ios",
+            "--host-version",
+            "7.0.20",
+        ],
+    )
+    .await;
+    assert_eq!(old.json()["outcome"], "SETTINGS_REQUIRED");
+
+    let rec = ctl(
+        addr,
+        &[
+            "--json",
+            "record",
+            "wxdemo",
+            "u1",
+            "scope.userLocation",
+            "allow",
+        ],
+    )
+    .await;
+    assert_eq!(rec.json()["err_msg"], "authorize:ok");
+    assert_eq!(rec.json()["changes"][0]["new_state"], "GRANTED");
+    let check = ctl(
+        addr,
+        &["--json", "check-api", "wxdemo", "u1", "wx.getLocation"],
+    )
+    .await;
+    assert_eq!(
+        (
+            check.json()["outcome"].as_str(),
+            check.json()["err_msg"].as_str()
+        ),
+        (Some("GRANTED"), Some("getLocation:ok"))
+    );
+
+    let up = ctl(
+        addr,
+        &[
+            "--json",
+            "update-settings",
+            "wxdemo",
+            "u1",
+            "--location",
+            "always",
+        ],
+    )
+    .await;
+    assert_eq!(up.code, 0, "{}", up.stderr);
+    assert_eq!(
+        up.json()["auth_setting"],
+        serde_json::json!({"scope.userLocation": true, "scope.userLocationBackground": true})
+    );
+    let settings = ctl(addr, &["settings", "wxdemo", "u1"]).await;
+    assert!(
+        settings
+            .stdout
+            .contains("scope.userLocationBackground  true"),
+        "{}",
+        settings.stdout
+    );
+    let page = ctl(addr, &["--json", "settings-page", "wxdemo", "u1"]).await;
+    assert_eq!(
+        page.json()["items"][0]["location_option"],
+        "WHILE_USING_AND_AFTER_LEAVING"
+    );
+
+    let scopes = ctl(addr, &["--json", "scopes", "--kind", "mini-game"]).await;
+    assert_eq!(scopes.json()["scopes"].as_array().unwrap().len(), 10);
+    let rules = ctl(addr, &["--json", "rules"]).await;
+    assert_eq!(
+        rules.json()["popup_rules"][0]["platforms"],
+        serde_json::json!(["ANDROID", "IOS"])
+    );
+    let verify = ctl(addr, &["--json", "verify"]).await;
+    assert_eq!(verify.json()["consistent"], true);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_exit_2_with_the_status_and_a_hint() {
+    let h = TestDaemon::start().await;
+    let missing = ctl(h.addr(), &["authorize", "nope", "u1", "scope.camera"]).await;
+    assert_eq!(missing.code, 2);
+    assert!(
+        missing
+            .stderr
+            .contains(r#"error: NotFound: app "nope" is not registered"#),
+        "{}",
+        missing.stderr
+    );
+    let bad = ctl(h.addr(), &["record", "nope", "u1", "scope.camera", "maybe"]).await;
+    assert_eq!(bad.code, 2, "clap rejects unknown answers");
+    assert!(
+        bad.stderr.contains("invalid value 'maybe'"),
+        "{}",
+        bad.stderr
+    );
+    let addr = h.addr();
+    h.stop().await;
+    let down = ctl(addr, &["rules"]).await;
+    assert_eq!(down.code, 2);
+    assert!(
+        down.stderr
+            .contains(&format!("hint: is consentd running at {addr}?")),
+        "{}",
+        down.stderr
+    );
+}
+
+/// The next JSON line the tail printed.
+async fn next(lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> Value {
+    let line = tokio::time::timeout(std::time::Duration::from_secs(20), lines.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    serde_json::from_str(&line).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_tails_and_resumes_across_a_restart() {
+    let mut h = TestDaemon::start().await;
+    let c = h.client();
+    c.register(crate::fixture::location_app("wxloc")).await;
+    c.answer("wxloc", "u1", "scope.camera", consentd::pb::Answer::Allow)
+        .await;
+    // A fixed port, so the tail can reconnect to the restarted daemon.
+    let addr = h.addr();
+    let mut tail = Command::new(env!("CARGO_BIN_EXE_consentctl"))
+        .args([
+            "--addr",
+            &addr.to_string(),
+            "--json",
+            "watch",
+            "--from",
+            "0",
+            "--app",
+            "wxloc",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+    let stdout = tail.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    assert_eq!(next(&mut lines).await["revision"], 2);
+    h.take().shutdown().await.unwrap();
+    // Same port again: the tail's retries reach the new daemon.
+    h.start_again_at(addr).await;
+    let c = h.client();
+    c.answer("wxloc", "u2", "scope.record", consentd::pb::Answer::Deny)
+        .await;
+    let event = next(&mut lines).await;
+    assert_eq!(
+        (
+            event["revision"].as_u64(),
+            event["user_id"].as_str(),
+            event["new_state"].as_str()
+        ),
+        (Some(3), Some("u2"), Some("DENIED"))
+    );
+    tail.kill().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut tail.stderr.take().unwrap(), &mut stderr).unwrap();
+    tail.wait().unwrap();
+    assert!(stderr.contains("resuming from revision 2"), "{stderr}");
+    h.stop().await;
+}
