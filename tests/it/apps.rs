@@ -228,13 +228,7 @@ async fn delete_app_removes_every_users_decisions() {
     c.register(location_app("wxloc")).await;
     assert!(c.setting("wxloc", "u1").await.auth_setting.is_empty());
     assert_eq!(c.setting("wxkeep", "u1").await.auth_setting.len(), 1);
-    let verify = c
-        .admin()
-        .verify(pb::VerifyRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(verify.consistent, "{:?}", verify.mismatches);
+    c.assert_consistent().await;
     assert_status(
         c.apps()
             .delete_app(pb::DeleteAppRequest {

@@ -195,16 +195,8 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
     let verify = Client {
         channel: channel.clone(),
     }
-    .admin()
-    .verify(pb::VerifyRequest {})
-    .await
-    .unwrap()
-    .into_inner();
-    assert!(
-        verify.consistent,
-        "state != fold(log): {:?}",
-        verify.mismatches
-    );
+    .assert_consistent()
+    .await;
 
     // The whole log after the restart.
     let revision = verify.revision;

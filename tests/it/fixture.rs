@@ -218,6 +218,38 @@ impl Client {
             .unwrap()
     }
 
+    /// Just the outcome of an Authorize.
+    pub async fn outcome(
+        &self,
+        app: &str,
+        user: &str,
+        scope: &str,
+        client: pb::ClientInfo,
+    ) -> pb::Outcome {
+        self.authorize(app, user, scope, client)
+            .await
+            .unwrap()
+            .decision
+            .unwrap()
+            .outcome()
+    }
+
+    /// Asserts Admin/Verify finds checkpoint + log == decisions; returns the report.
+    pub async fn assert_consistent(&self) -> pb::VerifyResponse {
+        let verify = self
+            .admin()
+            .verify(pb::VerifyRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            verify.consistent,
+            "state != fold(log): {:?}",
+            verify.mismatches
+        );
+        verify
+    }
+
     pub async fn check(
         &self,
         app: &str,

@@ -147,13 +147,7 @@ async fn concurrent_writers_get_unique_increasing_revisions() {
     // Every user ended granted where they were asked, and the log explains the state.
     let shared = c.setting("wxloc", "shared").await.auth_setting;
     assert_eq!(shared.get("scope.camera"), Some(&true));
-    let verify = c
-        .admin()
-        .verify(pb::VerifyRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(verify.consistent, "{:?}", verify.mismatches);
+    let verify = c.assert_consistent().await;
     assert!(verify.retained_events >= committed.len() as u64 - 1);
     assert_eq!(verify.revision, c.revision().await);
     h.stop().await;

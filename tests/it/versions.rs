@@ -21,32 +21,26 @@ async fn background_popup_by_platform_and_host_version() {
         (P::Mac, "8.0.5", O::SettingsRequired), (P::Devtools, "8.0.5", O::SettingsRequired),
     ];
     for (platform, host, outcome) in cases {
-        let r = c
-            .authorize(
+        assert_eq!(
+            c.outcome(
                 "wxloc",
                 "u",
                 "scope.userLocationBackground",
-                client_info(platform, host, "3.0.0"),
+                client_info(platform, host, "3.0.0")
             )
-            .await
-            .unwrap();
-        assert_eq!(
-            r.decision.unwrap().outcome(),
+            .await,
             outcome,
             "{platform:?} {host}"
         );
         // Foreground location has a popup everywhere.
-        let r = c
-            .authorize(
+        assert_eq!(
+            c.outcome(
                 "wxloc",
                 "u",
                 "scope.userLocation",
-                client_info(platform, host, "3.0.0"),
+                client_info(platform, host, "3.0.0")
             )
-            .await
-            .unwrap();
-        assert_eq!(
-            r.decision.unwrap().outcome(),
+            .await,
             O::Prompt,
             "{platform:?} {host}"
         );
@@ -81,11 +75,12 @@ async fn base_library_minimums_compare_numerically() {
         ("scope.camera", "1.2.0", O::Prompt), ("scope.camera", "1.1.9", O::Unsupported),
     ];
     for (scope, sdk, outcome) in cases {
-        let r = c
-            .authorize("wxfuzzy", "u", scope, client_info(P::Ios, "8.0.5", sdk))
-            .await
-            .unwrap();
-        assert_eq!(r.decision.unwrap().outcome(), outcome, "{scope} sdk {sdk}");
+        assert_eq!(
+            c.outcome("wxfuzzy", "u", scope, client_info(P::Ios, "8.0.5", sdk))
+                .await,
+            outcome,
+            "{scope} sdk {sdk}"
+        );
     }
     // The interface itself: wx.getFuzzyLocation below 2.25.0 does not exist; wx.authorize's
     // minimum does not apply to calling an interface.
@@ -203,17 +198,14 @@ async fn configured_rules_replace_the_defaults() {
         (P::Ohos, "8.0.10", O::Prompt),
         (P::Android, "8.0.9", O::SettingsRequired),
     ] {
-        let r = c
-            .authorize(
+        assert_eq!(
+            c.outcome(
                 "wxloc",
                 "u",
                 "scope.userLocationBackground",
-                client_info(platform, host, "3.0.0"),
+                client_info(platform, host, "3.0.0")
             )
-            .await
-            .unwrap();
-        assert_eq!(
-            r.decision.unwrap().outcome(),
+            .await,
             outcome,
             "{platform:?} {host}"
         );

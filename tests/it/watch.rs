@@ -59,6 +59,21 @@ fn key_of_change(app: &str, user: &str, c: &pb::DecisionChange) -> Key {
     )
 }
 
+/// Grants then forgets scope.camera for users u{range} of `app`; returns the log it made.
+async fn flips(c: &Client, app: &str, users: std::ops::Range<usize>) -> Vec<Key> {
+    let mut log = Vec::new();
+    for i in users {
+        let u = format!("u{i}");
+        log.extend(
+            c.flip(app, &u, "scope.camera")
+                .await
+                .iter()
+                .map(|ch| key_of_change(app, &u, ch)),
+        );
+    }
+    log
+}
+
 /// Reads events until one with `revision >= until` (progress markers skipped).
 async fn events_until(
     stream: &mut Streaming<pb::WatchResponse>,
@@ -267,15 +282,7 @@ async fn resume_after_disconnect_has_no_gap_and_no_duplicate() {
     let h = start().await;
     let c = h.client();
     let mut log = Vec::new();
-    for i in 0..10 {
-        let u = format!("u{i}");
-        log.extend(
-            c.flip("wxa", &u, "scope.camera")
-                .await
-                .iter()
-                .map(|c| key_of_change("wxa", &u, c)),
-        );
-    }
+    log.extend(flips(&c, "wxa", 0..10).await);
     let mut stream = c.watch(from(0)).await.unwrap();
     let first = events_until(&mut stream, log[6].0).await;
     let last_seen = first.last().unwrap().revision;
@@ -289,15 +296,7 @@ async fn resume_after_disconnect_has_no_gap_and_no_duplicate() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    for i in 10..15 {
-        let u = format!("u{i}");
-        log.extend(
-            c.flip("wxa", &u, "scope.camera")
-                .await
-                .iter()
-                .map(|c| key_of_change("wxa", &u, c)),
-        );
-    }
+    log.extend(flips(&c, "wxa", 10..15).await);
     let mut resumed = c.watch(from(last_seen)).await.unwrap();
     let rest = events_until(&mut resumed, log.last().unwrap().0).await;
     let mut got: Vec<Key> = first.iter().chain(rest.iter()).map(key_of_event).collect();
@@ -346,12 +345,7 @@ async fn compaction_keeps_state_and_old_starts_get_out_of_range() {
         .into_inner();
     assert_eq!(compacted.removed_events, 14);
     assert_eq!(compacted.compacted_through, log[13].0);
-    let verify = admin
-        .verify(pb::VerifyRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(verify.consistent, "{:?}", verify.mismatches);
+    let verify = c.assert_consistent().await;
     assert_eq!((verify.retained_events, verify.decisions), (6, 20));
 
     let status = c.watch(from(0)).await.unwrap_err();
@@ -582,15 +576,7 @@ async fn shutdown_ends_streams_with_a_resumable_unavailable() {
     let mut h = start().await;
     let c = h.client();
     let mut log = Vec::new();
-    for i in 0..5 {
-        let u = format!("u{i}");
-        log.extend(
-            c.flip("wxa", &u, "scope.camera")
-                .await
-                .iter()
-                .map(|c| key_of_change("wxa", &u, c)),
-        );
-    }
+    log.extend(flips(&c, "wxa", 0..5).await);
     let mut stream = c.watch(from(0)).await.unwrap();
     let mut seen = events_until(&mut stream, log.last().unwrap().0).await;
     let shutdown = tokio::spawn({
@@ -621,15 +607,7 @@ async fn shutdown_ends_streams_with_a_resumable_unavailable() {
     // Restart on the same data dir: writes continue, the subscriber resumes without loss.
     h.start_again().await;
     let c = h.client();
-    for i in 5..8 {
-        let u = format!("u{i}");
-        log.extend(
-            c.flip("wxa", &u, "scope.camera")
-                .await
-                .iter()
-                .map(|c| key_of_change("wxa", &u, c)),
-        );
-    }
+    log.extend(flips(&c, "wxa", 5..8).await);
     let mut resumed = c.watch(from(resume)).await.unwrap();
     seen.extend(events_until(&mut resumed, log.last().unwrap().0).await);
     assert_eq!(seen.iter().map(key_of_event).collect::<Vec<_>>(), log);
@@ -694,14 +672,7 @@ async fn state_always_equals_the_folded_log() {
             assert_eq!(setting, want, "{app}/{user}");
         }
     }
-    let verify = h
-        .client()
-        .admin()
-        .verify(pb::VerifyRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(verify.consistent, "{:?}", verify.mismatches);
+    h.client().assert_consistent().await;
     h.stop().await;
 }
 
