@@ -82,6 +82,7 @@ async fn durable(concurrency: usize) -> f64 {
             max_batch: 1024,
             queue_depth: 4096,
             publish_capacity: 1024,
+            observer: None,
         })
         .unwrap(),
     );

@@ -35,6 +35,8 @@ pub enum LogFormat {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// Prometheus endpoint (`GET /metrics`); off when `None`.
+    pub metrics_listen: Option<SocketAddr>,
     pub data_dir: PathBuf,
     pub log_format: LogFormat,
     /// sled page cache, bytes.
@@ -63,6 +65,7 @@ impl Default for Config {
             listen: DEFAULT_LISTEN
                 .parse()
                 .expect("the default listen address parses"),
+            metrics_listen: None,
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             log_format: LogFormat::Text,
             cache_capacity: DEFAULT_CACHE_CAPACITY,
@@ -90,6 +93,9 @@ pub struct Args {
     /// Address to listen on [default: 127.0.0.1:50051].
     #[arg(long, env = "CONSENTD_LISTEN", value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
+    /// Serve Prometheus metrics at http://ADDR/metrics [default: off].
+    #[arg(long, env = "CONSENTD_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Directory holding the store [default: ./consentd-data].
     #[arg(long, env = "CONSENTD_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -112,6 +118,7 @@ pub struct Args {
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub listen: Option<SocketAddr>,
+    pub metrics_listen: Option<SocketAddr>,
     pub data_dir: Option<PathBuf>,
     pub log_format: Option<LogFormat>,
     pub cache_capacity: Option<u64>,
@@ -214,6 +221,7 @@ impl Config {
         let d = Config::default();
         let config = Config {
             listen: args.listen.or(file.listen).unwrap_or(d.listen),
+            metrics_listen: args.metrics_listen.or(file.metrics_listen),
             data_dir: args.data_dir.or(file.data_dir).unwrap_or(d.data_dir),
             log_format: args.log_format.or(file.log_format).unwrap_or(d.log_format),
             cache_capacity: args

@@ -16,6 +16,7 @@ pub mod broker;
 pub mod config;
 pub mod domain;
 pub mod grpc;
+pub mod metrics;
 pub mod server;
 pub mod store;
 pub mod watch;

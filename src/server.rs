@@ -13,6 +13,7 @@ use crate::{
     broker::Broker,
     config::Config,
     grpc::{AdminService, AppsService, AuthorizationService},
+    metrics::{self, Metrics, MetricsError, RpcLayer},
     pb::{
         self, admin_server::AdminServer, apps_server::AppsServer,
         authorization_server::AuthorizationServer,
@@ -34,6 +35,8 @@ pub enum ServerError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
     #[error("internal: {0}")]
     Internal(String),
 }
@@ -48,6 +51,7 @@ pub struct Daemon {
     stop: CancellationToken,
     server: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
     compactor: Option<JoinHandle<()>>,
+    metrics_endpoint: Option<(SocketAddr, JoinHandle<()>)>,
     drain_timeout: Duration,
 }
 
@@ -55,12 +59,14 @@ impl Daemon {
     /// Opens the store, binds `config.listen` and starts serving. Returns
     /// once the listener is bound.
     pub async fn start(config: Config) -> Result<Daemon, ServerError> {
+        let metrics = Arc::new(Metrics::new()?);
         let sled_config = SledConfig {
             path: config.data_dir.clone(),
             cache_capacity: config.cache_capacity,
             max_batch: config.max_batch,
             queue_depth: config.queue_depth,
             publish_capacity: config.publish_capacity,
+            observer: Some(metrics.clone()),
         };
         let store = tokio::task::spawn_blocking(move || SledStore::open(&sled_config))
             .await
@@ -95,6 +101,7 @@ impl Daemon {
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
 
         let router = Server::builder()
+            .layer(RpcLayer::new(metrics.clone()))
             .max_concurrent_streams(config.max_concurrent_streams)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
@@ -105,6 +112,7 @@ impl Daemon {
             .add_service(AuthorizationServer::new(AuthorizationService::new(
                 broker.clone(),
                 watcher.clone(),
+                metrics.clone(),
             )))
             .add_service(AppsServer::new(AppsService::new(broker)))
             .add_service(AdminServer::new(AdminService::new(
@@ -113,6 +121,12 @@ impl Daemon {
             )));
 
         let stop = CancellationToken::new();
+        let metrics_endpoint = match config.metrics_listen {
+            Some(addr) => Some(
+                metrics::serve(addr, metrics, store.clone(), watcher.clone(), stop.clone()).await?,
+            ),
+            None => None,
+        };
         let server = tokio::spawn(
             router.serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned()),
         );
@@ -131,6 +145,7 @@ impl Daemon {
             stop,
             server: Some(server),
             compactor: Some(compactor),
+            metrics_endpoint,
             drain_timeout: config.drain_timeout,
         })
     }
@@ -138,6 +153,11 @@ impl Daemon {
     /// The bound address (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where `GET /metrics` is served, when it is.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_endpoint.as_ref().map(|(addr, _)| *addr)
     }
 
     /// Counters of the watch streams.
@@ -173,9 +193,15 @@ impl Daemon {
                 }
             }
         }
-        if let Some(compactor) = self.compactor.take() {
-            if let Err(e) = compactor.await {
-                tracing::error!(error = %e, "compaction task failed");
+        for (name, task) in [
+            ("compaction", self.compactor.take()),
+            ("metrics", self.metrics_endpoint.take().map(|(_, t)| t)),
+        ] {
+            if let Some(Err(e)) = match task {
+                Some(task) => Some(task.await),
+                None => None,
+            } {
+                tracing::error!(error = %e, task = name, "task failed");
             }
         }
         self.store.close().await?;

@@ -8,6 +8,7 @@ use super::{convert, stream::WatchStream};
 use crate::{
     broker::Broker,
     domain::{gates::msg, Api, Scope, SettingsUpdate},
+    metrics::Metrics,
     pb::{self, authorization_server::Authorization},
     watch::Watcher,
 };
@@ -18,11 +19,16 @@ pub const MAX_BATCH_SCOPES: usize = 64;
 pub struct AuthorizationService {
     broker: Broker,
     watcher: Arc<Watcher>,
+    metrics: Arc<Metrics>,
 }
 
 impl AuthorizationService {
-    pub fn new(broker: Broker, watcher: Arc<Watcher>) -> Self {
-        Self { broker, watcher }
+    pub fn new(broker: Broker, watcher: Arc<Watcher>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            broker,
+            watcher,
+            metrics,
+        }
     }
 }
 
@@ -48,6 +54,7 @@ impl Authorization for AuthorizationService {
         let scope = convert::scope("scope", &r.scope)?;
         let client = convert::client(r.client)?;
         let read = self.broker.authorize(&subject, scope, &client)?;
+        self.metrics.observe_verdict(&read.value);
         Ok(Response::new(pb::AuthorizeResponse {
             decision: Some(convert::decision(read.value)),
             revision: read.revision,
@@ -74,6 +81,9 @@ impl Authorization for AuthorizationService {
             .collect::<Result<Vec<Scope>, _>>()?;
         let client = convert::client(r.client)?;
         let read = self.broker.batch_authorize(&subject, &scopes, &client)?;
+        read.value
+            .iter()
+            .for_each(|v| self.metrics.observe_verdict(v));
         Ok(Response::new(pb::BatchAuthorizeResponse {
             decisions: read.value.into_iter().map(convert::decision).collect(),
             revision: read.revision,
@@ -89,6 +99,10 @@ impl Authorization for AuthorizationService {
         let api = Api::parse_field("api", &r.api)?;
         let client = convert::client(r.client)?;
         let read = self.broker.check_api(&subject, api, &client)?;
+        read.value
+            .verdicts
+            .iter()
+            .for_each(|v| self.metrics.observe_verdict(v));
         let v = read.value;
         Ok(Response::new(pb::CheckApiResponse {
             api: v.api.name().to_owned(),

@@ -100,6 +100,24 @@ pub struct Verification {
     pub revision: u64,
 }
 
+/// Sizes of the store, read at scrape time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    pub revision: u64,
+    pub compacted_through: u64,
+    /// Events retained in the log.
+    pub events: u64,
+    pub apps: u64,
+    pub size_on_disk: u64,
+}
+
+/// Told about every group commit (for metrics); must be cheap: it runs on
+/// the writer thread.
+pub trait CommitObserver: Send + Sync {
+    /// `jobs` write jobs became `events` events in one batch and one flush.
+    fn group_committed(&self, jobs: usize, events: usize, flush: Duration);
+}
+
 /// Most mismatches a verification reports.
 pub const MAX_MISMATCHES: usize = 20;
 
@@ -127,6 +145,7 @@ pub trait Store: Send + Sync + 'static {
     fn subscribe(&self) -> broadcast::Receiver<Arc<Published>>;
     /// Events up to this revision have been trimmed from the log.
     fn compacted_through(&self) -> u64;
+    fn stats(&self) -> StoreStats;
     /// Trims the log to `retention`, folding trimmed events into the checkpoint.
     fn compact(&self, retention: Retention) -> BoxFuture<'_, Result<Compaction, StoreError>>;
     /// Checks checkpoint + retained log == stored decisions.

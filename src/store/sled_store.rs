@@ -17,8 +17,8 @@ use super::{
     codec::{self, FORMAT_KEY, FORMAT_VERSION, REVISION_KEY},
     maintenance,
     writer::{self, Request},
-    BoxFuture, Committed, Compaction, Job, Published, Retention, Store, StoreError, TxnError,
-    Verification,
+    BoxFuture, CommitObserver, Committed, Compaction, Job, Published, Retention, Store, StoreError,
+    StoreStats, TxnError, Verification,
 };
 use crate::domain::{App, AppId, Decision, Event, Scope, UserDecisions, UserId};
 
@@ -34,6 +34,14 @@ pub struct SledConfig {
     pub queue_depth: usize,
     /// Committed groups buffered for watchers before a slow one lags.
     pub publish_capacity: usize,
+    /// Told about every group commit.
+    pub observer: Option<Arc<dyn CommitObserver>>,
+}
+
+impl std::fmt::Debug for dyn CommitObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CommitObserver")
+    }
 }
 
 /// Apps by id: every registration, kept in memory (apps are few and read
@@ -49,6 +57,7 @@ pub(super) struct Shared {
     /// Event keys present in the log.
     pub event_count: AtomicU64,
     pub published: broadcast::Sender<Arc<Published>>,
+    pub observer: Option<Arc<dyn CommitObserver>>,
 }
 
 /// The sled-backed [`Store`].
@@ -107,6 +116,7 @@ impl SledStore {
             compacted_through: AtomicU64::new(compacted_through),
             event_count: AtomicU64::new(events),
             published,
+            observer: config.observer.clone(),
         });
         let (tx, rx) = mpsc::channel(config.queue_depth.max(1));
         let state = writer::Writer::new(tree.clone(), shared.clone(), config.max_batch.max(1));
@@ -254,6 +264,16 @@ impl Store for SledStore {
 
     fn compacted_through(&self) -> u64 {
         self.shared.compacted_through.load(Ordering::Acquire)
+    }
+
+    fn stats(&self) -> StoreStats {
+        StoreStats {
+            revision: self.revision(),
+            compacted_through: self.compacted_through(),
+            events: self.shared.event_count.load(Ordering::Acquire),
+            apps: self.shared.apps.read().map_or(0, |a| a.len() as u64),
+            size_on_disk: self.db.size_on_disk().unwrap_or(0),
+        }
     }
 
     fn compact(&self, retention: Retention) -> BoxFuture<'_, Result<Compaction, StoreError>> {

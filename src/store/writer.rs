@@ -121,6 +121,7 @@ impl Writer {
             group
                 .batch
                 .insert(codec::REVISION_KEY, &codec::encode_u64(group.revision));
+            let started = std::time::Instant::now();
             if let Err(e) = self.tree.apply_batch(group.batch) {
                 // Nothing of the group was applied: its revisions can be handed out again.
                 tracing::error!(error = %e, jobs, "group commit failed");
@@ -131,6 +132,9 @@ impl Writer {
                 if let Err(e) = self.tree.flush() {
                     tracing::error!(error = %e, jobs, "flush failed; writes not acknowledged");
                     failure = Some(e);
+                }
+                if let Some(observer) = &self.shared.observer {
+                    observer.group_committed(jobs, group.events.len(), started.elapsed());
                 }
                 self.publish(
                     group.apps,

@@ -9,6 +9,7 @@ mod crash;
 mod fixture;
 mod gates;
 mod grpcurl;
+mod metrics;
 mod persistence;
 mod record;
 mod settings;

@@ -1,0 +1,300 @@
+//! Prometheus metrics: one registry per daemon (no global recorder), an RPC
+//! layer for the gRPC server, and a text endpoint on its own HTTP listener.
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{atomic::Ordering, Arc},
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use prometheus::{
+    Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Opts, Registry, TextEncoder,
+};
+
+use crate::{
+    domain::gates::Verdict,
+    store::{CommitObserver, Store},
+    watch::WatchStats,
+};
+
+/// Every metric the daemon exports.
+pub struct Metrics {
+    registry: Registry,
+    rpc_requests: IntCounterVec,
+    rpc_seconds: HistogramVec,
+    outcomes: IntCounterVec,
+    group_jobs: Histogram,
+    group_events: Histogram,
+    flush_seconds: Histogram,
+    revision: IntGauge,
+    compacted_through: IntGauge,
+    events_retained: IntGauge,
+    apps: IntGauge,
+    store_bytes: IntGauge,
+    watch_active: IntGauge,
+    watch_started: IntCounter,
+    watch_lagged: IntCounter,
+    watch_catch_ups: IntCounter,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("registering metrics: {0}")]
+    Register(#[from] prometheus::Error),
+    #[error("cannot listen for metrics on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+fn pow2_buckets(max: f64) -> Vec<f64> {
+    std::iter::successors(Some(1.0), |b| Some(b * 2.0))
+        .take_while(|b| *b <= max)
+        .collect()
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self, MetricsError> {
+        let registry = Registry::new_custom(Some("consentd".into()), None)?;
+        macro_rules! register {
+            ($metric:expr) => {{
+                let m = $metric;
+                registry.register(Box::new(m.clone()))?;
+                m
+            }};
+        }
+        Ok(Self {
+            rpc_requests: register!(IntCounterVec::new(
+                Opts::new("rpc_requests_total", "gRPC calls by method and status code"),
+                &["method", "code"]
+            )?),
+            rpc_seconds: register!(HistogramVec::new(
+                HistogramOpts::new(
+                    "rpc_duration_seconds",
+                    "gRPC call latency until the response head"
+                )
+                .buckets(prometheus::exponential_buckets(25e-6, 2.0, 16)?),
+                &["method"]
+            )?),
+            outcomes: register!(IntCounterVec::new(
+                Opts::new(
+                    "outcomes_total",
+                    "Authorize/CheckApi answers by scope, outcome and reason"
+                ),
+                &["scope", "outcome", "reason"]
+            )?),
+            group_jobs: register!(Histogram::with_opts(
+                HistogramOpts::new(
+                    "store_group_commit_jobs",
+                    "write jobs per group commit (one flush each)"
+                )
+                .buckets(pow2_buckets(4096.0))
+            )?),
+            group_events: register!(Histogram::with_opts(
+                HistogramOpts::new("store_group_commit_events", "events per group commit")
+                    .buckets(pow2_buckets(4096.0))
+            )?),
+            flush_seconds: register!(Histogram::with_opts(
+                HistogramOpts::new(
+                    "store_commit_seconds",
+                    "apply + flush time of one group commit"
+                )
+                .buckets(prometheus::exponential_buckets(25e-6, 2.0, 16)?)
+            )?),
+            revision: register!(IntGauge::new(
+                "store_revision",
+                "the last durable revision"
+            )?),
+            compacted_through: register!(IntGauge::new(
+                "event_log_compacted_through",
+                "events up to this revision were trimmed (the retention horizon)"
+            )?),
+            events_retained: register!(IntGauge::new(
+                "event_log_events",
+                "events retained in the log"
+            )?),
+            apps: register!(IntGauge::new("apps", "registered apps")?),
+            store_bytes: register!(IntGauge::new(
+                "store_size_bytes",
+                "the store's size on disk"
+            )?),
+            watch_active: register!(IntGauge::new("watch_subscribers", "open Watch streams")?),
+            watch_started: register!(IntCounter::new(
+                "watch_subscriptions_total",
+                "Watch streams started"
+            )?),
+            watch_lagged: register!(IntCounter::new(
+                "watch_lagged_total",
+                "times a subscriber fell behind the live buffer (it then reads the log)"
+            )?),
+            watch_catch_ups: register!(IntCounter::new(
+                "watch_catch_ups_total",
+                "reads of the durable log by subscribers (replays and lag recovery)"
+            )?),
+            registry,
+        })
+    }
+
+    pub fn observe_rpc(&self, method: &str, code: &str, elapsed: Duration) {
+        self.rpc_requests.with_label_values(&[method, code]).inc();
+        self.rpc_seconds
+            .with_label_values(&[method])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn observe_verdict(&self, v: &Verdict) {
+        let outcome = format!("{:?}", v.outcome);
+        let reason = format!("{:?}", v.reason);
+        self.outcomes
+            .with_label_values(&[v.scope.name(), &outcome, &reason])
+            .inc();
+    }
+
+    /// The text exposition, with the scrape-time values read now.
+    pub fn render(&self, store: &dyn Store, watch: &WatchStats) -> String {
+        let s = store.stats();
+        let gauge = |g: &IntGauge, v: u64| g.set(i64::try_from(v).unwrap_or(i64::MAX));
+        gauge(&self.revision, s.revision);
+        gauge(&self.compacted_through, s.compacted_through);
+        gauge(&self.events_retained, s.events);
+        gauge(&self.apps, s.apps);
+        gauge(&self.store_bytes, s.size_on_disk);
+        gauge(&self.watch_active, watch.active.load(Ordering::Relaxed));
+        let counter = |c: &IntCounter, v: u64| c.inc_by(v.saturating_sub(c.get()));
+        counter(&self.watch_started, watch.started.load(Ordering::Relaxed));
+        counter(&self.watch_lagged, watch.lagged.load(Ordering::Relaxed));
+        counter(
+            &self.watch_catch_ups,
+            watch.catch_ups.load(Ordering::Relaxed),
+        );
+        let mut out = Vec::new();
+        match TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            Ok(()) => String::from_utf8_lossy(&out).into_owned(),
+            Err(e) => format!("# encoding metrics failed: {e}\n"),
+        }
+    }
+}
+
+impl CommitObserver for Metrics {
+    fn group_committed(&self, jobs: usize, events: usize, flush: Duration) {
+        self.group_jobs.observe(jobs as f64);
+        self.group_events.observe(events as f64);
+        self.flush_seconds.observe(flush.as_secs_f64());
+    }
+}
+
+/// Serves `GET /metrics` on `addr` until `stop`.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    store: Arc<dyn Store>,
+    watch: Arc<crate::watch::Watcher>,
+    stop: tokio_util::sync::CancellationToken,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), MetricsError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| MetricsError::Bind { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| MetricsError::Bind { addr, source })?;
+    if !bound.ip().is_loopback() {
+        tracing::warn!(%bound, "metrics are served on a non-loopback address without authentication");
+    }
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let (metrics, store, watch) = (metrics.clone(), store.clone(), watch.clone());
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4",
+                    )],
+                    metrics.render(store.as_ref(), watch.stats()),
+                )
+            }
+        }),
+    );
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+        {
+            tracing::error!(error = %e, "metrics endpoint failed");
+        }
+    });
+    tracing::info!(addr = %bound, "metrics at /metrics");
+    Ok((bound, task))
+}
+
+/// A tower layer counting and timing every gRPC call by method and status.
+#[derive(Clone)]
+pub struct RpcLayer {
+    metrics: Arc<Metrics>,
+}
+
+impl RpcLayer {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self { metrics }
+    }
+}
+
+impl<S> tower::Layer<S> for RpcLayer {
+    type Service = RpcService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RpcService {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct RpcService<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+impl<S, B, R> tower::Service<http::Request<B>> for RpcService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+    S::Error: 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let method = request.uri().path().to_owned();
+        let metrics = self.metrics.clone();
+        let started = Instant::now();
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await;
+            // Errors come back trailers-only, with grpc-status in the head; a
+            // head without it starts a successful response.
+            let code = match &response {
+                Ok(r) => r
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<i32>().ok())
+                    .map_or("Ok".to_owned(), |c| format!("{:?}", tonic::Code::from(c))),
+                Err(_) => "TransportError".to_owned(),
+            };
+            metrics.observe_rpc(&method, &code, started.elapsed());
+            response
+        })
+    }
+}
