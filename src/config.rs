@@ -86,7 +86,7 @@ impl Default for Config {
 #[derive(Clone, Debug, Default, clap::Parser)]
 #[command(
     name = "consentd",
-    version,
+    version = crate::VERSION,
     about = "The consent broker daemon: remembers every user's authorization decisions for mini programs and serves them over gRPC."
 )]
 pub struct Args {

@@ -21,6 +21,14 @@ pub mod server;
 pub mod store;
 pub mod watch;
 
+/// The version and the git commit it was built from.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("CONSENTD_GIT_REV"),
+    ")"
+);
+
 /// Generated protobuf and gRPC types (package `consent.v1`).
 pub mod pb {
     #![allow(clippy::all, missing_docs)]

@@ -132,6 +132,23 @@ impl Broker {
         })
     }
 
+    /// [`Broker::authorize`] with the checks each gate made.
+    pub fn explain(
+        &self,
+        s: &Subject,
+        scope: Scope,
+        client: &Client,
+    ) -> Result<Read<(Verdict, Vec<gates::Step>)>, BrokerError> {
+        let revision = self.store.revision();
+        let app = self.app(&s.app)?;
+        let state = self.state(s, scope)?;
+        let explained = gates::explain(&app, scope, Target::Authorize, client, state, &self.rules);
+        Ok(Read {
+            value: explained,
+            revision,
+        })
+    }
+
     /// wx.authorize for many scopes of one subject, answered in request order.
     pub fn batch_authorize(
         &self,

@@ -77,6 +77,16 @@ pub mod msg {
     pub const NOT_SUPPORTED: &str = "fail not supported";
 }
 
+/// One check a gate made, for explanations.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Step {
+    /// 1 to 5, as in SPEC section 4.
+    pub gate: u8,
+    pub check: String,
+    /// Whether the check let the request through to the next gate.
+    pub passed: bool,
+}
+
 /// Evaluates the gates for `scope` asked through `target`, in order; the
 /// first gate that decides wins. Gate 1's malformed-request and unknown-app
 /// checks happen before (ids, client and scope are already typed here).
@@ -87,6 +97,48 @@ pub fn evaluate(
     client: &Client,
     state: DecisionState,
     rules: &RuleSet,
+) -> Verdict {
+    walk(app, scope, target, client, state, rules, |_, _, _| {})
+}
+
+/// [`evaluate`], plus every check each gate made on the way.
+pub fn explain(
+    app: &App,
+    scope: Scope,
+    target: Target<'_>,
+    client: &Client,
+    state: DecisionState,
+    rules: &RuleSet,
+) -> (Verdict, Vec<Step>) {
+    let mut steps = Vec::new();
+    let verdict = walk(
+        app,
+        scope,
+        target,
+        client,
+        state,
+        rules,
+        |gate, passed, check: &dyn Fn() -> String| {
+            steps.push(Step {
+                gate,
+                check: check(),
+                passed,
+            });
+        },
+    );
+    (verdict, steps)
+}
+
+/// The gates, telling `note` about each check (lazily, so evaluation
+/// without an explanation formats nothing).
+fn walk(
+    app: &App,
+    scope: Scope,
+    target: Target<'_>,
+    client: &Client,
+    state: DecisionState,
+    rules: &RuleSet,
+    mut note: impl FnMut(u8, bool, &dyn Fn() -> String),
 ) -> Verdict {
     let decide = |outcome, reason, rule: Option<&str>, suffix: &str| Verdict {
         scope,
@@ -105,7 +157,11 @@ pub fn evaluate(
 
     // Gate 1: does the scope (or interface) exist for this app and client?
     let availability = scope.availability(app.kind);
-    if availability == Availability::Unsupported {
+    let exists = availability != Availability::Unsupported;
+    note(1, exists, &|| {
+        format!("{scope} exists for {}", app.kind.name())
+    });
+    if !exists {
         return decide(
             Outcome::Unsupported,
             Reason::ScopeNotForAppKind,
@@ -113,7 +169,15 @@ pub fn evaluate(
             msg::NOT_SUPPORTED,
         );
     }
-    if let Some(rule) = rules.failed_min_sdk(scope, target, client) {
+    let too_old = rules.failed_min_sdk(scope, target, client);
+    note(1, too_old.is_none(), &|| match too_old {
+        Some(rule) => format!(
+            "base library {} is below {} (rule {})",
+            client.sdk_version, rule.min_sdk_version, rule.id
+        ),
+        None => format!("base library {} meets every minimum", client.sdk_version),
+    });
+    if let Some(rule) = too_old {
         return decide(
             Outcome::Unsupported,
             Reason::BaseLibraryTooOld,
@@ -123,6 +187,16 @@ pub fn evaluate(
     }
 
     // Gate 2: no authorization needed.
+    let needed = availability == Availability::Popup;
+    note(2, needed, &|| match availability {
+        Availability::NoAuthNeeded => {
+            format!("authorization for {scope} was abolished: callable directly")
+        }
+        Availability::Anonymous => {
+            format!("{scope} needs no authorization here: the data is anonymous")
+        }
+        _ => format!("{scope} needs the user's authorization"),
+    });
     match availability {
         Availability::NoAuthNeeded => {
             return decide(
@@ -145,25 +219,41 @@ pub fn evaluate(
 
     // Gate 3: declarations.
     let location = scope.info().location;
-    if location != LocationKind::None && decl.desc(scope).is_none() {
-        return decide(
-            Outcome::NotDeclared,
-            Reason::MissingPermissionDesc,
-            None,
-            msg::REQUIRE_DESC,
-        );
+    if location != LocationKind::None {
+        let declared = decl.desc(scope).is_some();
+        note(3, declared, &|| {
+            format!("a `permission` desc for {scope} is declared")
+        });
+        if !declared {
+            return decide(
+                Outcome::NotDeclared,
+                Reason::MissingPermissionDesc,
+                None,
+                msg::REQUIRE_DESC,
+            );
+        }
     }
-    if location == LocationKind::Background && !decl.background_location() {
-        return decide(
-            Outcome::NotDeclared,
-            Reason::MissingBackgroundMode,
-            None,
-            msg::REQUIRE_BACKGROUND_MODE,
-        );
+    if location == LocationKind::Background {
+        let declared = decl.background_location();
+        note(3, declared, &|| {
+            "requiredBackgroundModes contains \"location\"".to_owned()
+        });
+        if !declared {
+            return decide(
+                Outcome::NotDeclared,
+                Reason::MissingBackgroundMode,
+                None,
+                msg::REQUIRE_BACKGROUND_MODE,
+            );
+        }
     }
     if let Target::Api(api) = target {
         if let Some(info) = api.private_info_name() {
-            if !decl.private_infos.contains(info) {
+            let declared = decl.private_infos.contains(info);
+            note(3, declared, &|| {
+                format!("requiredPrivateInfos contains {info:?}")
+            });
+            if !declared {
                 return decide(
                     Outcome::NotDeclared,
                     Reason::MissingPrivateInfo,
@@ -175,6 +265,9 @@ pub fn evaluate(
     }
 
     // Gate 4: the stored decision.
+    note(4, state == DecisionState::NotDetermined, &|| {
+        format!("the stored decision is {state:?}")
+    });
     match state {
         DecisionState::Granted => {
             return decide(Outcome::Granted, Reason::StoredGrant, None, msg::OK)
@@ -186,7 +279,26 @@ pub fn evaluate(
     }
 
     // Gate 5: can this client show the popup?
-    if let Some(rule) = rules.failed_popup(scope, client) {
+    let no_popup = rules.failed_popup(scope, client);
+    note(5, no_popup.is_none(), &|| match no_popup {
+        Some(rule) => format!(
+            "{} {} cannot show the popup: rule {} needs {} from {}",
+            client.platform,
+            client.host_version,
+            rule.id,
+            rule.platforms
+                .iter()
+                .map(|p| p.token())
+                .collect::<Vec<_>>()
+                .join(" or "),
+            rule.min_host_version
+        ),
+        None => format!(
+            "{} {} can show the popup",
+            client.platform, client.host_version
+        ),
+    });
+    if let Some(rule) = no_popup {
         return decide(
             Outcome::SettingsRequired,
             Reason::PopupUnavailable,
@@ -320,6 +432,70 @@ mod tests {
             assert_eq!(v.state, state);
             assert_eq!(v.prompt.is_some(), outcome == Prompt, "case {i}");
         }
+    }
+
+    #[test]
+    fn explain_traces_each_gate_up_to_the_deciding_one() {
+        let a = app(
+            AppKind::MiniProgram,
+            &["scope.userLocation"],
+            &["location"],
+            &[],
+        );
+        let old = client(Platform::Ios, "7.0.20", "3.0.0");
+        let (v, steps) = explain(
+            &a,
+            Scope::UserLocationBackground,
+            Target::Authorize,
+            &old,
+            N,
+            &RuleSet::default(),
+        );
+        assert_eq!(
+            v,
+            evaluate(
+                &a,
+                Scope::UserLocationBackground,
+                Target::Authorize,
+                &old,
+                N,
+                &RuleSet::default()
+            )
+        );
+        let gates: Vec<(u8, bool)> = steps.iter().map(|s| (s.gate, s.passed)).collect();
+        assert_eq!(
+            gates,
+            [
+                (1, true),
+                (1, true),
+                (2, true),
+                (3, true),
+                (3, true),
+                (4, true),
+                (5, false)
+            ]
+        );
+        assert_eq!(
+            steps.last().unwrap().check,
+            "ios 7.0.20 cannot show the popup: rule background-location-popup needs android or ios from 8.0.0"
+        );
+        let (v, steps) = explain(
+            &a,
+            Scope::Camera,
+            Target::Authorize,
+            &old,
+            G,
+            &RuleSet::default(),
+        );
+        assert_eq!(v.outcome, Granted);
+        assert_eq!(
+            steps.last().unwrap(),
+            &Step {
+                gate: 4,
+                check: "the stored decision is Granted".into(),
+                passed: false
+            }
+        );
     }
 
     #[test]

@@ -61,6 +61,23 @@ impl Authorization for AuthorizationService {
         }))
     }
 
+    async fn explain(
+        &self,
+        request: Request<pb::AuthorizeRequest>,
+    ) -> Result<Response<pb::ExplainResponse>, Status> {
+        let r = request.into_inner();
+        let subject = convert::subject(&r.app_id, &r.user_id)?;
+        let scope = convert::scope("scope", &r.scope)?;
+        let client = convert::client(r.client)?;
+        let read = self.broker.explain(&subject, scope, &client)?;
+        let (verdict, steps) = read.value;
+        Ok(Response::new(pb::ExplainResponse {
+            decision: Some(convert::decision(verdict)),
+            steps: steps.into_iter().map(convert::step).collect(),
+            revision: read.revision,
+        }))
+    }
+
     async fn batch_authorize(
         &self,
         request: Request<pb::BatchAuthorizeRequest>,

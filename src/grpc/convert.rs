@@ -242,6 +242,14 @@ pub fn decision(v: Verdict) -> pb::Decision {
     }
 }
 
+pub fn step(s: crate::domain::gates::Step) -> pb::ExplainStep {
+    pb::ExplainStep {
+        gate: s.gate.into(),
+        check: s.check,
+        passed: s.passed,
+    }
+}
+
 pub fn change(e: &Event) -> pb::DecisionChange {
     pb::DecisionChange {
         scope: e.scope.name().to_owned(),

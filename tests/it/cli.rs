@@ -273,3 +273,217 @@ async fn watch_tails_and_resumes_across_a_restart() {
     assert!(stderr.contains("resuming from revision 2"), "{stderr}");
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registers_apps_from_their_app_json() {
+    let h = TestDaemon::start().await;
+    let addr = h.addr();
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let app_json = write(
+        "app.json",
+        r#"{"pages": ["pages/index/index"], "window": {"navigationBarTitleText": "Demo"},
+            "permission": {"scope.userLocation": {"desc": "to show shops near you"}},
+            "requiredBackgroundModes": ["location", "audio"],
+            "requiredPrivateInfos": ["getLocation", "chooseAddress"]}"#,
+    );
+    let reg = ctl(
+        addr,
+        &[
+            "--json",
+            "apps",
+            "register",
+            "wxdemo",
+            "--app-json",
+            &app_json,
+        ],
+    )
+    .await;
+    assert_eq!(reg.code, 0, "{}", reg.stderr);
+    let app = &reg.json()["app"];
+    assert_eq!(app["kind"], "MINI_PROGRAM");
+    assert_eq!(
+        app["permission"]["scope.userLocation"],
+        "to show shops near you"
+    );
+    assert_eq!(
+        app["required_background_modes"],
+        serde_json::json!(["audio", "location"])
+    );
+
+    // Registering the same app from an edited file updates it.
+    let edited = write(
+        "app2.json",
+        r#"{"requiredPrivateInfos": ["getFuzzyLocation"], "permission": {"scope.userFuzzyLocation": {"desc": "city"}}}"#,
+    );
+    let again = ctl(
+        addr,
+        &[
+            "--json",
+            "apps",
+            "register",
+            "wxdemo",
+            "--app-json",
+            &edited,
+        ],
+    )
+    .await;
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert_eq!(
+        again.json()["app"]["required_private_infos"],
+        serde_json::json!(["getFuzzyLocation"])
+    );
+    assert!(again.json()["app"]["revision"].as_u64() > app["revision"].as_u64());
+
+    let game = write(
+        "game.json",
+        r#"{"deviceOrientation": "portrait", "permission": {"scope.userLocation": {"desc": "leaderboards"}}}"#,
+    );
+    let reg = ctl(
+        addr,
+        &["--json", "apps", "register", "wxgame", "--game-json", &game],
+    )
+    .await;
+    assert_eq!(reg.json()["app"]["kind"], "MINI_GAME", "{}", reg.stderr);
+
+    // Invalid files are refused before anything is sent, naming the app.json field.
+    let cases = [
+        (
+            "bad1.json",
+            r#"{"requiredPrivateInfos": ["getFuzzyLocation", "getLocation"]}"#,
+            "requiredPrivateInfos declares getFuzzyLocation together with getLocation",
+        ),
+        (
+            "bad2.json",
+            r#"{"requiredPrivateInfos": ["getlocation"]}"#,
+            "requiredPrivateInfos contains unknown value \"getlocation\"",
+        ),
+        (
+            "bad3.json",
+            r#"{"requiredBackgroundModes": "location"}"#,
+            "requiredBackgroundModes must be an array of strings",
+        ),
+        (
+            "bad4.json",
+            r#"{"permission": {"scope.userLocation": "nearby"}}"#,
+            "permission[\"scope.userLocation\"] needs a string \"desc\"",
+        ),
+        (
+            "bad5.json",
+            r#"{"permission": {"scope.nope": {"desc": "x"}}}"#,
+            "permission \"scope.nope\" is not a known scope",
+        ),
+        ("bad6.json", "{ not json", "is not valid JSON"),
+    ];
+    for (name, text, needle) in cases {
+        let path = write(name, text);
+        let run = ctl(addr, &["apps", "register", "wxbad", "--app-json", &path]).await;
+        assert_eq!(run.code, 2, "{name}");
+        assert!(
+            run.stderr.contains(needle) && run.stderr.contains(name),
+            "{name}: {}",
+            run.stderr
+        );
+    }
+    let missing = ctl(
+        addr,
+        &[
+            "apps",
+            "register",
+            "wxbad",
+            "--app-json",
+            "/nonexistent/app.json",
+        ],
+    )
+    .await;
+    assert!(
+        missing.code == 2 && missing.stderr.contains("cannot read /nonexistent/app.json"),
+        "{}",
+        missing.stderr
+    );
+    assert_eq!(
+        ctl(addr, &["--json", "apps", "list"]).await.json()["apps"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2,
+        "nothing bad registered"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_and_exit_codes() {
+    let h = TestDaemon::start().await;
+    let c = h.client();
+    c.register(crate::fixture::location_app("wxloc")).await;
+    c.answer("wxloc", "u1", "scope.camera", consentd::pb::Answer::Deny)
+        .await;
+    let addr = h.addr();
+    let explain = ctl(
+        addr,
+        &[
+            "--json",
+            "explain",
+            "wxloc",
+            "u2",
+            "scope.userLocationBackground",
+            "--platform",
+            "ios",
+            "--host-version",
+            "7.0.20",
+        ],
+    )
+    .await;
+    assert_eq!(
+        explain.code, 1,
+        "SETTINGS_REQUIRED is a no: {}",
+        explain.stderr
+    );
+    let steps = explain.json()["steps"].as_array().unwrap().clone();
+    assert_eq!(steps.last().unwrap()["gate"], 5);
+    assert_eq!(steps.last().unwrap()["result"], "DECIDES");
+    assert!(steps[..steps.len() - 1]
+        .iter()
+        .all(|s| s["result"] == "pass"));
+    assert_eq!(
+        explain.json()["decision"]["rule"],
+        "background-location-popup"
+    );
+    let table = ctl(addr, &["explain", "wxloc", "u1", "scope.camera"]).await;
+    assert!(
+        table.stdout.contains("the stored decision is Denied") && table.stdout.contains("DECIDES"),
+        "{}",
+        table.stdout
+    );
+
+    for (args, code) in [
+        (vec!["authorize", "wxloc", "u1", "scope.camera"], 1),
+        (vec!["authorize", "wxloc", "u2", "scope.camera"], 0),
+        (vec!["authorize", "wxloc", "u2", "scope.address"], 0),
+        (vec!["check-api", "wxloc", "u1", "camera"], 1),
+        (vec!["check-api", "wxloc", "u2", "wx.getFuzzyLocation"], 1),
+        (vec!["verify"], 0),
+    ] {
+        assert_eq!(ctl(addr, &args).await.code, code, "{args:?}");
+    }
+    let completions = ctl(addr, &["completions", "bash"]).await;
+    assert!(
+        completions.code == 0 && completions.stdout.contains("consentctl"),
+        "{}",
+        completions.stderr
+    );
+    let version = ctl(addr, &["--version"]).await;
+    assert!(
+        version
+            .stdout
+            .starts_with(&format!("consentctl {} (", env!("CARGO_PKG_VERSION"))),
+        "{}",
+        version.stdout
+    );
+    h.stop().await;
+}

@@ -6,7 +6,7 @@ use consentd::pb;
 #[derive(Parser, Debug)]
 #[command(
     name = "consentctl",
-    version,
+    version = consentd::VERSION,
     about = "A command-line client for consentd."
 )]
 pub struct Cli {
@@ -32,6 +32,14 @@ pub struct Cli {
 pub enum Command {
     /// wx.authorize: what happens if SCOPE is requested now.
     Authorize {
+        app: String,
+        user: String,
+        scope: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Authorize's answer with the gate-by-gate reasoning behind it.
+    Explain {
         app: String,
         user: String,
         scope: String,
@@ -110,11 +118,13 @@ pub enum Command {
     Compact,
     /// Check that checkpoint + event log reproduce the stored decisions.
     Verify,
+    /// Print a shell completion script.
+    Completions { shell: clap_complete::Shell },
 }
 
 #[derive(Subcommand, Debug)]
 pub enum AppsCommand {
-    /// Register a new app.
+    /// Register a new app (or, from an app.json/game.json, register or update it).
     Register(AppArgs),
     /// Replace an app's declarations.
     Update(AppArgs),
@@ -139,8 +149,14 @@ pub enum AppsCommand {
 #[derive(Args, Debug)]
 pub struct AppArgs {
     pub app: String,
-    #[arg(long)]
-    pub kind: KindArg,
+    #[arg(long, required_unless_present_any = ["app_json", "game_json"], conflicts_with_all = ["app_json", "game_json"])]
+    pub kind: Option<KindArg>,
+    /// Read the declarations of a mini program from its app.json.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["game_json", "permissions", "background_modes", "private_infos"])]
+    pub app_json: Option<std::path::PathBuf>,
+    /// Read the declarations of a mini game from its game.json.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["permissions", "background_modes", "private_infos"])]
+    pub game_json: Option<std::path::PathBuf>,
     /// SCOPE=DESC, the popup text; repeatable.
     #[arg(long = "permission", value_name = "SCOPE=DESC", value_parser = parse_permission)]
     pub permissions: Vec<(String, String)>,

@@ -1,8 +1,12 @@
 //! consentctl: a command-line client for every consentd RPC.
 //!
-//! Exit codes: 0 success, 2 error (bad arguments, transport failure or a
-//! gRPC error status, printed with its code and message).
+//! Exit codes: 0 success; 1 a negative answer (authorize, check-api and
+//! explain when the interface cannot run and no popup can fix it: DENIED,
+//! SETTINGS_REQUIRED, NOT_DECLARED, UNSUPPORTED; verify when inconsistent);
+//! 2 an error (bad arguments, transport failure or a gRPC error status,
+//! printed with its code and message).
 
+mod app_json;
 mod args;
 mod render;
 
@@ -33,7 +37,8 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(run(&cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Answer::Positive) => ExitCode::SUCCESS,
+        Ok(Answer::Negative) => ExitCode::from(1),
         Err(e) => {
             report(&e, &cli.addr);
             ExitCode::from(2)
@@ -77,7 +82,36 @@ async fn connect(cli: &Cli, stream: bool) -> Result<Channel> {
     Ok(endpoint.connect().await?)
 }
 
-async fn run(cli: &Cli) -> Result<()> {
+/// Whether the command's answer was a "no" (exit code 1).
+enum Answer {
+    Positive,
+    Negative,
+}
+
+fn answer_of(command: &Command, value: &Value) -> Answer {
+    let outcome = match command {
+        Command::Authorize { .. } | Command::CheckApi { .. } => &value["outcome"],
+        Command::Explain { .. } => &value["decision"]["outcome"],
+        Command::Verify if value["consistent"] == false => return Answer::Negative,
+        _ => return Answer::Positive,
+    };
+    match outcome.as_str() {
+        Some("DENIED" | "SETTINGS_REQUIRED" | "NOT_DECLARED" | "UNSUPPORTED") => Answer::Negative,
+        _ => Answer::Positive,
+    }
+}
+
+async fn run(cli: &Cli) -> Result<Answer> {
+    if let Command::Completions { shell } = &cli.command {
+        use clap::CommandFactory as _;
+        clap_complete::generate(
+            *shell,
+            &mut Cli::command(),
+            "consentctl",
+            &mut std::io::stdout(),
+        );
+        return Ok(Answer::Positive);
+    }
     if let Command::Watch {
         apps,
         users,
@@ -91,7 +125,7 @@ async fn run(cli: &Cli) -> Result<()> {
             scopes: scopes.clone(),
             start_revision: *from,
         };
-        return watch(cli, filter).await;
+        return watch(cli, filter).await.map(|()| Answer::Positive);
     }
     let channel = connect(cli, false).await?;
     let mut auth = AuthorizationClient::new(channel.clone());
@@ -115,6 +149,29 @@ async fn run(cli: &Cli) -> Result<()> {
                 r.decision.as_ref().map_or(Value::Null, render::decision),
                 r.revision,
             )
+        }
+        Command::Explain {
+            app,
+            user,
+            scope,
+            client,
+        } => {
+            let req = pb::AuthorizeRequest {
+                app_id: app.clone(),
+                user_id: user.clone(),
+                scope: scope.clone(),
+                client: Some(client.to_pb()),
+            };
+            let r = auth.explain(req).await?.into_inner();
+            json!({
+                "steps": r.steps.iter().map(|s| json!({
+                    "gate": s.gate,
+                    "check": s.check,
+                    "result": if s.passed { "pass" } else { "DECIDES" },
+                })).collect::<Vec<_>>(),
+                "decision": r.decision.as_ref().map_or(Value::Null, render::decision),
+                "revision": r.revision,
+            })
         }
         Command::BatchAuthorize {
             app,
@@ -258,10 +315,12 @@ async fn run(cli: &Cli) -> Result<()> {
                 "revision": r.revision,
             })
         }
-        Command::Watch { .. } => anyhow::bail!("internal: watch is not a unary call"),
+        Command::Watch { .. } | Command::Completions { .. } => {
+            anyhow::bail!("internal: not a unary call")
+        }
     };
     render::print(&value, cli.json);
-    Ok(())
+    Ok(answer_of(&cli.command, &value))
 }
 
 fn with_revision(mut value: Value, revision: u64) -> Value {
@@ -269,10 +328,26 @@ fn with_revision(mut value: Value, revision: u64) -> Value {
     value
 }
 
-fn app_request(a: &AppArgs) -> pb::App {
+/// The app as the flags or the app.json/game.json describe it, and whether
+/// it came from such a file (then registering updates an existing app).
+fn app_request(a: &AppArgs) -> Result<(pb::App, bool)> {
+    if let Some(file) = &a.app_json {
+        return Ok((
+            app_json::read(file, &a.app, pb::AppKind::MiniProgram)?,
+            true,
+        ));
+    }
+    if let Some(file) = &a.game_json {
+        return Ok((app_json::read(file, &a.app, pb::AppKind::MiniGame)?, true));
+    }
+    let kind = a.kind.map_or(pb::AppKind::Unspecified, |k| k.to_pb());
+    Ok((app_from_flags(a, kind), false))
+}
+
+fn app_from_flags(a: &AppArgs, kind: pb::AppKind) -> pb::App {
     pb::App {
         app_id: a.app.clone(),
-        kind: a.kind.to_pb().into(),
+        kind: kind.into(),
         permission: a
             .permissions
             .iter()
@@ -287,18 +362,31 @@ fn app_request(a: &AppArgs) -> pb::App {
 async fn apps_command(apps: &mut AppsClient<Channel>, command: &AppsCommand) -> Result<Value> {
     Ok(match command {
         AppsCommand::Register(a) => {
-            let r = apps
+            let (app, from_file) = app_request(a)?;
+            let r = match apps
                 .register_app(pb::RegisterAppRequest {
-                    app: Some(app_request(a)),
+                    app: Some(app.clone()),
                 })
-                .await?
-                .into_inner();
+                .await
+            {
+                Err(status) if from_file && status.code() == Code::AlreadyExists => {
+                    let r = apps
+                        .update_app(pb::UpdateAppRequest { app: Some(app) })
+                        .await?
+                        .into_inner();
+                    pb::RegisterAppResponse {
+                        app: r.app,
+                        revision: r.revision,
+                    }
+                }
+                other => other?.into_inner(),
+            };
             json!({ "app": r.app.as_ref().map_or(Value::Null, render::app), "revision": r.revision })
         }
         AppsCommand::Update(a) => {
             let r = apps
                 .update_app(pb::UpdateAppRequest {
-                    app: Some(app_request(a)),
+                    app: Some(app_request(a)?.0),
                 })
                 .await?
                 .into_inner();
