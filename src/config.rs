@@ -407,6 +407,22 @@ mod tests {
     }
 
     #[test]
+    fn the_example_production_config_parses() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/consentd.toml");
+        let args = Args {
+            config: Some(path.into()),
+            ..Args::default()
+        };
+        let c = Config::from_args(args).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/consentd"));
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9464".parse().unwrap()));
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.retention.max_events, Some(5_000_000));
+        assert_eq!(c.retention.max_age, Some(Duration::from_secs(604_800)));
+        assert_eq!(c.rules, RuleSet::default());
+    }
+
+    #[test]
     fn bad_files_name_the_problem() {
         for (text, needle) in [
             ("[[rules.popup]]\nid='x'\nscope='scope.nope'\nplatforms=[]\nmin_host_version='1'", "unknown scope"),

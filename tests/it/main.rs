@@ -6,6 +6,7 @@ mod bad_input;
 mod catalog;
 mod cli;
 mod crash;
+mod docs;
 mod fixture;
 mod gates;
 mod grpcurl;
