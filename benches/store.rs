@@ -83,6 +83,7 @@ async fn durable(concurrency: usize) -> f64 {
             queue_depth: 4096,
             publish_capacity: 1024,
             observer: None,
+            flush_on_commit: true,
         })
         .unwrap(),
     );

@@ -49,6 +49,9 @@ pub struct Config {
     pub max_batch: usize,
     /// Write jobs queued for the writer before callers wait.
     pub queue_depth: usize,
+    /// Flush before acknowledging a write (the default). Off only to measure
+    /// what durability costs.
+    pub flush_on_commit: bool,
     /// Committed groups buffered for watchers before a slow one must read the log.
     pub publish_capacity: usize,
     pub watch: WatchConfig,
@@ -73,6 +76,7 @@ impl Default for Config {
             max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
             max_batch: DEFAULT_MAX_BATCH,
             queue_depth: DEFAULT_QUEUE_DEPTH,
+            flush_on_commit: true,
             publish_capacity: DEFAULT_PUBLISH_CAPACITY,
             watch: WatchConfig::default(),
             retention: DEFAULT_RETENTION,
@@ -126,6 +130,7 @@ pub struct FileConfig {
     pub max_concurrent_streams: Option<u32>,
     pub max_batch: Option<usize>,
     pub queue_depth: Option<usize>,
+    pub flush_on_commit: Option<bool>,
     pub publish_capacity: Option<usize>,
     pub watch: Option<FileWatch>,
     pub retention: Option<FileRetention>,
@@ -237,6 +242,7 @@ impl Config {
                 .unwrap_or(d.max_concurrent_streams),
             max_batch: file.max_batch.unwrap_or(d.max_batch),
             queue_depth: file.queue_depth.unwrap_or(d.queue_depth),
+            flush_on_commit: file.flush_on_commit.unwrap_or(d.flush_on_commit),
             publish_capacity: file.publish_capacity.unwrap_or(d.publish_capacity),
             watch: {
                 let w = file.watch.unwrap_or_default();

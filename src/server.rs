@@ -67,6 +67,7 @@ impl Daemon {
             queue_depth: config.queue_depth,
             publish_capacity: config.publish_capacity,
             observer: Some(metrics.clone()),
+            flush_on_commit: config.flush_on_commit,
         };
         let store = tokio::task::spawn_blocking(move || SledStore::open(&sled_config))
             .await
@@ -105,7 +106,7 @@ impl Daemon {
             .max_concurrent_streams(config.max_concurrent_streams)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-            .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
+            .trace_fn(|req| tracing::debug_span!("rpc", method = %req.uri().path()))
             .add_service(health_service)
             .add_service(reflection().build_v1()?)
             .add_service(reflection().build_v1alpha()?)

@@ -17,6 +17,21 @@ pub enum Outcome {
     Unsupported,
 }
 
+impl Outcome {
+    /// A stable name, for logs and metric labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::Granted => "Granted",
+            Outcome::Denied => "Denied",
+            Outcome::Prompt => "Prompt",
+            Outcome::SettingsRequired => "SettingsRequired",
+            Outcome::NoAuthNeeded => "NoAuthNeeded",
+            Outcome::NotDeclared => "NotDeclared",
+            Outcome::Unsupported => "Unsupported",
+        }
+    }
+}
+
 /// The gate or rule that decided.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Reason {
@@ -31,6 +46,25 @@ pub enum Reason {
     StoredDenial,
     PopupAvailable,
     PopupUnavailable,
+}
+
+impl Reason {
+    /// A stable name, for logs and metric labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            Reason::ScopeNotForAppKind => "ScopeNotForAppKind",
+            Reason::BaseLibraryTooOld => "BaseLibraryTooOld",
+            Reason::AuthorizationAbolished => "AuthorizationAbolished",
+            Reason::AnonymousProfile => "AnonymousProfile",
+            Reason::MissingPermissionDesc => "MissingPermissionDesc",
+            Reason::MissingBackgroundMode => "MissingBackgroundMode",
+            Reason::MissingPrivateInfo => "MissingPrivateInfo",
+            Reason::StoredGrant => "StoredGrant",
+            Reason::StoredDenial => "StoredDenial",
+            Reason::PopupAvailable => "PopupAvailable",
+            Reason::PopupUnavailable => "PopupUnavailable",
+        }
+    }
 }
 
 /// The popup the runtime must show.

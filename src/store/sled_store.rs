@@ -36,6 +36,9 @@ pub struct SledConfig {
     pub publish_capacity: usize,
     /// Told about every group commit.
     pub observer: Option<Arc<dyn CommitObserver>>,
+    /// Flush every group commit before acknowledging it. `false` acknowledges
+    /// writes that a crash may lose: for measuring what durability costs only.
+    pub flush_on_commit: bool,
 }
 
 impl std::fmt::Debug for dyn CommitObserver {
@@ -119,7 +122,15 @@ impl SledStore {
             observer: config.observer.clone(),
         });
         let (tx, rx) = mpsc::channel(config.queue_depth.max(1));
-        let state = writer::Writer::new(tree.clone(), shared.clone(), config.max_batch.max(1));
+        if !config.flush_on_commit {
+            tracing::warn!("flush_on_commit is off: acknowledged writes may be lost in a crash");
+        }
+        let state = writer::Writer::new(
+            tree.clone(),
+            shared.clone(),
+            config.max_batch.max(1),
+            config.flush_on_commit,
+        );
         let thread = std::thread::Builder::new()
             .name("consentd-writer".into())
             .spawn(move || state.run(rx))

@@ -32,6 +32,7 @@ pub(super) struct Writer {
     pub(super) tree: sled::Tree,
     pub(super) shared: Arc<Shared>,
     max_batch: usize,
+    flush: bool,
 }
 
 /// Raw key -> new value (None = removed), staged by earlier jobs of a group.
@@ -51,11 +52,12 @@ struct Group {
 }
 
 impl Writer {
-    pub fn new(tree: sled::Tree, shared: Arc<Shared>, max_batch: usize) -> Self {
+    pub fn new(tree: sled::Tree, shared: Arc<Shared>, max_batch: usize, flush: bool) -> Self {
         Self {
             tree,
             shared,
             max_batch,
+            flush,
         }
     }
 
@@ -129,7 +131,7 @@ impl Writer {
             } else {
                 // Applied: the changes are visible, so publish them even if the flush
                 // fails (their callers then learn the outcome is unknown).
-                if let Err(e) = self.tree.flush() {
+                if let Err(e) = self.flush.then(|| self.tree.flush()).transpose() {
                     tracing::error!(error = %e, jobs, "flush failed; writes not acknowledged");
                     failure = Some(e);
                 }

@@ -1,0 +1,837 @@
+//! The load benchmark: `cargo bench --bench load` (release build).
+//!
+//! Starts the release `consentd` on a temp dir and a bare tonic echo server
+//! (this binary re-executed with `--echo-server`: same Authorize request and
+//! response shapes, no logic; RecordDecision + Watch as a bare broadcast) as
+//! separate processes, drives both with the same tonic load generator, and
+//! reports throughput, latency p50/p90/p99/p99.9 (hdrhistogram), client and
+//! daemon CPU, daemon peak RSS, and every result as a ratio to the ceiling.
+//! Results: a table on stdout and `target/bench-load.json`.
+//!
+//! Environment: `BENCH_SECONDS` (default 5) and `BENCH_WARMUP` (default 1)
+//! per run; `BENCH_SCALE` (comma-separated decision counts for the scale
+//! scenario, default `10000,1000000`); `BENCH_ONLY` (comma-separated scenario
+//! names: ceiling, authorize, record, mixed, watch, scale).
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    io::{BufRead as _, BufReader},
+    net::SocketAddr,
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use consentd::{
+    domain::{
+        AppId, AppKind, Cause, Change, DecisionState, Declarations, RawDeclarations, Scope, UserId,
+    },
+    pb::{self, authorization_client::AuthorizationClient, watch_response::Kind},
+    store::{AppWrite, SledConfig, SledStore, Store, WriteSet},
+};
+use hdrhistogram::Histogram;
+use serde_json::json;
+use tokio_stream::StreamExt as _;
+use tonic::transport::Channel;
+
+// ---------------------------------------------------------------------------
+// Processes
+// ---------------------------------------------------------------------------
+
+struct Proc {
+    child: Child,
+    addr: SocketAddr,
+    /// From spawn to the log line saying it serves.
+    ready_after: Duration,
+}
+
+impl Proc {
+    /// The release daemon on `data_dir`; returns once it logs that it serves.
+    fn daemon(data_dir: &Path, extra: &[&str]) -> Proc {
+        let started = Instant::now();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_consentd"))
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+                "--data-dir",
+            ])
+            .arg(data_dir)
+            .args(extra)
+            .env("RUST_LOG", "warn,consentd::server=info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let addr = loop {
+            let line = lines.next().expect("consentd exited").unwrap();
+            let log: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            if log["fields"]["message"] == "consentd serving" {
+                break log["fields"]["addr"].as_str().unwrap().parse().unwrap();
+            }
+        };
+        let ready_after = started.elapsed();
+        std::thread::spawn(move || lines.for_each(drop));
+        Proc {
+            child,
+            addr,
+            ready_after,
+        }
+    }
+
+    /// The echo ceiling: this binary with `--echo-server`.
+    fn echo() -> Proc {
+        let started = Instant::now();
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .arg("--echo-server")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        Proc {
+            child,
+            addr: line.trim().parse().unwrap(),
+            ready_after: started.elapsed(),
+        }
+    }
+
+    /// utime + stime, in clock ticks (USER_HZ = 100).
+    fn cpu_ticks(&self) -> u64 {
+        cpu_ticks(&format!("/proc/{}/stat", self.child.id()))
+    }
+
+    fn status_kib(&self, key: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn stop(mut self) {
+        // SIGTERM: a graceful shutdown (flush) before the temp dir goes.
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// utime + stime of a /proc/PID/stat file: fields 14 and 15, i.e. 11 and 12
+/// after the parenthesised command name.
+fn cpu_ticks(path: &str) -> u64 {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    field(11) + field(12)
+}
+
+fn self_cpu_ticks() -> u64 {
+    cpu_ticks("/proc/self/stat")
+}
+
+// ---------------------------------------------------------------------------
+// The echo ceiling server
+// ---------------------------------------------------------------------------
+
+mod echo {
+    use consentd::pb::{self, authorization_server::Authorization};
+    use tokio::sync::broadcast;
+    use tokio_stream::{wrappers::BroadcastStream, StreamExt as _};
+    use tonic::{Request, Response, Status};
+
+    pub struct Echo {
+        pub answer: pb::AuthorizeResponse,
+        pub events: broadcast::Sender<pb::WatchResponse>,
+    }
+
+    type R<T> = Result<Response<T>, Status>;
+
+    fn none<T>() -> R<T> {
+        Err(Status::unimplemented("echo server"))
+    }
+
+    #[tonic::async_trait]
+    impl Authorization for Echo {
+        type WatchStream = std::pin::Pin<
+            Box<dyn tokio_stream::Stream<Item = Result<pb::WatchResponse, Status>> + Send>,
+        >;
+
+        async fn authorize(&self, _: Request<pb::AuthorizeRequest>) -> R<pb::AuthorizeResponse> {
+            Ok(Response::new(self.answer.clone()))
+        }
+        async fn record_decision(
+            &self,
+            r: Request<pb::RecordDecisionRequest>,
+        ) -> R<pb::RecordDecisionResponse> {
+            let r = r.into_inner();
+            let event = pb::DecisionEvent {
+                app_id: r.app_id,
+                user_id: r.user_id,
+                scope: r.scope,
+                ..Default::default()
+            };
+            let _ = self.events.send(pb::WatchResponse {
+                kind: Some(pb::watch_response::Kind::Event(event)),
+            });
+            Ok(Response::new(pb::RecordDecisionResponse::default()))
+        }
+        async fn watch(&self, _: Request<pb::WatchRequest>) -> R<Self::WatchStream> {
+            let stream =
+                BroadcastStream::new(self.events.subscribe()).filter_map(|item| item.ok().map(Ok));
+            Ok(Response::new(Box::pin(stream)))
+        }
+        async fn get_rules(&self, _: Request<pb::GetRulesRequest>) -> R<pb::GetRulesResponse> {
+            Ok(Response::new(pb::GetRulesResponse::default()))
+        }
+        async fn batch_authorize(
+            &self,
+            _: Request<pb::BatchAuthorizeRequest>,
+        ) -> R<pb::BatchAuthorizeResponse> {
+            none()
+        }
+        async fn check_api(&self, _: Request<pb::CheckApiRequest>) -> R<pb::CheckApiResponse> {
+            none()
+        }
+        async fn explain(&self, _: Request<pb::AuthorizeRequest>) -> R<pb::ExplainResponse> {
+            none()
+        }
+        async fn get_setting(
+            &self,
+            _: Request<pb::GetSettingRequest>,
+        ) -> R<pb::GetSettingResponse> {
+            none()
+        }
+        async fn open_setting(
+            &self,
+            _: Request<pb::OpenSettingRequest>,
+        ) -> R<pb::OpenSettingResponse> {
+            none()
+        }
+        async fn update_setting(
+            &self,
+            _: Request<pb::UpdateSettingRequest>,
+        ) -> R<pb::UpdateSettingResponse> {
+            none()
+        }
+        async fn remove_app(&self, _: Request<pb::RemoveAppRequest>) -> R<pb::RemoveAppResponse> {
+            none()
+        }
+        async fn list_scopes(
+            &self,
+            _: Request<pb::ListScopesRequest>,
+        ) -> R<pb::ListScopesResponse> {
+            none()
+        }
+    }
+
+    /// Serves on an ephemeral loopback port (printed on stdout) until killed.
+    pub fn run() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            println!("{}", listener.local_addr().unwrap());
+            let answer = pb::AuthorizeResponse {
+                decision: Some(pb::Decision {
+                    scope: "scope.camera".into(),
+                    outcome: pb::Outcome::Granted.into(),
+                    state: pb::DecisionState::Granted.into(),
+                    err_msg: "authorize:ok".into(),
+                    reason: pb::Reason::StoredGrant.into(),
+                    ..Default::default()
+                }),
+                revision: 123_456,
+            };
+            let (events, _) = broadcast::channel(1024);
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            tonic::transport::Server::builder()
+                .add_service(pb::authorization_server::AuthorizationServer::new(Echo {
+                    answer,
+                    events,
+                }))
+                .serve_with_incoming(incoming)
+                .await
+                .unwrap();
+        });
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The load generator
+// ---------------------------------------------------------------------------
+
+#[derive(Clone, Copy)]
+struct Shape {
+    connections: usize,
+    concurrency: usize,
+}
+
+struct Run {
+    calls: u64,
+    errors: u64,
+    seconds: f64,
+    hist: Histogram<u64>,
+    server_cpu_s: f64,
+    client_cpu_s: f64,
+    peak_rss_kib: u64,
+}
+
+impl Run {
+    fn rate(&self) -> f64 {
+        self.calls as f64 / self.seconds
+    }
+    fn us(&self, q: f64) -> f64 {
+        self.hist.value_at_quantile(q) as f64 / 1000.0
+    }
+    fn server_us_per_call(&self) -> f64 {
+        self.server_cpu_s * 1e6 / self.calls.max(1) as f64
+    }
+    fn json(&self, name: &str, ceiling: Option<f64>) -> serde_json::Value {
+        json!({
+            "scenario": name, "calls_per_sec": self.rate(), "errors": self.errors,
+            "p50_us": self.us(0.5), "p90_us": self.us(0.9), "p99_us": self.us(0.99), "p999_us": self.us(0.999),
+            "server_cpu_us_per_call": self.server_us_per_call(), "server_cpu_cores": self.server_cpu_s / self.seconds,
+            "client_cpu_cores": self.client_cpu_s / self.seconds, "server_peak_rss_kib": self.peak_rss_kib,
+            "ratio_to_ceiling": ceiling.map(|c| self.rate() / c),
+        })
+    }
+    fn row(&self, name: &str, ceiling: Option<f64>) -> String {
+        format!(
+            "| {name} | {:.0} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} | {:.2} | {:.2} | {} | {} |",
+            self.rate(),
+            self.errors,
+            self.us(0.5),
+            self.us(0.9),
+            self.us(0.99),
+            self.us(0.999),
+            self.server_us_per_call(),
+            self.server_cpu_s / self.seconds,
+            self.client_cpu_s / self.seconds,
+            self.peak_rss_kib / 1024,
+            ceiling.map_or("-".into(), |c| format!("{:.2}", self.rate() / c)),
+        )
+    }
+}
+
+fn secs(var: &str, default: f64) -> Duration {
+    Duration::from_secs_f64(
+        std::env::var(var)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(default),
+    )
+}
+
+async fn channels(addr: SocketAddr, n: usize) -> Vec<Channel> {
+    let mut v = Vec::new();
+    for _ in 0..n {
+        v.push(
+            Channel::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap(),
+        );
+    }
+    v
+}
+
+/// Runs `call(task, seq, client)` from `shape.concurrency` tasks for the
+/// configured duration after a warm-up; latency is recorded after warm-up.
+async fn drive<F, Fut>(server: &Proc, shape: Shape, call: F) -> Run
+where
+    F: Fn(usize, u64, AuthorizationClient<Channel>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), tonic::Status>> + Send,
+{
+    let (warmup, duration) = (secs("BENCH_WARMUP", 1.0), secs("BENCH_SECONDS", 5.0));
+    let chans = channels(server.addr, shape.connections).await;
+    let call = Arc::new(call);
+    let start = Instant::now();
+    let measure_from = start + warmup;
+    let end = measure_from + duration;
+    let mut tasks = Vec::new();
+    for t in 0..shape.concurrency {
+        let client = AuthorizationClient::new(chans[t % chans.len()].clone());
+        let call = call.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
+            let (mut calls, mut errors) = (0u64, 0u64);
+            let mut seq = 0u64;
+            loop {
+                let t0 = Instant::now();
+                if t0 >= end {
+                    break;
+                }
+                let ok = call(t, seq, client.clone()).await.is_ok();
+                seq += 1;
+                if t0 >= measure_from {
+                    calls += 1;
+                    errors += u64::from(!ok);
+                    let _ = hist.record(t0.elapsed().as_nanos() as u64);
+                }
+            }
+            (hist, calls, errors)
+        }));
+    }
+    tokio::time::sleep_until(measure_from.into()).await;
+    let (server0, client0) = (server.cpu_ticks(), self_cpu_ticks());
+    tokio::time::sleep_until(end.into()).await;
+    let (server1, client1) = (server.cpu_ticks(), self_cpu_ticks());
+    let mut run = Run {
+        calls: 0,
+        errors: 0,
+        seconds: duration.as_secs_f64(),
+        hist: Histogram::new_with_bounds(1, 60_000_000_000, 3).unwrap(),
+        server_cpu_s: (server1 - server0) as f64 / 100.0,
+        client_cpu_s: (client1 - client0) as f64 / 100.0,
+        peak_rss_kib: server.status_kib("VmHWM:"),
+    };
+    for t in tasks {
+        let (hist, calls, errors) = t.await.unwrap();
+        run.hist.add(hist).unwrap();
+        run.calls += calls;
+        run.errors += errors;
+    }
+    run
+}
+
+// ---------------------------------------------------------------------------
+// Scenarios
+// ---------------------------------------------------------------------------
+
+const APPS: usize = 10;
+const USERS: usize = 1000;
+
+fn client_info(host: &str) -> pb::ClientInfo {
+    pb::ClientInfo {
+        platform: pb::Platform::Android.into(),
+        host_version: host.into(),
+        sdk_version: "3.0.0".into(),
+    }
+}
+
+/// Registers the apps and gives every user a granted camera and a denied record.
+async fn preload(addr: SocketAddr) {
+    let chans = channels(addr, 4).await;
+    let mut apps = pb::apps_client::AppsClient::new(chans[0].clone());
+    for a in 0..APPS {
+        let app = pb::App {
+            app_id: format!("wxbench{a}"),
+            kind: pb::AppKind::MiniProgram.into(),
+            permission: [(
+                "scope.userLocation".to_string(),
+                pb::PermissionDesc {
+                    desc: "nearby".into(),
+                },
+            )]
+            .into(),
+            required_background_modes: vec!["location".into()],
+            ..Default::default()
+        };
+        apps.register_app(pb::RegisterAppRequest { app: Some(app) })
+            .await
+            .unwrap();
+    }
+    let tasks: Vec<_> = (0..64)
+        .map(|t| {
+            let mut auth = AuthorizationClient::new(chans[t % 4].clone());
+            tokio::spawn(async move {
+                for i in (t..APPS * USERS).step_by(64) {
+                    for (scope, answer) in [
+                        ("scope.camera", pb::Answer::Allow),
+                        ("scope.record", pb::Answer::Deny),
+                    ] {
+                        auth.record_decision(pb::RecordDecisionRequest {
+                            app_id: format!("wxbench{}", i % APPS),
+                            user_id: format!("u{}", i / APPS),
+                            scope: scope.into(),
+                            answer: answer.into(),
+                            client: Some(client_info("8.0.5")),
+                        })
+                        .await
+                        .unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+/// The realistic Authorize mix: granted, denied, prompt, settings-required, abolished.
+fn mixed_authorize(seq: u64, task: usize) -> pb::AuthorizeRequest {
+    let n = seq as usize * 7 + task * 131;
+    let (scope, host) = match n % 5 {
+        0 => ("scope.camera", "8.0.5"),
+        1 => ("scope.record", "8.0.5"),
+        2 => ("scope.bluetooth", "8.0.5"),
+        3 => ("scope.userLocationBackground", "7.0.20"),
+        _ => ("scope.address", "8.0.5"),
+    };
+    pb::AuthorizeRequest {
+        app_id: format!("wxbench{}", n % APPS),
+        user_id: format!("u{}", (n / APPS) % USERS),
+        scope: scope.into(),
+        client: Some(client_info(host)),
+    }
+}
+
+fn fresh_record(task: usize, seq: u64) -> pb::RecordDecisionRequest {
+    pb::RecordDecisionRequest {
+        app_id: format!("wxbench{}", task % APPS),
+        user_id: format!("w{task}-{seq}"),
+        scope: "scope.camera".into(),
+        answer: pb::Answer::Allow.into(),
+        client: Some(client_info("8.0.5")),
+    }
+}
+
+async fn authorize_call(
+    task: usize,
+    seq: u64,
+    mut c: AuthorizationClient<Channel>,
+) -> Result<(), tonic::Status> {
+    c.authorize(mixed_authorize(seq, task)).await.map(drop)
+}
+
+async fn record_call(
+    task: usize,
+    seq: u64,
+    mut c: AuthorizationClient<Channel>,
+) -> Result<(), tonic::Status> {
+    c.record_decision(fresh_record(task, seq)).await.map(drop)
+}
+
+async fn mixed_call(
+    task: usize,
+    seq: u64,
+    mut c: AuthorizationClient<Channel>,
+) -> Result<(), tonic::Status> {
+    if (seq as usize + task) % 20 == 0 {
+        c.record_decision(fresh_record(task, seq)).await.map(drop)
+    } else {
+        c.authorize(mixed_authorize(seq, task)).await.map(drop)
+    }
+}
+
+/// K live subscribers while a writer records at `rate` events/s for the run
+/// duration; returns (delivered, expected, p50 ms, p99 ms).
+async fn fan_out(
+    server: &Proc,
+    subscribers: usize,
+    rate: u64,
+    app: &str,
+) -> (usize, usize, f64, f64) {
+    let seconds = secs("BENCH_SECONDS", 5.0).as_secs_f64().min(3.0);
+    let total = (rate as f64 * seconds) as usize;
+    let chans = channels(server.addr, subscribers.div_ceil(100)).await;
+    let sent_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let mut readers = Vec::new();
+    for i in 0..subscribers {
+        let mut auth = AuthorizationClient::new(chans[i % chans.len()].clone());
+        let mut stream = auth
+            .watch(pb::WatchRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        let sent_at = sent_at.clone();
+        readers.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(total);
+            while lat.len() < total {
+                match tokio::time::timeout(Duration::from_secs(10), stream.next()).await {
+                    Ok(Some(Ok(item))) => {
+                        if let Some(Kind::Event(e)) = item.kind {
+                            let now = Instant::now();
+                            if let Some(t0) = sent_at.lock().unwrap().get(&e.user_id).copied() {
+                                lat.push(now.duration_since(t0).as_secs_f64() * 1e3);
+                            }
+                        }
+                    }
+                    _ => break,
+                }
+            }
+            lat
+        }));
+    }
+    let writer = channels(server.addr, 1).await.remove(0);
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+    let mut writes = Vec::new();
+    for seq in 0..total {
+        tick.tick().await;
+        let user = format!("f{subscribers}-{rate}-{seq}");
+        sent_at.lock().unwrap().insert(user.clone(), Instant::now());
+        let mut auth = AuthorizationClient::new(writer.clone());
+        let app = app.to_owned();
+        writes.push(tokio::spawn(async move {
+            let _ = auth
+                .record_decision(pb::RecordDecisionRequest {
+                    app_id: app,
+                    user_id: user,
+                    scope: "scope.camera".into(),
+                    answer: pb::Answer::Allow.into(),
+                    client: Some(client_info("8.0.5")),
+                })
+                .await;
+        }));
+    }
+    for w in writes {
+        let _ = w.await;
+    }
+    let mut all = Vec::new();
+    for r in readers {
+        all.extend(r.await.unwrap());
+    }
+    all.sort_by(f64::total_cmp);
+    let q = |p: f64| {
+        all.get(((all.len().max(1) - 1) as f64 * p) as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    (all.len(), total * subscribers, q(0.5), q(0.99))
+}
+
+/// Writes `n` decisions (and their events) straight into a fresh store: the bulk path.
+async fn bulk_preload(dir: &Path, n: usize) -> Duration {
+    let store = SledStore::open(&SledConfig {
+        path: dir.to_path_buf(),
+        cache_capacity: 128 << 20,
+        max_batch: 64,
+        queue_depth: 64,
+        publish_capacity: 16,
+        observer: None,
+        flush_on_commit: false,
+    })
+    .unwrap();
+    let store: Arc<dyn Store> = Arc::new(store);
+    let started = Instant::now();
+    let app = AppId::parse("wxscale").unwrap();
+    let raw = RawDeclarations::default();
+    let declarations = Declarations::parse(AppKind::MiniProgram, raw).unwrap();
+    let registration = consentd::domain::App {
+        id: app.clone(),
+        kind: AppKind::MiniProgram,
+        declarations,
+        revision: 0,
+        updated_at_ms: 0,
+    };
+    store
+        .submit(Box::new(move |_| {
+            Ok(WriteSet {
+                app: Some(AppWrite::Put(registration)),
+                changes: vec![],
+            })
+        }))
+        .await
+        .unwrap();
+    const CHUNK: usize = 20_000;
+    for start in (0..n).step_by(CHUNK) {
+        let app = app.clone();
+        let changes = (start..(start + CHUNK).min(n))
+            .map(|i| {
+                let change = Change {
+                    scope: Scope::Camera,
+                    old: DecisionState::NotDetermined,
+                    new: DecisionState::Granted,
+                    cause: Cause::Popup,
+                };
+                (
+                    app.clone(),
+                    UserId::parse(&format!("u{i}")).unwrap(),
+                    change,
+                )
+            })
+            .collect();
+        store
+            .submit(Box::new(move |_| Ok(WriteSet { app: None, changes })))
+            .await
+            .unwrap();
+    }
+    store.close().await.unwrap();
+    started.elapsed()
+}
+
+fn du(path: &Path) -> u64 {
+    walk(path)
+        .iter()
+        .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
+        .sum()
+}
+
+fn walk(path: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(path) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--echo-server") {
+        echo::run();
+        return;
+    }
+    let only: Option<Vec<String>> = std::env::var("BENCH_ONLY")
+        .ok()
+        .map(|s| s.split(',').map(str::to_owned).collect());
+    let wants = |name: &str| only.as_ref().is_none_or(|o| o.iter().any(|x| x == name));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut rows = Vec::new();
+        let mut results = Vec::new();
+        let mut report = |name: &str, run: &Run, ceiling: Option<f64>| {
+            rows.push(run.row(name, ceiling));
+            results.push(run.json(name, ceiling));
+        };
+        let shapes = [("c16", Shape { connections: 4, concurrency: 16 }), ("c64", Shape { connections: 4, concurrency: 64 })];
+
+        let echo = Proc::echo();
+        let mut ceilings = HashMap::new();
+        if wants("ceiling") || wants("authorize") || wants("mixed") {
+            for (tag, shape) in shapes {
+                let run = drive(&echo, shape, authorize_call).await;
+                ceilings.insert(tag, run.rate());
+                report(&format!("ceiling echo {tag}"), &run, None);
+            }
+        }
+
+        let dir = tempfile::tempdir().unwrap();
+        let daemon = Proc::daemon(&dir.path().join("data"), &[]);
+        preload(daemon.addr).await;
+        if wants("authorize") {
+            for (tag, shape) in shapes {
+                let run = drive(&daemon, shape, authorize_call).await;
+                report(&format!("authorize {tag}"), &run, ceilings.get(tag).copied());
+            }
+        }
+        if wants("mixed") {
+            let run = drive(&daemon, shapes[1].1, mixed_call).await;
+            report("mixed 95/5 c64", &run, ceilings.get("c64").copied());
+        }
+        let mut durable_rate = None;
+        if wants("record") {
+            let run = drive(&daemon, shapes[1].1, record_call).await;
+            durable_rate = Some(run.rate());
+            report("record durable c64", &run, None);
+        }
+        let mut fanouts = Vec::new();
+        if wants("watch") {
+            for (subs, rate) in [(1, 1000), (100, 1000), (1000, 100)] {
+                let bare = fan_out(&echo, subs, rate, "wxbench0").await;
+                let ours = fan_out(&daemon, subs, rate, "wxbench0").await;
+                fanouts.push(json!({
+                    "subscribers": subs, "events_per_sec": rate,
+                    "consentd": {"delivered": ours.0, "expected": ours.1, "p50_ms": ours.2, "p99_ms": ours.3},
+                    "bare_fanout": {"delivered": bare.0, "expected": bare.1, "p50_ms": bare.2, "p99_ms": bare.3},
+                    "p99_ratio": ours.3 / bare.3,
+                }));
+            }
+        }
+        daemon.stop();
+        echo.stop();
+
+        if wants("record") {
+            let dir = tempfile::tempdir().unwrap();
+            let config = dir.path().join("relaxed.toml");
+            std::fs::write(&config, "flush_on_commit = false\n").unwrap();
+            let relaxed = Proc::daemon(&dir.path().join("data"), &["--config", config.to_str().unwrap()]);
+            preload(relaxed.addr).await;
+            let run = drive(&relaxed, shapes[1].1, record_call).await;
+            report("record relaxed c64", &run, None);
+            if let Some(durable) = durable_rate {
+                println!("record durable/relaxed: {:.2}", durable / run.rate());
+            }
+            relaxed.stop();
+        }
+
+        let mut scale = Vec::new();
+        if wants("scale") {
+            let sizes: Vec<usize> = std::env::var("BENCH_SCALE")
+                .unwrap_or_else(|_| "10000,1000000".into())
+                .split(',')
+                .filter_map(|s| s.trim().parse().ok())
+                .collect();
+            for n in sizes {
+                let dir = tempfile::tempdir().unwrap();
+                let data = dir.path().join("data");
+                let load = bulk_preload(&data, n).await;
+                let daemon = Proc::daemon(&data, &[]);
+                let lookups = drive(&daemon, shapes[1].1, move |task, seq, mut c: AuthorizationClient<Channel>| async move {
+                    let user = (seq as usize * 7919 + task * 104_729) % n;
+                    c.authorize(pb::AuthorizeRequest {
+                        app_id: "wxscale".into(),
+                        user_id: format!("u{user}"),
+                        scope: "scope.camera".into(),
+                        client: Some(client_info("8.0.5")),
+                    })
+                    .await
+                    .map(drop)
+                })
+                .await;
+                report(&format!("scale {n} lookups c64"), &lookups, None);
+                scale.push(json!({
+                    "decisions": n, "bulk_load_s": load.as_secs_f64(), "on_disk_mib": du(&data) as f64 / 1048576.0,
+                    "restart_to_serving_s": daemon.ready_after.as_secs_f64(), "lookups_per_sec": lookups.rate(),
+                    "peak_rss_mib": daemon.status_kib("VmHWM:") as f64 / 1024.0,
+                }));
+                daemon.stop();
+            }
+        }
+
+        println!("\n| scenario | calls/s | errors | p50 us | p90 us | p99 us | p99.9 us | daemon CPU us/call | daemon cores | client cores | daemon peak RSS MiB | x ceiling |");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+        for row in &rows {
+            println!("{row}");
+        }
+        for f in &fanouts {
+            println!("watch fan-out: {f}");
+        }
+        for s in &scale {
+            println!("scale: {s}");
+        }
+        let out = json!({ "runs": results, "watch": fanouts, "scale": scale });
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-load.json");
+        std::fs::write(&path, serde_json::to_vec_pretty(&out).unwrap()).unwrap();
+        println!("\nwrote {}", path.display());
+    });
+}
