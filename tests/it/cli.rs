@@ -201,8 +201,10 @@ async fn errors_exit_2_with_the_status_and_a_hint() {
     let down = ctl(addr, &["rules"]).await;
     assert_eq!(down.code, 2);
     assert!(
-        down.stderr
-            .contains(&format!("hint: is consentd running at {addr}?")),
+        down.stderr.starts_with("error: Unavailable: ")
+            && down
+                .stderr
+                .contains(&format!("hint: is consentd running at {addr}?")),
         "{}",
         down.stderr
     );

@@ -27,7 +27,12 @@ struct ChildDaemon {
 
 impl ChildDaemon {
     fn spawn(data_dir: &Path) -> Self {
+        // Fast progress markers: the checks wait for one at the current revision.
+        let config = data_dir.with_extension("toml");
+        std::fs::write(&config, "[watch]\nprogress_interval_ms = 100\n").unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_consentd"))
+            .arg("--config")
+            .arg(&config)
             .args([
                 "--listen",
                 "127.0.0.1:0",
@@ -142,27 +147,32 @@ fn key(e: &pb::DecisionEvent) -> Key {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_under_load_loses_nothing_acknowledged() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let daemon = ChildDaemon::spawn(&data);
-    let channel = connect(daemon.addr).await;
-    Client {
-        channel: channel.clone(),
-    }
-    .register(location_app("wxcrash"))
-    .await;
+/// Writers per cycle, as the reliability issue asks.
+const WRITERS: usize = 64;
 
-    // A subscriber follows from the start and records what it saw.
-    let mut stream = AuthorizationClient::new(channel.clone())
+/// What one cycle saw before its daemon was killed.
+struct Cycle {
+    /// The revision when the cycle's writers started.
+    start: u64,
+    acked: Vec<Key>,
+    /// What a subscriber following from `start` received.
+    seen: Vec<Key>,
+}
+
+/// Runs writers and a subscriber against `addr` until the daemon dies `after` from now.
+async fn run_cycle(daemon: ChildDaemon, after: Duration) -> Cycle {
+    let channel = connect(daemon.addr).await;
+    let client = Client {
+        channel: channel.clone(),
+    };
+    let start = client.revision().await;
+    let mut stream = client
         .watch(pb::WatchRequest {
-            start_revision: Some(0),
+            start_revision: Some(start),
             ..Default::default()
         })
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     let watcher = tokio::spawn(async move {
         let mut seen = Vec::new();
         while let Some(Ok(item)) = stream.next().await {
@@ -172,95 +182,151 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
         }
         seen
     });
-    let writers: Vec<_> = (0..16)
+    let writers: Vec<_> = (0..WRITERS)
         .map(|w| tokio::spawn(write_until_dead(channel.clone(), w)))
         .collect();
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(after).await;
     daemon.kill9();
-
     let mut acked = Vec::new();
     for w in writers {
         acked.extend(w.await.unwrap());
     }
-    let seen = watcher.await.unwrap();
-    assert!(
-        acked.len() > 50,
-        "the writers got going before the kill ({} acks)",
-        acked.len()
-    );
-
-    // Restart in-process on the same dir.
-    let daemon = Daemon::start(test_config(data)).await.unwrap();
-    let channel = connect(daemon.local_addr()).await;
-    let verify = Client {
-        channel: channel.clone(),
+    Cycle {
+        start,
+        acked,
+        seen: watcher.await.unwrap(),
     }
-    .assert_consistent()
-    .await;
+}
 
-    // The whole log after the restart.
+/// After a restart: nothing acknowledged was lost, the log explains the
+/// state, the pre-crash stream was a prefix of the log, and resuming from its
+/// last revision yields exactly the rest.
+async fn check_after_restart(client: &Client, cycle: &Cycle) -> u64 {
+    let verify = client.assert_consistent().await;
     let revision = verify.revision;
-    let mut auth = AuthorizationClient::new(channel.clone());
-    let mut log_stream = auth
+    let mut stream = client
         .watch(pb::WatchRequest {
-            start_revision: Some(0),
+            start_revision: Some(cycle.start),
             ..Default::default()
         })
         .await
-        .unwrap()
-        .into_inner();
-    let mut log = Vec::new();
-    while log.last().is_none_or(|k: &Key| k.0 < revision)
-        && verify.retained_events > log.len() as u64
-    {
-        if let Some(Kind::Event(e)) = log_stream.next().await.unwrap().unwrap().kind {
-            log.push(key(&e));
+        .unwrap();
+    let mut log: Vec<Key> = Vec::new();
+    // A progress marker at the current revision ends the replay.
+    loop {
+        match stream.next().await.unwrap().unwrap().kind {
+            Some(Kind::Event(e)) => log.push(key(&e)),
+            Some(Kind::Progress(p)) if p.revision >= revision => break,
+            _ => {}
         }
     }
-    assert_eq!(log.len() as u64, verify.retained_events);
     for pair in log.windows(2) {
         assert!(pair[0].0 < pair[1].0, "revisions strictly increase");
     }
     let logged: std::collections::HashSet<&Key> = log.iter().collect();
-    for a in &acked {
+    for a in &cycle.acked {
         assert!(logged.contains(a), "acknowledged change {a:?} was lost");
     }
-    // What the subscriber saw before the crash is exactly a prefix of the log...
     assert_eq!(
-        seen[..],
-        log[..seen.len()],
+        cycle.seen[..],
+        log[..cycle.seen.len()],
         "the stream never ran ahead of the durable log"
     );
-    // ...and resuming from its last revision yields exactly the rest.
-    let resume = seen.last().map_or(0, |k| k.0);
-    let mut resumed = auth
+    let resume = cycle.seen.last().map_or(cycle.start, |k| k.0);
+    let mut resumed = client
         .watch(pb::WatchRequest {
             start_revision: Some(resume),
             ..Default::default()
         })
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     let mut rest = Vec::new();
-    while seen.len() + rest.len() < log.len() {
+    while cycle.seen.len() + rest.len() < log.len() {
         if let Some(Kind::Event(e)) = resumed.next().await.unwrap().unwrap().kind {
             rest.push(key(&e));
         }
     }
-    assert_eq!([seen, rest].concat(), log);
+    assert_eq!(
+        [cycle.seen.clone(), rest].concat(),
+        log,
+        "resume from the last seen revision misses nothing"
+    );
+    log.len() as u64
+}
 
-    // Revisions continue above everything that was committed.
-    let after = auth
-        .record_decision(pb::RecordDecisionRequest {
-            app_id: "wxcrash".into(),
-            user_id: "fresh".into(),
-            scope: "scope.werun".into(),
-            answer: pb::Answer::Allow.into(),
-            client: Some(client()),
+/// A small deterministic generator for kill moments (the seed is printed).
+fn kill_moments(seed: u64, cycles: usize) -> Vec<Duration> {
+    let mut x = seed | 1;
+    (0..cycles)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            Duration::from_millis(100 + x % 500)
         })
+        .collect()
+}
+
+/// SIGKILL under 64 writers at a random moment, restart, check; repeated.
+/// `CONSENTD_CRASH_CYCLES` sets the cycles (default 3; the long run is
+/// `CONSENTD_CRASH_CYCLES=100 cargo test --release --test it crash`),
+/// `CONSENTD_CRASH_SEED` replays a run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_under_load_loses_nothing_acknowledged() {
+    let cycles: usize = std::env::var("CONSENTD_CRASH_CYCLES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let seed: u64 = std::env::var("CONSENTD_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    eprintln!("crash test: {cycles} cycles, CONSENTD_CRASH_SEED={seed}");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut previous: Option<Cycle> = None;
+    let (mut acked_total, mut checked_events) = (0, 0);
+    for (n, after) in kill_moments(seed, cycles).into_iter().enumerate() {
+        let daemon = ChildDaemon::spawn(&data);
+        let client = Client {
+            channel: connect(daemon.addr).await,
+        };
+        match &previous {
+            None => drop(client.register(location_app("wxcrash")).await),
+            Some(cycle) => checked_events += check_after_restart(&client, cycle).await,
+        }
+        let cycle = run_cycle(daemon, after).await;
+        assert!(
+            !cycle.acked.is_empty(),
+            "cycle {n}: the writers got going before the kill"
+        );
+        acked_total += cycle.acked.len();
+        previous = Some(cycle);
+    }
+    // The last restart in-process; revisions continue above everything committed.
+    let daemon = Daemon::start(test_config(data)).await.unwrap();
+    let client = Client {
+        channel: connect(daemon.local_addr()).await,
+    };
+    let last = previous.expect("at least one cycle");
+    checked_events += check_after_restart(&client, &last).await;
+    let revision = client.revision().await;
+    let after = client
+        .record(
+            "wxcrash",
+            "fresh",
+            "scope.werun",
+            pb::Answer::Allow,
+            client_info(pb::Platform::Ios, "8.0.5", "3.0.0"),
+        )
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert!(after.revision > revision);
+    eprintln!("crash test: {cycles} cycles survived, {acked_total} acknowledged writes checked, {checked_events} logged events checked");
     daemon.shutdown().await.unwrap();
 }

@@ -171,10 +171,13 @@ pub struct AppArgs {
 /// The client that asks. Defaults describe a current Android host.
 #[derive(Args, Debug)]
 pub struct ClientArgs {
+    /// The host client's platform.
     #[arg(long, default_value = "android")]
     pub platform: PlatformArg,
+    /// The host client (WeChat) version.
     #[arg(long, default_value = "8.0.50")]
     pub host_version: String,
+    /// The base library (SDK) version.
     #[arg(long, default_value = "3.0.0")]
     pub sdk_version: String,
 }

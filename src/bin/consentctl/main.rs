@@ -56,11 +56,21 @@ fn report(e: &anyhow::Error, addr: &str) {
     }
 }
 
-/// `Code: message` for statuses, the error chain otherwise.
+/// `Code: message` for statuses and connection failures (as `Unavailable`),
+/// the error chain otherwise.
 fn describe(e: &anyhow::Error) -> String {
-    match e.downcast_ref::<Status>() {
-        Some(status) => format!("{:?}: {}", status.code(), status.message()),
-        None => format!("{e:#}"),
+    if let Some(status) = e.downcast_ref::<Status>() {
+        return format!("{:?}: {}", status.code(), status.message());
+    }
+    // Transport errors repeat themselves down the chain ("tcp connect error:
+    // tcp connect error: ..."); print each distinct cause once.
+    let mut causes: Vec<String> = e.chain().map(ToString::to_string).collect();
+    causes.dedup();
+    let chain = causes.join(": ");
+    if e.downcast_ref::<tonic::transport::Error>().is_some() {
+        format!("{:?}: {chain}", Code::Unavailable)
+    } else {
+        chain
     }
 }
 
@@ -203,7 +213,7 @@ async fn run(cli: &Cli) -> Result<Answer> {
             let r = auth.check_api(req).await?.into_inner();
             json!({
                 "api": r.api,
-                "outcome": render::decision(&pb::Decision { outcome: r.outcome, ..Default::default() })["outcome"],
+                "outcome": render::outcome(r.outcome),
                 "err_msg": r.err_msg,
                 "decisions": r.decisions.iter().map(render::decision).collect::<Vec<_>>(),
                 "revision": r.revision,
@@ -226,7 +236,7 @@ async fn run(cli: &Cli) -> Result<Answer> {
             let r = auth.record_decision(req).await?.into_inner();
             json!({
                 "err_msg": r.err_msg,
-                "state": render::decision(&pb::Decision { state: r.state, ..Default::default() })["state"],
+                "state": render::state(r.state),
                 "changes": r.changes.iter().map(render::change).collect::<Vec<_>>(),
                 "revision": r.revision,
             })

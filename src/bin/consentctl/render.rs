@@ -9,11 +9,11 @@ fn short(name: &str, prefix: &str) -> String {
     name.strip_prefix(prefix).unwrap_or(name).to_owned()
 }
 
-fn outcome(v: i32) -> String {
+pub fn outcome(v: i32) -> String {
     pb::Outcome::try_from(v).map_or_else(|_| v.to_string(), |e| short(e.as_str_name(), "OUTCOME_"))
 }
 
-fn state(v: i32) -> String {
+pub fn state(v: i32) -> String {
     pb::DecisionState::try_from(v).map_or_else(
         |_| v.to_string(),
         |e| short(e.as_str_name(), "DECISION_STATE_"),
