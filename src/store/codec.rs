@@ -6,7 +6,7 @@
 //! - `e/<revision: u64 BE>`           -> event (binary)
 //! - `b/<app>\0<user>\0<scope>`       -> checkpoint: the decision as of
 //!   `m/compacted_through` (one state byte); the log folds on top of it
-//! - `m/revision`, `m/format`, `m/compacted_through` -> metadata (u64 BE)
+//! - `m/revision`, `m/format`, `m/compacted_through`, `m/events` -> metadata (u64 BE)
 
 use std::collections::BTreeSet;
 
@@ -22,6 +22,9 @@ pub const DECISION_PREFIX: &[u8] = b"d/";
 pub const EVENT_PREFIX: &[u8] = b"e/";
 pub const BASE_PREFIX: &[u8] = b"b/";
 pub const COMPACTED_KEY: &[u8] = b"m/compacted_through";
+/// How many events the log holds (kept with every commit and compaction, so
+/// opening does not have to count them).
+pub const EVENTS_KEY: &[u8] = b"m/events";
 pub const REVISION_KEY: &[u8] = b"m/revision";
 pub const FORMAT_KEY: &[u8] = b"m/format";
 

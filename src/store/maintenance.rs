@@ -86,6 +86,8 @@ pub fn compact_chunk(
     for key in &removed_keys {
         deletions.remove(key);
     }
+    let remaining = total.saturating_sub(removed_keys.len() as u64);
+    deletions.insert(codec::EVENTS_KEY, &codec::encode_u64(remaining));
     w.tree.apply_batch(deletions)?;
     w.tree.flush()?;
     let removed = removed_keys.len() as u64;

@@ -105,11 +105,18 @@ impl SledStore {
             let app = codec::decode_app(&value)?;
             apps.insert(app.id.clone(), Arc::new(app));
         }
-        let mut events = 0u64;
-        for key in tree.scan_prefix(codec::EVENT_PREFIX).keys() {
-            key?;
-            events += 1;
-        }
+        let events = match tree.get(codec::EVENTS_KEY)? {
+            Some(raw) => codec::decode_u64(&raw)?,
+            // Written by every commit since; count once for older data dirs.
+            None => {
+                let mut n = 0u64;
+                for key in tree.scan_prefix(codec::EVENT_PREFIX).keys() {
+                    key?;
+                    n += 1;
+                }
+                n
+            }
+        };
         tracing::info!(path = %path, revision, compacted_through, apps = apps.len(), events, "store opened");
 
         let (published, _) = broadcast::channel(config.publish_capacity.max(1));

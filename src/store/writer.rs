@@ -123,6 +123,11 @@ impl Writer {
             group
                 .batch
                 .insert(codec::REVISION_KEY, &codec::encode_u64(group.revision));
+            let events =
+                self.shared.event_count.load(Ordering::Acquire) + group.events.len() as u64;
+            group
+                .batch
+                .insert(codec::EVENTS_KEY, &codec::encode_u64(events));
             let started = std::time::Instant::now();
             if let Err(e) = self.tree.apply_batch(group.batch) {
                 // Nothing of the group was applied: its revisions can be handed out again.

@@ -9,7 +9,7 @@ use crate::fixture::{android, location_app, TestDaemon};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_restores_everything_and_revisions_continue() {
-    let mut h = TestDaemon::start().await;
+    let mut h = TestDaemon::with(|c| c.metrics_listen = Some("127.0.0.1:0".parse().unwrap())).await;
     let c = h.client();
     c.register(location_app("wxloc")).await;
     c.answer("wxloc", "u1", "scope.userLocationBackground", Answer::Allow)
@@ -47,9 +47,21 @@ async fn a_restart_restores_everything_and_revisions_continue() {
         .into_inner()
         .app;
 
+    let events = |text: &str| crate::metrics::value(text, "consentd_event_log_events ");
+    let logged = events(&crate::metrics::scrape(h.daemon().metrics_addr().unwrap()).await);
+    assert_eq!(
+        logged, 4.0,
+        "two for background (location first), camera, record"
+    );
+
     h.restart().await;
     let c = h.client();
     assert_eq!(c.revision().await, revision);
+    let reopened = events(&crate::metrics::scrape(h.daemon().metrics_addr().unwrap()).await);
+    assert_eq!(
+        reopened, logged,
+        "the log length is kept, not recounted wrong"
+    );
     assert_eq!(
         c.apps()
             .get_app(pb::GetAppRequest {
