@@ -27,6 +27,9 @@ impl From<BrokerError> for Status {
 
 fn store_code(e: &StoreError) -> Code {
     match e {
+        StoreError::Io(sled::Error::Io(io)) if io.kind() == std::io::ErrorKind::StorageFull => {
+            Code::ResourceExhausted
+        }
         StoreError::Closed | StoreError::Io(_) => Code::Unavailable,
         StoreError::Open { .. }
         | StoreError::Format { .. }

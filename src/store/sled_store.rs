@@ -85,14 +85,23 @@ impl SledStore {
             source,
         };
         std::fs::create_dir_all(&config.path).map_err(|e| open_err(e.into()))?;
+        // A store that was there before must still carry our format marker
+        // after sled's recovery; otherwise it was damaged, not empty.
+        let existed = config.path.join("db").exists();
         let db = sled::Config::new()
             .path(&config.path)
             .cache_capacity(config.cache_capacity)
-            .flush_every_ms(None)
+            // Every commit flushes itself; without that, sled's own flusher
+            // must run or dirty pages would pile up in memory without bound.
+            .flush_every_ms(if config.flush_on_commit {
+                None
+            } else {
+                Some(200)
+            })
             .open()
             .map_err(open_err)?;
         let tree = db.open_tree("consent").map_err(open_err)?;
-        check_format(&tree, &config.path)?;
+        check_format(&tree, &config.path, existed)?;
 
         let meta = |key| -> Result<u64, StoreError> {
             tree.get(key)?.map_or(Ok(0), |raw| codec::decode_u64(&raw))
@@ -176,7 +185,7 @@ impl SledStore {
     }
 }
 
-fn check_format(tree: &sled::Tree, path: &Path) -> Result<(), StoreError> {
+fn check_format(tree: &sled::Tree, path: &Path, existed: bool) -> Result<(), StoreError> {
     let format_err = |message: String| StoreError::Format {
         path: path.display().to_string(),
         message,
@@ -189,6 +198,14 @@ fn check_format(tree: &sled::Tree, path: &Path) -> Result<(), StoreError> {
                     "has data format {found}; this consentd reads format {FORMAT_VERSION}"
                 )));
             }
+        }
+        None if existed => {
+            return Err(format_err(
+                "holds a store, but none of consentd's data could be read from it (damaged or \
+                 truncated files?); refusing to start on an empty store: restore a backup or \
+                 move the directory away"
+                    .into(),
+            ))
         }
         None if tree.is_empty() => {
             tree.insert(FORMAT_KEY, &codec::encode_u64(FORMAT_VERSION))?;

@@ -14,5 +14,6 @@ mod metrics;
 mod persistence;
 mod record;
 mod settings;
+mod startup;
 mod versions;
 mod watch;

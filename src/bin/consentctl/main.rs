@@ -48,9 +48,12 @@ fn main() -> ExitCode {
 
 fn report(e: &anyhow::Error, addr: &str) {
     eprintln!("error: {}", describe(e));
+    // Only for a failed connection: a daemon answering UNAVAILABLE is running.
     let unreachable = e.downcast_ref::<tonic::transport::Error>().is_some()
-        || e.downcast_ref::<Status>()
-            .is_some_and(|s| s.code() == Code::Unavailable);
+        || e.downcast_ref::<Status>().is_some_and(|s| {
+            s.code() == Code::Unavailable
+                && (s.message().contains("transport error") || s.message().contains("connect"))
+        });
     if unreachable {
         eprintln!("hint: is consentd running at {addr}?");
     }

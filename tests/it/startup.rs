@@ -1,0 +1,89 @@
+//! A data dir consentd cannot use: a clear error and a non-zero exit, never a
+//! silent empty store.
+
+use std::{path::Path, process::Command};
+
+use crate::fixture::TestDaemon;
+
+/// Runs the real daemon on `data_dir`; it must exit on its own (it cannot start).
+fn start_fails(data_dir: &Path) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_consentd"))
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A data dir holding one registered app, written by a real daemon.
+async fn populated() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let h = TestDaemon::with(|c| c.data_dir = data.clone()).await;
+    h.client()
+        .register(crate::fixture::location_app("wxkeep"))
+        .await;
+    h.stop().await;
+    (dir, data)
+}
+
+#[test]
+fn unusable_paths_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "not a directory").unwrap();
+    for (path, needle) in [
+        (file.as_path(), "cannot open the data dir"),
+        (
+            Path::new("/proc/consentd-test"),
+            "cannot open the data dir /proc/consentd-test",
+        ),
+    ] {
+        let (code, stderr) = start_fails(path);
+        assert_eq!(code, 1, "{stderr}");
+        assert!(stderr.contains(needle), "{stderr}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_format_is_refused() {
+    let (_dir, data) = populated().await;
+    {
+        let db = sled::open(&data).unwrap();
+        db.open_tree("consent")
+            .unwrap()
+            .insert(b"m/format", &99u64.to_be_bytes())
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let (code, stderr) = start_fails(&data);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("has data format 99; this consentd reads format 1"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_store_is_refused_not_served_empty() {
+    for damage in ["zeroed", "truncated"] {
+        let (_dir, data) = populated().await;
+        let db = data.join("db");
+        let len = std::fs::metadata(&db).unwrap().len() as usize;
+        match damage {
+            "zeroed" => std::fs::write(&db, vec![0u8; len]).unwrap(),
+            _ => std::fs::write(&db, b"").unwrap(),
+        }
+        let (code, stderr) = start_fails(&data);
+        assert_eq!(code, 1, "{damage}: {stderr}");
+        assert!(
+            stderr.contains("none of consentd's data could be read")
+                || stderr.contains("corrupted"),
+            "{damage}: {stderr}"
+        );
+    }
+}
