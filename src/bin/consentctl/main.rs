@@ -151,12 +151,7 @@ async fn run(cli: &Cli) -> Result<Answer> {
             scope,
             client,
         } => {
-            let req = pb::AuthorizeRequest {
-                app_id: app.clone(),
-                user_id: user.clone(),
-                scope: scope.clone(),
-                client: Some(client.to_pb()),
-            };
+            let req = authorize_request(app, user, scope, client);
             let r = auth.authorize(req).await?.into_inner();
             with_revision(
                 r.decision.as_ref().map_or(Value::Null, render::decision),
@@ -169,12 +164,7 @@ async fn run(cli: &Cli) -> Result<Answer> {
             scope,
             client,
         } => {
-            let req = pb::AuthorizeRequest {
-                app_id: app.clone(),
-                user_id: user.clone(),
-                scope: scope.clone(),
-                client: Some(client.to_pb()),
-            };
+            let req = authorize_request(app, user, scope, client);
             let r = auth.explain(req).await?.into_inner();
             json!({
                 "steps": r.steps.iter().map(|s| json!({
@@ -334,6 +324,20 @@ async fn run(cli: &Cli) -> Result<Answer> {
     };
     render::print(&value, cli.json);
     Ok(answer_of(&cli.command, &value))
+}
+
+fn authorize_request(
+    app: &str,
+    user: &str,
+    scope: &str,
+    client: &args::ClientArgs,
+) -> pb::AuthorizeRequest {
+    pb::AuthorizeRequest {
+        app_id: app.to_owned(),
+        user_id: user.to_owned(),
+        scope: scope.to_owned(),
+        client: Some(client.to_pb()),
+    }
 }
 
 fn with_revision(mut value: Value, revision: u64) -> Value {
