@@ -193,11 +193,12 @@ fn check_format(tree: &sled::Tree, path: &Path, existed: bool) -> Result<(), Sto
     match tree.get(FORMAT_KEY)? {
         Some(raw) => {
             let found = codec::decode_u64(&raw)?;
-            if found != FORMAT_VERSION {
+            if found > FORMAT_VERSION {
                 return Err(format_err(format!(
                     "has data format {found}; this consentd reads format {FORMAT_VERSION}"
                 )));
             }
+            migrate(tree, found).map_err(format_err)?;
         }
         None if existed => {
             return Err(format_err(
@@ -212,6 +213,33 @@ fn check_format(tree: &sled::Tree, path: &Path, existed: bool) -> Result<(), Sto
             tree.flush()?;
         }
         None => return Err(format_err("holds data without a format marker".into())),
+    }
+    Ok(())
+}
+
+/// A step that rewrites a data dir from format `from` to `from + 1`.
+type Migration = fn(&sled::Tree) -> Result<(), StoreError>;
+
+/// Every format upgrade, in order: entry `i` upgrades format `i + 1` to
+/// `i + 2`. Format 1 is the first, so there are none yet; the next format
+/// change adds its step here and bumps `FORMAT_VERSION`.
+const MIGRATIONS: &[Migration] = &[];
+
+/// Brings a data dir of format `from` up to [`FORMAT_VERSION`], one step at a
+/// time, recording each finished step.
+fn migrate(tree: &sled::Tree, from: u64) -> Result<(), String> {
+    let mut format = from;
+    while format < FORMAT_VERSION {
+        let step = format
+            .checked_sub(1)
+            .and_then(|i| MIGRATIONS.get(usize::try_from(i).ok()?))
+            .ok_or_else(|| format!("has data format {format}, and no migration from it to format {FORMAT_VERSION} exists"))?;
+        step(tree).map_err(|e| format!("migrating from format {format}: {e}"))?;
+        format += 1;
+        tree.insert(FORMAT_KEY, &codec::encode_u64(format))
+            .map_err(|e| e.to_string())?;
+        tree.flush().map_err(|e| e.to_string())?;
+        tracing::info!(format, "data dir migrated");
     }
     Ok(())
 }

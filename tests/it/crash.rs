@@ -63,6 +63,15 @@ impl ChildDaemon {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
     }
+
+    /// SIGTERM; returns the exit code once the daemon has drained and stopped.
+    fn terminate(mut self) -> Option<i32> {
+        Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        self.child.wait().unwrap().code()
+    }
 }
 
 fn client() -> pb::ClientInfo {
@@ -265,6 +274,50 @@ fn kill_moments(seed: u64, cycles: usize) -> Vec<Duration> {
             Duration::from_millis(100 + x % 500)
         })
         .collect()
+}
+
+/// SIGTERM during load: every write either completes and is durable, or fails
+/// with a status; none is acknowledged and then lost. The daemon exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let daemon = ChildDaemon::spawn(&data);
+    let channel = connect(daemon.addr).await;
+    let client = Client {
+        channel: channel.clone(),
+    };
+    client.register(location_app("wxcrash")).await;
+    let start = client.revision().await;
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| tokio::spawn(write_until_dead(channel.clone(), w)))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let code = tokio::task::spawn_blocking(move || daemon.terminate())
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0), "a graceful shutdown exits 0");
+    let mut acked = Vec::new();
+    for w in writers {
+        acked.extend(w.await.unwrap());
+    }
+    assert!(!acked.is_empty());
+
+    let daemon = Daemon::start(test_config(data)).await.unwrap();
+    let client = Client {
+        channel: connect(daemon.local_addr()).await,
+    };
+    let checked = check_after_restart(
+        &client,
+        &Cycle {
+            start,
+            acked: acked.clone(),
+            seen: Vec::new(),
+        },
+    )
+    .await;
+    assert!(checked >= acked.len() as u64);
+    daemon.shutdown().await.unwrap();
 }
 
 /// SIGKILL under 64 writers at a random moment, restart, check; repeated.
