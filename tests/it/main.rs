@@ -11,6 +11,7 @@ mod fixture;
 mod gates;
 mod grpcurl;
 mod metrics;
+mod model;
 mod persistence;
 mod record;
 mod settings;
