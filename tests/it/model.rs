@@ -210,6 +210,11 @@ fn code<T>(r: Result<T, tonic::Status>) -> Expect {
     }
 }
 
+/// A client of the daemon held in the cell (borrowed only for the call).
+fn client_of(daemon: &RefCell<Option<TestDaemon>>) -> crate::fixture::Client {
+    daemon.borrow().as_ref().expect("daemon").client()
+}
+
 #[test]
 fn the_daemon_behaves_like_the_model() {
     let cases = std::env::var("CONSENTD_MODEL_CASES")
@@ -221,7 +226,7 @@ fn the_daemon_behaves_like_the_model() {
         .enable_all()
         .build()
         .unwrap();
-    let daemon = RefCell::new(runtime.block_on(TestDaemon::start()));
+    let daemon = RefCell::new(Some(runtime.block_on(TestDaemon::start())));
     let case = RefCell::new(0u32);
     let mut runner = TestRunner::new(ProptestConfig {
         cases,
@@ -233,10 +238,11 @@ fn the_daemon_behaves_like_the_model() {
         *case.borrow_mut() += 1;
         let app = format!("wxmodel{}", case.borrow());
         runtime.block_on(async {
-            daemon.borrow().client().register(location_app(&app)).await;
+            let c = client_of(&daemon);
+            c.register(location_app(&app)).await;
             let mut model = Model::default();
             for (step, op) in ops.iter().enumerate() {
-                let c = daemon.borrow().client();
+                let c = client_of(&daemon);
                 let (want, got) = match *op {
                     Op::Authorize {
                         user,
@@ -297,12 +303,14 @@ fn the_daemon_behaves_like_the_model() {
                         (Expect::Ok, Expect::Ok)
                     }
                     Op::Restart => {
-                        daemon.borrow_mut().restart().await;
+                        let mut d = daemon.replace(None).expect("daemon");
+                        d.restart().await;
+                        daemon.replace(Some(d));
                         (Expect::Ok, Expect::Ok)
                     }
                 };
                 prop_assert_eq!(&got, &want, "step {} {:?} of {:?}", step, op, ops);
-                let c = daemon.borrow().client();
+                let c = client_of(&daemon);
                 for (u, user) in USERS.iter().enumerate() {
                     prop_assert_eq!(
                         c.setting(&app, user).await.auth_setting,
@@ -316,12 +324,14 @@ fn the_daemon_behaves_like_the_model() {
             Ok(())
         })
     });
-    let verify = runtime.block_on(daemon.borrow().client().assert_consistent());
+    let verify = runtime.block_on(client_of(&daemon).assert_consistent());
     eprintln!(
         "model test: {cases} sequences, {} events checked by Verify",
         verify.retained_events
     );
-    runtime.block_on(daemon.into_inner().stop());
+    if let Some(d) = daemon.into_inner() {
+        runtime.block_on(d.stop());
+    }
     if let Err(e) = result {
         panic!("{e}");
     }
