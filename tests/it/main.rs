@@ -4,6 +4,7 @@
 mod apps;
 mod bad_input;
 mod catalog;
+mod churn;
 mod cli;
 mod crash;
 mod docs;
