@@ -65,8 +65,9 @@ pub(super) struct Shared {
 
 /// The sled-backed [`Store`].
 pub struct SledStore {
-    tree: sled::Tree,
-    db: sled::Db,
+    /// The sled handles, taken out on close so the data dir's lock is
+    /// released even while something still holds this store.
+    handles: RwLock<Option<(sled::Db, sled::Tree)>>,
     shared: Arc<Shared>,
     writer: Mutex<Option<WriterHandle>>,
 }
@@ -152,11 +153,22 @@ impl SledStore {
             .spawn(move || state.run(rx))
             .map_err(|e| StoreError::Internal(format!("cannot start the writer thread: {e}")))?;
         Ok(Self {
-            tree,
-            db,
+            handles: RwLock::new(Some((db, tree))),
             shared,
             writer: Mutex::new(Some(WriterHandle { tx, thread })),
         })
+    }
+
+    /// The tree, unless the store is closed.
+    fn tree(&self) -> Result<sled::Tree, StoreError> {
+        let handles = self
+            .handles
+            .read()
+            .map_err(|_| StoreError::Internal("store handles poisoned".into()))?;
+        handles
+            .as_ref()
+            .map(|(_, tree)| tree.clone())
+            .ok_or(StoreError::Closed)
     }
 
     fn sender(&self) -> Result<mpsc::Sender<Request>, StoreError> {
@@ -290,14 +302,14 @@ impl Store for SledStore {
         user: &UserId,
         scope: Scope,
     ) -> Result<Option<Decision>, StoreError> {
-        self.tree
+        self.tree()?
             .get(codec::decision_key(app, user, scope))?
             .map(|raw| codec::decode_decision(&raw))
             .transpose()
     }
 
     fn decisions(&self, app: &AppId, user: &UserId) -> Result<UserDecisions, StoreError> {
-        read_decisions(&self.tree, app, user)
+        read_decisions(&self.tree()?, app, user)
     }
 
     fn revision(&self) -> u64 {
@@ -310,7 +322,7 @@ impl Store for SledStore {
         };
         let mut out = Vec::new();
         for item in self
-            .tree
+            .tree()?
             .range(codec::event_key(start)..=codec::event_key(u64::MAX))
             .take(limit)
         {
@@ -335,7 +347,12 @@ impl Store for SledStore {
             compacted_through: self.compacted_through(),
             events: self.shared.event_count.load(Ordering::Acquire),
             apps: self.shared.apps.read().map_or(0, |a| a.len() as u64),
-            size_on_disk: self.db.size_on_disk().unwrap_or(0),
+            size_on_disk: self
+                .handles
+                .read()
+                .ok()
+                .and_then(|h| h.as_ref().and_then(|(db, _)| db.size_on_disk().ok()))
+                .unwrap_or(0),
         }
     }
 
@@ -400,10 +417,24 @@ impl Store for SledStore {
                     .map_err(|e| StoreError::Internal(format!("joining the writer: {e}")))?
                     .map_err(|_| StoreError::Internal("the writer thread panicked".into()))?;
             }
-            let db = self.db.clone();
-            tokio::task::spawn_blocking(move || db.flush())
+            // Take the handles out: the last sled handle flushes and releases
+            // the data dir's lock when dropped here, not whenever the last
+            // holder of this store lets go.
+            let handles = self
+                .handles
+                .write()
+                .map_err(|_| StoreError::Internal("store handles poisoned".into()))?
+                .take();
+            if let Some((db, tree)) = handles {
+                tokio::task::spawn_blocking(move || {
+                    let flushed = db.flush();
+                    drop(tree);
+                    drop(db);
+                    flushed
+                })
                 .await
                 .map_err(|e| StoreError::Internal(format!("final flush: {e}")))??;
+            }
             tracing::info!(revision = self.revision(), "store closed");
             Ok(())
         })

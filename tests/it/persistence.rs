@@ -98,6 +98,7 @@ async fn a_restart_restores_everything_and_revisions_continue() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writers_get_unique_increasing_revisions() {
+    let _turn = crate::fixture::heavy().await;
     let h = TestDaemon::start().await;
     let c = h.client();
     c.register(location_app("wxloc")).await;
@@ -162,5 +163,42 @@ async fn concurrent_writers_get_unique_increasing_revisions() {
     let verify = c.assert_consistent().await;
     assert!(verify.retained_events >= committed.len() as u64 - 1);
     assert_eq!(verify.revision, c.revision().await);
+    h.stop().await;
+}
+
+/// Even when in-flight calls outlive the drain timeout (and their connections
+/// still hold the services), shutdown releases the data dir: a new daemon can
+/// start on it at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_releases_the_data_dir_even_past_the_drain_timeout() {
+    let mut h = TestDaemon::with(|c| c.drain_timeout = std::time::Duration::from_millis(1)).await;
+    let c = h.client();
+    c.register(location_app("wxloc")).await;
+    let busy: Vec<_> = (0..16)
+        .map(|_| {
+            let c = c.clone();
+            tokio::spawn(async move {
+                // Until the daemon goes away; errors after that are expected.
+                while c
+                    .authorize("wxloc", "u", "scope.camera", android())
+                    .await
+                    .is_ok()
+                {}
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    h.take().shutdown().await.unwrap();
+    h.start_again().await;
+    assert_eq!(
+        h.client()
+            .decision("wxloc", "u", "scope.camera")
+            .await
+            .outcome(),
+        pb::Outcome::Prompt
+    );
+    for b in busy {
+        b.abort();
+    }
     h.stop().await;
 }
