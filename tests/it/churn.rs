@@ -21,6 +21,7 @@ fn rss_kib() -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_subscribers_in_waves_leave_no_trace() {
+    let _turn = crate::fixture::heavy().await;
     const WAVES: usize = 5;
     const PER_WAVE: usize = 2_000;
     // Streams are opened thousands at a time before anyone reads: keep idle

@@ -7,6 +7,10 @@ use std::{
     net::SocketAddr,
     path::Path,
     process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
     time::Duration,
 };
 
@@ -81,7 +85,7 @@ fn client() -> pb::ClientInfo {
 type Key = (u64, String, String, String, i32, i32, i32);
 
 /// One writer: flips decisions until the daemon dies; returns every acknowledged change.
-async fn write_until_dead(channel: Channel, writer: usize) -> Vec<Key> {
+async fn write_until_dead(channel: Channel, writer: usize, acks: Arc<AtomicUsize>) -> Vec<Key> {
     let mut auth = AuthorizationClient::new(channel);
     let mut acked = Vec::new();
     for i in 0.. {
@@ -125,17 +129,20 @@ async fn write_until_dead(channel: Channel, writer: usize) -> Vec<Key> {
                 .map(|r| r.into_inner().changes),
         };
         match result {
-            Ok(changes) => acked.extend(changes.iter().map(|c| {
-                (
-                    c.revision,
-                    "wxcrash".to_string(),
-                    user.clone(),
-                    c.scope.clone(),
-                    c.old_state,
-                    c.new_state,
-                    c.cause,
-                )
-            })),
+            Ok(changes) => {
+                acks.fetch_add(1, Ordering::Relaxed);
+                acked.extend(changes.iter().map(|c| {
+                    (
+                        c.revision,
+                        "wxcrash".to_string(),
+                        user.clone(),
+                        c.scope.clone(),
+                        c.old_state,
+                        c.new_state,
+                        c.cause,
+                    )
+                }));
+            }
             // Business refusals (e.g. an answer over a stored decision) are fine.
             Err(s) if s.code() == tonic::Code::FailedPrecondition => {}
             Err(_) => break,
@@ -154,6 +161,19 @@ fn key(e: &pb::DecisionEvent) -> Key {
         e.new_state,
         e.cause,
     )
+}
+
+/// Waits until the writers' first acknowledgement, so a kill always lands
+/// under load however slow the machine is.
+async fn first_ack(acks: &AtomicUsize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while acks.load(Ordering::Relaxed) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no write was acknowledged"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// Writers per cycle, as the reliability issue asks.
@@ -191,9 +211,11 @@ async fn run_cycle(daemon: ChildDaemon, after: Duration) -> Cycle {
         }
         seen
     });
+    let acks = Arc::new(AtomicUsize::new(0));
     let writers: Vec<_> = (0..WRITERS)
-        .map(|w| tokio::spawn(write_until_dead(channel.clone(), w)))
+        .map(|w| tokio::spawn(write_until_dead(channel.clone(), w, acks.clone())))
         .collect();
+    first_ack(&acks).await;
     tokio::time::sleep(after).await;
     daemon.kill9();
     let mut acked = Vec::new();
@@ -280,6 +302,7 @@ fn kill_moments(seed: u64, cycles: usize) -> Vec<Duration> {
 /// with a status; none is acknowledged and then lost. The daemon exits 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_loses_nothing_acknowledged() {
+    let _turn = crate::fixture::heavy().await;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let daemon = ChildDaemon::spawn(&data);
@@ -289,9 +312,11 @@ async fn sigterm_under_load_loses_nothing_acknowledged() {
     };
     client.register(location_app("wxcrash")).await;
     let start = client.revision().await;
+    let acks = Arc::new(AtomicUsize::new(0));
     let writers: Vec<_> = (0..WRITERS)
-        .map(|w| tokio::spawn(write_until_dead(channel.clone(), w)))
+        .map(|w| tokio::spawn(write_until_dead(channel.clone(), w, acks.clone())))
         .collect();
+    first_ack(&acks).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let code = tokio::task::spawn_blocking(move || daemon.terminate())
         .await
@@ -326,6 +351,7 @@ async fn sigterm_under_load_loses_nothing_acknowledged() {
 /// `CONSENTD_CRASH_SEED` replays a run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_load_loses_nothing_acknowledged() {
+    let _turn = crate::fixture::heavy().await;
     let cycles: usize = std::env::var("CONSENTD_CRASH_CYCLES")
         .ok()
         .and_then(|s| s.parse().ok())

@@ -14,6 +14,13 @@ use consentd::{
 use tempfile::TempDir;
 use tonic::{transport::Channel, Code, Streaming};
 
+/// Tests that load the machine heavily (thousands of streams, dozens of
+/// writers, child daemons under load) take turns: CI has two cores.
+pub async fn heavy() -> tokio::sync::MutexGuard<'static, ()> {
+    static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    HEAVY.lock().await
+}
+
 /// A running daemon that owns its data dir; stop it with [`TestDaemon::stop`].
 pub struct TestDaemon {
     _dir: TempDir,

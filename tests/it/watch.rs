@@ -207,6 +207,7 @@ async fn filters_select_by_app_user_and_scope() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_then_live_under_concurrent_writers_equals_the_log() {
+    let _turn = crate::fixture::heavy().await;
     let h = start().await;
     let c = h.client();
     // Some history first.
@@ -457,7 +458,9 @@ async fn progress_markers_never_run_ahead_of_sent_events() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_subscribers_each_receive_every_event() {
-    let h = start().await;
+    let _turn = crate::fixture::heavy().await;
+    // No idle markers: 1,000 streams x 10/s of them only compete with the events.
+    let h = start_with(|c| c.watch.progress_interval = Duration::from_secs(300)).await;
     let c = h.client();
     let base = c.revision().await;
     // Spread the streams over a few connections; every subscriber reads as it goes.
@@ -503,6 +506,7 @@ async fn a_thousand_subscribers_each_receive_every_event() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_subscriber_is_caught_up_from_the_log_not_buffered() {
+    let _turn = crate::fixture::heavy().await;
     // A tiny broadcast ring and stream buffer force the slow reader off the ring.
     let h = start_with(|c| {
         c.publish_capacity = 4;
