@@ -19,3 +19,20 @@ mod settings;
 mod startup;
 mod versions;
 mod watch;
+
+// The independent spec suite, written from SPEC.md by a second author. It has
+// its own fixture (`util`) on purpose: sharing no helpers with the tests above,
+// a misreading in one is not copied into the other.
+mod spec_apps;
+mod spec_bad_input;
+mod spec_catalog;
+mod spec_concurrency;
+mod spec_gates;
+mod spec_grpcurl;
+mod spec_health;
+mod spec_persistence;
+mod spec_record;
+mod spec_revisions;
+mod spec_settings;
+mod spec_versions;
+mod util;
