@@ -256,6 +256,8 @@ fn method_label(path: &str) -> &'static str {
         "/consent.v1.Apps/DeleteApp",
         "/consent.v1.Admin/Compact",
         "/consent.v1.Admin/Verify",
+        "/consent.v1.Admin/Export",
+        "/consent.v1.Admin/Import",
         "/grpc.health.v1.Health/Check",
         "/grpc.health.v1.Health/Watch",
         "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",

@@ -115,9 +115,9 @@ impl Daemon {
                 watcher.clone(),
                 metrics.clone(),
             )))
-            .add_service(AppsServer::new(AppsService::new(broker)))
+            .add_service(AppsServer::new(AppsService::new(broker.clone())))
             .add_service(AdminServer::new(AdminService::new(
-                store.clone(),
+                broker,
                 config.retention,
             )));
 

@@ -18,7 +18,7 @@ use crate::{
         DomainError, Event, Outcome, RawDeclarations, RuleSet, Scope, ScopeInfo, UserDecisions,
         UserId, CATALOG,
     },
-    store::{AppWrite, Store, TxnError, View, WriteSet},
+    store::{AppWrite, DecisionRow, Store, TxnError, View, WriteSet},
 };
 
 /// Most apps one ListApps page returns.
@@ -441,6 +441,111 @@ impl Broker {
             },
             revision,
         })
+    }
+
+    /// Registers an app, or replaces the declarations of one with the same
+    /// id and kind (imports).
+    pub async fn upsert_app(
+        &self,
+        id: AppId,
+        kind: AppKind,
+        raw: RawDeclarations,
+    ) -> Result<Read<Arc<App>>, BrokerError> {
+        let declarations = Declarations::parse(kind, raw.clone())?;
+        let revision = self.store.revision();
+        if let Some(current) = self.store.app(&id)? {
+            if current.kind == kind && current.declarations == declarations {
+                return Ok(Read {
+                    value: current,
+                    revision,
+                });
+            }
+        }
+        match self.register_app(id.clone(), kind, raw.clone()).await {
+            Err(BrokerError::Domain(DomainError::AlreadyExists { .. })) => {
+                self.update_app(id, kind, raw).await
+            }
+            other => other,
+        }
+    }
+
+    /// Sets stored decisions (imports): rows already in place change nothing,
+    /// each differing one is an OPERATOR event. A user's rows must arrive
+    /// together; the result must keep background => location granted.
+    pub async fn import_decisions(
+        &self,
+        rows: Vec<DecisionRow>,
+    ) -> Result<Written<u64>, BrokerError> {
+        let (committed, changed) = self
+            .store
+            .write(move |view: &dyn View| {
+                let mut changes = Vec::new();
+                let mut i = 0;
+                while i < rows.len() {
+                    let (app_id, user) = (rows[i].app.clone(), rows[i].user.clone());
+                    let app = view
+                        .app(&app_id)?
+                        .ok_or_else(|| DomainError::app_not_found(&app_id))?;
+                    let before = view.decisions(&app_id, &user)?;
+                    let mut after = before.clone();
+                    while i < rows.len() && rows[i].app == app_id && rows[i].user == user {
+                        let row = &rows[i];
+                        if row.state == DecisionState::NotDetermined {
+                            return Err(DomainError::InvalidArgument {
+                                field: "decision.state".into(),
+                                message: format!(
+                                    "decision.state for {} {} {} must be GRANTED or DENIED",
+                                    app_id, user, row.scope
+                                ),
+                            }
+                            .into());
+                        }
+                        if row.scope.availability(app.kind) != Availability::Popup {
+                            return Err(DomainError::InvalidArgument {
+                                field: "decision.scope".into(),
+                                message: format!(
+                                    "{} takes no decisions for {} apps like {app_id}",
+                                    row.scope,
+                                    app.kind.name()
+                                ),
+                            }
+                            .into());
+                        }
+                        after.insert(row.scope, row.state);
+                        i += 1;
+                    }
+                    let granted = |s| after.get(&s) == Some(&DecisionState::Granted);
+                    if granted(Scope::UserLocationBackground) && !granted(Scope::UserLocation) {
+                        return Err(DomainError::InvalidArgument {
+                            field: "decision".into(),
+                            message: format!(
+                                "{app_id} {user}: background location granted without location"
+                            ),
+                        }
+                        .into());
+                    }
+                    for change in machine::plan_import(&before, &after) {
+                        changes.push((app_id.clone(), user.clone(), change));
+                    }
+                }
+                let changed = changes.len() as u64;
+                Ok((WriteSet { app: None, changes }, changed))
+            })
+            .await?;
+        Ok(Written {
+            value: changed,
+            events: committed.events,
+            revision: committed.revision,
+        })
+    }
+
+    /// Every stored decision after `after`, a page at a time (exports).
+    pub fn decisions_after(
+        &self,
+        after: Option<&DecisionRow>,
+        limit: usize,
+    ) -> Result<Vec<DecisionRow>, BrokerError> {
+        Ok(self.store.decisions_after(after, limit)?)
     }
 
     /// Deletes an app and every user's decisions for it.

@@ -344,6 +344,29 @@ fn never_asked(scope: Scope) -> DomainError {
     ))
 }
 
+/// Plans moving one user's decisions from `before` to `after` (imports),
+/// ordered so background => location holds after every change: background
+/// revocations first, background grants last.
+pub fn plan_import(before: &UserDecisions, after: &UserDecisions) -> Vec<Change> {
+    let mut changes: Vec<Change> = after
+        .iter()
+        .filter(|(scope, new)| state(before, **scope) != **new)
+        .map(|(&scope, &new)| Change {
+            scope,
+            old: state(before, scope),
+            new,
+            cause: Cause::Operator,
+        })
+        .collect();
+    let rank = |c: &Change| match (c.scope, c.new) {
+        (Scope::UserLocationBackground, DecisionState::Granted) => 2,
+        (Scope::UserLocationBackground, _) => 0,
+        _ => 1,
+    };
+    changes.sort_by_key(rank);
+    changes
+}
+
 /// Plans forgetting every decision (RemoveApp, DeleteApp): background first.
 pub fn plan_forget(decisions: &UserDecisions, cause: Cause) -> Vec<Change> {
     let mut changes: Vec<Change> = decisions

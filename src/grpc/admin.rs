@@ -1,36 +1,144 @@
-//! `consent.v1.Admin`: log maintenance, for operators.
+//! `consent.v1.Admin`: log maintenance, export and import, for operators.
 
 use std::sync::Arc;
 
-use tonic::{Request, Response, Status};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
 
+use super::convert;
 use crate::{
-    pb::{self, admin_server::Admin},
-    store::{Retention, Store},
+    broker::Broker,
+    domain::{AppId, UserId},
+    pb::{self, admin_server::Admin, export_record::Record},
+    store::{DecisionRow, Retention, Store},
 };
 
+/// Decisions read per page while exporting.
+const EXPORT_PAGE: usize = 1024;
+/// Decisions per write job while importing (a user's rows never split).
+const IMPORT_BATCH: usize = 1024;
+
 pub struct AdminService {
-    store: Arc<dyn Store>,
+    broker: Broker,
     retention: Retention,
 }
 
 impl AdminService {
-    pub fn new(store: Arc<dyn Store>, retention: Retention) -> Self {
-        Self { store, retention }
+    pub fn new(broker: Broker, retention: Retention) -> Self {
+        Self { broker, retention }
     }
+
+    fn store(&self) -> &Arc<dyn Store> {
+        self.broker.store()
+    }
+}
+
+fn record(r: Record) -> Result<pb::ExportRecord, Status> {
+    Ok(pb::ExportRecord { record: Some(r) })
+}
+
+/// Streams the export into `tx` until done or the client goes away.
+async fn export(
+    broker: Broker,
+    include_events: bool,
+    tx: mpsc::Sender<Result<pb::ExportRecord, Status>>,
+) {
+    let store = broker.store().clone();
+    let header = pb::ExportHeader {
+        revision: store.revision(),
+        format: crate::store::FORMAT_VERSION,
+    };
+    let result: Result<(), Status> = async {
+        let send = |r| async {
+            tx.send(record(r))
+                .await
+                .map_err(|_| Status::cancelled("client went away"))
+        };
+        send(Record::Header(header)).await?;
+        let mut after = None;
+        loop {
+            let apps = store.apps(after.as_ref(), EXPORT_PAGE)?;
+            for app in &apps {
+                send(Record::App(convert::app(app))).await?;
+            }
+            match apps.last() {
+                Some(last) if apps.len() == EXPORT_PAGE => after = Some(last.id.clone()),
+                _ => break,
+            }
+        }
+        let mut after: Option<DecisionRow> = None;
+        loop {
+            let rows = broker.decisions_after(after.as_ref(), EXPORT_PAGE)?;
+            for row in &rows {
+                send(Record::Decision(pb::StoredDecision {
+                    app_id: row.app.as_str().to_owned(),
+                    user_id: row.user.as_str().to_owned(),
+                    scope: row.scope.name().to_owned(),
+                    state: convert::state(row.state).into(),
+                }))
+                .await?;
+            }
+            if rows.len() < EXPORT_PAGE {
+                break;
+            }
+            after = rows.last().cloned();
+        }
+        if include_events {
+            let mut after = store.compacted_through();
+            loop {
+                let events = store.events_after(after, EXPORT_PAGE)?;
+                for e in &events {
+                    send(Record::Event(convert::event(e.clone()))).await?;
+                }
+                match events.last() {
+                    Some(last) if events.len() == EXPORT_PAGE => after = last.revision,
+                    _ => break,
+                }
+            }
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(status) = result {
+        if status.code() != tonic::Code::Cancelled {
+            let _ = tx.send(Err(status)).await;
+        }
+    }
+}
+
+fn stored_decision(d: pb::StoredDecision) -> Result<DecisionRow, Status> {
+    let state = match pb::DecisionState::try_from(d.state) {
+        Ok(pb::DecisionState::Granted) => crate::domain::DecisionState::Granted,
+        Ok(pb::DecisionState::Denied) => crate::domain::DecisionState::Denied,
+        _ => {
+            return Err(Status::invalid_argument(format!(
+                "decision.state {} for {} {} {} must be GRANTED or DENIED",
+                d.state, d.app_id, d.user_id, d.scope
+            )))
+        }
+    };
+    Ok(DecisionRow {
+        app: AppId::parse_field("decision.app_id", &d.app_id)?,
+        user: UserId::parse_field("decision.user_id", &d.user_id)?,
+        scope: convert::scope("decision.scope", &d.scope)?,
+        state,
+    })
 }
 
 #[tonic::async_trait]
 impl Admin for AdminService {
+    type ExportStream = ReceiverStream<Result<pb::ExportRecord, Status>>;
+
     async fn compact(
         &self,
         _request: Request<pb::CompactRequest>,
     ) -> Result<Response<pb::CompactResponse>, Status> {
-        let done = self.store.compact(self.retention).await?;
+        let done = self.store().compact(self.retention).await?;
         Ok(Response::new(pb::CompactResponse {
             removed_events: done.removed,
             compacted_through: done.compacted_through,
-            revision: self.store.revision(),
+            revision: self.store().revision(),
         }))
     }
 
@@ -38,7 +146,7 @@ impl Admin for AdminService {
         &self,
         _request: Request<pb::VerifyRequest>,
     ) -> Result<Response<pb::VerifyResponse>, Status> {
-        let v = self.store.verify().await?;
+        let v = self.store().verify().await?;
         Ok(Response::new(pb::VerifyResponse {
             consistent: v.mismatches.is_empty(),
             decisions: v.decisions,
@@ -46,6 +154,76 @@ impl Admin for AdminService {
             compacted_through: v.compacted_through,
             mismatches: v.mismatches,
             revision: v.revision,
+        }))
+    }
+
+    async fn export(
+        &self,
+        request: Request<pb::ExportRequest>,
+    ) -> Result<Response<Self::ExportStream>, Status> {
+        let (tx, rx) = mpsc::channel(256);
+        // Ends when the export is done or the client stops reading.
+        tokio::spawn(export(
+            self.broker.clone(),
+            request.into_inner().include_events,
+            tx,
+        ));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn import(
+        &self,
+        request: Request<Streaming<pb::ExportRecord>>,
+    ) -> Result<Response<pb::ImportResponse>, Status> {
+        let mut stream = request.into_inner();
+        let (mut apps, mut decisions, mut changed) = (0u64, 0u64, 0u64);
+        let mut batch: Vec<DecisionRow> = Vec::new();
+        let mut revision = self.store().revision();
+        while let Some(item) = stream.message().await? {
+            match item.record {
+                Some(Record::App(app)) => {
+                    let (id, kind, raw) = convert::app_request(Some(app))?;
+                    revision = self.broker.upsert_app(id, kind, raw).await?.revision;
+                    apps += 1;
+                }
+                Some(Record::Decision(d)) => {
+                    let row = stored_decision(d)?;
+                    // Flush full batches only between users.
+                    let new_user = batch
+                        .last()
+                        .is_some_and(|l| l.app != row.app || l.user != row.user);
+                    if batch.len() >= IMPORT_BATCH && new_user {
+                        let written = self
+                            .broker
+                            .import_decisions(std::mem::take(&mut batch))
+                            .await?;
+                        changed += written.value;
+                        revision = written.revision;
+                    }
+                    batch.push(row);
+                    decisions += 1;
+                }
+                Some(Record::Header(h)) if h.format > crate::store::FORMAT_VERSION => {
+                    return Err(Status::invalid_argument(format!(
+                        "the export has format {}; this consentd reads format {}",
+                        h.format,
+                        crate::store::FORMAT_VERSION
+                    )))
+                }
+                Some(Record::Header(_)) | Some(Record::Event(_)) | None => {}
+            }
+        }
+        if !batch.is_empty() {
+            let written = self.broker.import_decisions(batch).await?;
+            changed += written.value;
+            revision = written.revision;
+        }
+        tracing::info!(apps, decisions, changed, "import done");
+        Ok(Response::new(pb::ImportResponse {
+            apps,
+            decisions,
+            changed,
+            revision,
         }))
     }
 }

@@ -16,6 +16,7 @@ use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use tokio::sync::broadcast;
 
+pub use codec::FORMAT_VERSION;
 pub use maintenance::DEFAULT_RETENTION;
 pub use sled_store::{SledConfig, SledStore};
 
@@ -121,6 +122,15 @@ pub trait CommitObserver: Send + Sync {
 /// Most mismatches a verification reports.
 pub const MAX_MISMATCHES: usize = 20;
 
+/// One stored decision, as exports list them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DecisionRow {
+    pub app: AppId,
+    pub user: UserId,
+    pub scope: Scope,
+    pub state: crate::domain::DecisionState,
+}
+
 /// A write job.
 pub type Job = Box<dyn FnOnce(&dyn View) -> Result<WriteSet, TxnError> + Send>;
 
@@ -129,6 +139,13 @@ pub trait Store: Send + Sync + 'static {
     fn app(&self, id: &AppId) -> Result<Option<Arc<App>>, StoreError>;
     /// Apps in id order, starting after `after`.
     fn apps(&self, after: Option<&AppId>, limit: usize) -> Result<Vec<Arc<App>>, StoreError>;
+    /// Every stored decision in key order (app, user, scope), starting after
+    /// `after`, at most `limit`: for exports.
+    fn decisions_after(
+        &self,
+        after: Option<&DecisionRow>,
+        limit: usize,
+    ) -> Result<Vec<DecisionRow>, StoreError>;
     fn decision(
         &self,
         app: &AppId,

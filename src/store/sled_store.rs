@@ -17,8 +17,8 @@ use super::{
     codec::{self, FORMAT_KEY, FORMAT_VERSION, REVISION_KEY},
     maintenance,
     writer::{self, Request},
-    BoxFuture, CommitObserver, Committed, Compaction, Job, Published, Retention, Store, StoreError,
-    StoreStats, TxnError, Verification,
+    BoxFuture, CommitObserver, Committed, Compaction, DecisionRow, Job, Published, Retention,
+    Store, StoreError, StoreStats, TxnError, Verification,
 };
 use crate::domain::{App, AppId, Decision, Event, Scope, UserDecisions, UserId};
 
@@ -306,6 +306,45 @@ impl Store for SledStore {
             .get(codec::decision_key(app, user, scope))?
             .map(|raw| codec::decode_decision(&raw))
             .transpose()
+    }
+
+    fn decisions_after(
+        &self,
+        after: Option<&DecisionRow>,
+        limit: usize,
+    ) -> Result<Vec<DecisionRow>, StoreError> {
+        use std::ops::Bound;
+        let start = match after {
+            Some(row) => Bound::Excluded(codec::decision_key(&row.app, &row.user, row.scope)),
+            None => Bound::Included(codec::DECISION_PREFIX.to_vec()),
+        };
+        let mut out = Vec::with_capacity(limit.min(4096));
+        for item in self
+            .tree()?
+            .range::<Vec<u8>, _>((start, Bound::Unbounded))
+            .take(limit)
+        {
+            let (key, value) = item?;
+            let Some(rest) = key.strip_prefix(codec::DECISION_PREFIX) else {
+                break;
+            };
+            let nul = rest
+                .iter()
+                .position(|b| *b == 0)
+                .ok_or_else(|| StoreError::Corrupt("decision key without app".into()))?;
+            let app = std::str::from_utf8(&rest[..nul])
+                .ok()
+                .and_then(|a| AppId::parse(a).ok())
+                .ok_or_else(|| StoreError::Corrupt("bad app in decision key".into()))?;
+            let (user, scope) = codec::split_user_scope(&rest[nul + 1..])?;
+            out.push(DecisionRow {
+                app,
+                user,
+                scope,
+                state: codec::decode_decision(&value)?.state,
+            });
+        }
+        Ok(out)
     }
 
     fn decisions(&self, app: &AppId, user: &UserId) -> Result<UserDecisions, StoreError> {

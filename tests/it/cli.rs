@@ -489,3 +489,80 @@ async fn explain_and_exit_codes() {
     );
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_then_import_reproduces_every_answer() {
+    use consentd::pb::Answer;
+    let source = TestDaemon::start().await;
+    let c = source.client();
+    let mut pairs = Vec::new();
+    for app in ["wxa", "wxb"] {
+        c.register(crate::fixture::location_app(app)).await;
+        for u in 0..6 {
+            let user = format!("u{u}");
+            match u % 3 {
+                0 => drop(
+                    c.answer(app, &user, "scope.userLocationBackground", Answer::Allow)
+                        .await,
+                ),
+                1 => drop(c.answer(app, &user, "scope.camera", Answer::Deny).await),
+                _ => {
+                    c.answer(app, &user, "scope.record", Answer::Allow).await;
+                    c.answer(app, &user, "scope.userLocation", Answer::Deny)
+                        .await;
+                }
+            }
+            pairs.push((app, user));
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("dump.jsonl");
+    let dump_arg = dump.to_str().unwrap();
+    let export = ctl(source.addr(), &["export", "--events", "--output", dump_arg]).await;
+    assert_eq!(export.code, 0, "{}", export.stderr);
+    assert!(
+        export
+            .stderr
+            .contains("exported 2 apps, 20 decisions, 20 events"),
+        "{}",
+        export.stderr
+    );
+
+    let target = TestDaemon::start().await;
+    let first = ctl(target.addr(), &["--json", "import", dump_arg]).await;
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    assert_eq!(
+        first.json(),
+        serde_json::json!({"apps": 2, "decisions": 20, "changed": 20, "revision": first.json()["revision"]})
+    );
+    for (app, user) in &pairs {
+        assert_eq!(
+            target.client().setting(app, user).await.auth_setting,
+            c.setting(app, user).await.auth_setting,
+            "{app} {user}"
+        );
+    }
+    target.client().assert_consistent().await;
+    // Idempotent: nothing changes the second time, not even the revision.
+    let again = ctl(target.addr(), &["--json", "import", dump_arg]).await;
+    assert_eq!(
+        (
+            again.json()["changed"].as_u64(),
+            again.json()["revision"].clone()
+        ),
+        (Some(0), first.json()["revision"].clone())
+    );
+
+    // A damaged file is refused with the line it broke on.
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, "{\"type\":\"header\",\"revision\":1,\"format\":1}\n{\"type\":\"decision\",\"app_id\":\"wxa\"}\n").unwrap();
+    let refused = ctl(target.addr(), &["import", bad.to_str().unwrap()]).await;
+    assert_eq!(refused.code, 2);
+    assert!(
+        refused.stderr.contains("line 2: not an export record"),
+        "{}",
+        refused.stderr
+    );
+    source.stop().await;
+    target.stop().await;
+}

@@ -118,6 +118,18 @@ pub enum Command {
     Compact,
     /// Check that checkpoint + event log reproduce the stored decisions.
     Verify,
+    /// Write every app and decision (and with --events the retained event log)
+    /// as JSON lines.
+    Export {
+        /// Also the retained event log.
+        #[arg(long)]
+        events: bool,
+        /// Write here instead of stdout.
+        #[arg(long, short)]
+        output: Option<std::path::PathBuf>,
+    },
+    /// Load apps and decisions from an export (idempotent; counts are checked).
+    Import { file: std::path::PathBuf },
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
 }

@@ -8,6 +8,7 @@
 
 mod app_json;
 mod args;
+mod dump;
 mod render;
 
 use std::{process::ExitCode, time::Duration};
@@ -139,6 +140,18 @@ async fn run(cli: &Cli) -> Result<Answer> {
             start_revision: *from,
         };
         return watch(cli, filter).await.map(|()| Answer::Positive);
+    }
+    if let Command::Export { events, output } = &cli.command {
+        let (apps, decisions, logged) =
+            dump::export(connect(cli, true).await?, *events, output.as_deref()).await?;
+        eprintln!("exported {apps} apps, {decisions} decisions, {logged} events");
+        return Ok(Answer::Positive);
+    }
+    if let Command::Import { file } = &cli.command {
+        let r = dump::import(connect(cli, true).await?, file).await?;
+        let value = json!({ "apps": r.apps, "decisions": r.decisions, "changed": r.changed, "revision": r.revision });
+        render::print(&value, cli.json);
+        return Ok(Answer::Positive);
     }
     let channel = connect(cli, false).await?;
     let mut auth = AuthorizationClient::new(channel.clone());
@@ -318,7 +331,10 @@ async fn run(cli: &Cli) -> Result<Answer> {
                 "revision": r.revision,
             })
         }
-        Command::Watch { .. } | Command::Completions { .. } => {
+        Command::Watch { .. }
+        | Command::Completions { .. }
+        | Command::Export { .. }
+        | Command::Import { .. } => {
             anyhow::bail!("internal: not a unary call")
         }
     };

@@ -24,11 +24,11 @@ fn reason(v: i32) -> String {
     pb::Reason::try_from(v).map_or_else(|_| v.to_string(), |e| short(e.as_str_name(), "REASON_"))
 }
 
-fn cause(v: i32) -> String {
+pub fn cause(v: i32) -> String {
     pb::Cause::try_from(v).map_or_else(|_| v.to_string(), |e| short(e.as_str_name(), "CAUSE_"))
 }
 
-fn kind(v: i32) -> String {
+pub fn kind(v: i32) -> String {
     pb::AppKind::try_from(v).map_or_else(|_| v.to_string(), |e| short(e.as_str_name(), "APP_KIND_"))
 }
 

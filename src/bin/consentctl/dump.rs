@@ -1,0 +1,243 @@
+//! `consentctl export` / `import`: the store as JSON lines.
+//!
+//! One JSON object per line, tagged by `type`: a `header` first, then `app`s,
+//! `decision`s and, with `--events`, the retained `event`s. Import reads apps
+//! and decisions (events are history, not state) and checks that the daemon
+//! took exactly as many as the file holds.
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead as _, BufReader, BufWriter, Write as _},
+    path::Path,
+};
+
+use anyhow::{bail, Context as _, Result};
+use consentd::pb::{self, admin_client::AdminClient, export_record::Record};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use tokio_stream::StreamExt as _;
+use tonic::transport::Channel;
+
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+enum Line {
+    Header {
+        revision: u64,
+        format: u64,
+    },
+    App {
+        app_id: String,
+        kind: String,
+        permission: BTreeMap<String, String>,
+        required_background_modes: Vec<String>,
+        required_private_infos: Vec<String>,
+    },
+    Decision {
+        app_id: String,
+        user_id: String,
+        scope: String,
+        state: String,
+    },
+    Event {
+        revision: u64,
+        app_id: String,
+        user_id: String,
+        scope: String,
+        old_state: String,
+        new_state: String,
+        cause: String,
+    },
+}
+
+use crate::render::{cause, kind, state};
+
+fn line_of(record: Record) -> Option<Line> {
+    Some(match record {
+        Record::Header(h) => Line::Header {
+            revision: h.revision,
+            format: h.format,
+        },
+        Record::App(a) => Line::App {
+            app_id: a.app_id,
+            kind: kind(a.kind),
+            permission: a.permission.into_iter().map(|(k, v)| (k, v.desc)).collect(),
+            required_background_modes: a.required_background_modes,
+            required_private_infos: a.required_private_infos,
+        },
+        Record::Decision(d) => Line::Decision {
+            app_id: d.app_id,
+            user_id: d.user_id,
+            scope: d.scope,
+            state: state(d.state),
+        },
+        Record::Event(e) => Line::Event {
+            revision: e.revision,
+            app_id: e.app_id,
+            user_id: e.user_id,
+            scope: e.scope,
+            old_state: state(e.old_state),
+            new_state: state(e.new_state),
+            cause: cause(e.cause),
+        },
+    })
+}
+
+/// A line back as a record to import; `None` for lines import skips.
+fn record_of(line: Line, at: usize) -> Result<Option<Record>> {
+    let enum_value = |prefix: &str, short: &str, parse: fn(&str) -> Option<i32>| {
+        parse(&format!("{prefix}{short}"))
+            .with_context(|| format!("line {at}: unknown value {short:?}"))
+    };
+    Ok(match line {
+        Line::Header { revision, format } => {
+            Some(Record::Header(pb::ExportHeader { revision, format }))
+        }
+        Line::App {
+            app_id,
+            kind,
+            permission,
+            required_background_modes,
+            required_private_infos,
+        } => Some(Record::App(pb::App {
+            app_id,
+            kind: enum_value("APP_KIND_", &kind, |s| {
+                pb::AppKind::from_str_name(s).map(Into::into)
+            })?,
+            permission: permission
+                .into_iter()
+                .map(|(k, desc)| (k, pb::PermissionDesc { desc }))
+                .collect(),
+            required_background_modes,
+            required_private_infos,
+            ..Default::default()
+        })),
+        Line::Decision {
+            app_id,
+            user_id,
+            scope,
+            state,
+        } => Some(Record::Decision(pb::StoredDecision {
+            app_id,
+            user_id,
+            scope,
+            state: enum_value("DECISION_STATE_", &state, |s| {
+                pb::DecisionState::from_str_name(s).map(Into::into)
+            })?,
+        })),
+        Line::Event { .. } => None,
+    })
+}
+
+fn bar(len: Option<u64>, what: &str) -> ProgressBar {
+    let bar = match len {
+        Some(n) => ProgressBar::new(n),
+        None => ProgressBar::no_length(),
+    };
+    let template = if len.is_some() {
+        "{msg} [{bar:40}] {pos}/{len} ({per_sec})"
+    } else {
+        "{msg} {pos} records ({per_sec})"
+    };
+    if let Ok(style) = ProgressStyle::with_template(template) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(what.to_owned());
+    bar
+}
+
+/// Writes the export to `output` (or stdout); returns (apps, decisions, events).
+pub async fn export(
+    channel: Channel,
+    include_events: bool,
+    output: Option<&Path>,
+) -> Result<(u64, u64, u64)> {
+    let mut stream = AdminClient::new(channel)
+        .export(pb::ExportRequest { include_events })
+        .await?
+        .into_inner();
+    let sink: Box<dyn std::io::Write> = match output {
+        Some(path) => Box::new(
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot create {}", path.display()))?,
+        ),
+        None => Box::new(std::io::stdout()),
+    };
+    let mut out = BufWriter::new(sink);
+    let progress = bar(None, "exporting");
+    let (mut apps, mut decisions, mut events) = (0, 0, 0);
+    while let Some(item) = stream.next().await {
+        let Some(record) = item?.record else { continue };
+        match &record {
+            Record::App(_) => apps += 1,
+            Record::Decision(_) => decisions += 1,
+            Record::Event(_) => events += 1,
+            Record::Header(_) => {}
+        }
+        if let Some(line) = line_of(record) {
+            serde_json::to_writer(&mut out, &line)?;
+            out.write_all(b"\n")?;
+        }
+        progress.inc(1);
+    }
+    out.flush()?;
+    progress.finish_and_clear();
+    Ok((apps, decisions, events))
+}
+
+/// Streams `input` into the daemon; checks the counts it reports.
+pub async fn import(channel: Channel, input: &Path) -> Result<pb::ImportResponse> {
+    let open =
+        || std::fs::File::open(input).with_context(|| format!("cannot read {}", input.display()));
+    let total = BufReader::new(open()?).lines().count() as u64;
+    let progress = bar(Some(total), "importing");
+    let (tx, rx) = tokio::sync::mpsc::channel(256);
+    let reader = {
+        let (file, progress) = (open()?, progress.clone());
+        tokio::task::spawn_blocking(move || -> Result<(u64, u64)> {
+            let (mut apps, mut decisions) = (0, 0);
+            for (i, line) in BufReader::new(file).lines().enumerate() {
+                let line = line?;
+                progress.inc(1);
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let parsed: Line = serde_json::from_str(&line)
+                    .with_context(|| format!("line {}: not an export record", i + 1))?;
+                match record_of(parsed, i + 1)? {
+                    Some(record) => {
+                        match record {
+                            Record::App(_) => apps += 1,
+                            Record::Decision(_) => decisions += 1,
+                            _ => {}
+                        }
+                        if tx
+                            .blocking_send(pb::ExportRecord {
+                                record: Some(record),
+                            })
+                            .is_err()
+                        {
+                            break;
+                        }
+                    }
+                    None => continue,
+                }
+            }
+            Ok((apps, decisions))
+        })
+    };
+    let response = AdminClient::new(channel)
+        .import(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await;
+    let (apps, decisions) = reader.await??;
+    let response = response?.into_inner();
+    progress.finish_and_clear();
+    if (response.apps, response.decisions) != (apps, decisions) {
+        bail!(
+            "the daemon took {} apps and {} decisions, but {} holds {apps} and {decisions}",
+            response.apps,
+            response.decisions,
+            input.display()
+        );
+    }
+    Ok(response)
+}
