@@ -37,6 +37,42 @@ async fn ten_thousand_subscribers_in_waves_leave_no_trace() {
         }
         v
     };
+    // A sustained 95/5 Authorize/RecordDecision load runs through every wave,
+    // on its own app (the subscribers filter it out).
+    c.register(location_app("wxload")).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = (0..8)
+        .map(|t| {
+            let (c, stop) = (c.clone(), stop.clone());
+            tokio::spawn(async move {
+                let (mut calls, mut worst) = (0u64, Duration::ZERO);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let started = std::time::Instant::now();
+                    let user = format!("load{t}-{}", calls % 50);
+                    if calls % 20 == 0 {
+                        // Repeats of the same answer are fine; anything else is not.
+                        let r = c
+                            .record(
+                                "wxload",
+                                &user,
+                                "scope.camera",
+                                pb::Answer::Allow,
+                                crate::fixture::android(),
+                            )
+                            .await;
+                        assert!(r.is_ok(), "{r:?}");
+                    } else {
+                        c.authorize("wxload", &user, "scope.record", crate::fixture::android())
+                            .await
+                            .unwrap();
+                    }
+                    worst = worst.max(started.elapsed());
+                    calls += 1;
+                }
+                (calls, worst)
+            })
+        })
+        .collect();
     // One warm-up wave so allocator pools exist before the baseline.
     let mut baseline = 0;
     for wave in 0..=WAVES {
@@ -116,6 +152,19 @@ async fn ten_thousand_subscribers_in_waves_leave_no_trace() {
             eprintln!("churn: after wave {wave} ({} streams so far): RSS {rss} KiB (baseline {baseline} KiB)", wave * PER_WAVE);
         }
     }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut calls, mut worst) = (0, Duration::ZERO);
+    for l in load {
+        let (n, w) = l.await.unwrap();
+        calls += n;
+        worst = worst.max(w);
+    }
+    eprintln!("churn: {calls} mixed calls alongside, slowest {worst:?}");
+    assert!(calls > 1000, "the load kept going ({calls} calls)");
+    assert!(
+        worst < Duration::from_secs(5),
+        "latency stayed bounded: slowest call {worst:?}"
+    );
     let end = rss_kib();
     // 10,000 streams came and went: memory must not have grown by anything
     // like their sum (they held ~15 KiB each while open).
