@@ -51,6 +51,7 @@ pub struct Daemon {
     stop: CancellationToken,
     server: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
     compactor: Option<JoinHandle<()>>,
+    recovery: Option<JoinHandle<()>>,
     metrics_endpoint: Option<(SocketAddr, JoinHandle<()>)>,
     drain_timeout: Duration,
 }
@@ -137,6 +138,7 @@ impl Daemon {
             config.compaction_interval,
             stop.clone(),
         ));
+        let recovery = tokio::spawn(recover_when_possible(store.clone(), stop.clone()));
         tracing::info!(%addr, data_dir = %config.data_dir.display(), revision = store.revision(), "consentd serving");
         Ok(Daemon {
             addr,
@@ -146,6 +148,7 @@ impl Daemon {
             stop,
             server: Some(server),
             compactor: Some(compactor),
+            recovery: Some(recovery),
             metrics_endpoint,
             drain_timeout: config.drain_timeout,
         })
@@ -196,6 +199,7 @@ impl Daemon {
         }
         for (name, task) in [
             ("compaction", self.compactor.take()),
+            ("recovery", self.recovery.take()),
             ("metrics", self.metrics_endpoint.take().map(|(_, t)| t)),
         ] {
             if let Some(Err(e)) = match task {
@@ -217,11 +221,27 @@ impl Drop for Daemon {
         for task in [
             self.server.take().map(|t| t.abort_handle()),
             self.compactor.take().map(|t| t.abort_handle()),
+            self.recovery.take().map(|t| t.abort_handle()),
         ]
         .into_iter()
         .flatten()
         {
             task.abort();
+        }
+    }
+}
+
+/// Checks every second whether a failed store can be reopened, until `stop`.
+async fn recover_when_possible(store: Arc<dyn Store>, stop: CancellationToken) {
+    let mut ticks = tokio::time::interval(Duration::from_secs(1));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        if let Err(e) = store.recover().await {
+            tracing::error!(error = %e, "reopening the store failed; will retry");
         }
     }
 }

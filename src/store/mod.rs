@@ -169,6 +169,11 @@ pub trait Store: Send + Sync + 'static {
     fn verify(&self) -> BoxFuture<'_, Result<Verification, StoreError>>;
     /// Runs `job` on the writer; resolves once its changes are durable.
     fn submit(&self, job: Job) -> BoxFuture<'_, Result<Committed, TxnError>>;
+    /// After a failed write (sled keeps failing once it has hit an I/O error,
+    /// e.g. a full disk): if the data dir has room again, reopens the store
+    /// in place and resumes writing. Returns whether it reopened. Reads go on
+    /// meanwhile, except for the moment of the reopen.
+    fn recover(&self) -> BoxFuture<'_, Result<bool, StoreError>>;
     /// Stops the writer after the jobs already queued and flushes. Later
     /// writes fail with [`StoreError::Closed`].
     fn close(&self) -> BoxFuture<'_, Result<(), StoreError>>;

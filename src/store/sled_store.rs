@@ -5,7 +5,7 @@ use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex, RwLock,
     },
     thread::JoinHandle,
@@ -61,6 +61,9 @@ pub(super) struct Shared {
     pub event_count: AtomicU64,
     pub published: broadcast::Sender<Arc<Published>>,
     pub observer: Option<Arc<dyn CommitObserver>>,
+    /// Set by the writer when sled failed a write: sled keeps failing after
+    /// that until it is reopened (see [`Store::recover`]).
+    pub failed: AtomicBool,
 }
 
 /// The sled-backed [`Store`].
@@ -70,6 +73,7 @@ pub struct SledStore {
     handles: RwLock<Option<(sled::Db, sled::Tree)>>,
     shared: Arc<Shared>,
     writer: Mutex<Option<WriterHandle>>,
+    config: SledConfig,
 }
 
 struct WriterHandle {
@@ -80,82 +84,26 @@ struct WriterHandle {
 impl SledStore {
     /// Opens (or creates) the store at `config.path` and starts its writer.
     pub fn open(config: &SledConfig) -> Result<Self, StoreError> {
-        let path = config.path.display().to_string();
-        let open_err = |source| StoreError::Open {
-            path: path.clone(),
-            source,
-        };
-        std::fs::create_dir_all(&config.path).map_err(|e| open_err(e.into()))?;
-        // A store that was there before must still carry our format marker
-        // after sled's recovery; otherwise it was damaged, not empty.
-        let existed = config.path.join("db").exists();
-        let db = sled::Config::new()
-            .path(&config.path)
-            .cache_capacity(config.cache_capacity)
-            // Every commit flushes itself; without that, sled's own flusher
-            // must run or dirty pages would pile up in memory without bound.
-            .flush_every_ms(if config.flush_on_commit {
-                None
-            } else {
-                Some(200)
-            })
-            .open()
-            .map_err(open_err)?;
-        let tree = db.open_tree("consent").map_err(open_err)?;
-        check_format(&tree, &config.path, existed)?;
-
-        let meta = |key| -> Result<u64, StoreError> {
-            tree.get(key)?.map_or(Ok(0), |raw| codec::decode_u64(&raw))
-        };
-        let revision = meta(REVISION_KEY)?;
-        let compacted_through = meta(codec::COMPACTED_KEY)?;
-        let mut apps = BTreeMap::new();
-        for item in tree.scan_prefix(codec::APP_PREFIX) {
-            let (_, value) = item?;
-            let app = codec::decode_app(&value)?;
-            apps.insert(app.id.clone(), Arc::new(app));
-        }
-        let events = match tree.get(codec::EVENTS_KEY)? {
-            Some(raw) => codec::decode_u64(&raw)?,
-            // Written by every commit since; count once for older data dirs.
-            None => {
-                let mut n = 0u64;
-                for key in tree.scan_prefix(codec::EVENT_PREFIX).keys() {
-                    key?;
-                    n += 1;
-                }
-                n
-            }
-        };
-        tracing::info!(path = %path, revision, compacted_through, apps = apps.len(), events, "store opened");
-
+        let (db, tree, loaded) = open_handles(config)?;
         let (published, _) = broadcast::channel(config.publish_capacity.max(1));
         let shared = Arc::new(Shared {
-            apps: RwLock::new(apps),
-            revision: AtomicU64::new(revision),
-            compacted_through: AtomicU64::new(compacted_through),
-            event_count: AtomicU64::new(events),
+            apps: RwLock::new(loaded.apps),
+            revision: AtomicU64::new(loaded.revision),
+            compacted_through: AtomicU64::new(loaded.compacted_through),
+            event_count: AtomicU64::new(loaded.events),
             published,
             observer: config.observer.clone(),
+            failed: AtomicBool::new(false),
         });
-        let (tx, rx) = mpsc::channel(config.queue_depth.max(1));
         if !config.flush_on_commit {
             tracing::warn!("flush_on_commit is off: acknowledged writes may be lost in a crash");
         }
-        let state = writer::Writer::new(
-            tree.clone(),
-            shared.clone(),
-            config.max_batch.max(1),
-            config.flush_on_commit,
-        );
-        let thread = std::thread::Builder::new()
-            .name("consentd-writer".into())
-            .spawn(move || state.run(rx))
-            .map_err(|e| StoreError::Internal(format!("cannot start the writer thread: {e}")))?;
+        let writer = start_writer(tree.clone(), shared.clone(), config)?;
         Ok(Self {
             handles: RwLock::new(Some((db, tree))),
             shared,
-            writer: Mutex::new(Some(WriterHandle { tx, thread })),
+            writer: Mutex::new(Some(writer)),
+            config: config.clone(),
         })
     }
 
@@ -195,6 +143,103 @@ impl SledStore {
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
+}
+
+/// What opening reads back from a store.
+struct Loaded {
+    revision: u64,
+    compacted_through: u64,
+    apps: BTreeMap<AppId, Arc<App>>,
+    events: u64,
+}
+
+/// Opens sled at `config.path`, checks the format and reads the state back.
+fn open_handles(config: &SledConfig) -> Result<(sled::Db, sled::Tree, Loaded), StoreError> {
+    let path = config.path.display().to_string();
+    let open_err = |source| StoreError::Open {
+        path: path.clone(),
+        source,
+    };
+    std::fs::create_dir_all(&config.path).map_err(|e| open_err(e.into()))?;
+    // A store that was there before must still carry our format marker
+    // after sled's recovery; otherwise it was damaged, not empty.
+    let existed = config.path.join("db").exists();
+    let db = sled::Config::new()
+        .path(&config.path)
+        .cache_capacity(config.cache_capacity)
+        // Every commit flushes itself; without that, sled's own flusher
+        // must run or dirty pages would pile up in memory without bound.
+        .flush_every_ms(if config.flush_on_commit {
+            None
+        } else {
+            Some(200)
+        })
+        .open()
+        .map_err(open_err)?;
+    let tree = db.open_tree("consent").map_err(open_err)?;
+    check_format(&tree, &config.path, existed)?;
+
+    let meta = |key| -> Result<u64, StoreError> {
+        tree.get(key)?.map_or(Ok(0), |raw| codec::decode_u64(&raw))
+    };
+    let revision = meta(REVISION_KEY)?;
+    let compacted_through = meta(codec::COMPACTED_KEY)?;
+    let mut apps = BTreeMap::new();
+    for item in tree.scan_prefix(codec::APP_PREFIX) {
+        let (_, value) = item?;
+        let app = codec::decode_app(&value)?;
+        apps.insert(app.id.clone(), Arc::new(app));
+    }
+    let events = match tree.get(codec::EVENTS_KEY)? {
+        Some(raw) => codec::decode_u64(&raw)?,
+        // Written by every commit since; count once for older data dirs.
+        None => {
+            let mut n = 0u64;
+            for key in tree.scan_prefix(codec::EVENT_PREFIX).keys() {
+                key?;
+                n += 1;
+            }
+            n
+        }
+    };
+    tracing::info!(path = %path, revision, compacted_through, apps = apps.len(), events, "store opened");
+    Ok((
+        db,
+        tree,
+        Loaded {
+            revision,
+            compacted_through,
+            apps,
+            events,
+        },
+    ))
+}
+
+fn start_writer(
+    tree: sled::Tree,
+    shared: Arc<Shared>,
+    config: &SledConfig,
+) -> Result<WriterHandle, StoreError> {
+    let (tx, rx) = mpsc::channel(config.queue_depth.max(1));
+    let state = writer::Writer::new(
+        tree,
+        shared,
+        config.max_batch.max(1),
+        config.flush_on_commit,
+    );
+    let thread = std::thread::Builder::new()
+        .name("consentd-writer".into())
+        .spawn(move || state.run(rx))
+        .map_err(|e| StoreError::Internal(format!("cannot start the writer thread: {e}")))?;
+    Ok(WriterHandle { tx, thread })
+}
+
+/// Whether `dir` can take a small write now (a probe file, removed again).
+fn has_room(dir: &Path) -> bool {
+    let probe = dir.join(".consentd-space-probe");
+    let ok = std::fs::write(&probe, vec![0u8; 1 << 20]).is_ok();
+    let _ = std::fs::remove_file(&probe);
+    ok
 }
 
 fn check_format(tree: &sled::Tree, path: &Path, existed: bool) -> Result<(), StoreError> {
@@ -438,6 +483,55 @@ impl Store for SledStore {
                 .await
                 .map_err(|_| StoreError::Closed)?;
             rx.await.map_err(|_| StoreError::Closed)?
+        })
+    }
+
+    fn recover(&self) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(async move {
+            if !self.shared.failed.load(Ordering::Acquire) || !has_room(&self.config.path) {
+                return Ok(false);
+            }
+            tracing::warn!("a write failed earlier and there is room again: reopening the store");
+            let poisoned = || StoreError::Internal("store handles poisoned".into());
+            let writer = self.writer.lock().map_err(|_| poisoned())?.take();
+            if let Some(WriterHandle { tx, thread }) = writer {
+                drop(tx);
+                tokio::task::spawn_blocking(move || thread.join())
+                    .await
+                    .map_err(|e| StoreError::Internal(format!("joining the writer: {e}")))?
+                    .map_err(|_| StoreError::Internal("the writer thread panicked".into()))?;
+            }
+            let old = self.handles.write().map_err(|_| poisoned())?.take();
+            let config = self.config.clone();
+            // Drop the failed handles (releasing the lock), then open again.
+            let (db, tree, loaded) = tokio::task::spawn_blocking(move || {
+                drop(old);
+                open_handles(&config)
+            })
+            .await
+            .map_err(|e| StoreError::Internal(format!("reopening: {e}")))??;
+            // A group whose flush failed was already published: its revisions
+            // must never be handed out again.
+            let published = self.shared.revision.load(Ordering::Acquire);
+            let revision = loaded.revision.max(published);
+            if revision > loaded.revision {
+                tree.insert(REVISION_KEY, &codec::encode_u64(revision))?;
+                tree.flush()?;
+            }
+            self.shared.revision.store(revision, Ordering::Release);
+            self.shared
+                .compacted_through
+                .store(loaded.compacted_through, Ordering::Release);
+            self.shared
+                .event_count
+                .store(loaded.events, Ordering::Release);
+            *self.shared.apps.write().map_err(|_| poisoned())? = loaded.apps;
+            let writer = start_writer(tree.clone(), self.shared.clone(), &self.config)?;
+            *self.handles.write().map_err(|_| poisoned())? = Some((db, tree));
+            *self.writer.lock().map_err(|_| poisoned())? = Some(writer);
+            self.shared.failed.store(false, Ordering::Release);
+            tracing::info!(revision, "store reopened; writes resume");
+            Ok(true)
         })
     }
 

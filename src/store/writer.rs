@@ -132,12 +132,14 @@ impl Writer {
             if let Err(e) = self.tree.apply_batch(group.batch) {
                 // Nothing of the group was applied: its revisions can be handed out again.
                 tracing::error!(error = %e, jobs, "group commit failed");
+                self.shared.failed.store(true, Ordering::Release);
                 failure = Some(e);
             } else {
                 // Applied: the changes are visible, so publish them even if the flush
                 // fails (their callers then learn the outcome is unknown).
                 if let Err(e) = self.flush.then(|| self.tree.flush()).transpose() {
                     tracing::error!(error = %e, jobs, "flush failed; writes not acknowledged");
+                    self.shared.failed.store(true, Ordering::Release);
                     failure = Some(e);
                 }
                 if let Some(observer) = &self.shared.observer {

@@ -7,6 +7,7 @@ mod catalog;
 mod churn;
 mod cli;
 mod crash;
+mod disk;
 mod docs;
 mod fixture;
 mod gates;
