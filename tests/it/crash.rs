@@ -370,7 +370,7 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
     let data = dir.path().join("data");
     let mut previous: Option<Cycle> = None;
     let (mut acked_total, mut checked_events) = (0, 0);
-    for (n, after) in kill_moments(seed, cycles).into_iter().enumerate() {
+    for after in kill_moments(seed, cycles) {
         let daemon = ChildDaemon::spawn(&data);
         let client = Client {
             channel: connect(daemon.addr).await,
@@ -379,14 +379,17 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
             None => drop(client.register(location_app("wxcrash")).await),
             Some(cycle) => checked_events += check_after_restart(&client, cycle).await,
         }
+        // run_cycle kills only after a first acknowledgement; an acknowledged
+        // call may change nothing (a repeated answer), so a cycle's changes
+        // can be empty.
         let cycle = run_cycle(daemon, after).await;
-        assert!(
-            !cycle.acked.is_empty(),
-            "cycle {n}: the writers got going before the kill"
-        );
         acked_total += cycle.acked.len();
         previous = Some(cycle);
     }
+    assert!(
+        acked_total > 0,
+        "the writers changed something over {cycles} cycles"
+    );
     // The last restart in-process; revisions continue above everything committed.
     let daemon = Daemon::start(test_config(data)).await.unwrap();
     let client = Client {
