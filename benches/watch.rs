@@ -12,9 +12,7 @@
 
 use std::{
     collections::HashMap,
-    io::{BufRead as _, BufReader},
     net::SocketAddr,
-    process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -25,69 +23,37 @@ use consentd::pb::{
 use tokio_stream::StreamExt as _;
 use tonic::transport::Channel;
 
+#[path = "support/process.rs"]
+#[allow(dead_code)] // shared with the load bench, which uses all of it
+mod process;
+
+use process::Proc;
+
+/// The release daemon on a temp dir that lives as long as it does.
 struct Daemon {
-    child: Child,
-    addr: SocketAddr,
+    proc: Proc,
     _dir: tempfile::TempDir,
 }
 
 impl Daemon {
     fn spawn() -> Daemon {
         let dir = tempfile::tempdir().unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_consentd"))
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--log-format",
-                "json",
-                "--data-dir",
-            ])
-            .arg(dir.path().join("data"))
-            .env("RUST_LOG", "warn,consentd::server=info")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let addr = loop {
-            let line = lines.next().expect("consentd exited").unwrap();
-            let log: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-            if log["fields"]["message"] == "consentd serving" {
-                break log["fields"]["addr"].as_str().unwrap().parse().unwrap();
-            }
-        };
-        std::thread::spawn(move || lines.for_each(drop));
         Daemon {
-            child,
-            addr,
+            proc: Proc::daemon(&dir.path().join("data"), &[]),
             _dir: dir,
         }
     }
 
+    fn addr(&self) -> SocketAddr {
+        self.proc.addr
+    }
+
     fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
+        self.proc.status_kib("VmRSS:")
     }
 
     fn cpu_ticks(&self) -> u64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
-        let fields: Vec<&str> = stat
-            .rsplit(')')
-            .next()
-            .unwrap()
-            .split_whitespace()
-            .collect();
-        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.proc.cpu_ticks()
     }
 }
 
@@ -135,7 +101,7 @@ async fn scenario(
     let channels: Vec<Channel> = {
         let mut v = Vec::new();
         for _ in 0..subscribers.div_ceil(100) {
-            v.push(connect(daemon.addr).await);
+            v.push(connect(daemon.addr()).await);
         }
         v
     };
@@ -175,7 +141,7 @@ async fn scenario(
             latencies
         }));
     }
-    let writer_channel = connect(daemon.addr).await;
+    let writer_channel = connect(daemon.addr()).await;
     let cpu0 = daemon.cpu_ticks();
     let started = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
@@ -224,7 +190,7 @@ async fn idle_stream_memory(daemon: &Daemon, streams: usize) -> (u64, u64) {
     let before = daemon.rss_kib();
     let mut channels = Vec::new();
     for _ in 0..streams.div_ceil(100) {
-        channels.push(connect(daemon.addr).await);
+        channels.push(connect(daemon.addr()).await);
     }
     let mut open = Vec::new();
     for i in 0..streams {
@@ -251,7 +217,7 @@ fn main() {
     runtime.block_on(async {
         let seconds: u64 = std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
         let daemon = Daemon::spawn();
-        let channel = connect(daemon.addr).await;
+        let channel = connect(daemon.addr()).await;
         let app = pb::App { app_id: "wxbench".into(), kind: pb::AppKind::MiniProgram.into(), ..Default::default() };
         AppsClient::new(channel).register_app(pb::RegisterAppRequest { app: Some(app) }).await.unwrap();
 
