@@ -487,44 +487,13 @@ impl Broker {
                         .app(&app_id)?
                         .ok_or_else(|| DomainError::app_not_found(&app_id))?;
                     let before = view.decisions(&app_id, &user)?;
-                    let mut after = before.clone();
+                    let start = i;
                     while i < rows.len() && rows[i].app == app_id && rows[i].user == user {
-                        let row = &rows[i];
-                        if row.state == DecisionState::NotDetermined {
-                            return Err(DomainError::InvalidArgument {
-                                field: "decision.state".into(),
-                                message: format!(
-                                    "decision.state for {} {} {} must be GRANTED or DENIED",
-                                    app_id, user, row.scope
-                                ),
-                            }
-                            .into());
-                        }
-                        if row.scope.availability(app.kind) != Availability::Popup {
-                            return Err(DomainError::InvalidArgument {
-                                field: "decision.scope".into(),
-                                message: format!(
-                                    "{} takes no decisions for {} apps like {app_id}",
-                                    row.scope,
-                                    app.kind.name()
-                                ),
-                            }
-                            .into());
-                        }
-                        after.insert(row.scope, row.state);
                         i += 1;
                     }
-                    let granted = |s| after.get(&s) == Some(&DecisionState::Granted);
-                    if granted(Scope::UserLocationBackground) && !granted(Scope::UserLocation) {
-                        return Err(DomainError::InvalidArgument {
-                            field: "decision".into(),
-                            message: format!(
-                                "{app_id} {user}: background location granted without location"
-                            ),
-                        }
-                        .into());
-                    }
-                    for change in machine::plan_import(&before, &after) {
+                    let wanted: Vec<_> =
+                        rows[start..i].iter().map(|r| (r.scope, r.state)).collect();
+                    for change in machine::plan_import(&app, &user, &before, &wanted)? {
                         changes.push((app_id.clone(), user.clone(), change));
                     }
                 }

@@ -344,10 +344,54 @@ fn never_asked(scope: Scope) -> DomainError {
     ))
 }
 
-/// Plans moving one user's decisions from `before` to `after` (imports),
-/// ordered so background => location holds after every change: background
-/// revocations first, background grants last.
-pub fn plan_import(before: &UserDecisions, after: &UserDecisions) -> Vec<Change> {
+/// Plans setting one user's decisions to `wanted` (imports). Each wanted
+/// state must be GRANTED or DENIED for a scope that takes decisions in this
+/// app, and the result must keep background => location. Changes are ordered
+/// so that holds after every one: background revocations first, background
+/// grants last.
+pub fn plan_import(
+    app: &App,
+    user: &super::UserId,
+    before: &UserDecisions,
+    wanted: &[(Scope, DecisionState)],
+) -> Result<Vec<Change>, DomainError> {
+    let invalid = |field: &str, message: String| DomainError::InvalidArgument {
+        field: field.into(),
+        message,
+    };
+    let mut after = before.clone();
+    for &(scope, new) in wanted {
+        if new == DecisionState::NotDetermined {
+            return Err(invalid(
+                "decision.state",
+                format!(
+                    "decision.state for {} {user} {scope} must be GRANTED or DENIED",
+                    app.id
+                ),
+            ));
+        }
+        if scope.availability(app.kind) != super::Availability::Popup {
+            return Err(invalid(
+                "decision.scope",
+                format!(
+                    "{scope} takes no decisions for {} like {}",
+                    app.kind.name(),
+                    app.id
+                ),
+            ));
+        }
+        after.insert(scope, new);
+    }
+    let granted = |s| after.get(&s) == Some(&DecisionState::Granted);
+    if granted(Scope::UserLocationBackground) && !granted(Scope::UserLocation) {
+        return Err(invalid(
+            "decision",
+            format!(
+                "{} {user}: background location granted without location",
+                app.id
+            ),
+        ));
+    }
     let mut changes: Vec<Change> = after
         .iter()
         .filter(|(scope, new)| state(before, **scope) != **new)
@@ -364,7 +408,7 @@ pub fn plan_import(before: &UserDecisions, after: &UserDecisions) -> Vec<Change>
         _ => 1,
     };
     changes.sort_by_key(rank);
-    changes
+    Ok(changes)
 }
 
 /// Plans forgetting every decision (RemoveApp, DeleteApp): background first.
@@ -645,6 +689,32 @@ mod tests {
             }]
         );
         assert!(settings_page(&app(true), &decisions(&[])).is_empty());
+    }
+
+    #[test]
+    fn imports_change_only_what_differs_and_keep_the_invariant() {
+        let user = crate::domain::UserId::parse("u").unwrap();
+        let before = decisions(&[(Fg, G), (Bg, G), (Camera, D)]);
+        let changes =
+            plan_import(&app(true), &user, &before, &[(Fg, D), (Bg, D), (Camera, D)]).unwrap();
+        assert_eq!(
+            apply(&before, &changes),
+            decisions(&[(Fg, D), (Bg, D), (Camera, D)])
+        );
+        assert_eq!(changes[0].scope, Bg, "background revoked first");
+        assert!(changes.iter().all(|c| c.cause == Cause::Operator));
+        let grant = plan_import(&app(true), &user, &decisions(&[]), &[(Bg, G), (Fg, G)]).unwrap();
+        assert_eq!(grant.last().unwrap().scope, Bg, "background granted last");
+        for (wanted, needle) in [
+            (vec![(Bg, G), (Fg, D)], "without location"),
+            (vec![(Camera, N)], "must be GRANTED or DENIED"),
+            (vec![(Scope::Address, G)], "takes no decisions"),
+        ] {
+            let err = plan_import(&app(true), &user, &before, &wanted)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{err}");
+        }
     }
 
     #[test]
