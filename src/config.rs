@@ -6,6 +6,11 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
+use crate::{
+    grpc::CallLimits,
+    transport::{ListenAddr, TlsFiles},
+};
+
 use serde::Deserialize;
 
 use crate::{
@@ -23,6 +28,10 @@ pub const DEFAULT_MAX_BATCH: usize = 1024;
 pub const DEFAULT_QUEUE_DEPTH: usize = 4096;
 pub const DEFAULT_PUBLISH_CAPACITY: usize = 1024;
 pub const DEFAULT_COMPACTION_INTERVAL: Duration = Duration::from_secs(60);
+pub const DEFAULT_UNIX_SOCKET_MODE: u32 = 0o600;
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 8192;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -34,7 +43,19 @@ pub enum LogFormat {
 /// The daemon's configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
-    pub listen: SocketAddr,
+    /// TCP addresses and `unix:` sockets; at least one.
+    pub listen: Vec<ListenAddr>,
+    /// Mode of the unix sockets (default 0600: the daemon's user only).
+    pub unix_socket_mode: u32,
+    /// The credentials file; authentication is off without one.
+    pub credentials: Option<PathBuf>,
+    /// TLS for the TCP listeners.
+    pub tls: Option<TlsFiles>,
+    /// Allow non-loopback listeners without credentials and TLS.
+    pub insecure: bool,
+    /// Largest request message, bytes.
+    pub max_message_bytes: usize,
+    pub limits: CallLimits,
     /// Prometheus endpoint (`GET /metrics`); off when `None`.
     pub metrics_listen: Option<SocketAddr>,
     pub data_dir: PathBuf,
@@ -65,9 +86,18 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            listen: DEFAULT_LISTEN
+            listen: vec![DEFAULT_LISTEN
                 .parse()
-                .expect("the default listen address parses"),
+                .expect("the default listen address parses")],
+            unix_socket_mode: DEFAULT_UNIX_SOCKET_MODE,
+            credentials: None,
+            tls: None,
+            insecure: false,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            limits: CallLimits {
+                request_timeout: DEFAULT_REQUEST_TIMEOUT,
+                max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            },
             metrics_listen: None,
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             log_format: LogFormat::Text,
@@ -94,9 +124,46 @@ impl Default for Config {
     about = "The consent broker daemon: remembers every user's authorization decisions for mini programs and serves them over gRPC."
 )]
 pub struct Args {
-    /// Address to listen on [default: 127.0.0.1:50051].
-    #[arg(long, env = "CONSENTD_LISTEN", value_name = "ADDR")]
-    pub listen: Option<SocketAddr>,
+    /// Where to listen: IP:PORT or unix:/path/to.sock; repeat for several
+    /// [default: 127.0.0.1:50051].
+    #[arg(
+        long,
+        env = "CONSENTD_LISTEN",
+        value_name = "ADDR",
+        value_delimiter = ','
+    )]
+    pub listen: Vec<ListenAddr>,
+    /// Credentials file (TOML) mapping token digests and certificate
+    /// subjects to principals; authentication is off without one.
+    #[arg(long, env = "CONSENTD_CREDENTIALS", value_name = "FILE")]
+    pub credentials: Option<PathBuf>,
+    /// Server certificate chain (PEM): serve TLS on the TCP listeners.
+    #[arg(
+        long,
+        env = "CONSENTD_TLS_CERT",
+        value_name = "PEM",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(
+        long,
+        env = "CONSENTD_TLS_KEY",
+        value_name = "PEM",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+    /// CA bundle (PEM) for client certificates: require mTLS.
+    #[arg(
+        long,
+        env = "CONSENTD_TLS_CLIENT_CA",
+        value_name = "PEM",
+        requires = "tls_cert"
+    )]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Accept non-loopback listeners without credentials and TLS. Dangerous.
+    #[arg(long, env = "CONSENTD_INSECURE")]
+    pub insecure: bool,
     /// Serve Prometheus metrics at http://ADDR/metrics [default: off].
     #[arg(long, env = "CONSENTD_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
@@ -121,7 +188,12 @@ pub struct Args {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
-    pub listen: Option<SocketAddr>,
+    pub listen: Option<FileListen>,
+    pub unix_socket_mode: Option<u32>,
+    pub credentials: Option<PathBuf>,
+    pub tls: Option<FileTls>,
+    pub insecure: Option<bool>,
+    pub limits: Option<FileLimits>,
     pub metrics_listen: Option<SocketAddr>,
     pub data_dir: Option<PathBuf>,
     pub log_format: Option<LogFormat>,
@@ -135,6 +207,33 @@ pub struct FileConfig {
     pub watch: Option<FileWatch>,
     pub retention: Option<FileRetention>,
     pub rules: Option<FileRules>,
+}
+
+/// `listen = "127.0.0.1:50051"` or a list.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum FileListen {
+    One(ListenAddr),
+    Many(Vec<ListenAddr>),
+}
+
+/// `[tls]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+}
+
+/// `[limits]`: bounds on what one caller can make the daemon hold.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLimits {
+    pub max_message_bytes: Option<usize>,
+    pub request_timeout_secs: Option<u64>,
+    pub max_in_flight: Option<usize>,
+    pub max_watch_streams: Option<u64>,
 }
 
 /// `[watch]`.
@@ -225,7 +324,49 @@ impl Config {
     pub fn resolve(args: Args, file: FileConfig) -> Result<Self, ConfigError> {
         let d = Config::default();
         let config = Config {
-            listen: args.listen.or(file.listen).unwrap_or(d.listen),
+            listen: match (args.listen, file.listen) {
+                (flags, _) if !flags.is_empty() => flags,
+                (_, Some(FileListen::One(a))) => vec![a],
+                (_, Some(FileListen::Many(list))) => list,
+                (_, None) => d.listen,
+            },
+            unix_socket_mode: file.unix_socket_mode.unwrap_or(d.unix_socket_mode),
+            credentials: args.credentials.or(file.credentials),
+            tls: match (args.tls_cert, args.tls_key, file.tls) {
+                (Some(cert), Some(key), file_tls) => Some(TlsFiles {
+                    cert,
+                    key,
+                    client_ca: args.tls_client_ca.or(file_tls.and_then(|t| t.client_ca)),
+                }),
+                (None, None, Some(t)) => Some(TlsFiles {
+                    cert: t.cert,
+                    key: t.key,
+                    client_ca: args.tls_client_ca.or(t.client_ca),
+                }),
+                (None, None, None) => None,
+                _ => {
+                    return Err(ConfigError::Invalid(
+                        "--tls-cert and --tls-key go together".into(),
+                    ))
+                }
+            },
+            insecure: args.insecure || file.insecure.unwrap_or(false),
+            max_message_bytes: file
+                .limits
+                .as_ref()
+                .and_then(|l| l.max_message_bytes)
+                .unwrap_or(d.max_message_bytes),
+            limits: {
+                let l = file.limits.as_ref();
+                CallLimits {
+                    request_timeout: l
+                        .and_then(|l| l.request_timeout_secs)
+                        .map_or(d.limits.request_timeout, Duration::from_secs),
+                    max_in_flight: l
+                        .and_then(|l| l.max_in_flight)
+                        .unwrap_or(d.limits.max_in_flight),
+                }
+            },
             metrics_listen: args.metrics_listen.or(file.metrics_listen),
             data_dir: args.data_dir.or(file.data_dir).unwrap_or(d.data_dir),
             log_format: args.log_format.or(file.log_format).unwrap_or(d.log_format),
@@ -252,6 +393,11 @@ impl Config {
                         .map_or(d.watch.progress_interval, Duration::from_millis),
                     stream_buffer: w.stream_buffer.unwrap_or(d.watch.stream_buffer),
                     catch_up_page: w.catch_up_page.unwrap_or(d.watch.catch_up_page),
+                    max_streams: file
+                        .limits
+                        .as_ref()
+                        .and_then(|l| l.max_watch_streams)
+                        .unwrap_or(d.watch.max_streams),
                 }
             },
             retention: {
@@ -290,12 +436,67 @@ impl Config {
                 "watch.progress_interval_ms and retention.compaction_interval_secs must be positive".into(),
             ));
         }
+        config.check_exposure()?;
+        for (name, zero) in [
+            ("limits.max_message_bytes", config.max_message_bytes == 0),
+            (
+                "limits.request_timeout_secs",
+                config.limits.request_timeout.is_zero(),
+            ),
+            ("limits.max_in_flight", config.limits.max_in_flight == 0),
+            ("limits.max_watch_streams", config.watch.max_streams == 0),
+        ] {
+            if zero {
+                return Err(ConfigError::Invalid(format!("{name} must be positive")));
+            }
+        }
+        if config.unix_socket_mode > 0o777 {
+            return Err(ConfigError::Invalid(format!(
+                "unix_socket_mode {:o} is not a file mode (write it as 0o600)",
+                config.unix_socket_mode
+            )));
+        }
         if config.max_concurrent_streams == 0 {
             return Err(ConfigError::Invalid(
                 "max_concurrent_streams must be at least 1".into(),
             ));
         }
         Ok(config)
+    }
+}
+
+impl Config {
+    /// The safe default: without credentials and TLS, listen on loopback
+    /// and unix sockets only, unless `insecure` says otherwise. Checked when
+    /// the config is resolved and again when a daemon starts.
+    pub fn check_exposure(&self) -> Result<(), ConfigError> {
+        if self.listen.is_empty() {
+            return Err(ConfigError::Invalid(
+                "listen is empty: give at least one address".into(),
+            ));
+        }
+        if self.tls.as_ref().is_some_and(|t| t.client_ca.is_some()) && self.credentials.is_none() {
+            return Err(ConfigError::Invalid(
+                "tls client_ca needs a credentials file: client certificates map to principals through cert_subject".into(),
+            ));
+        }
+        let exposed = self.listen.iter().find_map(|a| match a {
+            ListenAddr::Tcp(addr) if !addr.ip().is_loopback() => Some(*addr),
+            _ => None,
+        });
+        let Some(addr) = exposed else { return Ok(()) };
+        let missing = match (self.credentials.is_some(), self.tls.is_some()) {
+            (true, true) => return Ok(()),
+            (false, false) => "credentials and TLS",
+            (false, true) => "credentials",
+            (true, false) => "TLS",
+        };
+        if self.insecure {
+            return Ok(());
+        }
+        Err(ConfigError::Invalid(format!(
+            "refusing to listen on {addr} without {missing}: set credentials and tls (cert, key), listen on loopback or a unix socket, or pass --insecure to accept the risk"
+        )))
     }
 }
 
@@ -377,11 +578,14 @@ mod tests {
     #[test]
     fn flags_beat_file_beat_defaults() {
         let args = Args {
-            listen: Some("127.0.0.1:1".parse().unwrap()),
+            listen: vec!["127.0.0.1:1".parse().unwrap()],
             ..Args::default()
         };
         let c = Config::resolve(args, file("listen = \"127.0.0.1:2\"\ndata_dir = \"/d\"")).unwrap();
-        assert_eq!(c.listen.port(), 1);
+        assert_eq!(
+            c.listen,
+            vec![ListenAddr::Tcp("127.0.0.1:1".parse().unwrap())]
+        );
         assert_eq!(c.data_dir, PathBuf::from("/d"));
         assert_eq!(c.cache_capacity, DEFAULT_CACHE_CAPACITY);
     }
@@ -426,6 +630,47 @@ mod tests {
         assert_eq!(c.retention.max_events, Some(5_000_000));
         assert_eq!(c.retention.max_age, Some(Duration::from_secs(604_800)));
         assert_eq!(c.rules, RuleSet::default());
+    }
+
+    #[test]
+    fn exposure_beyond_loopback_needs_credentials_and_tls() {
+        let both = "credentials = '/c.toml'\n[tls]\ncert = '/c.pem'\nkey = '/k.pem'\n";
+        let c = Config::resolve(
+            Args::default(),
+            file(&format!(
+                "listen = ['0.0.0.0:1', 'unix:/run/c.sock']\n{both}"
+            )),
+        )
+        .unwrap();
+        assert_eq!(c.listen[1], ListenAddr::Unix("/run/c.sock".into()));
+        assert_eq!(c.unix_socket_mode, 0o600);
+        for (text, needle) in [
+            ("listen = '0.0.0.0:1'", "without credentials and TLS"),
+            ("listen = '[::]:1'\ncredentials = '/c.toml'", "without TLS"),
+            (
+                "listen = '10.0.0.1:1'\n[tls]\ncert = '/c'\nkey = '/k'",
+                "without credentials",
+            ),
+            ("listen = []", "listen is empty"),
+            (
+                "[tls]\ncert = '/c'\nkey = '/k'\nclient_ca = '/ca'",
+                "needs a credentials file",
+            ),
+            ("unix_socket_mode = 0o1777", "not a file mode"),
+            ("[limits]\nmax_message_bytes = 0", "must be positive"),
+        ] {
+            let err = Config::resolve(Args::default(), file(text))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{text}: {err}");
+        }
+        let insecure = Args {
+            insecure: true,
+            ..Args::default()
+        };
+        assert!(Config::resolve(insecure, file("listen = '0.0.0.0:1'")).is_ok());
+        // Loopback and unix sockets need nothing.
+        assert!(Config::resolve(Args::default(), file("listen = ['[::1]:1', 'unix:/s']")).is_ok());
     }
 
     #[test]

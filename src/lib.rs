@@ -10,15 +10,22 @@
 //!   the event log, written by one group-committing writer.
 //! - [`server`]: wiring: opens the store, binds listeners, serves gRPC
 //!   (with health and reflection) and shuts everything down in order.
+//! - [`auth`]: who is calling (the credentials file: token digests and
+//!   certificate subjects -> principals); what they may do is
+//!   [`domain::access`], enforced by [`grpc::access`].
+//! - [`transport`]: TCP, TLS and unix-socket listeners.
 //! - [`config`]: typed configuration from flags, env and a TOML file.
 
+pub mod auth;
 pub mod broker;
+pub mod client;
 pub mod config;
 pub mod domain;
 pub mod grpc;
 pub mod metrics;
 pub mod server;
 pub mod store;
+pub mod transport;
 pub mod watch;
 
 /// The version and the git commit it was built from.

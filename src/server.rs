@@ -5,32 +5,38 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use tokio::{net::TcpListener, task::JoinHandle};
-use tokio_util::sync::CancellationToken;
-use tonic::transport::{server::TcpIncoming, Server};
+use tokio::task::JoinHandle;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tonic::transport::Server;
 
 use crate::{
+    auth::{Authenticator, CredentialsError},
     broker::Broker,
     config::Config,
-    grpc::{AdminService, AppsService, AuthorizationService},
+    grpc::{AccessLayer, AdminService, AppsService, AuthorizationService},
     metrics::{self, Metrics, MetricsError, RpcLayer},
     pb::{
         self, admin_server::AdminServer, apps_server::AppsServer,
         authorization_server::AuthorizationServer,
     },
     store::{Retention, SledConfig, SledStore, Store, StoreError},
+    transport::{self, ListenAddr, Listener, Tls, TransportError},
     watch::{WatchStats, Watcher},
 };
+
+/// Largest header block a client may send (HTTP/2 allows 16 MiB by default).
+const MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error(transparent)]
+    Credentials(#[from] CredentialsError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("gRPC server failed: {0}")]
@@ -44,7 +50,10 @@ pub enum ServerError {
 /// A running daemon. Dropping it without [`Daemon::shutdown`] aborts its
 /// tasks; the store then flushes when its last reference goes.
 pub struct Daemon {
-    addr: SocketAddr,
+    addrs: Vec<ListenAddr>,
+    auth: Arc<Authenticator>,
+    tls: Option<Arc<Tls>>,
+    listeners: TaskTracker,
     store: Arc<dyn Store>,
     watcher: Arc<Watcher>,
     health: tonic_health::server::HealthReporter,
@@ -58,8 +67,31 @@ pub struct Daemon {
 
 impl Daemon {
     /// Opens the store, binds `config.listen` and starts serving. Returns
-    /// once the listener is bound.
+    /// once every listener is bound.
     pub async fn start(config: Config) -> Result<Daemon, ServerError> {
+        config.check_exposure()?;
+        if config.insecure {
+            for addr in &config.listen {
+                if matches!(addr, ListenAddr::Tcp(a) if !a.ip().is_loopback()) {
+                    tracing::warn!(%addr, "INSECURE: listening beyond loopback without the protection of credentials and TLS, as --insecure asks");
+                }
+            }
+        }
+        let auth = Arc::new(match &config.credentials {
+            Some(path) => Authenticator::from_file(path)?,
+            None => Authenticator::off(),
+        });
+        let tls = match &config.tls {
+            Some(files) => Some(Arc::new(Tls::load(files.clone())?)),
+            None => None,
+        };
+        let mut listeners = Vec::new();
+        let mut addrs = Vec::new();
+        for addr in &config.listen {
+            let listener = Listener::bind(addr, config.unix_socket_mode).await?;
+            addrs.push(listener.local_addr()?);
+            listeners.push(listener);
+        }
         let metrics = Arc::new(Metrics::new()?);
         let sled_config = SledConfig {
             path: config.data_dir.clone(),
@@ -89,40 +121,39 @@ impl Daemon {
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         };
 
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| ServerError::Bind {
-                    addr: config.listen,
-                    source,
-                })?;
-        let addr = listener.local_addr().map_err(|source| ServerError::Bind {
-            addr: config.listen,
-            source,
-        })?;
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-
+        let max_message = config.max_message_bytes;
         let router = Server::builder()
             .layer(RpcLayer::new(metrics.clone()))
+            .layer(AccessLayer::new(auth.clone(), &config.limits))
             .max_concurrent_streams(config.max_concurrent_streams)
+            .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .trace_fn(|req| tracing::debug_span!("rpc", method = %req.uri().path()))
             .add_service(health_service)
             .add_service(reflection().build_v1()?)
             .add_service(reflection().build_v1alpha()?)
-            .add_service(AuthorizationServer::new(AuthorizationService::new(
-                broker.clone(),
-                watcher.clone(),
-                metrics.clone(),
-            )))
-            .add_service(AppsServer::new(AppsService::new(broker.clone())))
-            .add_service(AdminServer::new(AdminService::new(
-                broker,
-                config.retention,
-            )));
+            .add_service(
+                AuthorizationServer::new(AuthorizationService::new(
+                    broker.clone(),
+                    watcher.clone(),
+                    metrics.clone(),
+                ))
+                .max_decoding_message_size(max_message),
+            )
+            .add_service(
+                AppsServer::new(AppsService::new(broker.clone()))
+                    .max_decoding_message_size(max_message),
+            )
+            .add_service(
+                AdminServer::new(AdminService::new(broker, config.retention))
+                    .max_decoding_message_size(max_message),
+            );
 
         let stop = CancellationToken::new();
+        let listener_tasks = TaskTracker::new();
+        let incoming = transport::accept_all(listeners, tls.clone(), stop.clone(), &listener_tasks);
+        listener_tasks.close();
         let metrics_endpoint = match config.metrics_listen {
             Some(addr) => Some(
                 metrics::serve(addr, metrics, store.clone(), watcher.clone(), stop.clone()).await?,
@@ -139,9 +170,27 @@ impl Daemon {
             stop.clone(),
         ));
         let recovery = tokio::spawn(recover_when_possible(store.clone(), stop.clone()));
-        tracing::info!(%addr, data_dir = %config.data_dir.display(), revision = store.revision(), "consentd serving");
+        let shown: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+        tracing::info!(
+            addr = %shown[0],
+            listen = ?shown,
+            tls = tls.is_some(),
+            mtls = tls.as_ref().is_some_and(|t| t.requires_client_certs()),
+            data_dir = %config.data_dir.display(),
+            revision = store.revision(),
+            "consentd serving"
+        );
+        if !auth.is_on() {
+            tracing::warn!(
+                "AUTHENTICATION IS OFF: every caller is treated as an operator; this is only safe \
+                 because consentd listens on loopback and unix sockets (set `credentials` to turn it on)"
+            );
+        }
         Ok(Daemon {
-            addr,
+            addrs,
+            auth,
+            tls,
+            listeners: listener_tasks,
             store,
             watcher,
             health,
@@ -154,9 +203,43 @@ impl Daemon {
         })
     }
 
-    /// The bound address (useful with port 0).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.addr
+    /// The first TCP address bound (the real port for port 0), if any.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.addrs.iter().find_map(|a| match a {
+            ListenAddr::Tcp(addr) => Some(*addr),
+            ListenAddr::Unix(_) => None,
+        })
+    }
+
+    /// Every address bound, in the order configured.
+    pub fn local_addrs(&self) -> &[ListenAddr] {
+        &self.addrs
+    }
+
+    /// Re-reads the credentials file and the TLS files (SIGHUP). A file
+    /// that fails to load leaves the old one in force; the errors are
+    /// returned (and logged) one per file.
+    pub fn reload(&self) -> Vec<ServerError> {
+        let mut errors = Vec::new();
+        if self.auth.is_on() {
+            match self.auth.reload() {
+                Ok(n) => tracing::info!(principals = n, "credentials reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "credentials reload failed; keeping the old ones");
+                    errors.push(e.into());
+                }
+            }
+        }
+        if let Some(tls) = &self.tls {
+            match tls.reload() {
+                Ok(()) => tracing::info!("TLS certificates reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "TLS reload failed; keeping the old certificates");
+                    errors.push(e.into());
+                }
+            }
+        }
+        errors
     }
 
     /// Where `GET /metrics` is served, when it is.
@@ -197,6 +280,8 @@ impl Daemon {
                 }
             }
         }
+        // The accept loops ended with `stop`; their unix sockets are gone.
+        self.listeners.wait().await;
         for (name, task) in [
             ("compaction", self.compactor.take()),
             ("recovery", self.recovery.take()),

@@ -1,4 +1,5 @@
-//! The consentd daemon: flags -> config, logging, serve until SIGINT/SIGTERM.
+//! The consentd daemon: flags -> config, logging, serve until SIGINT/SIGTERM;
+//! SIGHUP reloads the credentials file and the TLS certificates.
 
 use std::process::ExitCode;
 
@@ -40,20 +41,29 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
-    let daemon = Daemon::start(config).await.context("cannot start")?;
-    shutdown_signal().await?;
-    daemon.shutdown().await.context("unclean shutdown")
-}
-
-async fn shutdown_signal() -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
+    // Installed before serving, so an early SIGHUP cannot kill the daemon.
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("installing the SIGINT handler")?,
-        _ = term.recv() => {}
+    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let daemon = Daemon::start(config).await.context("cannot start")?;
+    loop {
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => {
+                r.context("installing the SIGINT handler")?;
+                break;
+            }
+            _ = term.recv() => break,
+            _ = hangup.recv() => {
+                tracing::info!("SIGHUP: reloading credentials and certificates");
+                let failed = daemon.reload().len();
+                if failed > 0 {
+                    tracing::warn!(failed, "reload incomplete; the previous files stay in force");
+                }
+            }
+        }
     }
     tracing::info!("signal received");
-    Ok(())
+    daemon.shutdown().await.context("unclean shutdown")
 }
 
 fn init_logging(format: LogFormat) {

@@ -4,6 +4,7 @@
 //! arrive already typed (ids, scopes, versions are parsed at the edge), and
 //! every function is pure, so it is unit-tested directly.
 
+pub mod access;
 pub mod app;
 pub mod catalog;
 pub mod decision;
@@ -15,6 +16,7 @@ mod platform;
 pub mod rules;
 mod version;
 
+pub use access::{AppBinding, Denied, Principal, Role, Rpc};
 pub use app::{App, AppKind, Declarations, RawDeclarations};
 pub use catalog::{Api, Availability, LocationKind, Scope, ScopeInfo, CATALOG};
 pub use decision::{Cause, Change, Decision, DecisionState, Event, EventFilter, UserDecisions};

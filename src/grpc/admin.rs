@@ -6,10 +6,13 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::convert;
+use super::{
+    access::{caller, refuse},
+    convert,
+};
 use crate::{
     broker::Broker,
-    domain::{AppId, UserId},
+    domain::{AppId, Rpc, UserId},
     pb::{self, admin_server::Admin, export_record::Record},
     store::{DecisionRow, Retention, Store},
 };
@@ -132,8 +135,11 @@ impl Admin for AdminService {
 
     async fn compact(
         &self,
-        _request: Request<pb::CompactRequest>,
+        request: Request<pb::CompactRequest>,
     ) -> Result<Response<pb::CompactResponse>, Status> {
+        caller(&request)?
+            .may_span_all_apps(Rpc::Compact)
+            .map_err(refuse)?;
         let done = self.store().compact(self.retention).await?;
         Ok(Response::new(pb::CompactResponse {
             removed_events: done.removed,
@@ -144,8 +150,11 @@ impl Admin for AdminService {
 
     async fn verify(
         &self,
-        _request: Request<pb::VerifyRequest>,
+        request: Request<pb::VerifyRequest>,
     ) -> Result<Response<pb::VerifyResponse>, Status> {
+        caller(&request)?
+            .may_span_all_apps(Rpc::Verify)
+            .map_err(refuse)?;
         let v = self.store().verify().await?;
         Ok(Response::new(pb::VerifyResponse {
             consistent: v.mismatches.is_empty(),
@@ -161,6 +170,9 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::ExportRequest>,
     ) -> Result<Response<Self::ExportStream>, Status> {
+        caller(&request)?
+            .may_span_all_apps(Rpc::Export)
+            .map_err(refuse)?;
         let (tx, rx) = mpsc::channel(256);
         // Ends when the export is done or the client stops reading.
         tokio::spawn(export(
@@ -175,6 +187,9 @@ impl Admin for AdminService {
         &self,
         request: Request<Streaming<pb::ExportRecord>>,
     ) -> Result<Response<pb::ImportResponse>, Status> {
+        caller(&request)?
+            .may_span_all_apps(Rpc::Import)
+            .map_err(refuse)?;
         let mut stream = request.into_inner();
         let (mut apps, mut decisions, mut changed) = (0u64, 0u64, 0u64);
         let mut batch: Vec<DecisionRow> = Vec::new();

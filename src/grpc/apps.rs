@@ -2,10 +2,13 @@
 
 use tonic::{Request, Response, Status};
 
-use super::convert;
+use super::{
+    access::{caller, refuse},
+    convert,
+};
 use crate::{
     broker::Broker,
-    domain::AppId,
+    domain::{AppId, Rpc},
     pb::{self, apps_server::Apps},
 };
 
@@ -25,7 +28,9 @@ impl Apps for AppsService {
         &self,
         request: Request<pb::RegisterAppRequest>,
     ) -> Result<Response<pb::RegisterAppResponse>, Status> {
+        let who = caller(&request)?;
         let (id, kind, raw) = convert::app_request(request.into_inner().app)?;
+        who.may_touch(Rpc::RegisterApp, &id).map_err(refuse)?;
         let read = self.broker.register_app(id, kind, raw).await?;
         Ok(Response::new(pb::RegisterAppResponse {
             app: Some(convert::app(&read.value)),
@@ -37,7 +42,9 @@ impl Apps for AppsService {
         &self,
         request: Request<pb::UpdateAppRequest>,
     ) -> Result<Response<pb::UpdateAppResponse>, Status> {
+        let who = caller(&request)?;
         let (id, kind, raw) = convert::app_request(request.into_inner().app)?;
+        who.may_touch(Rpc::UpdateApp, &id).map_err(refuse)?;
         let read = self.broker.update_app(id, kind, raw).await?;
         Ok(Response::new(pb::UpdateAppResponse {
             app: Some(convert::app(&read.value)),
@@ -49,7 +56,9 @@ impl Apps for AppsService {
         &self,
         request: Request<pb::GetAppRequest>,
     ) -> Result<Response<pb::GetAppResponse>, Status> {
+        let who = caller(&request)?;
         let id = AppId::parse(&request.into_inner().app_id)?;
+        who.may_touch(Rpc::GetApp, &id).map_err(refuse)?;
         let read = self.broker.get_app(&id)?;
         Ok(Response::new(pb::GetAppResponse {
             app: Some(convert::app(&read.value)),
@@ -61,6 +70,9 @@ impl Apps for AppsService {
         &self,
         request: Request<pb::ListAppsRequest>,
     ) -> Result<Response<pb::ListAppsResponse>, Status> {
+        caller(&request)?
+            .may_span_all_apps(Rpc::ListApps)
+            .map_err(refuse)?;
         let r = request.into_inner();
         let after = match r.page_token.as_str() {
             "" => None,
@@ -80,7 +92,9 @@ impl Apps for AppsService {
         &self,
         request: Request<pb::DeleteAppRequest>,
     ) -> Result<Response<pb::DeleteAppResponse>, Status> {
+        let who = caller(&request)?;
         let id = AppId::parse(&request.into_inner().app_id)?;
+        who.may_touch(Rpc::DeleteApp, &id).map_err(refuse)?;
         let written = self.broker.delete_app(id).await?;
         Ok(Response::new(pb::DeleteAppResponse {
             revoked_decisions: written.value,

@@ -4,10 +4,14 @@ use tonic::{Request, Response, Status};
 
 use std::sync::Arc;
 
-use super::{convert, stream::WatchStream};
+use super::{
+    access::{caller, refuse},
+    convert,
+    stream::WatchStream,
+};
 use crate::{
     broker::Broker,
-    domain::{gates::msg, Api, Scope, SettingsUpdate},
+    domain::{gates::msg, Api, Rpc, Scope, SettingsUpdate},
     metrics::Metrics,
     pb::{self, authorization_server::Authorization},
     watch::Watcher,
@@ -40,7 +44,9 @@ impl Authorization for AuthorizationService {
         &self,
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let (filter, start) = convert::watch_request(request.into_inner())?;
+        let who = caller(&request)?;
+        let (mut filter, start) = convert::watch_request(request.into_inner())?;
+        who.narrow_watch(&mut filter).map_err(refuse)?;
         let (items, outcome) = self.watcher.subscribe(filter, start)?;
         Ok(Response::new(WatchStream::new(items, outcome)))
     }
@@ -49,8 +55,11 @@ impl Authorization for AuthorizationService {
         &self,
         request: Request<pb::AuthorizeRequest>,
     ) -> Result<Response<pb::AuthorizeResponse>, Status> {
+        let who = caller(&request)?;
         let r = request.into_inner();
         let subject = convert::subject(&r.app_id, &r.user_id)?;
+        who.may_touch(Rpc::Authorize, &subject.app)
+            .map_err(refuse)?;
         let scope = convert::scope("scope", &r.scope)?;
         let client = convert::client(r.client)?;
         let read = self.broker.authorize(&subject, scope, &client)?;
@@ -65,8 +74,10 @@ impl Authorization for AuthorizationService {
         &self,
         request: Request<pb::AuthorizeRequest>,
     ) -> Result<Response<pb::ExplainResponse>, Status> {
+        let who = caller(&request)?;
         let r = request.into_inner();
         let subject = convert::subject(&r.app_id, &r.user_id)?;
+        who.may_touch(Rpc::Explain, &subject.app).map_err(refuse)?;
         let scope = convert::scope("scope", &r.scope)?;
         let client = convert::client(r.client)?;
         let read = self.broker.explain(&subject, scope, &client)?;
@@ -82,8 +93,11 @@ impl Authorization for AuthorizationService {
         &self,
         request: Request<pb::BatchAuthorizeRequest>,
     ) -> Result<Response<pb::BatchAuthorizeResponse>, Status> {
+        let who = caller(&request)?;
         let r = request.into_inner();
         let subject = convert::subject(&r.app_id, &r.user_id)?;
+        who.may_touch(Rpc::BatchAuthorize, &subject.app)
+            .map_err(refuse)?;
         if r.scopes.is_empty() || r.scopes.len() > MAX_BATCH_SCOPES {
             return Err(Status::invalid_argument(format!(
                 "scopes must hold 1 to {MAX_BATCH_SCOPES} scopes, not {}",
@@ -111,8 +125,10 @@ impl Authorization for AuthorizationService {
         &self,
         request: Request<pb::CheckApiRequest>,
     ) -> Result<Response<pb::CheckApiResponse>, Status> {
+        let who = caller(&request)?;
         let r = request.into_inner();
         let subject = convert::subject(&r.app_id, &r.user_id)?;
+        who.may_touch(Rpc::CheckApi, &subject.app).map_err(refuse)?;
         let api = Api::parse_field("api", &r.api)?;
         let client = convert::client(r.client)?;
         let read = self.broker.check_api(&subject, api, &client)?;
@@ -134,8 +150,11 @@ impl Authorization for AuthorizationService {
         &self,
         request: Request<pb::RecordDecisionRequest>,
     ) -> Result<Response<pb::RecordDecisionResponse>, Status> {
+        let who = caller(&request)?;
         let r = request.into_inner();
         let subject = convert::subject(&r.app_id, &r.user_id)?;
+        who.may_touch(Rpc::RecordDecision, &subject.app)
+            .map_err(refuse)?;
         let scope = convert::scope("scope", &r.scope)?;
         let answer = convert::answer(r.answer)?;
         let client = convert::client(r.client)?;
@@ -152,8 +171,11 @@ impl Authorization for AuthorizationService {
         &self,
         request: Request<pb::GetSettingRequest>,
     ) -> Result<Response<pb::GetSettingResponse>, Status> {
+        let who = caller(&request)?;
         let r = request.into_inner();
         let subject = convert::subject(&r.app_id, &r.user_id)?;
+        who.may_touch(Rpc::GetSetting, &subject.app)
+            .map_err(refuse)?;
         let read = self.broker.get_setting(&subject)?;
         Ok(Response::new(pb::GetSettingResponse {
             auth_setting: convert::auth_setting(&read.value),
@@ -166,8 +188,11 @@ impl Authorization for AuthorizationService {
         &self,
         request: Request<pb::OpenSettingRequest>,
     ) -> Result<Response<pb::OpenSettingResponse>, Status> {
+        let who = caller(&request)?;
         let r = request.into_inner();
         let subject = convert::subject(&r.app_id, &r.user_id)?;
+        who.may_touch(Rpc::OpenSetting, &subject.app)
+            .map_err(refuse)?;
         let read = self.broker.open_setting(&subject)?;
         Ok(Response::new(pb::OpenSettingResponse {
             items: read
@@ -186,8 +211,11 @@ impl Authorization for AuthorizationService {
         &self,
         request: Request<pb::UpdateSettingRequest>,
     ) -> Result<Response<pb::UpdateSettingResponse>, Status> {
+        let who = caller(&request)?;
         let r = request.into_inner();
         let subject = convert::subject(&r.app_id, &r.user_id)?;
+        who.may_touch(Rpc::UpdateSetting, &subject.app)
+            .map_err(refuse)?;
         let mut toggles = std::collections::BTreeMap::new();
         for (name, enabled) in &r.auth_setting {
             toggles.insert(convert::scope("auth_setting", name)?, *enabled);
@@ -214,8 +242,11 @@ impl Authorization for AuthorizationService {
         &self,
         request: Request<pb::RemoveAppRequest>,
     ) -> Result<Response<pb::RemoveAppResponse>, Status> {
+        let who = caller(&request)?;
         let r = request.into_inner();
         let subject = convert::subject(&r.app_id, &r.user_id)?;
+        who.may_touch(Rpc::RemoveApp, &subject.app)
+            .map_err(refuse)?;
         let written = self.broker.remove_app(&subject).await?;
         Ok(Response::new(pb::RemoveAppResponse {
             changes: convert::changes(&written.events),

@@ -2,6 +2,7 @@
 //! types: requests are converted into domain values in [`convert`], errors
 //! into statuses in `status`.
 
+pub mod access;
 mod admin;
 mod apps;
 mod authorization;
@@ -9,6 +10,7 @@ pub mod convert;
 mod status;
 mod stream;
 
+pub use access::{AccessLayer, CallLimits};
 pub use admin::AdminService;
 pub use apps::AppsService;
 pub use authorization::{AuthorizationService, MAX_BATCH_SCOPES};

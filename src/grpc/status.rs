@@ -45,6 +45,7 @@ impl From<WatchError> for Status {
             | WatchError::Ahead { .. }
             | WatchError::FellBehind { .. } => Code::OutOfRange,
             WatchError::ShuttingDown { .. } => Code::Unavailable,
+            WatchError::TooManyStreams { .. } => Code::ResourceExhausted,
             WatchError::Store(s) => store_code(s),
         };
         tracing::info!(error = %e, ?code, "watch stream ended");

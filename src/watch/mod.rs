@@ -41,6 +41,8 @@ pub struct WatchConfig {
     pub stream_buffer: usize,
     /// Events read from the log per page while catching up.
     pub catch_up_page: usize,
+    /// Most streams open at once, over every connection.
+    pub max_streams: u64,
 }
 
 impl Default for WatchConfig {
@@ -49,9 +51,13 @@ impl Default for WatchConfig {
             progress_interval: Duration::from_secs(5),
             stream_buffer: 64,
             catch_up_page: 512,
+            max_streams: DEFAULT_MAX_WATCH_STREAMS,
         }
     }
 }
+
+/// Default for [`WatchConfig::max_streams`].
+pub const DEFAULT_MAX_WATCH_STREAMS: u64 = 10_000;
 
 /// One item of a stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,6 +84,8 @@ pub enum WatchError {
          {compacted_through} were compacted); resynchronise with GetSetting and watch again"
     )]
     FellBehind { cursor: u64, compacted_through: u64 },
+    #[error("{open} watch streams are open, the limit (watch.max_streams); try again later")]
+    TooManyStreams { open: u64 },
     #[error("consentd is shutting down; resume with start_revision {last}")]
     ShuttingDown { last: u64 },
     #[error(transparent)]
@@ -134,6 +142,12 @@ impl Watcher {
                 last: start.unwrap_or_else(|| self.store.revision()),
             });
         }
+        // Counted before anything else, so the limit holds under a burst.
+        let guard = ActiveGuard::new(self.stats.clone());
+        let open = self.stats.active.load(Ordering::Relaxed);
+        if open > self.config.max_streams {
+            return Err(WatchError::TooManyStreams { open: open - 1 });
+        }
         // Subscribe before reading the revision: every group after it is
         // then either in the log range we replay or in the receiver.
         let published = self.store.subscribe();
@@ -161,8 +175,9 @@ impl Watcher {
             shutdown: self.shutdown.clone(),
             config: self.config.clone(),
             stats: self.stats.clone(),
-            _guard: ActiveGuard::new(self.stats.clone()),
+            _guard: guard,
         };
+        self.stats.started.fetch_add(1, Ordering::Relaxed);
         let end = outcome.clone();
         self.tasks.spawn(async move {
             if let Err(e) = subscription.run(current).await {
@@ -197,7 +212,6 @@ struct ActiveGuard(Arc<WatchStats>);
 impl ActiveGuard {
     fn new(stats: Arc<WatchStats>) -> Self {
         stats.active.fetch_add(1, Ordering::Relaxed);
-        stats.started.fetch_add(1, Ordering::Relaxed);
         Self(stats)
     }
 }

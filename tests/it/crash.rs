@@ -330,7 +330,7 @@ async fn sigterm_under_load_loses_nothing_acknowledged() {
 
     let daemon = Daemon::start(test_config(data)).await.unwrap();
     let client = Client {
-        channel: connect(daemon.local_addr()).await,
+        channel: connect(daemon.local_addr().unwrap()).await,
     };
     let checked = check_after_restart(
         &client,
@@ -393,7 +393,7 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
     // The last restart in-process; revisions continue above everything committed.
     let daemon = Daemon::start(test_config(data)).await.unwrap();
     let client = Client {
-        channel: connect(daemon.local_addr()).await,
+        channel: connect(daemon.local_addr().unwrap()).await,
     };
     let last = previous.expect("at least one cycle");
     checked_events += check_after_restart(&client, &last).await;

@@ -32,7 +32,7 @@ pub struct TestDaemon {
 /// Test settings: ephemeral port, fast progress markers, no surprise compaction.
 pub fn test_config(data_dir: PathBuf) -> Config {
     let mut config = Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
+        listen: vec!["127.0.0.1:0".parse().unwrap()],
         data_dir,
         ..Config::default()
     };
@@ -51,7 +51,25 @@ impl TestDaemon {
         let mut config = test_config(dir.path().join("data"));
         tweak(&mut config);
         let daemon = Daemon::start(config.clone()).await.unwrap();
-        let channel = connect(daemon.local_addr()).await;
+        let channel = connect(daemon.local_addr().unwrap()).await;
+        Self {
+            _dir: dir,
+            config,
+            daemon: Some(daemon),
+            channel,
+        }
+    }
+
+    /// Like [`TestDaemon::with`], for daemons a plain TCP client cannot
+    /// reach (TLS, unix sockets): the fixture's channel connects lazily.
+    pub async fn with_unconnected(tweak: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = test_config(dir.path().join("data"));
+        tweak(&mut config);
+        let daemon = Daemon::start(config.clone()).await.unwrap();
+        let channel = Channel::from_shared(format!("http://{}", daemon.local_addr().unwrap()))
+            .unwrap()
+            .connect_lazy();
         Self {
             _dir: dir,
             config,
@@ -65,7 +83,7 @@ impl TestDaemon {
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.daemon().local_addr()
+        self.daemon().local_addr().unwrap()
     }
 
     pub fn client(&self) -> Client {
@@ -82,13 +100,13 @@ impl TestDaemon {
     /// Starts a daemon on the same data dir (after [`TestDaemon::take`] or a stop).
     pub async fn start_again(&mut self) {
         let daemon = Daemon::start(self.config.clone()).await.unwrap();
-        self.channel = connect(daemon.local_addr()).await;
+        self.channel = connect(daemon.local_addr().unwrap()).await;
         self.daemon = Some(daemon);
     }
 
     /// Like [`TestDaemon::start_again`], on a given address (e.g. the old port).
     pub async fn start_again_at(&mut self, addr: SocketAddr) {
-        self.config.listen = addr;
+        self.config.listen = vec![consentd::transport::ListenAddr::Tcp(addr)];
         self.start_again().await;
     }
 

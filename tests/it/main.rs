@@ -16,6 +16,7 @@ mod metrics;
 mod model;
 mod persistence;
 mod record;
+mod security;
 mod settings;
 mod startup;
 mod versions;

@@ -36,12 +36,12 @@ impl TestDaemon {
     pub async fn start() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = Config {
-            listen: "127.0.0.1:0".parse().unwrap(),
+            listen: vec!["127.0.0.1:0".parse().unwrap()],
             data_dir: dir.path().join("data"),
             ..Config::default()
         };
         let daemon = Daemon::start(config.clone()).await.expect("daemon starts");
-        let channel = connect(daemon.local_addr()).await;
+        let channel = connect(daemon.local_addr().unwrap()).await;
         Self {
             daemon: Some(daemon),
             auth: AuthorizationClient::new(channel.clone()),
@@ -53,7 +53,11 @@ impl TestDaemon {
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.daemon.as_ref().expect("daemon running").local_addr()
+        self.daemon
+            .as_ref()
+            .expect("daemon running")
+            .local_addr()
+            .unwrap()
     }
 
     pub fn health(&self) -> HealthClient<Channel> {
@@ -68,7 +72,7 @@ impl TestDaemon {
         let daemon = Daemon::start(self.config.clone())
             .await
             .expect("daemon restarts on the same data dir");
-        self.channel = connect(daemon.local_addr()).await;
+        self.channel = connect(daemon.local_addr().unwrap()).await;
         self.auth = AuthorizationClient::new(self.channel.clone());
         self.apps = AppsClient::new(self.channel.clone());
         self.daemon = Some(daemon);

@@ -466,7 +466,7 @@ async fn a_thousand_subscribers_each_receive_every_event() {
     // Spread the streams over a few connections; every subscriber reads as it goes.
     let mut channels = Vec::new();
     for _ in 0..10 {
-        channels.push(connect(h.daemon().local_addr()).await);
+        channels.push(connect(h.daemon().local_addr().unwrap()).await);
     }
     let (total, events) = (50u64, 25);
     let last = base + total;
@@ -517,7 +517,7 @@ async fn a_slow_subscriber_is_caught_up_from_the_log_not_buffered() {
     let c = h.client();
     // A client that reads nothing and advertises a tiny window: the server
     // cannot park events in the connection, so its task must wait and lag.
-    let tiny = Channel::from_shared(format!("http://{}", h.daemon().local_addr()))
+    let tiny = Channel::from_shared(format!("http://{}", h.daemon().local_addr().unwrap()))
         .unwrap()
         .initial_stream_window_size(Some(1024))
         .initial_connection_window_size(Some(1024))

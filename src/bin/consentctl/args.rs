@@ -10,7 +10,9 @@ use consentd::pb;
     about = "A command-line client for consentd."
 )]
 pub struct Cli {
-    /// The daemon's address.
+    /// The daemon's address: host:port, http://host:port, https://host:port
+    /// or unix:/path/to/socket. A bare host:port uses TLS when a --tls-*
+    /// option is given.
     #[arg(
         long,
         global = true,
@@ -18,6 +20,29 @@ pub struct Cli {
         default_value = "http://127.0.0.1:50051"
     )]
     pub addr: String,
+    /// Bearer token sent with every call. Prefer the environment variable:
+    /// command-line arguments are visible to other users (ps,
+    /// /proc/PID/cmdline).
+    #[arg(
+        long,
+        global = true,
+        env = "CONSENTCTL_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<String>,
+    /// PEM file with the CA certificate(s) that verify the daemon's certificate (TLS).
+    #[arg(long, global = true, value_name = "PEM")]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// PEM client certificate for mutual TLS (needs --tls-key).
+    #[arg(long, global = true, value_name = "PEM")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, global = true, value_name = "PEM")]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// Verify the daemon's certificate against NAME instead of the address's host.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub tls_domain: Option<String>,
     /// Print JSON instead of tables (one object per response; JSON lines for watch).
     #[arg(long, global = true)]
     pub json: bool,

@@ -12,11 +12,13 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
-use consentd::pb::{self, admin_client::AdminClient, export_record::Record};
+use consentd::{
+    client::ClientChannel,
+    pb::{self, admin_client::AdminClient, export_record::Record},
+};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use tokio_stream::StreamExt as _;
-use tonic::transport::Channel;
 
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
@@ -147,7 +149,7 @@ fn bar(len: Option<u64>, what: &str) -> ProgressBar {
 
 /// Writes the export to `output` (or stdout); returns (apps, decisions, events).
 pub async fn export(
-    channel: Channel,
+    channel: ClientChannel,
     include_events: bool,
     output: Option<&Path>,
 ) -> Result<(u64, u64, u64)> {
@@ -185,7 +187,7 @@ pub async fn export(
 }
 
 /// Streams `input` into the daemon; checks the counts it reports.
-pub async fn import(channel: Channel, input: &Path) -> Result<pb::ImportResponse> {
+pub async fn import(channel: ClientChannel, input: &Path) -> Result<pb::ImportResponse> {
     let open =
         || std::fs::File::open(input).with_context(|| format!("cannot read {}", input.display()));
     let total = BufReader::new(open()?).lines().count() as u64;

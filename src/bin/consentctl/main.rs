@@ -5,6 +5,8 @@
 //! SETTINGS_REQUIRED, NOT_DECLARED, UNSUPPORTED; verify when inconsistent);
 //! 2 an error (bad arguments, transport failure or a gRPC error status,
 //! printed with its code and message).
+//!
+//! Connecting (addresses, TLS, the bearer token) is `consentd::client`.
 
 mod app_json;
 mod args;
@@ -13,15 +15,18 @@ mod render;
 
 use std::{process::ExitCode, time::Duration};
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use clap::Parser as _;
-use consentd::pb::{
-    self, admin_client::AdminClient, apps_client::AppsClient,
-    authorization_client::AuthorizationClient, watch_response::Kind,
+use consentd::{
+    client::{ClientChannel, ClientError, ConnectOptions},
+    pb::{
+        self, admin_client::AdminClient, apps_client::AppsClient,
+        authorization_client::AuthorizationClient, watch_response::Kind,
+    },
 };
 use serde_json::{json, Value};
 use tokio_stream::StreamExt as _;
-use tonic::{transport::Channel, Code, Status};
+use tonic::{Code, Status};
 
 use args::{AppArgs, AppsCommand, Cli, Command};
 
@@ -41,23 +46,69 @@ fn main() -> ExitCode {
         Ok(Answer::Positive) => ExitCode::SUCCESS,
         Ok(Answer::Negative) => ExitCode::from(1),
         Err(e) => {
-            report(&e, &cli.addr);
+            report(&e, &cli);
             ExitCode::from(2)
         }
     }
 }
 
-fn report(e: &anyhow::Error, addr: &str) {
+fn report(e: &anyhow::Error, cli: &Cli) {
     eprintln!("error: {}", describe(e));
+    if let Some(hint) = hint(e, cli) {
+        eprintln!("hint: {hint}");
+    }
+}
+
+fn hint(e: &anyhow::Error, cli: &Cli) -> Option<String> {
+    if let Some(cause) = tls_failure(e) {
+        let advice = if cause.contains("CertificateRequired") {
+            "consentd requires a client certificate (--tls-cert, --tls-key)"
+        } else if cause.starts_with("invalid peer certificate") {
+            "consentd's certificate did not verify: check --tls-ca, and --tls-domain when the \
+             address is not a name in the certificate"
+        } else {
+            "consentd refused the client certificate (--tls-cert, --tls-key)"
+        };
+        return Some(if describe(e).contains(&cause) {
+            format!("TLS handshake failed: {advice}")
+        } else {
+            format!("TLS handshake failed ({cause}): {advice}")
+        });
+    }
+    let status = e.downcast_ref::<Status>();
+    match status.map(Status::code) {
+        Some(Code::Unauthenticated) if cli.token.is_some() => {
+            return Some(
+                "consentd did not accept the bearer token (CONSENTCTL_TOKEN or --token)".into(),
+            )
+        }
+        Some(Code::Unauthenticated) => {
+            return Some(
+                "consentd requires credentials: set CONSENTCTL_TOKEN (or pass --token), \
+                 or present a client certificate (--tls-cert, --tls-key)"
+                    .into(),
+            )
+        }
+        Some(Code::PermissionDenied) => {
+            return Some("the credentials were accepted but do not allow this call".into())
+        }
+        _ => {}
+    }
     // Only for a failed connection: a daemon answering UNAVAILABLE is running.
     let unreachable = e.downcast_ref::<tonic::transport::Error>().is_some()
-        || e.downcast_ref::<Status>().is_some_and(|s| {
+        || status.is_some_and(|s| {
             s.code() == Code::Unavailable
                 && (s.message().contains("transport error") || s.message().contains("connect"))
         });
-    if unreachable {
-        eprintln!("hint: is consentd running at {addr}?");
-    }
+    unreachable.then(|| format!("is consentd running at {}?", cli.addr))
+}
+
+/// The cause of a failed TLS handshake; such failures hide below a generic
+/// "transport error".
+fn tls_failure(e: &anyhow::Error) -> Option<String> {
+    e.chain().map(ToString::to_string).find(|c| {
+        c.starts_with("received fatal alert") || c.starts_with("invalid peer certificate")
+    })
 }
 
 /// `Code: message` for statuses and connection failures (as `Unavailable`),
@@ -78,22 +129,26 @@ fn describe(e: &anyhow::Error) -> String {
     }
 }
 
-fn endpoint(addr: &str) -> String {
-    if addr.contains("://") {
-        addr.to_owned()
-    } else {
-        format!("http://{addr}")
+/// Streams (`stream`) get no per-call deadline.
+async fn connect(cli: &Cli, stream: bool) -> Result<ClientChannel> {
+    let timeout = Duration::from_secs(cli.timeout);
+    let options = ConnectOptions {
+        addr: cli.addr.clone(),
+        token: cli.token.clone(),
+        tls_ca: cli.tls_ca.clone(),
+        tls_cert: cli.tls_cert.clone(),
+        tls_key: cli.tls_key.clone(),
+        tls_domain: cli.tls_domain.clone(),
+        connect_timeout: Some(timeout),
+        timeout: (!stream).then_some(timeout),
+    };
+    match consentd::client::connect(&options).await {
+        Ok(channel) => Ok(channel),
+        // As a bare transport error: reported as Unavailable with the hint,
+        // and `watch` retries it.
+        Err(ClientError::Connect { source, .. }) => Err(source.into()),
+        Err(e) => Err(e.into()),
     }
-}
-
-async fn connect(cli: &Cli, stream: bool) -> Result<Channel> {
-    let mut endpoint = Channel::from_shared(endpoint(&cli.addr))
-        .with_context(|| format!("bad address {:?}", cli.addr))?;
-    endpoint = endpoint.connect_timeout(Duration::from_secs(cli.timeout));
-    if !stream {
-        endpoint = endpoint.timeout(Duration::from_secs(cli.timeout));
-    }
-    Ok(endpoint.connect().await?)
 }
 
 /// Whether the command's answer was a "no" (exit code 1).
@@ -392,7 +447,10 @@ fn app_from_flags(a: &AppArgs, kind: pb::AppKind) -> pb::App {
     }
 }
 
-async fn apps_command(apps: &mut AppsClient<Channel>, command: &AppsCommand) -> Result<Value> {
+async fn apps_command(
+    apps: &mut AppsClient<ClientChannel>,
+    command: &AppsCommand,
+) -> Result<Value> {
     Ok(match command {
         AppsCommand::Register(a) => {
             let (app, from_file) = app_request(a)?;
@@ -513,14 +571,15 @@ async fn watch(cli: &Cli, mut filter: pb::WatchRequest) -> Result<()> {
             }
             Err(e) => e,
         };
-        // Resumable: the daemon went away or restarted. Anything else is final.
+        // Resumable: the daemon went away or restarted. Anything else
+        // (including bad connection options and TLS refusals) is final.
         let resumable = match failure.downcast_ref::<Status>() {
             Some(status) => matches!(
                 status.code(),
                 Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled
             ),
-            None => true,
-        };
+            None => failure.downcast_ref::<ClientError>().is_none(),
+        } && tls_failure(&failure).is_none();
         if !resumable {
             return Err(failure);
         }

@@ -1,0 +1,393 @@
+//! Listeners: TCP (plain or TLS) and unix sockets, merged into one stream of
+//! connections for the gRPC server. Each connection carries a [`PeerInfo`]
+//! (transport, remote address, client-certificate subject) that tonic puts
+//! into every request's extensions.
+
+mod tls;
+mod unix;
+
+use std::{
+    fmt, io,
+    net::SocketAddr,
+    path::PathBuf,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::{TcpListener, TcpStream, UnixListener, UnixStream},
+    sync::mpsc,
+};
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tonic::transport::server::Connected;
+
+pub use tls::{Tls, TlsFiles};
+pub use unix::SocketFile;
+
+/// Time a client gets to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: String, source: io::Error },
+    #[error("unix socket {path}: {message}")]
+    Socket { path: String, message: String },
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+/// Where to listen: `host:port` or `unix:/path/to.sock`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ListenAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl std::str::FromStr for ListenAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err(
+                    "unix: needs a socket path, e.g. unix:/run/consentd/consentd.sock".into(),
+                );
+            }
+            return Ok(ListenAddr::Unix(PathBuf::from(path)));
+        }
+        s.parse().map(ListenAddr::Tcp).map_err(|_| {
+            format!("{s:?} is neither an IP address with a port (127.0.0.1:50051, [::1]:50051) nor unix:/path")
+        })
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::Tcp(a) => write!(f, "{a}"),
+            ListenAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ListenAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Tcp,
+    Tls,
+    Unix,
+}
+
+/// What the server knows about the other end of a connection.
+#[derive(Clone, Debug)]
+pub struct PeerInfo {
+    pub transport: Transport,
+    pub remote: Option<SocketAddr>,
+    /// Common name of the verified client certificate (mTLS).
+    pub cert_subject: Option<Arc<str>>,
+}
+
+impl fmt::Display for PeerInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.transport, self.remote) {
+            (Transport::Unix, _) => f.write_str("unix socket"),
+            (t, Some(a)) => write!(
+                f,
+                "{a} ({})",
+                if t == Transport::Tls { "tls" } else { "tcp" }
+            ),
+            (_, None) => f.write_str("unknown peer"),
+        }
+    }
+}
+
+enum Io {
+    Tcp(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+    Unix(UnixStream),
+}
+
+/// One accepted connection.
+pub struct Connection {
+    io: Io,
+    peer: PeerInfo,
+}
+
+impl Connected for Connection {
+    type ConnectInfo = PeerInfo;
+
+    fn connect_info(&self) -> PeerInfo {
+        self.peer.clone()
+    }
+}
+
+macro_rules! delegate {
+    ($self:ident, $io:ident => $e:expr) => {
+        match &mut $self.get_mut().io {
+            Io::Tcp($io) => {
+                let $io = Pin::new($io);
+                $e
+            }
+            Io::Tls($io) => {
+                let $io = Pin::new($io.as_mut());
+                $e
+            }
+            Io::Unix($io) => {
+                let $io = Pin::new($io);
+                $e
+            }
+        }
+    };
+}
+
+impl AsyncRead for Connection {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        delegate!(self, io => io.poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Connection {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        delegate!(self, io => io.poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        delegate!(self, io => io.poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match &self.io {
+            Io::Tcp(io) => io.is_write_vectored(),
+            Io::Tls(io) => io.is_write_vectored(),
+            Io::Unix(io) => io.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, io => io.poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, io => io.poll_shutdown(cx))
+    }
+}
+
+/// A bound listener, before it accepts.
+pub enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener, SocketFile),
+}
+
+impl Listener {
+    /// Binds `addr`; a unix socket gets `mode` and replaces a stale file.
+    pub async fn bind(addr: &ListenAddr, unix_mode: u32) -> Result<Listener, TransportError> {
+        match addr {
+            ListenAddr::Tcp(a) => TcpListener::bind(a)
+                .await
+                .map(Listener::Tcp)
+                .map_err(|source| TransportError::Bind {
+                    addr: addr.to_string(),
+                    source,
+                }),
+            ListenAddr::Unix(path) => {
+                let (listener, file) = unix::bind(path, unix_mode)?;
+                Ok(Listener::Unix(listener, file))
+            }
+        }
+    }
+
+    /// The address actually bound (the real port for port 0).
+    pub fn local_addr(&self) -> Result<ListenAddr, TransportError> {
+        match self {
+            Listener::Tcp(l) => {
+                l.local_addr()
+                    .map(ListenAddr::Tcp)
+                    .map_err(|source| TransportError::Bind {
+                        addr: "tcp".into(),
+                        source,
+                    })
+            }
+            Listener::Unix(_, file) => Ok(ListenAddr::Unix(file.path().to_owned())),
+        }
+    }
+}
+
+/// Accepts on every listener until `stop`, handing connections to the
+/// returned stream. TLS handshakes run in their own tasks (bounded by a
+/// timeout) so a slow client cannot hold up others; all tasks belong to
+/// `tasks`.
+pub fn accept_all(
+    listeners: Vec<Listener>,
+    tls: Option<Arc<Tls>>,
+    stop: CancellationToken,
+    tasks: &TaskTracker,
+) -> ReceiverStream<io::Result<Connection>> {
+    let (tx, rx) = mpsc::channel(64);
+    for listener in listeners {
+        let tx = tx.clone();
+        let stop = stop.clone();
+        let tls = tls.clone();
+        let handshakes = tasks.clone();
+        tasks.spawn(async move {
+            match listener {
+                Listener::Tcp(l) => accept_tcp(l, tls, tx, stop, handshakes).await,
+                Listener::Unix(l, _file) => accept_unix(l, tx, stop).await,
+            }
+        });
+    }
+    ReceiverStream::new(rx)
+}
+
+/// Accept errors (e.g. out of file descriptors) are logged and retried
+/// after a pause instead of ending the listener.
+async fn pause_after(error: &io::Error, stop: &CancellationToken) {
+    tracing::warn!(%error, "accept failed; retrying in 100 ms");
+    tokio::select! {
+        () = stop.cancelled() => {}
+        () = tokio::time::sleep(Duration::from_millis(100)) => {}
+    }
+}
+
+async fn accept_tcp(
+    listener: TcpListener,
+    tls: Option<Arc<Tls>>,
+    tx: mpsc::Sender<io::Result<Connection>>,
+    stop: CancellationToken,
+    handshakes: TaskTracker,
+) {
+    loop {
+        let (stream, remote) = tokio::select! {
+            () = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => { pause_after(&e, &stop).await; continue; }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        match &tls {
+            None => {
+                let conn = Connection {
+                    io: Io::Tcp(stream),
+                    peer: PeerInfo {
+                        transport: Transport::Tcp,
+                        remote: Some(remote),
+                        cert_subject: None,
+                    },
+                };
+                if tx.send(Ok(conn)).await.is_err() {
+                    return;
+                }
+            }
+            Some(tls) => {
+                let acceptor = tls.acceptor();
+                let tx = tx.clone();
+                let stop = stop.clone();
+                handshakes.spawn(async move {
+                    let handshake =
+                        tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+                    let stream = tokio::select! {
+                        () = stop.cancelled() => return,
+                        done = handshake => match done {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(error)) => {
+                                tracing::info!(%remote, %error, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::info!(%remote, "TLS handshake timed out");
+                                return;
+                            }
+                        },
+                    };
+                    let cert_subject = tls::peer_subject(&stream);
+                    let conn = Connection {
+                        io: Io::Tls(Box::new(stream)),
+                        peer: PeerInfo {
+                            transport: Transport::Tls,
+                            remote: Some(remote),
+                            cert_subject,
+                        },
+                    };
+                    let _ = tx.send(Ok(conn)).await;
+                });
+            }
+        }
+    }
+}
+
+async fn accept_unix(
+    listener: UnixListener,
+    tx: mpsc::Sender<io::Result<Connection>>,
+    stop: CancellationToken,
+) {
+    loop {
+        let stream = tokio::select! {
+            () = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((s, _)) => s,
+                Err(e) => { pause_after(&e, &stop).await; continue; }
+            },
+        };
+        let conn = Connection {
+            io: Io::Unix(stream),
+            peer: PeerInfo {
+                transport: Transport::Unix,
+                remote: None,
+                cert_subject: None,
+            },
+        };
+        if tx.send(Ok(conn)).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_addresses_parse() {
+        assert_eq!(
+            "127.0.0.1:1".parse::<ListenAddr>(),
+            Ok(ListenAddr::Tcp("127.0.0.1:1".parse().unwrap()))
+        );
+        assert_eq!(
+            "unix:/run/c.sock".parse::<ListenAddr>(),
+            Ok(ListenAddr::Unix("/run/c.sock".into()))
+        );
+        assert!("unix:"
+            .parse::<ListenAddr>()
+            .unwrap_err()
+            .contains("socket path"));
+        assert!("localhost:1"
+            .parse::<ListenAddr>()
+            .unwrap_err()
+            .contains("neither"));
+        assert_eq!(ListenAddr::Unix("/x".into()).to_string(), "unix:/x");
+    }
+}
