@@ -163,7 +163,8 @@ fn check_values(
                 Err(DomainError::InvalidArgument {
                     field: field.to_owned(),
                     message: format!(
-                        "{field} contains unknown value {v:?}; valid values: {}",
+                        "{field} contains unknown value {}; valid values: {}",
+                        super::quoted(&v),
                         valid.join(", ")
                     ),
                 })

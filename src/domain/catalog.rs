@@ -255,7 +255,8 @@ impl Scope {
         raw.parse().map_err(|()| DomainError::InvalidArgument {
             field: field.to_owned(),
             message: format!(
-                "{field} {raw:?} is not a known scope; valid scopes: {}",
+                "{field} {} is not a known scope; valid scopes: {}",
+                super::quoted(raw),
                 CATALOG
                     .iter()
                     .map(|i| i.name)
@@ -309,7 +310,8 @@ impl Api {
             None => Err(DomainError::InvalidArgument {
                 field: field.to_owned(),
                 message: format!(
-                    "{field} {raw:?} is not a gated interface; see ListScopes for the catalog"
+                    "{field} {} is not a gated interface; see ListScopes for the catalog",
+                    super::quoted(raw)
                 ),
             }),
         }

@@ -25,3 +25,17 @@ impl DomainError {
         }
     }
 }
+
+/// Most characters of a rejected value an error message quotes: whole ids
+/// (and then some), but never so much that the status message outgrows the
+/// 16 KiB HTTP/2 header list clients accept (which kills the connection).
+pub const MAX_QUOTED_CHARS: usize = 256;
+
+/// `raw` quoted as `{:?}` does, cut after [`MAX_QUOTED_CHARS`] characters
+/// (then followed by `... (N bytes)`).
+pub fn quoted(raw: &str) -> String {
+    match raw.char_indices().nth(MAX_QUOTED_CHARS) {
+        None => format!("{raw:?}"),
+        Some((cut, _)) => format!("{:?}... ({} bytes)", &raw[..cut], raw.len()),
+    }
+}

@@ -51,7 +51,7 @@ id_type!(
 fn validate_id(field: &str, raw: &str) -> Result<(), DomainError> {
     let invalid = |problem: String| DomainError::InvalidArgument {
         field: field.to_owned(),
-        message: format!("{field} {raw:?} {problem}"),
+        message: format!("{field} {} {problem}", super::quoted(raw)),
     };
     if raw.is_empty() {
         return Err(invalid("is empty".into()));

@@ -20,7 +20,7 @@ pub use access::{AppBinding, Denied, Principal, Role, Rpc};
 pub use app::{App, AppKind, Declarations, RawDeclarations};
 pub use catalog::{Api, Availability, LocationKind, Scope, ScopeInfo, CATALOG};
 pub use decision::{Cause, Change, Decision, DecisionState, Event, EventFilter, UserDecisions};
-pub use error::DomainError;
+pub use error::{quoted, DomainError};
 pub use gates::{Outcome, Prompt, Reason, Verdict};
 pub use ids::{AppId, UserId, MAX_ID_LEN};
 pub use machine::{Answer, LocationOption, SettingItem, SettingsUpdate};

@@ -21,9 +21,9 @@ pub enum VersionError {
     TooManySegments,
     #[error("has an empty segment")]
     EmptySegment,
-    #[error("has a non-numeric segment {0:?}")]
+    #[error("has a non-numeric segment {}", super::quoted(.0))]
     NotNumeric(String),
-    #[error("has a segment {0:?} that is too large")]
+    #[error("has a segment {} that is too large", super::quoted(.0))]
     TooLarge(String),
 }
 

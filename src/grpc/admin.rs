@@ -111,6 +111,10 @@ async fn export(
 }
 
 fn stored_decision(d: pb::StoredDecision) -> Result<DecisionRow, Status> {
+    // Ids first: the state's message quotes them, so they must be sane.
+    let app = AppId::parse_field("decision.app_id", &d.app_id)?;
+    let user = UserId::parse_field("decision.user_id", &d.user_id)?;
+    let scope = convert::scope("decision.scope", &d.scope)?;
     let state = match pb::DecisionState::try_from(d.state) {
         Ok(pb::DecisionState::Granted) => crate::domain::DecisionState::Granted,
         Ok(pb::DecisionState::Denied) => crate::domain::DecisionState::Denied,
@@ -122,9 +126,9 @@ fn stored_decision(d: pb::StoredDecision) -> Result<DecisionRow, Status> {
         }
     };
     Ok(DecisionRow {
-        app: AppId::parse_field("decision.app_id", &d.app_id)?,
-        user: UserId::parse_field("decision.user_id", &d.user_id)?,
-        scope: convert::scope("decision.scope", &d.scope)?,
+        app,
+        user,
+        scope,
         state,
     })
 }

@@ -7,9 +7,9 @@ use std::{collections::BTreeMap, sync::Arc};
 use crate::{
     broker::Subject,
     domain::{
-        gates::Verdict, Answer, App, AppId, AppKind, Availability, Cause, Client, DecisionState,
-        DomainError, Event, EventFilter, LocationOption, MinSdkTarget, Outcome, Platform,
-        RawDeclarations, Reason, RuleSet, Scope, ScopeInfo, SettingItem, UserId, Version,
+        gates::Verdict, quoted, Answer, App, AppId, AppKind, Availability, Cause, Client,
+        DecisionState, DomainError, Event, EventFilter, LocationOption, MinSdkTarget, Outcome,
+        Platform, RawDeclarations, Reason, RuleSet, Scope, ScopeInfo, SettingItem, UserId, Version,
     },
     pb,
     watch::WatchItem,
@@ -34,8 +34,12 @@ pub fn scope(field: &str, raw: &str) -> Result<Scope, DomainError> {
 }
 
 fn version(field: &str, raw: &str) -> Result<Version, DomainError> {
-    raw.parse()
-        .map_err(|e| invalid(field, format!("{field} {raw:?} is not a version: it {e}")))
+    raw.parse().map_err(|e| {
+        invalid(
+            field,
+            format!("{field} {} is not a version: it {e}", quoted(raw)),
+        )
+    })
 }
 
 pub fn client(client: Option<pb::ClientInfo>) -> Result<Client, DomainError> {

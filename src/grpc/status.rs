@@ -21,8 +21,27 @@ impl From<BrokerError> for Status {
         } else {
             tracing::debug!(error = %e, ?code, "request refused");
         }
-        Status::new(code, e.to_string())
+        Status::new(code, bounded(e.to_string()))
     }
+}
+
+/// Longest status message sent. The message travels in the `grpc-message`
+/// header, and a header list over the client's limit (16 KiB in hyper)
+/// kills the whole connection, not just the call.
+pub const MAX_STATUS_MESSAGE: usize = 4096;
+
+/// `message`, cut at a character boundary under [`MAX_STATUS_MESSAGE`].
+pub fn bounded(mut message: String) -> String {
+    if message.len() > MAX_STATUS_MESSAGE {
+        let mut cut = MAX_STATUS_MESSAGE - 32;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let total = message.len();
+        message.truncate(cut);
+        message.push_str(&format!("... ({total} bytes in all)"));
+    }
+    message
 }
 
 fn store_code(e: &StoreError) -> Code {
@@ -49,7 +68,7 @@ impl From<WatchError> for Status {
             WatchError::Store(s) => store_code(s),
         };
         tracing::info!(error = %e, ?code, "watch stream ended");
-        Status::new(code, e.to_string())
+        Status::new(code, bounded(e.to_string()))
     }
 }
 
@@ -62,5 +81,19 @@ impl From<StoreError> for Status {
 impl From<DomainError> for Status {
     fn from(e: DomainError) -> Self {
         BrokerError::Domain(e).into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_messages_are_cut_on_a_char_boundary() {
+        assert_eq!(bounded("short".into()), "short");
+        let long = "é".repeat(10_000);
+        let cut = bounded(long);
+        assert!(cut.len() <= MAX_STATUS_MESSAGE, "{}", cut.len());
+        assert!(cut.ends_with("... (20000 bytes in all)"), "{cut}");
     }
 }

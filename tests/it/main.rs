@@ -12,6 +12,7 @@ mod docs;
 mod fixture;
 mod gates;
 mod grpcurl;
+mod hostile;
 mod metrics;
 mod model;
 mod persistence;
