@@ -674,6 +674,36 @@ mod tests {
     }
 
     #[test]
+    fn the_hardened_example_config_parses() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/contrib/consentd-hardened.toml"
+        );
+        let c = Config::from_args(Args {
+            config: Some(path.into()),
+            ..Args::default()
+        })
+        .unwrap();
+        assert_eq!(
+            c.listen,
+            vec![
+                ListenAddr::Tcp("0.0.0.0:50051".parse().unwrap()),
+                ListenAddr::Unix("/run/consentd/consentd.sock".into())
+            ]
+        );
+        assert_eq!(c.unix_socket_mode, 0o660);
+        let tls = c.tls.unwrap();
+        assert_eq!(
+            tls.client_ca,
+            Some(PathBuf::from("/etc/consentd/tls/clients-ca.pem"))
+        );
+        assert_eq!(c.limits.request_timeout, Duration::from_secs(10));
+        assert_eq!(c.max_message_bytes, 262_144);
+        assert_eq!(c.watch.max_streams, 5000);
+        assert!(!c.insecure);
+    }
+
+    #[test]
     fn bad_files_name_the_problem() {
         for (text, needle) in [
             ("[[rules.popup]]\nid='x'\nscope='scope.nope'\nplatforms=[]\nmin_host_version='1'", "unknown scope"),

@@ -273,6 +273,25 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_loads() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/contrib/credentials.example.toml"
+        );
+        let c = Credentials::load(Path::new(path)).unwrap();
+        assert_eq!(c.len(), 4);
+        assert_eq!(c.by_token("test").unwrap().name, "shop-runtime");
+        assert_eq!(
+            c.by_cert_subject("consentd-ops").unwrap().role,
+            Role::Operator
+        );
+        assert_eq!(
+            c.by_cert_subject("consentd-dashboards").unwrap().apps,
+            AppBinding::All
+        );
+    }
+
+    #[test]
     fn hash_token_is_plain_hex_sha256() {
         // printf %s test | sha256sum
         assert_eq!(

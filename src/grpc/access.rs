@@ -215,8 +215,83 @@ where
 #[cfg(test)]
 mod tests {
     use prost::Message as _;
+    use tower::{Layer as _, Service as _};
 
     use super::*;
+
+    /// The access layer over a handler that never answers.
+    fn stuck(
+        limits: CallLimits,
+    ) -> impl tower::Service<
+        http::Request<()>,
+        Response = http::Response<tonic::body::Body>,
+        Error = std::convert::Infallible,
+        Future = BoxFuture<Result<http::Response<tonic::body::Body>, std::convert::Infallible>>,
+    > {
+        let never = tower::service_fn(|_req: http::Request<()>| {
+            std::future::pending::<
+                Result<http::Response<tonic::body::Body>, std::convert::Infallible>,
+            >()
+        });
+        AccessLayer::new(Arc::new(Authenticator::off()), &limits).layer(never)
+    }
+
+    fn request(path: &str) -> http::Request<()> {
+        http::Request::builder().uri(path).body(()).unwrap()
+    }
+
+    fn grpc_status(response: &http::Response<tonic::body::Body>) -> Status {
+        Status::from_header_map(response.headers()).expect("a trailers-only status")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unary_calls_are_cut_at_the_request_timeout_and_import_is_not() {
+        let limits = CallLimits {
+            request_timeout: Duration::from_secs(5),
+            max_in_flight: 10,
+        };
+        let mut service = stuck(limits);
+        let response = service
+            .call(request("/consent.v1.Authorization/RecordDecision"))
+            .await
+            .unwrap();
+        let status = grpc_status(&response);
+        assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
+        assert_eq!(
+            status.message(),
+            "RecordDecision did not finish within the server's request timeout of 5s"
+        );
+        let import = service.call(request("/consent.v1.Admin/Import"));
+        assert!(
+            tokio::time::timeout(Duration::from_secs(3600), import)
+                .await
+                .is_err(),
+            "a client stream is not cut by the unary timeout"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn calls_beyond_max_in_flight_are_refused_until_one_ends() {
+        let limits = CallLimits {
+            request_timeout: Duration::from_secs(5),
+            max_in_flight: 2,
+        };
+        let mut service = stuck(limits);
+        let first = service.call(request("/consent.v1.Authorization/Authorize"));
+        let _second = service.call(request("/consent.v1.Authorization/Authorize"));
+        let refused = service
+            .call(request("/consent.v1.Authorization/Authorize"))
+            .await
+            .unwrap();
+        assert_eq!(grpc_status(&refused).code(), tonic::Code::ResourceExhausted);
+        // Health checks and reflection are not counted: with one of them
+        // in flight too, ending one call admits the next.
+        let _health = service.call(request("/grpc.health.v1.Health/Check"));
+        drop(first);
+        let admitted = service.call(request("/consent.v1.Authorization/Authorize"));
+        let answered = admitted.await.unwrap();
+        assert_eq!(grpc_status(&answered).code(), tonic::Code::DeadlineExceeded);
+    }
 
     #[test]
     fn every_consent_method_maps_to_its_rpc() {

@@ -18,6 +18,7 @@ mod model;
 mod persistence;
 mod record;
 mod security;
+mod security_process;
 mod settings;
 mod startup;
 mod versions;

