@@ -130,6 +130,12 @@ mod echo {
         async fn explain(&self, _: Request<pb::AuthorizeRequest>) -> R<pb::ExplainResponse> {
             none()
         }
+        async fn end_session(
+            &self,
+            _: Request<pb::EndSessionRequest>,
+        ) -> R<pb::EndSessionResponse> {
+            none()
+        }
         async fn get_setting(
             &self,
             _: Request<pb::GetSettingRequest>,
@@ -380,6 +386,7 @@ async fn preload(addr: SocketAddr) {
                         ("scope.record", pb::Answer::Deny),
                     ] {
                         auth.record_decision(pb::RecordDecisionRequest {
+                            lifetime: None,
                             app_id: format!("wxbench{}", i % APPS),
                             user_id: format!("u{}", i / APPS),
                             scope: scope.into(),
@@ -418,6 +425,7 @@ fn mixed_authorize(seq: u64, task: usize) -> pb::AuthorizeRequest {
 
 fn fresh_record(task: usize, seq: u64) -> pb::RecordDecisionRequest {
     pb::RecordDecisionRequest {
+        lifetime: None,
         app_id: format!("wxbench{}", task % APPS),
         user_id: format!("w{task}-{seq}"),
         scope: "scope.camera".into(),
@@ -505,6 +513,7 @@ async fn fan_out(
         writes.push(tokio::spawn(async move {
             let _ = auth
                 .record_decision(pb::RecordDecisionRequest {
+                    lifetime: None,
                     app_id: app,
                     user_id: user,
                     scope: "scope.camera".into(),
@@ -558,7 +567,7 @@ async fn bulk_preload(dir: &Path, n: usize) -> Duration {
         .submit(Box::new(move |_| {
             Ok(WriteSet {
                 app: Some(AppWrite::Put(registration)),
-                changes: vec![],
+                ..WriteSet::default()
             })
         }))
         .await
@@ -582,7 +591,12 @@ async fn bulk_preload(dir: &Path, n: usize) -> Duration {
             })
             .collect();
         store
-            .submit(Box::new(move |_| Ok(WriteSet { app: None, changes })))
+            .submit(Box::new(move |_| {
+                Ok(WriteSet {
+                    changes,
+                    ..WriteSet::default()
+                })
+            }))
             .await
             .unwrap();
     }

@@ -105,8 +105,8 @@ async fn durable(concurrency: usize) -> f64 {
                     store
                         .submit(Box::new(move |_view| {
                             Ok(WriteSet {
-                                app: None,
                                 changes: vec![(app, user, change)],
+                                ..WriteSet::default()
                             })
                         }))
                         .await

@@ -153,6 +153,7 @@ async fn scenario(
         let mut auth = AuthorizationClient::new(writer_channel.clone());
         writes.push(tokio::spawn(async move {
             auth.record_decision(pb::RecordDecisionRequest {
+                lifetime: None,
                 app_id: "wxbench".into(),
                 user_id: user,
                 scope: "scope.camera".into(),

@@ -81,6 +81,26 @@ pub struct Config {
     /// How often the log is compacted to the retention policy.
     pub compaction_interval: Duration,
     pub rules: RuleSet,
+    pub grants: GrantsConfig,
+}
+
+/// Timed and one-time grants.
+#[derive(Clone, Debug)]
+pub struct GrantsConfig {
+    /// A one-time grant lapses this long after it was given unless its
+    /// session ends first.
+    pub session_idle_timeout: Duration,
+    /// How often due grant timers are checked.
+    pub expiry_check_interval: Duration,
+}
+
+impl Default for GrantsConfig {
+    fn default() -> Self {
+        Self {
+            session_idle_timeout: crate::broker::DEFAULT_SESSION_IDLE_TIMEOUT,
+            expiry_check_interval: Duration::from_secs(1),
+        }
+    }
 }
 
 impl Default for Config {
@@ -112,6 +132,7 @@ impl Default for Config {
             retention: DEFAULT_RETENTION,
             compaction_interval: DEFAULT_COMPACTION_INTERVAL,
             rules: RuleSet::default(),
+            grants: GrantsConfig::default(),
         }
     }
 }
@@ -207,6 +228,15 @@ pub struct FileConfig {
     pub watch: Option<FileWatch>,
     pub retention: Option<FileRetention>,
     pub rules: Option<FileRules>,
+    pub grants: Option<FileGrants>,
+}
+
+/// `[grants]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileGrants {
+    pub session_idle_timeout_secs: Option<u64>,
+    pub expiry_check_interval_ms: Option<u64>,
 }
 
 /// `listen = "127.0.0.1:50051"` or a list.
@@ -422,6 +452,17 @@ impl Config {
                 Some(rules) => rules.resolve()?,
                 None => d.rules,
             },
+            grants: {
+                let g = file.grants.unwrap_or_default();
+                GrantsConfig {
+                    session_idle_timeout: g
+                        .session_idle_timeout_secs
+                        .map_or(d.grants.session_idle_timeout, Duration::from_secs),
+                    expiry_check_interval: g
+                        .expiry_check_interval_ms
+                        .map_or(d.grants.expiry_check_interval, Duration::from_millis),
+                }
+            },
         };
         for (name, value) in [
             ("max_batch", config.max_batch),
@@ -445,6 +486,14 @@ impl Config {
             ),
             ("limits.max_in_flight", config.limits.max_in_flight == 0),
             ("limits.max_watch_streams", config.watch.max_streams == 0),
+            (
+                "grants.session_idle_timeout_secs",
+                config.grants.session_idle_timeout.is_zero(),
+            ),
+            (
+                "grants.expiry_check_interval_ms",
+                config.grants.expiry_check_interval.is_zero(),
+            ),
         ] {
             if zero {
                 return Err(ConfigError::Invalid(format!("{name} must be positive")));

@@ -61,6 +61,7 @@ pub struct Daemon {
     server: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
     compactor: Option<JoinHandle<()>>,
     recovery: Option<JoinHandle<()>>,
+    expiry: Option<JoinHandle<()>>,
     metrics_endpoint: Option<(SocketAddr, JoinHandle<()>)>,
     drain_timeout: Duration,
 }
@@ -106,7 +107,8 @@ impl Daemon {
             .await
             .map_err(|e| ServerError::Internal(format!("opening the store: {e}")))??;
         let store: Arc<dyn Store> = Arc::new(store);
-        let broker = Broker::new(store.clone(), config.rules.clone());
+        let broker = Broker::new(store.clone(), config.rules.clone())
+            .with_session_idle_timeout(config.grants.session_idle_timeout);
         let watcher = Arc::new(Watcher::new(store.clone(), config.watch.clone()));
 
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -146,10 +148,11 @@ impl Daemon {
                     .max_decoding_message_size(max_message),
             )
             .add_service(
-                AdminServer::new(AdminService::new(broker, config.retention))
+                AdminServer::new(AdminService::new(broker.clone(), config.retention))
                     .max_decoding_message_size(max_message),
             );
 
+        let expiry_broker = broker;
         let stop = CancellationToken::new();
         let listener_tasks = TaskTracker::new();
         let incoming = transport::accept_all(listeners, tls.clone(), stop.clone(), &listener_tasks);
@@ -170,6 +173,11 @@ impl Daemon {
             stop.clone(),
         ));
         let recovery = tokio::spawn(recover_when_possible(store.clone(), stop.clone()));
+        let expiry = tokio::spawn(expire_grants(
+            expiry_broker,
+            config.grants.expiry_check_interval,
+            stop.clone(),
+        ));
         let shown: Vec<String> = addrs.iter().map(ToString::to_string).collect();
         tracing::info!(
             addr = %shown[0],
@@ -198,6 +206,7 @@ impl Daemon {
             server: Some(server),
             compactor: Some(compactor),
             recovery: Some(recovery),
+            expiry: Some(expiry),
             metrics_endpoint,
             drain_timeout: config.drain_timeout,
         })
@@ -285,6 +294,7 @@ impl Daemon {
         for (name, task) in [
             ("compaction", self.compactor.take()),
             ("recovery", self.recovery.take()),
+            ("expiry", self.expiry.take()),
             ("metrics", self.metrics_endpoint.take().map(|(_, t)| t)),
         ] {
             if let Some(Err(e)) = match task {
@@ -307,6 +317,7 @@ impl Drop for Daemon {
             self.server.take().map(|t| t.abort_handle()),
             self.compactor.take().map(|t| t.abort_handle()),
             self.recovery.take().map(|t| t.abort_handle()),
+            self.expiry.take().map(|t| t.abort_handle()),
         ]
         .into_iter()
         .flatten()
@@ -327,6 +338,45 @@ async fn recover_when_possible(store: Arc<dyn Store>, stop: CancellationToken) {
         }
         if let Err(e) = store.recover().await {
             tracing::error!(error = %e, "reopening the store failed; will retry");
+        }
+    }
+}
+
+/// Lapses timed and one-time grants as their timers come due, checking
+/// every `every` until `stop`. The first check runs at once, so grants
+/// that lapsed while the daemon was down lapse right after a start.
+async fn expire_grants(broker: Broker, every: Duration, stop: CancellationToken) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        loop {
+            let now = crate::broker::now_ms();
+            match broker.store().next_timer() {
+                Ok(Some(at)) if at <= now => {}
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::error!(error = %e, "reading grant timers failed; will retry");
+                    break;
+                }
+            }
+            let done = tokio::select! {
+                () = stop.cancelled() => return,
+                done = broker.expire_due(now) => done,
+            };
+            match done {
+                Ok(w) if w.value > 0 => {
+                    tracing::info!(lapsed = w.value, revision = w.revision, "grants lapsed");
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "lapsing grants failed; will retry");
+                    break;
+                }
+            }
         }
     }
 }

@@ -14,12 +14,36 @@ use crate::{
         gates::{self, Verdict},
         machine::{self, Answer, SettingItem, SettingsUpdate},
         rules::Target,
-        Api, App, AppId, AppKind, Availability, Cause, Client, DecisionState, Declarations,
-        DomainError, Event, Outcome, RawDeclarations, RuleSet, Scope, ScopeInfo, UserDecisions,
-        UserId, CATALOG,
+        Api, App, AppId, AppKind, Availability, Cause, Client, DecisionRecords, DecisionState,
+        Declarations, DomainError, Event, Lifetime, LifetimeRequest, Outcome, RawDeclarations,
+        Reason, RuleSet, Scope, ScopeInfo, SessionId, UserDecisions, UserId, CATALOG,
     },
     store::{AppWrite, DecisionRow, Store, TxnError, View, WriteSet},
 };
+
+/// How long a one-time grant lasts without its session ending, by default.
+pub const DEFAULT_SESSION_IDLE_TIMEOUT: std::time::Duration =
+    std::time::Duration::from_secs(30 * 60);
+/// Most due timers one expiry write handles.
+const EXPIRY_BATCH: usize = 512;
+
+/// Wall-clock Unix milliseconds: what grant lifetimes are measured in.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The states a reader sees at `now_ms` (lapsed grants read as never asked).
+fn effective(records: &DecisionRecords, now_ms: u64) -> UserDecisions {
+    records
+        .iter()
+        .filter_map(|(&scope, d)| {
+            let state = d.effective_state(now_ms);
+            (state != DecisionState::NotDetermined).then_some((scope, state))
+        })
+        .collect()
+}
 
 /// Most apps one ListApps page returns.
 pub const MAX_PAGE_SIZE: usize = 1000;
@@ -83,6 +107,7 @@ pub struct SettingsPage {
 pub struct Broker {
     store: Arc<dyn Store>,
     rules: Arc<RuleSet>,
+    session_idle_ms: u64,
 }
 
 impl Broker {
@@ -90,7 +115,14 @@ impl Broker {
         Self {
             store,
             rules: Arc::new(rules),
+            session_idle_ms: DEFAULT_SESSION_IDLE_TIMEOUT.as_millis() as u64,
         }
+    }
+
+    /// How long one-time grants last when their session does not end.
+    pub fn with_session_idle_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.session_idle_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        self
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -107,12 +139,21 @@ impl Broker {
             .ok_or_else(|| DomainError::app_not_found(id).into())
     }
 
-    fn state(&self, s: &Subject, scope: Scope) -> Result<DecisionState, BrokerError> {
-        Ok(self
-            .store
-            .decision(&s.app, &s.user, scope)?
-            .map(|d| d.state)
-            .unwrap_or_default())
+    /// The state a reader sees now, and the lifetime of a live grant.
+    fn state(&self, s: &Subject, scope: Scope) -> Result<(DecisionState, Lifetime), BrokerError> {
+        let now = now_ms();
+        Ok(match self.store.decision(&s.app, &s.user, scope)? {
+            Some(d) if d.effective_state(now) != DecisionState::NotDetermined => {
+                (d.state, d.lifetime)
+            }
+            _ => (DecisionState::NotDetermined, Lifetime::Permanent),
+        })
+    }
+
+    /// What readers see now: lapsed grants are gone.
+    fn live_decisions(&self, s: &Subject) -> Result<(UserDecisions, DecisionRecords), BrokerError> {
+        let records = self.store.records(&s.app, &s.user)?;
+        Ok((effective(&records, now_ms()), records))
     }
 
     /// wx.authorize for one scope.
@@ -124,8 +165,11 @@ impl Broker {
     ) -> Result<Read<Verdict>, BrokerError> {
         let revision = self.store.revision();
         let app = self.app(&s.app)?;
-        let state = self.state(s, scope)?;
-        let verdict = gates::evaluate(&app, scope, Target::Authorize, client, state, &self.rules);
+        let (state, lifetime) = self.state(s, scope)?;
+        let verdict = with_lifetime(
+            gates::evaluate(&app, scope, Target::Authorize, client, state, &self.rules),
+            lifetime,
+        );
         Ok(Read {
             value: verdict,
             revision,
@@ -141,8 +185,10 @@ impl Broker {
     ) -> Result<Read<(Verdict, Vec<gates::Step>)>, BrokerError> {
         let revision = self.store.revision();
         let app = self.app(&s.app)?;
-        let state = self.state(s, scope)?;
-        let explained = gates::explain(&app, scope, Target::Authorize, client, state, &self.rules);
+        let (state, lifetime) = self.state(s, scope)?;
+        let (verdict, steps) =
+            gates::explain(&app, scope, Target::Authorize, client, state, &self.rules);
+        let explained = (with_lifetime(verdict, lifetime), steps);
         Ok(Read {
             value: explained,
             revision,
@@ -158,12 +204,16 @@ impl Broker {
     ) -> Result<Read<Vec<Verdict>>, BrokerError> {
         let revision = self.store.revision();
         let app = self.app(&s.app)?;
-        let decisions = self.store.decisions(&s.app, &s.user)?;
+        let (decisions, records) = self.live_decisions(s)?;
         let verdicts = scopes
             .iter()
             .map(|&scope| {
                 let state = decisions.get(&scope).copied().unwrap_or_default();
-                gates::evaluate(&app, scope, Target::Authorize, client, state, &self.rules)
+                let lifetime = lifetime_of(&records, &decisions, scope);
+                with_lifetime(
+                    gates::evaluate(&app, scope, Target::Authorize, client, state, &self.rules),
+                    lifetime,
+                )
             })
             .collect();
         Ok(Read {
@@ -189,10 +239,20 @@ impl Broker {
             states
                 .iter()
                 .find(|(s, _)| *s == scope)
-                .map(|(_, st)| *st)
+                .map(|(_, (st, _))| *st)
                 .unwrap_or_default()
         };
-        let verdicts = gates::evaluate_api(&app, &api, client, state_of, &self.rules);
+        let verdicts = gates::evaluate_api(&app, &api, client, state_of, &self.rules)
+            .into_iter()
+            .map(|v| {
+                let lifetime = states
+                    .iter()
+                    .find(|(s, _)| *s == v.scope)
+                    .map(|(_, (_, l))| l.clone())
+                    .unwrap_or_default();
+                with_lifetime(v, lifetime)
+            })
+            .collect::<Vec<_>>();
         let decisive = gates::most_restrictive(&verdicts).ok_or_else(|| {
             BrokerError::Internal(format!("interface {} has no scopes", api.name()))
         })?;
@@ -208,16 +268,18 @@ impl Broker {
         })
     }
 
-    /// The user's answer to a popup.
+    /// The user's answer to a popup; an ALLOW may carry a lifetime.
     pub async fn record(
         &self,
         s: &Subject,
         scope: Scope,
         client: Client,
         answer: Answer,
+        lifetime: LifetimeRequest,
     ) -> Result<Written<Recorded>, BrokerError> {
         let rules = self.rules.clone();
-        self.write_decisions(s, move |app, decisions| {
+        let lifetime = lifetime.resolve(now_ms(), self.session_idle_ms)?;
+        self.write_decisions(s, lifetime, move |app, decisions| {
             let plan = machine::plan_answer(app, decisions, scope, &client, &rules, answer)?;
             let state = plan
                 .changes
@@ -243,7 +305,7 @@ impl Broker {
     pub fn get_setting(&self, s: &Subject) -> Result<Read<BTreeMap<Scope, bool>>, BrokerError> {
         let revision = self.store.revision();
         self.app(&s.app)?;
-        let decisions = self.store.decisions(&s.app, &s.user)?;
+        let (decisions, _) = self.live_decisions(s)?;
         Ok(Read {
             value: machine::auth_setting(&decisions),
             revision,
@@ -254,7 +316,7 @@ impl Broker {
     pub fn open_setting(&self, s: &Subject) -> Result<Read<SettingsPage>, BrokerError> {
         let revision = self.store.revision();
         let app = self.app(&s.app)?;
-        let decisions = self.store.decisions(&s.app, &s.user)?;
+        let (decisions, _) = self.live_decisions(s)?;
         let page = SettingsPage {
             items: machine::settings_page(&app, &decisions),
             auth_setting: machine::auth_setting(&decisions),
@@ -270,8 +332,10 @@ impl Broker {
         &self,
         s: &Subject,
         update: SettingsUpdate,
+        lifetime: LifetimeRequest,
     ) -> Result<Written<BTreeMap<Scope, bool>>, BrokerError> {
-        self.write_decisions(s, move |app, decisions| {
+        let lifetime = lifetime.resolve(now_ms(), self.session_idle_ms)?;
+        self.write_decisions(s, lifetime, move |app, decisions| {
             let changes = machine::plan_settings_update(app, decisions, &update)?;
             let mut after = decisions.clone();
             for c in &changes {
@@ -284,14 +348,89 @@ impl Broker {
 
     /// The user deleted the mini program: forget every decision.
     pub async fn remove_app(&self, s: &Subject) -> Result<Written<()>, BrokerError> {
-        self.write_decisions(s, |_, decisions| {
+        self.write_decisions(s, Lifetime::Permanent, |_, decisions| {
             Ok((machine::plan_forget(decisions, Cause::AppRemoved), ()))
         })
         .await
     }
 
-    /// Runs a decision-changing plan for one subject on the writer.
-    async fn write_decisions<T, F>(&self, s: &Subject, plan: F) -> Result<Written<T>, BrokerError>
+    /// The runtime session ended: its one-time grants lapse.
+    pub async fn end_session(
+        &self,
+        s: &Subject,
+        session: SessionId,
+    ) -> Result<Written<()>, BrokerError> {
+        let subject = s.clone();
+        let (committed, ()) = self
+            .store
+            .write(move |view: &dyn View| {
+                view.app(&subject.app)?
+                    .ok_or_else(|| DomainError::app_not_found(&subject.app))?;
+                let records = view.records(&subject.app, &subject.user)?;
+                let ended = |l: &Lifetime| {
+                    matches!(l, Lifetime::Session { session: s, .. } if *s == session)
+                };
+                let changes = machine::plan_lapse(&records, now_ms(), ended)
+                    .into_iter()
+                    .map(|c| (subject.app.clone(), subject.user.clone(), c))
+                    .collect();
+                Ok((
+                    WriteSet {
+                        changes,
+                        ..WriteSet::default()
+                    },
+                    (),
+                ))
+            })
+            .await?;
+        Ok(written(committed, ()))
+    }
+
+    /// Lapses every grant whose timer is due at `now_ms` (at most a batch);
+    /// returns how many lapsed. Stale timers (the decision changed since
+    /// they were set) are just removed.
+    pub async fn expire_due(&self, now_ms: u64) -> Result<Written<usize>, BrokerError> {
+        let (committed, lapsed) = self
+            .store
+            .write(move |view: &dyn View| {
+                let timers = view.due_timers(now_ms, EXPIRY_BATCH)?;
+                let mut subjects: Vec<(AppId, UserId)> = timers
+                    .iter()
+                    .map(|t| (t.app.clone(), t.user.clone()))
+                    .collect();
+                subjects.sort();
+                subjects.dedup();
+                let mut changes = Vec::new();
+                for (app, user) in subjects {
+                    let records = view.records(&app, &user)?;
+                    for change in machine::plan_lapse(&records, now_ms, |_| false) {
+                        changes.push((app.clone(), user.clone(), change));
+                    }
+                }
+                let lapsed = changes.len();
+                Ok((
+                    WriteSet {
+                        changes,
+                        cleared_timers: timers,
+                        ..WriteSet::default()
+                    },
+                    lapsed,
+                ))
+            })
+            .await?;
+        Ok(written(committed, lapsed))
+    }
+
+    /// Runs a decision-changing plan for one subject on the writer. Grants
+    /// that lapsed but whose lapse is not recorded yet are lapsed first (so
+    /// the log stays a chain of states), and the plan sees them as never
+    /// asked; the plan's grants get `lifetime`.
+    async fn write_decisions<T, F>(
+        &self,
+        s: &Subject,
+        lifetime: Lifetime,
+        plan: F,
+    ) -> Result<Written<T>, BrokerError>
     where
         T: Send + 'static,
         F: FnOnce(&App, &UserDecisions) -> Result<(Vec<crate::domain::Change>, T), DomainError>
@@ -305,20 +444,30 @@ impl Broker {
                 let app = view
                     .app(&subject.app)?
                     .ok_or_else(|| DomainError::app_not_found(&subject.app))?;
-                let decisions = view.decisions(&subject.app, &subject.user)?;
-                let (changes, value) = plan(&app, &decisions)?;
+                let records = view.records(&subject.app, &subject.user)?;
+                let now = now_ms();
+                let mut changes = machine::plan_lapse(&records, now, |_| false);
+                let mut decisions = effective(&records, now);
+                for c in &changes {
+                    decisions.remove(&c.scope);
+                }
+                let (planned, value) = plan(&app, &decisions)?;
+                changes.extend(planned);
                 let changes = changes
                     .into_iter()
                     .map(|c| (subject.app.clone(), subject.user.clone(), c))
                     .collect();
-                Ok((WriteSet { app: None, changes }, value))
+                Ok((
+                    WriteSet {
+                        changes,
+                        lifetime,
+                        ..WriteSet::default()
+                    },
+                    value,
+                ))
             })
             .await?;
-        Ok(Written {
-            value,
-            events: committed.events,
-            revision: committed.revision,
-        })
+        Ok(written(committed, value))
     }
 
     /// The scope catalog, optionally only the scopes that exist for `kind`.
@@ -396,7 +545,7 @@ impl Broker {
             .submit(Box::new(move |view| {
                 Ok(WriteSet {
                     app: Some(AppWrite::Put(make(view)?)),
-                    changes: Vec::new(),
+                    ..WriteSet::default()
                 })
             }))
             .await?;
@@ -498,14 +647,16 @@ impl Broker {
                     }
                 }
                 let changed = changes.len() as u64;
-                Ok((WriteSet { app: None, changes }, changed))
+                Ok((
+                    WriteSet {
+                        changes,
+                        ..WriteSet::default()
+                    },
+                    changed,
+                ))
             })
             .await?;
-        Ok(Written {
-            value: changed,
-            events: committed.events,
-            revision: committed.revision,
-        })
+        Ok(written(committed, changed))
     }
 
     /// Every stored decision after `after`, a page at a time (exports).
@@ -535,15 +686,36 @@ impl Broker {
                     WriteSet {
                         app: Some(AppWrite::Delete(id)),
                         changes,
+                        ..WriteSet::default()
                     },
                     revoked,
                 ))
             })
             .await?;
-        Ok(Written {
-            value: revoked,
-            events: committed.events,
-            revision: committed.revision,
-        })
+        Ok(written(committed, revoked))
+    }
+}
+
+fn written<T>(committed: crate::store::Committed, value: T) -> Written<T> {
+    Written {
+        value,
+        events: committed.events,
+        revision: committed.revision,
+    }
+}
+
+/// The verdict with the lifetime of the grant it came from.
+fn with_lifetime(mut verdict: Verdict, lifetime: Lifetime) -> Verdict {
+    if verdict.outcome == Outcome::Granted && verdict.reason == Reason::StoredGrant {
+        verdict.lifetime = lifetime;
+    }
+    verdict
+}
+
+/// The lifetime of a live grant of `scope`, permanent otherwise.
+fn lifetime_of(records: &DecisionRecords, live: &UserDecisions, scope: Scope) -> Lifetime {
+    match (live.get(&scope), records.get(&scope)) {
+        (Some(DecisionState::Granted), Some(d)) => d.lifetime.clone(),
+        _ => Lifetime::Permanent,
     }
 }

@@ -21,6 +21,7 @@ pub enum Rpc {
     ListScopes,
     GetRules,
     Watch,
+    EndSession,
     RegisterApp,
     UpdateApp,
     GetApp,
@@ -33,7 +34,7 @@ pub enum Rpc {
 }
 
 impl Rpc {
-    pub const ALL: [Rpc; 21] = [
+    pub const ALL: [Rpc; 22] = [
         Rpc::Authorize,
         Rpc::BatchAuthorize,
         Rpc::CheckApi,
@@ -46,6 +47,7 @@ impl Rpc {
         Rpc::ListScopes,
         Rpc::GetRules,
         Rpc::Watch,
+        Rpc::EndSession,
         Rpc::RegisterApp,
         Rpc::UpdateApp,
         Rpc::GetApp,
@@ -115,6 +117,7 @@ impl Role {
                     | Rpc::RecordDecision
                     | Rpc::GetSetting
                     | Rpc::Watch
+                    | Rpc::EndSession
             ),
             Role::Settings => matches!(
                 rpc,
@@ -292,7 +295,8 @@ mod tests {
                 Rpc::CheckApi,
                 Rpc::RecordDecision,
                 Rpc::GetSetting,
-                Rpc::Watch
+                Rpc::Watch,
+                Rpc::EndSession
             ]
         );
         assert_eq!(

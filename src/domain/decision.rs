@@ -1,6 +1,6 @@
 //! Stored decisions, the changes that move them and the events that record them.
 
-use super::{AppId, Scope, UserId};
+use super::{AppId, DomainError, Scope, SessionId, UserId};
 
 /// The stored decision for one (app, user, scope).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -18,10 +18,78 @@ pub enum Cause {
     Settings,
     AppRemoved,
     Operator,
+    /// A timed or one-time grant lapsed; consentd itself made the change.
+    Expired,
+}
+
+/// How long a grant lasts. Denials are always permanent.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Lifetime {
+    #[default]
+    Permanent,
+    /// Until this instant (Unix milliseconds).
+    Until { expires_at_ms: u64 },
+    /// One-time: until the runtime ends `session`, or `expires_at_ms` (the
+    /// idle timeout) passes, whichever comes first.
+    Session {
+        session: SessionId,
+        expires_at_ms: u64,
+    },
+}
+
+impl Lifetime {
+    /// When the grant lapses by itself, if ever.
+    pub fn expires_at_ms(&self) -> Option<u64> {
+        match self {
+            Lifetime::Permanent => None,
+            Lifetime::Until { expires_at_ms } | Lifetime::Session { expires_at_ms, .. } => {
+                Some(*expires_at_ms)
+            }
+        }
+    }
+
+    /// Whether the grant has lapsed at `now_ms`.
+    pub fn lapsed(&self, now_ms: u64) -> bool {
+        self.expires_at_ms().is_some_and(|at| at <= now_ms)
+    }
+}
+
+/// The lifetime a request asks for, before consentd fixes its deadline.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum LifetimeRequest {
+    #[default]
+    Permanent,
+    Until {
+        expires_at_ms: u64,
+    },
+    Session(SessionId),
+}
+
+impl LifetimeRequest {
+    /// The stored lifetime of a grant made at `now_ms`; a one-time grant
+    /// lapses after `session_idle_ms` unless its session ends first.
+    pub fn resolve(self, now_ms: u64, session_idle_ms: u64) -> Result<Lifetime, DomainError> {
+        match self {
+            LifetimeRequest::Permanent => Ok(Lifetime::Permanent),
+            LifetimeRequest::Until { expires_at_ms } if expires_at_ms <= now_ms => {
+                Err(DomainError::InvalidArgument {
+                    field: "lifetime.until".into(),
+                    message: format!(
+                        "lifetime.until ({expires_at_ms} ms) is not in the future (now: {now_ms} ms)"
+                    ),
+                })
+            }
+            LifetimeRequest::Until { expires_at_ms } => Ok(Lifetime::Until { expires_at_ms }),
+            LifetimeRequest::Session(session) => Ok(Lifetime::Session {
+                session,
+                expires_at_ms: now_ms.saturating_add(session_idle_ms),
+            }),
+        }
+    }
 }
 
 /// A stored, determined decision.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Decision {
     /// Granted or Denied; NotDetermined is never stored.
     pub state: DecisionState,
@@ -29,7 +97,24 @@ pub struct Decision {
     /// Unix milliseconds.
     pub updated_at_ms: u64,
     pub revision: u64,
+    /// Permanent unless a grant was given for a time or a session.
+    pub lifetime: Lifetime,
 }
+
+impl Decision {
+    /// The state a reader sees at `now_ms`: a lapsed grant reads as never
+    /// asked, even before consentd has recorded the lapse.
+    pub fn effective_state(&self, now_ms: u64) -> DecisionState {
+        if self.lifetime.lapsed(now_ms) {
+            DecisionState::NotDetermined
+        } else {
+            self.state
+        }
+    }
+}
+
+/// One user's stored decisions for one app, with their lifetimes.
+pub type DecisionRecords = std::collections::BTreeMap<Scope, Decision>;
 
 /// One user's decisions for one app, scope -> state (decided scopes only).
 pub type UserDecisions = std::collections::BTreeMap<Scope, DecisionState>;

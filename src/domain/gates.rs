@@ -88,6 +88,9 @@ pub struct Verdict {
     pub rule: Option<String>,
     pub err_msg: String,
     pub prompt: Option<Prompt>,
+    /// For an answer from a stored grant: how long it lasts (the broker
+    /// fills it in; the gates see only states).
+    pub lifetime: super::Lifetime,
 }
 
 /// The errMsg prefix for a target: "authorize" or the interface's name.
@@ -186,6 +189,7 @@ fn walk(
             format!("{}:{suffix}", err_prefix(target))
         },
         prompt: None,
+        lifetime: super::Lifetime::Permanent,
     };
     let decl = &app.declarations;
 

@@ -47,6 +47,12 @@ id_type!(
     UserId,
     "user_id"
 );
+id_type!(
+    /// A runtime session, named by the runtime: one-time grants last as
+    /// long as it does.
+    SessionId,
+    "session_id"
+);
 
 fn validate_id(field: &str, raw: &str) -> Result<(), DomainError> {
     let invalid = |problem: String| DomainError::InvalidArgument {

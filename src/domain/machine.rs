@@ -12,7 +12,8 @@ use std::collections::BTreeMap;
 use super::{
     gates::{self, msg, Outcome, Verdict},
     rules::Target,
-    App, Cause, Change, Client, DecisionState, DomainError, RuleSet, Scope, UserDecisions,
+    App, Cause, Change, Client, DecisionRecords, DecisionState, DomainError, Lifetime, RuleSet,
+    Scope, UserDecisions,
 };
 
 /// The user's answer to a popup.
@@ -428,6 +429,46 @@ pub fn plan_forget(decisions: &UserDecisions, cause: Cause) -> Vec<Change> {
     changes
 }
 
+/// Which stored grants lapse now: those whose lifetime ran out by `now_ms`
+/// and those `ended` picks (a one-time grant whose session ended). A
+/// lapsing `scope.userLocation` takes a granted background location with
+/// it, so "background granted implies location granted" holds after every
+/// event; background goes first. Each change has cause EXPIRED.
+pub fn plan_lapse(
+    records: &DecisionRecords,
+    now_ms: u64,
+    ended: impl Fn(&Lifetime) -> bool,
+) -> Vec<Change> {
+    let granted = |scope: Scope| {
+        records
+            .get(&scope)
+            .is_some_and(|d| d.state == DecisionState::Granted)
+    };
+    let mut lapsing: Vec<Scope> = records
+        .iter()
+        .filter(|(_, d)| {
+            d.state == DecisionState::Granted && (d.lifetime.lapsed(now_ms) || ended(&d.lifetime))
+        })
+        .map(|(&scope, _)| scope)
+        .collect();
+    if lapsing.contains(&Scope::UserLocation)
+        && granted(Scope::UserLocationBackground)
+        && !lapsing.contains(&Scope::UserLocationBackground)
+    {
+        lapsing.push(Scope::UserLocationBackground);
+    }
+    lapsing.sort_by_key(|s| (*s != Scope::UserLocationBackground, *s));
+    lapsing
+        .into_iter()
+        .map(|scope| Change {
+            scope,
+            old: DecisionState::Granted,
+            new: DecisionState::NotDetermined,
+            cause: Cause::Expired,
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -727,6 +768,111 @@ mod tests {
         assert_eq!(
             auth_setting(&before),
             [(Fg, true), (Bg, true), (Camera, false)].into()
+        );
+    }
+}
+
+#[cfg(test)]
+mod lapse_tests {
+    use super::*;
+    use crate::domain::{Decision, SessionId};
+
+    fn record(state: DecisionState, lifetime: Lifetime) -> Decision {
+        Decision {
+            state,
+            cause: Cause::Popup,
+            updated_at_ms: 0,
+            revision: 1,
+            lifetime,
+        }
+    }
+
+    fn until(ms: u64) -> Lifetime {
+        Lifetime::Until { expires_at_ms: ms }
+    }
+
+    #[test]
+    fn lapses_what_ran_out_and_what_the_session_ended() {
+        let session = SessionId::parse("s1").unwrap();
+        let records: DecisionRecords = [
+            (Scope::Camera, record(DecisionState::Granted, until(100))),
+            (Scope::Record, record(DecisionState::Granted, until(200))),
+            (
+                Scope::WritePhotosAlbum,
+                record(DecisionState::Granted, Lifetime::Permanent),
+            ),
+            (
+                Scope::Bluetooth,
+                record(
+                    DecisionState::Granted,
+                    Lifetime::Session {
+                        session: session.clone(),
+                        expires_at_ms: 10_000,
+                    },
+                ),
+            ),
+            // A denial never lapses, whatever its record says.
+            (
+                Scope::AddPhoneContact,
+                record(DecisionState::Denied, until(1)),
+            ),
+        ]
+        .into();
+        let scopes = |changes: Vec<Change>| changes.iter().map(|c| c.scope).collect::<Vec<_>>();
+        assert_eq!(scopes(plan_lapse(&records, 99, |_| false)), []);
+        assert_eq!(
+            scopes(plan_lapse(&records, 100, |_| false)),
+            [Scope::Camera]
+        );
+        let ended =
+            |l: &Lifetime| matches!(l, Lifetime::Session { session: s, .. } if s.as_str() == "s1");
+        let all = plan_lapse(&records, 200, ended);
+        let mut got = scopes(all.clone());
+        got.sort();
+        let mut want = vec![Scope::Camera, Scope::Record, Scope::Bluetooth];
+        want.sort();
+        assert_eq!(got, want);
+        assert!(all.iter().all(|c| c.cause == Cause::Expired
+            && c.old == DecisionState::Granted
+            && c.new == DecisionState::NotDetermined));
+    }
+
+    #[test]
+    fn a_lapsing_location_takes_background_location_first() {
+        let records: DecisionRecords = [
+            (
+                Scope::UserLocation,
+                record(DecisionState::Granted, until(50)),
+            ),
+            (
+                Scope::UserLocationBackground,
+                record(DecisionState::Granted, Lifetime::Permanent),
+            ),
+        ]
+        .into();
+        let changes = plan_lapse(&records, 60, |_| false);
+        assert_eq!(
+            changes.iter().map(|c| c.scope).collect::<Vec<_>>(),
+            [Scope::UserLocationBackground, Scope::UserLocation]
+        );
+        // Background alone may lapse and leave location granted.
+        let records: DecisionRecords = [
+            (
+                Scope::UserLocation,
+                record(DecisionState::Granted, Lifetime::Permanent),
+            ),
+            (
+                Scope::UserLocationBackground,
+                record(DecisionState::Granted, until(50)),
+            ),
+        ]
+        .into();
+        assert_eq!(
+            plan_lapse(&records, 60, |_| false)
+                .iter()
+                .map(|c| c.scope)
+                .collect::<Vec<_>>(),
+            [Scope::UserLocationBackground]
         );
     }
 }

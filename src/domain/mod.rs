@@ -19,10 +19,13 @@ mod version;
 pub use access::{AppBinding, Denied, Principal, Role, Rpc};
 pub use app::{App, AppKind, Declarations, RawDeclarations};
 pub use catalog::{Api, Availability, LocationKind, Scope, ScopeInfo, CATALOG};
-pub use decision::{Cause, Change, Decision, DecisionState, Event, EventFilter, UserDecisions};
+pub use decision::{
+    Cause, Change, Decision, DecisionRecords, DecisionState, Event, EventFilter, Lifetime,
+    LifetimeRequest, UserDecisions,
+};
 pub use error::{quoted, DomainError};
 pub use gates::{Outcome, Prompt, Reason, Verdict};
-pub use ids::{AppId, UserId, MAX_ID_LEN};
+pub use ids::{AppId, SessionId, UserId, MAX_ID_LEN};
 pub use machine::{Answer, LocationOption, SettingItem, SettingsUpdate};
 pub use platform::{Client, Platform};
 pub use rules::{MinSdkRule, MinSdkTarget, PopupRule, RuleSet, Target};

@@ -37,6 +37,7 @@ pub fn rpc_for_path(path: &str) -> Option<Rpc> {
         ("Authorization", "ListScopes") => Rpc::ListScopes,
         ("Authorization", "GetRules") => Rpc::GetRules,
         ("Authorization", "Watch") => Rpc::Watch,
+        ("Authorization", "EndSession") => Rpc::EndSession,
         ("Apps", "RegisterApp") => Rpc::RegisterApp,
         ("Apps", "UpdateApp") => Rpc::UpdateApp,
         ("Apps", "GetApp") => Rpc::GetApp,

@@ -11,7 +11,7 @@ use super::{
 };
 use crate::{
     broker::Broker,
-    domain::{gates::msg, Api, Rpc, Scope, SettingsUpdate},
+    domain::{gates::msg, Api, Rpc, Scope, SessionId, SettingsUpdate},
     metrics::Metrics,
     pb::{self, authorization_server::Authorization},
     watch::Watcher,
@@ -158,7 +158,11 @@ impl Authorization for AuthorizationService {
         let scope = convert::scope("scope", &r.scope)?;
         let answer = convert::answer(r.answer)?;
         let client = convert::client(r.client)?;
-        let written = self.broker.record(&subject, scope, client, answer).await?;
+        let lifetime = convert::lifetime(r.lifetime)?;
+        let written = self
+            .broker
+            .record(&subject, scope, client, answer, lifetime)
+            .await?;
         Ok(Response::new(pb::RecordDecisionResponse {
             err_msg: written.value.err_msg,
             state: convert::state(written.value.state).into(),
@@ -221,6 +225,7 @@ impl Authorization for AuthorizationService {
             toggles.insert(convert::scope("auth_setting", name)?, *enabled);
         }
         let location = convert::location_option(r.location)?;
+        let lifetime = convert::lifetime(r.lifetime)?;
         if toggles.is_empty() && location.is_none() {
             return Err(Status::invalid_argument(
                 "auth_setting and location are both empty: nothing to change",
@@ -228,7 +233,7 @@ impl Authorization for AuthorizationService {
         }
         let written = self
             .broker
-            .update_setting(&subject, SettingsUpdate { toggles, location })
+            .update_setting(&subject, SettingsUpdate { toggles, location }, lifetime)
             .await?;
         Ok(Response::new(pb::UpdateSettingResponse {
             auth_setting: convert::auth_setting(&written.value),
@@ -249,6 +254,23 @@ impl Authorization for AuthorizationService {
             .map_err(refuse)?;
         let written = self.broker.remove_app(&subject).await?;
         Ok(Response::new(pb::RemoveAppResponse {
+            changes: convert::changes(&written.events),
+            revision: written.revision,
+        }))
+    }
+
+    async fn end_session(
+        &self,
+        request: Request<pb::EndSessionRequest>,
+    ) -> Result<Response<pb::EndSessionResponse>, Status> {
+        let who = caller(&request)?;
+        let r = request.into_inner();
+        let subject = convert::subject(&r.app_id, &r.user_id)?;
+        who.may_touch(Rpc::EndSession, &subject.app)
+            .map_err(refuse)?;
+        let session = SessionId::parse_field("session_id", &r.session_id)?;
+        let written = self.broker.end_session(&subject, session).await?;
+        Ok(Response::new(pb::EndSessionResponse {
             changes: convert::changes(&written.events),
             revision: written.revision,
         }))

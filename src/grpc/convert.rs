@@ -8,8 +8,9 @@ use crate::{
     broker::Subject,
     domain::{
         gates::Verdict, quoted, Answer, App, AppId, AppKind, Availability, Cause, Client,
-        DecisionState, DomainError, Event, EventFilter, LocationOption, MinSdkTarget, Outcome,
-        Platform, RawDeclarations, Reason, RuleSet, Scope, ScopeInfo, SettingItem, UserId, Version,
+        DecisionState, DomainError, Event, EventFilter, Lifetime, LifetimeRequest, LocationOption,
+        MinSdkTarget, Outcome, Platform, RawDeclarations, Reason, RuleSet, Scope, ScopeInfo,
+        SessionId, SettingItem, UserId, Version,
     },
     pb,
     watch::WatchItem,
@@ -191,6 +192,7 @@ pub fn cause(c: Cause) -> pb::Cause {
         Cause::Settings => pb::Cause::Settings,
         Cause::AppRemoved => pb::Cause::AppRemoved,
         Cause::Operator => pb::Cause::Operator,
+        Cause::Expired => pb::Cause::Expired,
     }
 }
 
@@ -243,6 +245,46 @@ pub fn decision(v: Verdict) -> pb::Decision {
             app_desc: p.app_desc.unwrap_or_default(),
             background_location: p.background_location,
         }),
+        expires_at: v.lifetime.expires_at_ms().map(timestamp),
+        session_id: match v.lifetime {
+            Lifetime::Session { session, .. } => session.as_str().to_owned(),
+            _ => String::new(),
+        },
+    }
+}
+
+/// A request's grant lifetime. Timestamps before 1970 or with
+/// out-of-range nanos are refused.
+pub fn lifetime(raw: Option<pb::GrantLifetime>) -> Result<LifetimeRequest, DomainError> {
+    use pb::grant_lifetime::Kind;
+    match raw.and_then(|l| l.kind) {
+        None => Ok(LifetimeRequest::Permanent),
+        Some(Kind::Until(t)) => {
+            let (Ok(seconds), Ok(nanos)) = (u64::try_from(t.seconds), u64::try_from(t.nanos))
+            else {
+                return Err(invalid(
+                    "lifetime.until",
+                    format!("lifetime.until {}s {}ns is before 1970", t.seconds, t.nanos),
+                ));
+            };
+            if nanos >= 1_000_000_000 {
+                return Err(invalid(
+                    "lifetime.until",
+                    format!("lifetime.until has {nanos} nanos; at most 999999999"),
+                ));
+            }
+            let ms = seconds
+                .checked_mul(1000)
+                .and_then(|ms| ms.checked_add(nanos / 1_000_000))
+                .ok_or_else(|| {
+                    invalid("lifetime.until", "lifetime.until is too far away".into())
+                })?;
+            Ok(LifetimeRequest::Until { expires_at_ms: ms })
+        }
+        Some(Kind::SessionId(id)) => Ok(LifetimeRequest::Session(SessionId::parse_field(
+            "lifetime.session_id",
+            &id,
+        )?)),
     }
 }
 

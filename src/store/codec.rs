@@ -2,7 +2,10 @@
 //!
 //! Keys (ids never contain NUL: they are validated printable):
 //! - `a/<app>`                        -> app registration (JSON)
-//! - `d/<app>\0<user>\0<scope>`       -> decision (fixed 19 bytes)
+//! - `d/<app>\0<user>\0<scope>`       -> decision (19 bytes; longer with a lifetime)
+//! - `t/<expires_at: u64 BE><app>\0<user>\0<scope>` -> (empty) timer of a
+//!   timed or one-time grant; stale timers (the decision changed since) are
+//!   dropped when they come due
 //! - `e/<revision: u64 BE>`           -> event (binary)
 //! - `b/<app>\0<user>\0<scope>`       -> checkpoint: the decision as of
 //!   `m/compacted_through` (one state byte); the log folds on top of it
@@ -14,13 +17,15 @@ use serde::{Deserialize, Serialize};
 
 use super::StoreError;
 use crate::domain::{
-    App, AppId, AppKind, Cause, Decision, DecisionState, Declarations, Event, Scope, UserId,
+    App, AppId, AppKind, Cause, Decision, DecisionState, Declarations, Event, Lifetime, Scope,
+    SessionId, UserId,
 };
 
 pub const APP_PREFIX: &[u8] = b"a/";
 pub const DECISION_PREFIX: &[u8] = b"d/";
 pub const EVENT_PREFIX: &[u8] = b"e/";
 pub const BASE_PREFIX: &[u8] = b"b/";
+pub const TIMER_PREFIX: &[u8] = b"t/";
 pub const COMPACTED_KEY: &[u8] = b"m/compacted_through";
 /// How many events the log holds (kept with every commit and compaction, so
 /// opening does not have to count them).
@@ -32,6 +37,9 @@ pub const FORMAT_KEY: &[u8] = b"m/format";
 pub const FORMAT_VERSION: u64 = 1;
 
 const VALUE_VERSION: u8 = 1;
+/// Decision values with a lifetime (permanent ones keep version 1, which
+/// every earlier build reads).
+const DECISION_WITH_LIFETIME: u8 = 2;
 
 pub fn app_key(app: &AppId) -> Vec<u8> {
     [APP_PREFIX, app.as_str().as_bytes()].concat()
@@ -130,6 +138,7 @@ fn cause_code(c: Cause) -> u8 {
         Cause::Settings => 2,
         Cause::AppRemoved => 3,
         Cause::Operator => 4,
+        Cause::Expired => 5,
     }
 }
 
@@ -139,33 +148,104 @@ fn cause_from(code: u8) -> Result<Cause, StoreError> {
         2 => Ok(Cause::Settings),
         3 => Ok(Cause::AppRemoved),
         4 => Ok(Cause::Operator),
+        5 => Ok(Cause::Expired),
         other => Err(StoreError::Corrupt(format!("unknown cause code {other}"))),
     }
 }
 
-pub fn encode_decision(d: &Decision) -> [u8; 19] {
-    let mut v = [0u8; 19];
-    v[0] = VALUE_VERSION;
-    v[1] = state_code(d.state);
-    v[2] = cause_code(d.cause);
-    v[3..11].copy_from_slice(&d.updated_at_ms.to_be_bytes());
-    v[11..19].copy_from_slice(&d.revision.to_be_bytes());
+pub fn encode_decision(d: &Decision) -> Vec<u8> {
+    let mut v = Vec::with_capacity(19);
+    v.push(VALUE_VERSION);
+    v.push(state_code(d.state));
+    v.push(cause_code(d.cause));
+    v.extend_from_slice(&d.updated_at_ms.to_be_bytes());
+    v.extend_from_slice(&d.revision.to_be_bytes());
+    match &d.lifetime {
+        Lifetime::Permanent => {}
+        Lifetime::Until { expires_at_ms } => {
+            v[0] = DECISION_WITH_LIFETIME;
+            v.push(1);
+            v.extend_from_slice(&expires_at_ms.to_be_bytes());
+        }
+        Lifetime::Session {
+            session,
+            expires_at_ms,
+        } => {
+            v[0] = DECISION_WITH_LIFETIME;
+            v.push(2);
+            v.extend_from_slice(&expires_at_ms.to_be_bytes());
+            // Session ids are at most 128 bytes: one length byte.
+            v.push(session.as_str().len() as u8);
+            v.extend_from_slice(session.as_str().as_bytes());
+        }
+    }
     v
 }
 
 pub fn decode_decision(raw: &[u8]) -> Result<Decision, StoreError> {
-    if raw.len() != 19 || raw[0] != VALUE_VERSION {
-        return Err(StoreError::Corrupt(format!(
-            "bad decision value of {} bytes",
-            raw.len()
-        )));
-    }
+    let corrupt = || StoreError::Corrupt(format!("bad decision value of {} bytes", raw.len()));
+    let lifetime = match (raw.first(), raw.get(19)) {
+        (Some(&VALUE_VERSION), None) if raw.len() == 19 => Lifetime::Permanent,
+        (Some(&DECISION_WITH_LIFETIME), Some(1)) if raw.len() == 28 => Lifetime::Until {
+            expires_at_ms: decode_u64(&raw[20..28])?,
+        },
+        (Some(&DECISION_WITH_LIFETIME), Some(2)) if raw.len() > 29 => {
+            let len = usize::from(raw[28]);
+            let session = raw
+                .get(29..)
+                .filter(|s| s.len() == len)
+                .ok_or_else(corrupt)?;
+            let session = std::str::from_utf8(session).map_err(|_| corrupt())?;
+            Lifetime::Session {
+                session: SessionId::parse(session).map_err(|_| corrupt())?,
+                expires_at_ms: decode_u64(&raw[20..28])?,
+            }
+        }
+        _ => return Err(corrupt()),
+    };
     Ok(Decision {
         state: state_from(raw[1])?,
         cause: cause_from(raw[2])?,
         updated_at_ms: decode_u64(&raw[3..11])?,
         revision: decode_u64(&raw[11..19])?,
+        lifetime,
     })
+}
+
+/// The timer key of a decision key lapsing at `expires_at_ms`.
+pub fn timer_key(expires_at_ms: u64, decision_key: &[u8]) -> Vec<u8> {
+    [
+        TIMER_PREFIX,
+        &expires_at_ms.to_be_bytes(),
+        &decision_key[DECISION_PREFIX.len()..],
+    ]
+    .concat()
+}
+
+/// Every timer due at `now_ms` sorts below this key.
+pub fn timers_due_bound(now_ms: u64) -> Vec<u8> {
+    [TIMER_PREFIX, &now_ms.saturating_add(1).to_be_bytes()].concat()
+}
+
+/// A timer key's (expires_at_ms, decision key).
+pub fn split_timer_key(key: &[u8]) -> Result<(u64, Vec<u8>), StoreError> {
+    let corrupt = || StoreError::Corrupt("bad timer key".into());
+    let rest = key.strip_prefix(TIMER_PREFIX).ok_or_else(corrupt)?;
+    if rest.len() < 9 {
+        return Err(corrupt());
+    }
+    let at = decode_u64(&rest[..8])?;
+    Ok((at, [DECISION_PREFIX, &rest[8..]].concat()))
+}
+
+/// Splits a decision key into (app, user, scope).
+pub fn split_decision_key(key: &[u8]) -> Result<(AppId, UserId, Scope), StoreError> {
+    let corrupt = || StoreError::Corrupt("bad decision key".into());
+    let rest = key.strip_prefix(DECISION_PREFIX).ok_or_else(corrupt)?;
+    let nul = rest.iter().position(|b| *b == 0).ok_or_else(corrupt)?;
+    let app = std::str::from_utf8(&rest[..nul]).map_err(|_| corrupt())?;
+    let (user, scope) = split_user_scope(&rest[nul + 1..])?;
+    Ok((AppId::parse(app).map_err(|_| corrupt())?, user, scope))
 }
 
 pub fn encode_event(e: &Event) -> Vec<u8> {
@@ -302,13 +382,50 @@ mod tests {
             cause: Cause::Settings,
             updated_at_ms: 7,
             revision: 9,
+            lifetime: Lifetime::Permanent,
         };
+        assert_eq!(
+            encode_decision(&d).len(),
+            19,
+            "permanent values stay version 1"
+        );
         assert_eq!(decode_decision(&encode_decision(&d)).unwrap(), d);
+        for lifetime in [
+            Lifetime::Until {
+                expires_at_ms: 1_800_000_000_000,
+            },
+            Lifetime::Session {
+                session: SessionId::parse(&"s".repeat(128)).unwrap(),
+                expires_at_ms: 5,
+            },
+        ] {
+            let timed = Decision {
+                state: DecisionState::Granted,
+                cause: Cause::Expired,
+                lifetime,
+                ..d.clone()
+            };
+            let raw = encode_decision(&timed);
+            assert_eq!(decode_decision(&raw).unwrap(), timed);
+            assert!(decode_decision(&raw[..raw.len() - 1]).is_err());
+        }
         let (a, u) = (AppId::parse("a").unwrap(), UserId::parse("u").unwrap());
         let key = decision_key(&a, &u, Scope::Camera);
         assert!(key.starts_with(&user_decisions_prefix(&a, &u)));
         let tail = &key[app_decisions_prefix(&a).len()..];
         assert_eq!(split_user_scope(tail).unwrap(), (u, Scope::Camera));
+    }
+
+    #[test]
+    fn timer_keys_sort_by_time_and_name_their_decision() {
+        let (a, u) = (AppId::parse("a").unwrap(), UserId::parse("u").unwrap());
+        let key = decision_key(&a, &u, Scope::Camera);
+        let early = timer_key(10, &key);
+        let late = timer_key(256, &key);
+        assert!(early < late);
+        assert!(early < timers_due_bound(10) && late >= timers_due_bound(10));
+        assert_eq!(split_timer_key(&late).unwrap(), (256, key.clone()));
+        assert_eq!(split_decision_key(&key).unwrap(), (a, u, Scope::Camera));
     }
 
     #[test]

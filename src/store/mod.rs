@@ -21,7 +21,8 @@ pub use maintenance::DEFAULT_RETENTION;
 pub use sled_store::{SledConfig, SledStore};
 
 use crate::domain::{
-    App, AppId, Change, Decision, DomainError, Event, Scope, UserDecisions, UserId,
+    App, AppId, Change, Decision, DecisionRecords, DomainError, Event, Lifetime, Scope,
+    UserDecisions, UserId,
 };
 
 /// A boxed future, so the trait stays object-safe.
@@ -31,7 +32,12 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// earlier jobs of the same group commit staged.
 pub trait View {
     fn app(&self, id: &AppId) -> Result<Option<Arc<App>>, StoreError>;
+    /// The stored states, lapsed grants included (as stored).
     fn decisions(&self, app: &AppId, user: &UserId) -> Result<UserDecisions, StoreError>;
+    /// The stored decisions with their lifetimes.
+    fn records(&self, app: &AppId, user: &UserId) -> Result<DecisionRecords, StoreError>;
+    /// Timers due at `now_ms`, earliest first, at most `limit`.
+    fn due_timers(&self, now_ms: u64, limit: usize) -> Result<Vec<Timer>, StoreError>;
     /// Every user's decisions for `app` (for deleting an app).
     fn app_decisions(&self, app: &AppId) -> Result<Vec<(UserId, UserDecisions)>, StoreError>;
 }
@@ -41,6 +47,21 @@ pub trait View {
 pub struct WriteSet {
     pub app: Option<AppWrite>,
     pub changes: Vec<(AppId, UserId, Change)>,
+    /// The lifetime of every grant among `changes` (denials and
+    /// revocations are permanent). A timed one also gets a timer.
+    pub lifetime: Lifetime,
+    /// Timers that came due and were handled (or found stale): removed.
+    pub cleared_timers: Vec<Timer>,
+}
+
+/// A timed or one-time grant's timer: when it comes due, the grant lapses
+/// unless the decision changed since (then the timer is stale).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Timer {
+    pub expires_at_ms: u64,
+    pub app: AppId,
+    pub user: UserId,
+    pub scope: Scope,
 }
 
 /// A change to an app registration.
@@ -152,7 +173,12 @@ pub trait Store: Send + Sync + 'static {
         user: &UserId,
         scope: Scope,
     ) -> Result<Option<Decision>, StoreError>;
+    /// The stored states, lapsed grants included.
     fn decisions(&self, app: &AppId, user: &UserId) -> Result<UserDecisions, StoreError>;
+    /// The stored decisions with their lifetimes.
+    fn records(&self, app: &AppId, user: &UserId) -> Result<DecisionRecords, StoreError>;
+    /// The earliest timer, if any (when the next grant lapses).
+    fn next_timer(&self) -> Result<Option<u64>, StoreError>;
     /// The revision of the last durable commit.
     fn revision(&self) -> u64;
     /// Retained events with revision > `after`, oldest first, at most `limit`.

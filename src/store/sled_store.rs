@@ -18,9 +18,9 @@ use super::{
     maintenance,
     writer::{self, Request},
     BoxFuture, CommitObserver, Committed, Compaction, DecisionRow, Job, Published, Retention,
-    Store, StoreError, StoreStats, TxnError, Verification,
+    Store, StoreError, StoreStats, Timer, TxnError, Verification,
 };
-use crate::domain::{App, AppId, Decision, Event, Scope, UserDecisions, UserId};
+use crate::domain::{App, AppId, Decision, DecisionRecords, Event, Scope, UserDecisions, UserId};
 
 /// Tuning of the sled backend.
 #[derive(Clone, Debug)]
@@ -306,12 +306,47 @@ pub(super) fn read_decisions(
     app: &AppId,
     user: &UserId,
 ) -> Result<UserDecisions, StoreError> {
+    Ok(read_records(tree, app, user)?
+        .into_iter()
+        .map(|(scope, d)| (scope, d.state))
+        .collect())
+}
+
+pub(super) fn read_records(
+    tree: &sled::Tree,
+    app: &AppId,
+    user: &UserId,
+) -> Result<DecisionRecords, StoreError> {
     let prefix = codec::user_decisions_prefix(app, user);
-    let mut out = UserDecisions::new();
+    let mut out = DecisionRecords::new();
     for item in tree.scan_prefix(&prefix) {
         let (key, value) = item?;
         let scope = codec::decode_scope(&key[prefix.len()..])?;
-        out.insert(scope, codec::decode_decision(&value)?.state);
+        out.insert(scope, codec::decode_decision(&value)?);
+    }
+    Ok(out)
+}
+
+/// Timers due at `now_ms`, earliest first.
+pub(super) fn read_due_timers(
+    tree: &sled::Tree,
+    now_ms: u64,
+    limit: usize,
+) -> Result<Vec<Timer>, StoreError> {
+    let mut out = Vec::new();
+    for item in tree
+        .range(codec::TIMER_PREFIX.to_vec()..codec::timers_due_bound(now_ms))
+        .take(limit)
+    {
+        let (key, _) = item?;
+        let (expires_at_ms, decision_key) = codec::split_timer_key(&key)?;
+        let (app, user, scope) = codec::split_decision_key(&decision_key)?;
+        out.push(Timer {
+            expires_at_ms,
+            app,
+            user,
+            scope,
+        });
     }
     Ok(out)
 }
@@ -394,6 +429,17 @@ impl Store for SledStore {
 
     fn decisions(&self, app: &AppId, user: &UserId) -> Result<UserDecisions, StoreError> {
         read_decisions(&self.tree()?, app, user)
+    }
+
+    fn records(&self, app: &AppId, user: &UserId) -> Result<DecisionRecords, StoreError> {
+        read_records(&self.tree()?, app, user)
+    }
+
+    fn next_timer(&self) -> Result<Option<u64>, StoreError> {
+        match self.tree()?.scan_prefix(codec::TIMER_PREFIX).next() {
+            Some(item) => Ok(Some(codec::split_timer_key(&item?.0)?.0)),
+            None => Ok(None),
+        }
     }
 
     fn revision(&self) -> u64 {

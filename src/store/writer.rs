@@ -12,10 +12,12 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     codec,
-    sled_store::{read_decisions, Shared},
-    AppWrite, Committed, Job, Published, StoreError, TxnError, View, WriteSet,
+    sled_store::{read_due_timers, read_records, Shared},
+    AppWrite, Committed, Job, Published, StoreError, Timer, TxnError, View, WriteSet,
 };
-use crate::domain::{App, AppId, Decision, DecisionState, Event, UserDecisions, UserId};
+use crate::domain::{
+    App, AppId, Decision, DecisionRecords, DecisionState, Event, Lifetime, UserDecisions, UserId,
+};
 
 pub(super) enum Request {
     /// A write job, group-committed with its neighbours.
@@ -234,17 +236,29 @@ impl Writer {
             None => {}
         }
 
+        for timer in &set.cleared_timers {
+            let key = codec::decision_key(&timer.app, &timer.user, timer.scope);
+            put(group, codec::timer_key(timer.expires_at_ms, &key), None);
+        }
         for (app, user, change) in set.changes {
             let revision = next(group)?;
             let key = codec::decision_key(&app, &user, change.scope);
+            let lifetime = match change.new {
+                DecisionState::Granted => set.lifetime.clone(),
+                _ => Lifetime::Permanent,
+            };
+            if let Some(at) = lifetime.expires_at_ms() {
+                // The old timer, if any, goes stale: the decision changed.
+                put(group, codec::timer_key(at, &key), Some(Vec::new()));
+            }
             let value = (change.new != DecisionState::NotDetermined).then(|| {
                 codec::encode_decision(&Decision {
                     state: change.new,
                     cause: change.cause,
                     updated_at_ms: now,
                     revision,
+                    lifetime,
                 })
-                .to_vec()
             });
             put(group, key, value);
             let event = Event {
@@ -299,6 +313,36 @@ impl GroupView<'_> {
 }
 
 impl View for GroupView<'_> {
+    fn records(&self, app: &AppId, user: &UserId) -> Result<DecisionRecords, StoreError> {
+        let mut out = read_records(&self.writer.tree, app, user)?;
+        let prefix = codec::user_decisions_prefix(app, user);
+        for (key, value) in self.overlay.range(prefix.clone()..) {
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            let scope = codec::decode_scope(&key[prefix.len()..])?;
+            match value {
+                Some(raw) => out.insert(scope, codec::decode_decision(raw)?),
+                None => out.remove(&scope),
+            };
+        }
+        Ok(out)
+    }
+
+    fn due_timers(&self, now_ms: u64, limit: usize) -> Result<Vec<Timer>, StoreError> {
+        // Timers staged in this group are not due yet in practice; a stale or
+        // cleared one is checked against the decision by the job anyway.
+        let mut timers = read_due_timers(&self.writer.tree, now_ms, limit)?;
+        timers.retain(|t| {
+            let key = codec::decision_key(&t.app, &t.user, t.scope);
+            !matches!(
+                self.overlay.get(&codec::timer_key(t.expires_at_ms, &key)),
+                Some(None)
+            )
+        });
+        Ok(timers)
+    }
+
     fn app(&self, id: &AppId) -> Result<Option<Arc<App>>, StoreError> {
         if let Some(staged) = self.overlay.get(&codec::app_key(id)) {
             return staged
@@ -316,16 +360,11 @@ impl View for GroupView<'_> {
     }
 
     fn decisions(&self, app: &AppId, user: &UserId) -> Result<UserDecisions, StoreError> {
-        let mut out = read_decisions(&self.writer.tree, app, user)?;
-        self.overlay_decisions(&codec::user_decisions_prefix(app, user), |tail, state| {
-            let scope = codec::decode_scope(tail)?;
-            match state {
-                Some(s) => out.insert(scope, s),
-                None => out.remove(&scope),
-            };
-            Ok(())
-        })?;
-        Ok(out)
+        Ok(self
+            .records(app, user)?
+            .into_iter()
+            .map(|(scope, d)| (scope, d.state))
+            .collect())
     }
 
     fn app_decisions(&self, app: &AppId) -> Result<Vec<(UserId, UserDecisions)>, StoreError> {

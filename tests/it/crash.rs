@@ -98,6 +98,7 @@ async fn write_until_dead(channel: Channel, writer: usize, acks: Arc<AtomicUsize
         let result = match i % 4 {
             0 | 1 => auth
                 .record_decision(pb::RecordDecisionRequest {
+                    lifetime: None,
                     app_id: "wxcrash".into(),
                     user_id: user.clone(),
                     scope: scope.into(),

@@ -300,6 +300,7 @@ impl Client {
         client: pb::ClientInfo,
     ) -> Result<pb::RecordDecisionResponse, tonic::Status> {
         let req = pb::RecordDecisionRequest {
+            lifetime: None,
             app_id: app.into(),
             user_id: user.into(),
             scope: scope.into(),

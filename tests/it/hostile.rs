@@ -1056,6 +1056,7 @@ fn check_req(app: &str, user: &str, api: &str) -> pb::CheckApiRequest {
 
 fn record_req(app: &str, user: &str, scope: &str, answer: i32) -> pb::RecordDecisionRequest {
     pb::RecordDecisionRequest {
+        lifetime: None,
         app_id: app.into(),
         user_id: user.into(),
         scope: scope.into(),
@@ -1071,6 +1072,7 @@ fn update_req(
     location: i32,
 ) -> pb::UpdateSettingRequest {
     pb::UpdateSettingRequest {
+        lifetime: None,
         app_id: app.into(),
         user_id: user.into(),
         auth_setting: toggles.iter().map(|(s, on)| (s.to_string(), *on)).collect(),

@@ -11,6 +11,7 @@ mod disk;
 mod docs;
 mod fixture;
 mod gates;
+mod grants;
 mod grpcurl;
 mod hostile;
 mod metrics;

@@ -115,6 +115,7 @@ async fn call(c: &As, rpc: &str, app: &str) -> Result<(), Status> {
         "RecordDecision" => c
             .auth()
             .record_decision(pb::RecordDecisionRequest {
+                lifetime: None,
                 app_id: app,
                 user_id: user,
                 scope,
@@ -142,6 +143,7 @@ async fn call(c: &As, rpc: &str, app: &str) -> Result<(), Status> {
         "UpdateSetting" => c
             .auth()
             .update_setting(pb::UpdateSettingRequest {
+                lifetime: None,
                 app_id: app,
                 user_id: user,
                 auth_setting: [(scope, false)].into(),
@@ -168,6 +170,15 @@ async fn call(c: &As, rpc: &str, app: &str) -> Result<(), Status> {
             .watch(pb::WatchRequest {
                 app_ids: vec![app],
                 ..Default::default()
+            })
+            .await
+            .map(drop),
+        "EndSession" => c
+            .auth()
+            .end_session(pb::EndSessionRequest {
+                app_id: app,
+                user_id: user,
+                session_id: "s1".into(),
             })
             .await
             .map(drop),
@@ -251,6 +262,7 @@ const MATRIX: &[(&str, [char; 4])] = &[
     ("ListScopes", ['*', '-', '-', '*']),
     ("GetRules", ['*', '-', '-', '*']),
     ("Watch", ['*', 'A', '-', 'A']),
+    ("EndSession", ['*', 'A', '-', '-']),
     ("RegisterApp", ['*', '-', '-', '-']),
     ("UpdateApp", ['*', '-', '-', '-']),
     ("GetApp", ['*', '-', '-', 'A']),

@@ -87,6 +87,7 @@ fn cases(h: &TestDaemon) -> Vec<Case<'_>> {
         Box::pin(async move { ok(auth.record_decision(req).await) })
     };
     let record_req = |answer: i32| pb::RecordDecisionRequest {
+        lifetime: None,
         app_id: "wxloc".into(),
         user_id: "u".into(),
         scope: "scope.bluetooth".into(),
@@ -285,6 +286,7 @@ fn cases(h: &TestDaemon) -> Vec<Case<'_>> {
         Box::pin(async move {
             ok(auth
                 .update_setting(pb::UpdateSettingRequest {
+                    lifetime: None,
                     app_id: "wxloc".into(),
                     user_id: "u".into(),
                     auth_setting: toggles

@@ -175,6 +175,7 @@ impl TestDaemon {
         client: pb::ClientInfo,
     ) -> Rpc<pb::RecordDecisionResponse> {
         let req = pb::RecordDecisionRequest {
+            lifetime: None,
             app_id: app.into(),
             user_id: user.into(),
             scope: scope.into(),
@@ -233,6 +234,7 @@ impl TestDaemon {
         location: LocationOption,
     ) -> Rpc<pb::UpdateSettingResponse> {
         let req = pb::UpdateSettingRequest {
+            lifetime: None,
             app_id: app.into(),
             user_id: user.into(),
             auth_setting: toggles.iter().map(|(s, on)| (s.to_string(), *on)).collect(),

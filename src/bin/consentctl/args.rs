@@ -96,6 +96,8 @@ pub enum Command {
         answer: AnswerArg,
         #[command(flatten)]
         client: ClientArgs,
+        #[command(flatten)]
+        lifetime: LifetimeArgs,
     },
     /// wx.getSetting: the decided scopes of a user.
     Settings { app: String, user: String },
@@ -111,9 +113,17 @@ pub enum Command {
         /// The location item.
         #[arg(long)]
         location: Option<LocationArg>,
+        #[command(flatten)]
+        lifetime: LifetimeArgs,
     },
     /// The user deleted the mini program: forget their decisions.
     RemoveApp { app: String, user: String },
+    /// The runtime session ended: its one-time grants lapse.
+    EndSession {
+        app: String,
+        user: String,
+        session: String,
+    },
     /// Register and inspect apps.
     #[command(subcommand)]
     Apps(AppsCommand),
@@ -330,4 +340,36 @@ fn parse_permission(raw: &str) -> Result<(String, String), String> {
     raw.split_once('=')
         .map(|(s, d)| (s.to_owned(), d.to_owned()))
         .ok_or_else(|| format!("expected SCOPE=DESC, got {raw:?}"))
+}
+
+/// How long the grants of a call last (default: permanent).
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct LifetimeArgs {
+    /// Grant for this many seconds only.
+    #[arg(long, value_name = "SECS", conflicts_with = "session")]
+    pub for_secs: Option<u64>,
+    /// One-time grant: for this runtime session only (see end-session).
+    #[arg(long, value_name = "ID")]
+    pub session: Option<String>,
+}
+
+impl LifetimeArgs {
+    pub fn to_pb(&self) -> Option<pb::GrantLifetime> {
+        use pb::grant_lifetime::Kind;
+        let kind = match (&self.session, self.for_secs) {
+            (Some(id), _) => Kind::SessionId(id.clone()),
+            (None, Some(secs)) => {
+                let until = std::time::SystemTime::now() + std::time::Duration::from_secs(secs);
+                let since = until
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                Kind::Until(prost_types::Timestamp {
+                    seconds: i64::try_from(since.as_secs()).unwrap_or(i64::MAX),
+                    nanos: i32::try_from(since.subsec_nanos()).unwrap_or(0),
+                })
+            }
+            (None, None) => return None,
+        };
+        Some(pb::GrantLifetime { kind: Some(kind) })
+    }
 }

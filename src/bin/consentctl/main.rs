@@ -290,6 +290,7 @@ async fn run(cli: &Cli) -> Result<Answer> {
             scope,
             answer,
             client,
+            lifetime,
         } => {
             let req = pb::RecordDecisionRequest {
                 app_id: app.clone(),
@@ -297,6 +298,7 @@ async fn run(cli: &Cli) -> Result<Answer> {
                 scope: scope.clone(),
                 answer: answer.to_pb().into(),
                 client: Some(client.to_pb()),
+                lifetime: lifetime.to_pb(),
             };
             let r = auth.record_decision(req).await?.into_inner();
             json!({
@@ -336,6 +338,7 @@ async fn run(cli: &Cli) -> Result<Answer> {
             user,
             toggles,
             location,
+            lifetime,
         } => {
             let req = pb::UpdateSettingRequest {
                 app_id: app.clone(),
@@ -344,12 +347,27 @@ async fn run(cli: &Cli) -> Result<Answer> {
                 location: location
                     .map_or(pb::LocationOption::Unspecified, |l| l.to_pb())
                     .into(),
+                lifetime: lifetime.to_pb(),
             };
             let r = auth.update_setting(req).await?.into_inner();
             json!({
                 "auth_setting": render::auth_setting(&r.auth_setting),
                 "changes": r.changes.iter().map(render::change).collect::<Vec<_>>(),
                 "err_msg": r.err_msg,
+                "revision": r.revision,
+            })
+        }
+        Command::EndSession { app, user, session } => {
+            let r = auth
+                .end_session(pb::EndSessionRequest {
+                    app_id: app.clone(),
+                    user_id: user.clone(),
+                    session_id: session.clone(),
+                })
+                .await?
+                .into_inner();
+            json!({
+                "changes": r.changes.iter().map(render::change).collect::<Vec<_>>(),
                 "revision": r.revision,
             })
         }
