@@ -629,6 +629,7 @@ impl Broker {
             .store
             .write(move |view: &dyn View| {
                 let mut changes = Vec::new();
+                let mut lifetimes = std::collections::BTreeMap::new();
                 let mut i = 0;
                 while i < rows.len() {
                     let (app_id, user) = (rows[i].app.clone(), rows[i].user.clone());
@@ -645,11 +646,20 @@ impl Broker {
                     for change in machine::plan_import(&app, &user, &before, &wanted)? {
                         changes.push((app_id.clone(), user.clone(), change));
                     }
+                    for r in &rows[start..i] {
+                        if r.lifetime != Lifetime::Permanent {
+                            lifetimes.insert(
+                                (app_id.clone(), user.clone(), r.scope),
+                                r.lifetime.clone(),
+                            );
+                        }
+                    }
                 }
                 let changed = changes.len() as u64;
                 Ok((
                     WriteSet {
                         changes,
+                        lifetimes,
                         ..WriteSet::default()
                     },
                     changed,

@@ -74,11 +74,14 @@ async fn export(
         loop {
             let rows = broker.decisions_after(after.as_ref(), EXPORT_PAGE)?;
             for row in &rows {
+                let (expires_at, session_id) = convert::stored_lifetime(&row.lifetime);
                 send(Record::Decision(pb::StoredDecision {
                     app_id: row.app.as_str().to_owned(),
                     user_id: row.user.as_str().to_owned(),
                     scope: row.scope.name().to_owned(),
                     state: convert::state(row.state).into(),
+                    expires_at,
+                    session_id,
                 }))
                 .await?;
             }
@@ -125,11 +128,21 @@ fn stored_decision(d: pb::StoredDecision) -> Result<DecisionRow, Status> {
             )))
         }
     };
+    let lifetime = convert::lifetime_of_stored(d.expires_at, &d.session_id)?;
+    if lifetime != crate::domain::Lifetime::Permanent
+        && state != crate::domain::DecisionState::Granted
+    {
+        return Err(Status::invalid_argument(format!(
+            "decision for {} {} {}: only grants have a lifetime",
+            d.app_id, d.user_id, d.scope
+        )));
+    }
     Ok(DecisionRow {
         app,
         user,
         scope,
         state,
+        lifetime,
     })
 }
 

@@ -253,6 +253,49 @@ pub fn decision(v: Verdict) -> pb::Decision {
     }
 }
 
+/// A stored lifetime as export records carry it.
+pub fn stored_lifetime(l: &Lifetime) -> (Option<prost_types::Timestamp>, String) {
+    match l {
+        Lifetime::Permanent => (None, String::new()),
+        Lifetime::Until { expires_at_ms } => (Some(timestamp(*expires_at_ms)), String::new()),
+        Lifetime::Session {
+            session,
+            expires_at_ms,
+        } => (Some(timestamp(*expires_at_ms)), session.as_str().to_owned()),
+    }
+}
+
+/// An imported record's lifetime (a lapsed one is imported as it is and
+/// lapses at once).
+pub fn lifetime_of_stored(
+    expires_at: Option<prost_types::Timestamp>,
+    session_id: &str,
+) -> Result<Lifetime, DomainError> {
+    let expires_at_ms = match expires_at {
+        None if session_id.is_empty() => return Ok(Lifetime::Permanent),
+        None => {
+            return Err(invalid(
+                "decision.expires_at",
+                "decision.session_id needs decision.expires_at".into(),
+            ))
+        }
+        Some(t) => match lifetime(Some(pb::GrantLifetime {
+            kind: Some(pb::grant_lifetime::Kind::Until(t)),
+        }))? {
+            LifetimeRequest::Until { expires_at_ms } => expires_at_ms,
+            _ => return Err(invalid("decision.expires_at", "not a time".into())),
+        },
+    };
+    if session_id.is_empty() {
+        Ok(Lifetime::Until { expires_at_ms })
+    } else {
+        Ok(Lifetime::Session {
+            session: SessionId::parse_field("decision.session_id", session_id)?,
+            expires_at_ms,
+        })
+    }
+}
+
 /// A request's grant lifetime. Timestamps before 1970 or with
 /// out-of-range nanos are refused.
 pub fn lifetime(raw: Option<pb::GrantLifetime>) -> Result<LifetimeRequest, DomainError> {

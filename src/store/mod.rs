@@ -52,6 +52,8 @@ pub struct WriteSet {
     pub lifetime: Lifetime,
     /// Timers that came due and were handled (or found stale): removed.
     pub cleared_timers: Vec<Timer>,
+    /// Per-decision lifetimes that override `lifetime` (imports).
+    pub lifetimes: std::collections::BTreeMap<(AppId, UserId, Scope), Lifetime>,
 }
 
 /// A timed or one-time grant's timer: when it comes due, the grant lapses
@@ -150,6 +152,7 @@ pub struct DecisionRow {
     pub user: UserId,
     pub scope: Scope,
     pub state: crate::domain::DecisionState,
+    pub lifetime: Lifetime,
 }
 
 /// A write job.

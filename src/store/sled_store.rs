@@ -417,11 +417,13 @@ impl Store for SledStore {
                 .and_then(|a| AppId::parse(a).ok())
                 .ok_or_else(|| StoreError::Corrupt("bad app in decision key".into()))?;
             let (user, scope) = codec::split_user_scope(&rest[nul + 1..])?;
+            let decision = codec::decode_decision(&value)?;
             out.push(DecisionRow {
                 app,
                 user,
                 scope,
-                state: codec::decode_decision(&value)?.state,
+                state: decision.state,
+                lifetime: decision.lifetime,
             });
         }
         Ok(out)

@@ -244,7 +244,11 @@ impl Writer {
             let revision = next(group)?;
             let key = codec::decision_key(&app, &user, change.scope);
             let lifetime = match change.new {
-                DecisionState::Granted => set.lifetime.clone(),
+                DecisionState::Granted => set
+                    .lifetimes
+                    .get(&(app.clone(), user.clone(), change.scope))
+                    .unwrap_or(&set.lifetime)
+                    .clone(),
                 _ => Lifetime::Permanent,
             };
             if let Some(at) = lifetime.expires_at_ms() {

@@ -364,3 +364,92 @@ async fn settings_changes_carry_lifetimes_and_bad_lifetimes_are_refused() {
     );
     h.stop().await;
 }
+
+#[tokio::test]
+async fn export_and_import_keep_lifetimes() {
+    let h = daemon(|_| {}).await;
+    let c = h.client();
+    let deadline = now_ms() + 3_600_000;
+    record(&c, "scope.camera", pb::Answer::Allow, until(deadline))
+        .await
+        .unwrap();
+    record(&c, "scope.record", pb::Answer::Allow, session("s9"))
+        .await
+        .unwrap();
+    record(&c, "scope.bluetooth", pb::Answer::Allow, None)
+        .await
+        .unwrap();
+    let mut stream = c
+        .admin()
+        .export(pb::ExportRequest {
+            include_events: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut records = Vec::new();
+    while let Some(r) = stream.message().await.unwrap() {
+        records.push(r);
+    }
+    let stored = |scope: &str| {
+        records
+            .iter()
+            .find_map(|r| match &r.record {
+                Some(pb::export_record::Record::Decision(d)) if d.scope == scope => Some(d.clone()),
+                _ => None,
+            })
+            .unwrap()
+    };
+    assert_eq!(
+        ms_of(stored("scope.camera").expires_at.as_ref().unwrap()),
+        deadline
+    );
+    assert_eq!(stored("scope.record").session_id, "s9");
+    assert!(stored("scope.bluetooth").expires_at.is_none());
+
+    let fresh = daemon(|_| {}).await;
+    let imported = fresh
+        .client()
+        .admin()
+        .import(tokio_stream::iter(records.into_iter().filter(|r| {
+            !matches!(r.record, Some(pb::export_record::Record::App(_)))
+        })))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(imported.decisions, 3);
+    let f = fresh.client();
+    let camera = f.decision("wxshop", "u1", "scope.camera").await;
+    assert_eq!(ms_of(camera.expires_at.as_ref().unwrap()), deadline);
+    assert_eq!(
+        f.decision("wxshop", "u1", "scope.record").await.session_id,
+        "s9"
+    );
+    assert!(f
+        .decision("wxshop", "u1", "scope.bluetooth")
+        .await
+        .expires_at
+        .is_none());
+
+    // A lifetime on a denial is refused.
+    let bad = pb::ExportRecord {
+        record: Some(pb::export_record::Record::Decision(pb::StoredDecision {
+            app_id: "wxshop".into(),
+            user_id: "u2".into(),
+            scope: "scope.camera".into(),
+            state: pb::DecisionState::Denied.into(),
+            expires_at: Some(prost_types::Timestamp {
+                seconds: 4_000_000_000,
+                nanos: 0,
+            }),
+            session_id: String::new(),
+        })),
+    };
+    assert_status(
+        f.admin().import(tokio_stream::iter(vec![bad])).await,
+        Code::InvalidArgument,
+        "only grants have a lifetime",
+    );
+    h.stop().await;
+    fresh.stop().await;
+}

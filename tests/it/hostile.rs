@@ -968,6 +968,7 @@ fn decision_record(app: &str, user: &str, scope: &str, state: i32) -> pb::Export
             user_id: user.into(),
             scope: scope.into(),
             state,
+            ..Default::default()
         })),
     }
 }

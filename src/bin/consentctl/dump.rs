@@ -39,6 +39,12 @@ enum Line {
         user_id: String,
         scope: String,
         state: String,
+        /// Timed and one-time grants: when they lapse (Unix ms).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_at_ms: Option<u64>,
+        /// One-time grants: the runtime session.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        session_id: String,
     },
     Event {
         revision: u64,
@@ -71,6 +77,10 @@ fn line_of(record: Record) -> Option<Line> {
             user_id: d.user_id,
             scope: d.scope,
             state: state(d.state),
+            expires_at_ms: d
+                .expires_at
+                .map(|t| t.seconds.max(0) as u64 * 1000 + t.nanos.max(0) as u64 / 1_000_000),
+            session_id: d.session_id,
         },
         Record::Event(e) => Line::Event {
             revision: e.revision,
@@ -118,6 +128,8 @@ fn record_of(line: Line, at: usize) -> Result<Option<Record>> {
             user_id,
             scope,
             state,
+            expires_at_ms,
+            session_id,
         } => Some(Record::Decision(pb::StoredDecision {
             app_id,
             user_id,
@@ -125,6 +137,11 @@ fn record_of(line: Line, at: usize) -> Result<Option<Record>> {
             state: enum_value("DECISION_STATE_", &state, |s| {
                 pb::DecisionState::from_str_name(s).map(Into::into)
             })?,
+            expires_at: expires_at_ms.map(|ms| prost_types::Timestamp {
+                seconds: i64::try_from(ms / 1000).unwrap_or(i64::MAX),
+                nanos: ((ms % 1000) * 1_000_000) as i32,
+            }),
+            session_id,
         })),
         Line::Event { .. } => None,
     })
