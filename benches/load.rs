@@ -136,6 +136,18 @@ mod echo {
         ) -> R<pb::EndSessionResponse> {
             none()
         }
+        async fn get_privacy_setting(
+            &self,
+            _: Request<pb::GetPrivacySettingRequest>,
+        ) -> R<pb::GetPrivacySettingResponse> {
+            none()
+        }
+        async fn record_privacy_decision(
+            &self,
+            _: Request<pb::RecordPrivacyDecisionRequest>,
+        ) -> R<pb::RecordPrivacyDecisionResponse> {
+            none()
+        }
         async fn get_setting(
             &self,
             _: Request<pb::GetSettingRequest>,
@@ -557,6 +569,7 @@ async fn bulk_preload(dir: &Path, n: usize) -> Duration {
     let raw = RawDeclarations::default();
     let declarations = Declarations::parse(AppKind::MiniProgram, raw).unwrap();
     let registration = consentd::domain::App {
+        privacy_version: 0,
         id: app.clone(),
         kind: AppKind::MiniProgram,
         declarations,

@@ -92,6 +92,9 @@ pub struct GrantsConfig {
     pub session_idle_timeout: Duration,
     /// How often due grant timers are checked.
     pub expiry_check_interval: Duration,
+    /// After a user disagrees with a privacy guide, calls fail without a
+    /// popup this long before the agreement is asked for again.
+    pub privacy_disagree_gap: Duration,
 }
 
 impl Default for GrantsConfig {
@@ -99,6 +102,7 @@ impl Default for GrantsConfig {
         Self {
             session_idle_timeout: crate::broker::DEFAULT_SESSION_IDLE_TIMEOUT,
             expiry_check_interval: Duration::from_secs(1),
+            privacy_disagree_gap: crate::broker::DEFAULT_PRIVACY_GAP,
         }
     }
 }
@@ -229,6 +233,7 @@ pub struct FileConfig {
     pub retention: Option<FileRetention>,
     pub rules: Option<FileRules>,
     pub grants: Option<FileGrants>,
+    pub privacy: Option<FilePrivacy>,
 }
 
 /// `[grants]`.
@@ -237,6 +242,13 @@ pub struct FileConfig {
 pub struct FileGrants {
     pub session_idle_timeout_secs: Option<u64>,
     pub expiry_check_interval_ms: Option<u64>,
+}
+
+/// `[privacy]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilePrivacy {
+    pub disagree_gap_secs: Option<u64>,
 }
 
 /// `listen = "127.0.0.1:50051"` or a list.
@@ -461,6 +473,10 @@ impl Config {
                     expiry_check_interval: g
                         .expiry_check_interval_ms
                         .map_or(d.grants.expiry_check_interval, Duration::from_millis),
+                    privacy_disagree_gap: file
+                        .privacy
+                        .and_then(|p| p.disagree_gap_secs)
+                        .map_or(d.grants.privacy_disagree_gap, Duration::from_secs),
                 }
             },
         };
@@ -750,6 +766,25 @@ mod tests {
         assert_eq!(c.max_message_bytes, 262_144);
         assert_eq!(c.watch.max_streams, 5000);
         assert!(!c.insecure);
+    }
+
+    #[test]
+    fn grants_and_privacy_keys() {
+        let c = Config::resolve(
+            Args::default(),
+            file("[grants]\nsession_idle_timeout_secs = 60\nexpiry_check_interval_ms = 250\n[privacy]\ndisagree_gap_secs = 3"),
+        )
+        .unwrap();
+        assert_eq!(c.grants.session_idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.grants.expiry_check_interval, Duration::from_millis(250));
+        assert_eq!(c.grants.privacy_disagree_gap, Duration::from_secs(3));
+        let d = Config::resolve(Args::default(), file("")).unwrap();
+        assert_eq!(d.grants.privacy_disagree_gap, Duration::from_secs(10));
+        assert!(Config::resolve(
+            Args::default(),
+            file("[grants]\nexpiry_check_interval_ms = 0")
+        )
+        .is_err());
     }
 
     #[test]

@@ -108,7 +108,8 @@ impl Daemon {
             .map_err(|e| ServerError::Internal(format!("opening the store: {e}")))??;
         let store: Arc<dyn Store> = Arc::new(store);
         let broker = Broker::new(store.clone(), config.rules.clone())
-            .with_session_idle_timeout(config.grants.session_idle_timeout);
+            .with_session_idle_timeout(config.grants.session_idle_timeout)
+            .with_privacy_gap(config.grants.privacy_disagree_gap);
         let watcher = Arc::new(Watcher::new(store.clone(), config.watch.clone()));
 
         let (health, health_service) = tonic_health::server::health_reporter();

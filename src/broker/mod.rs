@@ -13,6 +13,7 @@ use crate::{
     domain::{
         gates::{self, Verdict},
         machine::{self, Answer, SettingItem, SettingsUpdate},
+        privacy::{self, PrivacyState},
         rules::Target,
         Api, App, AppId, AppKind, Availability, Cause, Client, DecisionRecords, DecisionState,
         Declarations, DomainError, Event, Lifetime, LifetimeRequest, Outcome, RawDeclarations,
@@ -24,6 +25,9 @@ use crate::{
 /// How long a one-time grant lasts without its session ending, by default.
 pub const DEFAULT_SESSION_IDLE_TIMEOUT: std::time::Duration =
     std::time::Duration::from_secs(30 * 60);
+/// After a user disagrees with a privacy guide, calls fail without a popup
+/// this long, by default.
+pub const DEFAULT_PRIVACY_GAP: std::time::Duration = std::time::Duration::from_secs(10);
 /// Most due timers one expiry write handles.
 const EXPIRY_BATCH: usize = 512;
 
@@ -108,6 +112,7 @@ pub struct Broker {
     store: Arc<dyn Store>,
     rules: Arc<RuleSet>,
     session_idle_ms: u64,
+    privacy_gap_ms: u64,
 }
 
 impl Broker {
@@ -116,7 +121,43 @@ impl Broker {
             store,
             rules: Arc::new(rules),
             session_idle_ms: DEFAULT_SESSION_IDLE_TIMEOUT.as_millis() as u64,
+            privacy_gap_ms: DEFAULT_PRIVACY_GAP.as_millis() as u64,
         }
+    }
+
+    /// How long calls fail without a popup after a privacy disagreement.
+    pub fn with_privacy_gap(mut self, gap: std::time::Duration) -> Self {
+        self.privacy_gap_ms = u64::try_from(gap.as_millis()).unwrap_or(u64::MAX);
+        self
+    }
+
+    /// The user's privacy answer, read only for apps that have a guide (the
+    /// hot path of every other app pays nothing).
+    fn privacy_of(&self, app: &App, s: &Subject) -> Result<Option<PrivacyState>, BrokerError> {
+        if app.declarations.privacy.is_none() {
+            return Ok(None);
+        }
+        Ok(self.store.privacy(&s.app, &s.user)?)
+    }
+
+    /// The privacy gate for one scope, before the scope gates.
+    fn privacy_gate(
+        &self,
+        app: &App,
+        scope: Scope,
+        target: Target<'_>,
+        state: DecisionState,
+        answer: Option<&PrivacyState>,
+    ) -> Option<Verdict> {
+        privacy::gate(
+            app,
+            scope,
+            target,
+            state,
+            answer,
+            now_ms(),
+            self.privacy_gap_ms,
+        )
     }
 
     /// How long one-time grants last when their session does not end.
@@ -166,10 +207,15 @@ impl Broker {
         let revision = self.store.revision();
         let app = self.app(&s.app)?;
         let (state, lifetime) = self.state(s, scope)?;
-        let verdict = with_lifetime(
-            gates::evaluate(&app, scope, Target::Authorize, client, state, &self.rules),
-            lifetime,
-        );
+        let answer = self.privacy_of(&app, s)?;
+        let verdict =
+            match self.privacy_gate(&app, scope, Target::Authorize, state, answer.as_ref()) {
+                Some(verdict) => verdict,
+                None => with_lifetime(
+                    gates::evaluate(&app, scope, Target::Authorize, client, state, &self.rules),
+                    lifetime,
+                ),
+            };
         Ok(Read {
             value: verdict,
             revision,
@@ -186,9 +232,26 @@ impl Broker {
         let revision = self.store.revision();
         let app = self.app(&s.app)?;
         let (state, lifetime) = self.state(s, scope)?;
-        let (verdict, steps) =
-            gates::explain(&app, scope, Target::Authorize, client, state, &self.rules);
-        let explained = (with_lifetime(verdict, lifetime), steps);
+        let answer = self.privacy_of(&app, s)?;
+        let explained =
+            match self.privacy_gate(&app, scope, Target::Authorize, state, answer.as_ref()) {
+                Some(verdict) => {
+                    let step = gates::Step {
+                        gate: 0,
+                        check: format!(
+                            "the privacy guide covers {scope} and the user agreed to version {}",
+                            app.privacy_version
+                        ),
+                        passed: false,
+                    };
+                    (verdict, vec![step])
+                }
+                None => {
+                    let (verdict, steps) =
+                        gates::explain(&app, scope, Target::Authorize, client, state, &self.rules);
+                    (with_lifetime(verdict, lifetime), steps)
+                }
+            };
         Ok(Read {
             value: explained,
             revision,
@@ -205,10 +268,16 @@ impl Broker {
         let revision = self.store.revision();
         let app = self.app(&s.app)?;
         let (decisions, records) = self.live_decisions(s)?;
+        let answer = self.privacy_of(&app, s)?;
         let verdicts = scopes
             .iter()
             .map(|&scope| {
                 let state = decisions.get(&scope).copied().unwrap_or_default();
+                if let Some(v) =
+                    self.privacy_gate(&app, scope, Target::Authorize, state, answer.as_ref())
+                {
+                    return v;
+                }
                 let lifetime = lifetime_of(&records, &decisions, scope);
                 with_lifetime(
                     gates::evaluate(&app, scope, Target::Authorize, client, state, &self.rules),
@@ -242,9 +311,15 @@ impl Broker {
                 .map(|(_, (st, _))| *st)
                 .unwrap_or_default()
         };
+        let answer = self.privacy_of(&app, s)?;
         let verdicts = gates::evaluate_api(&app, &api, client, state_of, &self.rules)
             .into_iter()
             .map(|v| {
+                if let Some(p) =
+                    self.privacy_gate(&app, v.scope, Target::Api(&api), v.state, answer.as_ref())
+                {
+                    return p;
+                }
                 let lifetime = states
                     .iter()
                     .find(|(s, _)| *s == v.scope)
@@ -279,7 +354,26 @@ impl Broker {
     ) -> Result<Written<Recorded>, BrokerError> {
         let rules = self.rules.clone();
         let lifetime = lifetime.resolve(now_ms(), self.session_idle_ms)?;
-        self.write_decisions(s, lifetime, move |app, decisions| {
+        let gap_ms = self.privacy_gap_ms;
+        self.write_decisions(s, lifetime, move |app, decisions, privacy_answer| {
+            let stored = decisions.get(&scope).copied().unwrap_or_default();
+            if let Some(v) = privacy::gate(
+                app,
+                scope,
+                Target::Authorize,
+                stored,
+                privacy_answer,
+                now_ms(),
+                gap_ms,
+            ) {
+                return Err(DomainError::FailedPrecondition {
+                    message: format!(
+                        "cannot record answer {answer:?} for {scope}: the privacy gate answers {} ({}), so no popup could have been shown",
+                        v.outcome.name(),
+                        v.reason.name()
+                    ),
+                });
+            }
             let plan = machine::plan_answer(app, decisions, scope, &client, &rules, answer)?;
             let state = plan
                 .changes
@@ -335,7 +429,7 @@ impl Broker {
         lifetime: LifetimeRequest,
     ) -> Result<Written<BTreeMap<Scope, bool>>, BrokerError> {
         let lifetime = lifetime.resolve(now_ms(), self.session_idle_ms)?;
-        self.write_decisions(s, lifetime, move |app, decisions| {
+        self.write_decisions(s, lifetime, move |app, decisions, _| {
             let changes = machine::plan_settings_update(app, decisions, &update)?;
             let mut after = decisions.clone();
             for c in &changes {
@@ -348,10 +442,72 @@ impl Broker {
 
     /// The user deleted the mini program: forget every decision.
     pub async fn remove_app(&self, s: &Subject) -> Result<Written<()>, BrokerError> {
-        self.write_decisions(s, Lifetime::Permanent, |_, decisions| {
+        // The privacy answer goes too: deleting the mini program forgets it.
+        self.write_decisions_and(s, Lifetime::Permanent, true, |_, decisions, _| {
             Ok((machine::plan_forget(decisions, Cause::AppRemoved), ()))
         })
         .await
+    }
+
+    /// wx.getPrivacySetting: (needAuthorization, privacyContractName).
+    pub fn get_privacy_setting(&self, s: &Subject) -> Result<Read<(bool, String)>, BrokerError> {
+        let revision = self.store.revision();
+        let app = self.app(&s.app)?;
+        let answer = self.privacy_of(&app, s)?;
+        let name = app
+            .declarations
+            .privacy
+            .as_ref()
+            .map(|g| g.name.clone())
+            .unwrap_or_default();
+        Ok(Read {
+            value: (privacy::need_authorization(&app, answer.as_ref()), name),
+            revision,
+        })
+    }
+
+    /// The user's answer to the privacy agreement, for the guide's current
+    /// version; returns (needAuthorization, version).
+    pub async fn record_privacy_decision(
+        &self,
+        s: &Subject,
+        agree: bool,
+    ) -> Result<Read<(bool, u64)>, BrokerError> {
+        let subject = s.clone();
+        let (committed, value) = self
+            .store
+            .write(move |view: &dyn View| {
+                let app = view
+                    .app(&subject.app)?
+                    .ok_or_else(|| DomainError::app_not_found(&subject.app))?;
+                if app.declarations.privacy.is_none() {
+                    return Err(DomainError::FailedPrecondition {
+                        message: format!(
+                            "app {:?} declares no privacy guide: there is nothing to agree to",
+                            subject.app.as_str()
+                        ),
+                    }
+                    .into());
+                }
+                let answer = PrivacyState {
+                    agreed: agree,
+                    version: app.privacy_version,
+                    at_ms: now_ms(),
+                };
+                let need = privacy::need_authorization(&app, Some(&answer));
+                Ok((
+                    WriteSet {
+                        privacy: Some((subject.app, subject.user, Some(answer))),
+                        ..WriteSet::default()
+                    },
+                    (need, app.privacy_version),
+                ))
+            })
+            .await?;
+        Ok(Read {
+            value,
+            revision: committed.revision,
+        })
     }
 
     /// The runtime session ended: its one-time grants lapse.
@@ -433,7 +589,32 @@ impl Broker {
     ) -> Result<Written<T>, BrokerError>
     where
         T: Send + 'static,
-        F: FnOnce(&App, &UserDecisions) -> Result<(Vec<crate::domain::Change>, T), DomainError>
+        F: FnOnce(
+                &App,
+                &UserDecisions,
+                Option<&PrivacyState>,
+            ) -> Result<(Vec<crate::domain::Change>, T), DomainError>
+            + Send
+            + 'static,
+    {
+        self.write_decisions_and(s, lifetime, false, plan).await
+    }
+
+    /// [`Broker::write_decisions`], optionally forgetting the privacy answer.
+    async fn write_decisions_and<T, F>(
+        &self,
+        s: &Subject,
+        lifetime: Lifetime,
+        forget_privacy: bool,
+        plan: F,
+    ) -> Result<Written<T>, BrokerError>
+    where
+        T: Send + 'static,
+        F: FnOnce(
+                &App,
+                &UserDecisions,
+                Option<&PrivacyState>,
+            ) -> Result<(Vec<crate::domain::Change>, T), DomainError>
             + Send
             + 'static,
     {
@@ -444,6 +625,10 @@ impl Broker {
                 let app = view
                     .app(&subject.app)?
                     .ok_or_else(|| DomainError::app_not_found(&subject.app))?;
+                let privacy_answer = match app.declarations.privacy {
+                    Some(_) => view.privacy(&subject.app, &subject.user)?,
+                    None => None,
+                };
                 let records = view.records(&subject.app, &subject.user)?;
                 let now = now_ms();
                 let mut changes = machine::plan_lapse(&records, now, |_| false);
@@ -451,16 +636,19 @@ impl Broker {
                 for c in &changes {
                     decisions.remove(&c.scope);
                 }
-                let (planned, value) = plan(&app, &decisions)?;
+                let (planned, value) = plan(&app, &decisions, privacy_answer.as_ref())?;
                 changes.extend(planned);
                 let changes = changes
                     .into_iter()
                     .map(|c| (subject.app.clone(), subject.user.clone(), c))
                     .collect();
+                let privacy = (forget_privacy && privacy_answer.is_some())
+                    .then(|| (subject.app.clone(), subject.user.clone(), None));
                 Ok((
                     WriteSet {
                         changes,
                         lifetime,
+                        privacy,
                         ..WriteSet::default()
                     },
                     value,
@@ -500,12 +688,14 @@ impl Broker {
                 }
                 .into());
             }
+            let privacy_version = privacy::next_version(None, declarations.privacy.as_ref());
             Ok(App {
                 id,
                 kind,
                 declarations,
                 revision: 0,
                 updated_at_ms: 0,
+                privacy_version,
             })
         })
         .await
@@ -531,7 +721,15 @@ impl Broker {
                 }
                 .into());
             }
-            Ok(App { id, kind, declarations, revision: 0, updated_at_ms: 0 })
+            let privacy_version = privacy::next_version(
+                current
+                    .declarations
+                    .privacy
+                    .as_ref()
+                    .map(|g| (g, current.privacy_version)),
+                declarations.privacy.as_ref(),
+            );
+            Ok(App { id, kind, declarations, revision: 0, updated_at_ms: 0, privacy_version })
         })
         .await
     }

@@ -22,6 +22,8 @@ pub enum Rpc {
     GetRules,
     Watch,
     EndSession,
+    GetPrivacySetting,
+    RecordPrivacyDecision,
     RegisterApp,
     UpdateApp,
     GetApp,
@@ -34,7 +36,7 @@ pub enum Rpc {
 }
 
 impl Rpc {
-    pub const ALL: [Rpc; 22] = [
+    pub const ALL: [Rpc; 24] = [
         Rpc::Authorize,
         Rpc::BatchAuthorize,
         Rpc::CheckApi,
@@ -48,6 +50,8 @@ impl Rpc {
         Rpc::GetRules,
         Rpc::Watch,
         Rpc::EndSession,
+        Rpc::GetPrivacySetting,
+        Rpc::RecordPrivacyDecision,
         Rpc::RegisterApp,
         Rpc::UpdateApp,
         Rpc::GetApp,
@@ -71,6 +75,7 @@ impl Rpc {
                 | Rpc::ListScopes
                 | Rpc::GetRules
                 | Rpc::Watch
+                | Rpc::GetPrivacySetting
                 | Rpc::GetApp
                 | Rpc::ListApps
         )
@@ -118,10 +123,16 @@ impl Role {
                     | Rpc::GetSetting
                     | Rpc::Watch
                     | Rpc::EndSession
+                    | Rpc::GetPrivacySetting
+                    | Rpc::RecordPrivacyDecision
             ),
             Role::Settings => matches!(
                 rpc,
-                Rpc::GetSetting | Rpc::OpenSetting | Rpc::UpdateSetting | Rpc::RemoveApp
+                Rpc::GetSetting
+                    | Rpc::OpenSetting
+                    | Rpc::UpdateSetting
+                    | Rpc::RemoveApp
+                    | Rpc::GetPrivacySetting
             ),
             Role::Observer => rpc.is_read_only(),
         }
@@ -296,7 +307,9 @@ mod tests {
                 Rpc::RecordDecision,
                 Rpc::GetSetting,
                 Rpc::Watch,
-                Rpc::EndSession
+                Rpc::EndSession,
+                Rpc::GetPrivacySetting,
+                Rpc::RecordPrivacyDecision
             ]
         );
         assert_eq!(
@@ -305,14 +318,15 @@ mod tests {
                 Rpc::GetSetting,
                 Rpc::OpenSetting,
                 Rpc::UpdateSetting,
-                Rpc::RemoveApp
+                Rpc::RemoveApp,
+                Rpc::GetPrivacySetting
             ]
         );
         let observer = allowed(Role::Observer);
         assert!(observer.iter().all(|r| r.is_read_only()));
         assert!(!observer.contains(&Rpc::RecordDecision));
         assert!(!observer.contains(&Rpc::Export));
-        assert_eq!(observer.len(), 10);
+        assert_eq!(observer.len(), 11);
     }
 
     #[test]

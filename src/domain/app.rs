@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{AppId, Availability, DomainError, Scope};
+use super::{AppId, Availability, DomainError, PrivacyGuide, Scope};
 
 /// Longest accepted `permission` desc, in characters.
 pub const MAX_DESC_CHARS: usize = 256;
@@ -43,6 +43,8 @@ pub struct Declarations {
     pub permission: BTreeMap<Scope, String>,
     pub background_modes: BTreeSet<String>,
     pub private_infos: BTreeSet<String>,
+    /// The privacy guide, when the app declares one.
+    pub privacy: Option<PrivacyGuide>,
 }
 
 /// A registered app.
@@ -55,6 +57,9 @@ pub struct App {
     pub revision: u64,
     /// Unix milliseconds of the last change.
     pub updated_at_ms: u64,
+    /// Version of the privacy guide (0 without one): grows when the guide
+    /// gains information types, so users agree again.
+    pub privacy_version: u64,
 }
 
 /// Unvalidated declarations as they arrive from the wire or a file.
@@ -63,6 +68,8 @@ pub struct RawDeclarations {
     pub permission: Vec<(String, String)>,
     pub background_modes: Vec<String>,
     pub private_infos: Vec<String>,
+    /// (contract name, information types).
+    pub privacy: Option<(String, Vec<String>)>,
 }
 
 impl Declarations {
@@ -125,10 +132,15 @@ impl Declarations {
                 ));
             }
         }
+        let privacy = raw
+            .privacy
+            .map(|(name, types)| PrivacyGuide::parse(&name, &types))
+            .transpose()?;
         Ok(Self {
             permission,
             background_modes,
             private_infos,
+            privacy,
         })
     }
 
@@ -188,6 +200,7 @@ mod tests {
 
     fn raw(perm: &[(&str, &str)], modes: &[&str], infos: &[&str]) -> RawDeclarations {
         RawDeclarations {
+            privacy: None,
             permission: perm
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -6,7 +6,7 @@
 
 use std::{fmt, str::FromStr};
 
-use super::{AppKind, DomainError};
+use super::{privacy::InfoType, AppKind, DomainError};
 
 /// A scope of the catalog. The discriminant is the row in [`CATALOG`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -63,6 +63,8 @@ pub struct ScopeInfo {
     pub mini_program: Availability,
     pub mini_game: Availability,
     pub location: LocationKind,
+    /// The privacy guide's information type covering this scope, if any.
+    pub privacy: Option<InfoType>,
 }
 
 use Availability::{Anonymous, NoAuthNeeded, Popup, Unsupported};
@@ -80,6 +82,7 @@ pub static CATALOG: [ScopeInfo; 16] = [
         ],
         mini_program: Popup,
         mini_game: Popup,
+        privacy: Some(InfoType::Location),
         location: LocationKind::Foreground,
     },
     ScopeInfo {
@@ -89,6 +92,7 @@ pub static CATALOG: [ScopeInfo; 16] = [
         interfaces: &["wx.getFuzzyLocation"],
         mini_program: Popup,
         mini_game: Popup,
+        privacy: Some(InfoType::Location),
         location: LocationKind::Foreground,
     },
     ScopeInfo {
@@ -98,6 +102,7 @@ pub static CATALOG: [ScopeInfo; 16] = [
         interfaces: &["wx.startLocationUpdateBackground"],
         mini_program: Popup,
         mini_game: Unsupported,
+        privacy: Some(InfoType::Location),
         location: LocationKind::Background,
     },
     ScopeInfo {
@@ -112,6 +117,7 @@ pub static CATALOG: [ScopeInfo; 16] = [
         ],
         mini_program: Popup,
         mini_game: Popup,
+        privacy: Some(InfoType::Microphone),
         location: LocationKind::None,
     },
     ScopeInfo {
@@ -121,6 +127,7 @@ pub static CATALOG: [ScopeInfo; 16] = [
         interfaces: &["camera", "live-pusher", "wx.createVKSession"],
         mini_program: Popup,
         mini_game: Popup,
+        privacy: Some(InfoType::Camera),
         location: LocationKind::None,
     },
     ScopeInfo {
@@ -130,6 +137,7 @@ pub static CATALOG: [ScopeInfo; 16] = [
         interfaces: &["wx.openBluetoothAdapter", "wx.createBLEPeripheralServer"],
         mini_program: Popup,
         mini_game: Popup,
+        privacy: Some(InfoType::Bluetooth),
         location: LocationKind::None,
     },
     ScopeInfo {
@@ -139,6 +147,7 @@ pub static CATALOG: [ScopeInfo; 16] = [
         interfaces: &["wx.saveImageToPhotosAlbum", "wx.saveVideoToPhotosAlbum"],
         mini_program: Popup,
         mini_game: Popup,
+        privacy: Some(InfoType::Album),
         location: LocationKind::None,
     },
     ScopeInfo {
@@ -148,6 +157,7 @@ pub static CATALOG: [ScopeInfo; 16] = [
         interfaces: &["wx.addPhoneContact"],
         mini_program: Popup,
         mini_game: Unsupported,
+        privacy: Some(InfoType::Contacts),
         location: LocationKind::None,
     },
     ScopeInfo {
@@ -157,6 +167,7 @@ pub static CATALOG: [ScopeInfo; 16] = [
         interfaces: &["wx.addPhoneRepeatCalendar", "wx.addPhoneCalendar"],
         mini_program: Popup,
         mini_game: Unsupported,
+        privacy: Some(InfoType::Calendar),
         location: LocationKind::None,
     },
     ScopeInfo {
@@ -166,6 +177,7 @@ pub static CATALOG: [ScopeInfo; 16] = [
         interfaces: &["wx.getWeRunData"],
         mini_program: Popup,
         mini_game: Popup,
+        privacy: Some(InfoType::Werun),
         location: LocationKind::None,
     },
     ScopeInfo {
@@ -175,6 +187,7 @@ pub static CATALOG: [ScopeInfo; 16] = [
         interfaces: &["wx.chooseAddress"],
         mini_program: NoAuthNeeded,
         mini_game: Unsupported,
+        privacy: Some(InfoType::Address),
         location: LocationKind::None,
     },
     ScopeInfo {
@@ -184,6 +197,7 @@ pub static CATALOG: [ScopeInfo; 16] = [
         interfaces: &["wx.chooseInvoiceTitle"],
         mini_program: NoAuthNeeded,
         mini_game: Unsupported,
+        privacy: Some(InfoType::Invoice),
         location: LocationKind::None,
     },
     ScopeInfo {
@@ -193,6 +207,7 @@ pub static CATALOG: [ScopeInfo; 16] = [
         interfaces: &["wx.chooseInvoice"],
         mini_program: NoAuthNeeded,
         mini_game: Unsupported,
+        privacy: Some(InfoType::Invoice),
         location: LocationKind::None,
     },
     ScopeInfo {
@@ -202,6 +217,7 @@ pub static CATALOG: [ScopeInfo; 16] = [
         interfaces: &["wx.getUserInfo"],
         mini_program: Anonymous,
         mini_game: Popup,
+        privacy: None,
         location: LocationKind::None,
     },
     ScopeInfo {
@@ -216,6 +232,7 @@ pub static CATALOG: [ScopeInfo; 16] = [
         ],
         mini_program: Unsupported,
         mini_game: Popup,
+        privacy: None,
         location: LocationKind::None,
     },
     ScopeInfo {
@@ -225,6 +242,7 @@ pub static CATALOG: [ScopeInfo; 16] = [
         interfaces: &["wx.getGameClubData"],
         mini_program: Unsupported,
         mini_game: Popup,
+        privacy: None,
         location: LocationKind::None,
     },
 ];

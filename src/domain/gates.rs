@@ -15,6 +15,12 @@ pub enum Outcome {
     NoAuthNeeded,
     NotDeclared,
     Unsupported,
+    /// The user has not agreed to the app's privacy guide (or it gained
+    /// types since): show the privacy agreement first.
+    PrivacyRequired,
+    /// The user disagreed with the privacy guide moments ago: fail without
+    /// a popup.
+    PrivacyDenied,
 }
 
 impl Outcome {
@@ -28,6 +34,8 @@ impl Outcome {
             Outcome::NoAuthNeeded => "NoAuthNeeded",
             Outcome::NotDeclared => "NotDeclared",
             Outcome::Unsupported => "Unsupported",
+            Outcome::PrivacyRequired => "PrivacyRequired",
+            Outcome::PrivacyDenied => "PrivacyDenied",
         }
     }
 }
@@ -46,6 +54,9 @@ pub enum Reason {
     StoredDenial,
     PopupAvailable,
     PopupUnavailable,
+    PrivacyNotDeclared,
+    PrivacyAgreementNeeded,
+    PrivacyDisagreed,
 }
 
 impl Reason {
@@ -63,6 +74,9 @@ impl Reason {
             Reason::StoredDenial => "StoredDenial",
             Reason::PopupAvailable => "PopupAvailable",
             Reason::PopupUnavailable => "PopupUnavailable",
+            Reason::PrivacyNotDeclared => "PrivacyNotDeclared",
+            Reason::PrivacyAgreementNeeded => "PrivacyAgreementNeeded",
+            Reason::PrivacyDisagreed => "PrivacyDisagreed",
         }
     }
 }
@@ -91,6 +105,8 @@ pub struct Verdict {
     /// For an answer from a stored grant: how long it lasts (the broker
     /// fills it in; the gates see only states).
     pub lifetime: super::Lifetime,
+    /// The platform errno for errors that have one (privacy: 112, 104).
+    pub err_no: u32,
 }
 
 /// The errMsg prefix for a target: "authorize" or the interface's name.
@@ -190,6 +206,7 @@ fn walk(
         },
         prompt: None,
         lifetime: super::Lifetime::Permanent,
+        err_no: 0,
     };
     let decl = &app.declarations;
 
@@ -360,10 +377,12 @@ fn walk(
 pub fn most_restrictive(verdicts: &[Verdict]) -> Option<&Verdict> {
     fn rank(outcome: Outcome) -> u8 {
         match outcome {
-            Outcome::Unsupported => 6,
-            Outcome::NotDeclared => 5,
-            Outcome::Denied => 4,
-            Outcome::SettingsRequired => 3,
+            Outcome::Unsupported => 8,
+            Outcome::NotDeclared => 7,
+            Outcome::PrivacyDenied => 6,
+            Outcome::Denied => 5,
+            Outcome::SettingsRequired => 4,
+            Outcome::PrivacyRequired => 3,
             Outcome::Prompt => 2,
             Outcome::Granted => 1,
             Outcome::NoAuthNeeded => 0,
@@ -394,6 +413,7 @@ mod tests {
 
     fn app(kind: AppKind, perm: &[&str], modes: &[&str], infos: &[&str]) -> App {
         let raw = RawDeclarations {
+            privacy: None,
             permission: perm
                 .iter()
                 .map(|s| (s.to_string(), "why".to_string()))
@@ -402,6 +422,7 @@ mod tests {
             private_infos: infos.iter().map(|s| s.to_string()).collect(),
         };
         App {
+            privacy_version: 0,
             id: AppId::parse("wxapp").unwrap(),
             kind,
             declarations: Declarations::parse(kind, raw).unwrap(),

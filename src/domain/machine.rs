@@ -478,6 +478,7 @@ mod tests {
 
     fn app(background: bool) -> App {
         let raw = RawDeclarations {
+            privacy: None,
             permission: vec![("scope.userLocation".into(), "nearby".into())],
             background_modes: if background {
                 vec!["location".into()]
@@ -487,6 +488,7 @@ mod tests {
             private_infos: vec![],
         };
         App {
+            privacy_version: 0,
             id: AppId::parse("wxapp").unwrap(),
             kind: AppKind::MiniProgram,
             declarations: Declarations::parse(AppKind::MiniProgram, raw).unwrap(),

@@ -13,6 +13,7 @@ pub mod gates;
 mod ids;
 pub mod machine;
 mod platform;
+pub mod privacy;
 pub mod rules;
 mod version;
 
@@ -28,5 +29,6 @@ pub use gates::{Outcome, Prompt, Reason, Verdict};
 pub use ids::{AppId, SessionId, UserId, MAX_ID_LEN};
 pub use machine::{Answer, LocationOption, SettingItem, SettingsUpdate};
 pub use platform::{Client, Platform};
+pub use privacy::{InfoType, PrivacyGuide, PrivacyState};
 pub use rules::{MinSdkRule, MinSdkTarget, PopupRule, RuleSet, Target};
 pub use version::{Version, VersionError};

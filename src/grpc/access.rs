@@ -38,6 +38,8 @@ pub fn rpc_for_path(path: &str) -> Option<Rpc> {
         ("Authorization", "GetRules") => Rpc::GetRules,
         ("Authorization", "Watch") => Rpc::Watch,
         ("Authorization", "EndSession") => Rpc::EndSession,
+        ("Authorization", "GetPrivacySetting") => Rpc::GetPrivacySetting,
+        ("Authorization", "RecordPrivacyDecision") => Rpc::RecordPrivacyDecision,
         ("Apps", "RegisterApp") => Rpc::RegisterApp,
         ("Apps", "UpdateApp") => Rpc::UpdateApp,
         ("Apps", "GetApp") => Rpc::GetApp,

@@ -276,6 +276,46 @@ impl Authorization for AuthorizationService {
         }))
     }
 
+    async fn get_privacy_setting(
+        &self,
+        request: Request<pb::GetPrivacySettingRequest>,
+    ) -> Result<Response<pb::GetPrivacySettingResponse>, Status> {
+        let who = caller(&request)?;
+        let r = request.into_inner();
+        let subject = convert::subject(&r.app_id, &r.user_id)?;
+        who.may_touch(Rpc::GetPrivacySetting, &subject.app)
+            .map_err(refuse)?;
+        let read = self.broker.get_privacy_setting(&subject)?;
+        let (need_authorization, privacy_contract_name) = read.value;
+        Ok(Response::new(pb::GetPrivacySettingResponse {
+            need_authorization,
+            privacy_contract_name,
+            err_msg: format!("getPrivacySetting:{}", msg::OK),
+            revision: read.revision,
+        }))
+    }
+
+    async fn record_privacy_decision(
+        &self,
+        request: Request<pb::RecordPrivacyDecisionRequest>,
+    ) -> Result<Response<pb::RecordPrivacyDecisionResponse>, Status> {
+        let who = caller(&request)?;
+        let r = request.into_inner();
+        let subject = convert::subject(&r.app_id, &r.user_id)?;
+        who.may_touch(Rpc::RecordPrivacyDecision, &subject.app)
+            .map_err(refuse)?;
+        let read = self
+            .broker
+            .record_privacy_decision(&subject, r.agree)
+            .await?;
+        let (need_authorization, version) = read.value;
+        Ok(Response::new(pb::RecordPrivacyDecisionResponse {
+            need_authorization,
+            version,
+            revision: read.revision,
+        }))
+    }
+
     async fn list_scopes(
         &self,
         request: Request<pb::ListScopesRequest>,

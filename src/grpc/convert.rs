@@ -142,6 +142,7 @@ pub fn app_request(app: Option<pb::App>) -> Result<(AppId, AppKind, RawDeclarati
             .collect(),
         background_modes: app.required_background_modes,
         private_infos: app.required_private_infos,
+        privacy: app.privacy.map(|p| (p.name, p.info_types)),
     };
     Ok((id, kind, raw))
 }
@@ -167,6 +168,8 @@ pub fn outcome(o: Outcome) -> pb::Outcome {
         Outcome::NoAuthNeeded => pb::Outcome::NoAuthNeeded,
         Outcome::NotDeclared => pb::Outcome::NotDeclared,
         Outcome::Unsupported => pb::Outcome::Unsupported,
+        Outcome::PrivacyRequired => pb::Outcome::PrivacyRequired,
+        Outcome::PrivacyDenied => pb::Outcome::PrivacyDenied,
     }
 }
 
@@ -183,6 +186,9 @@ fn reason(r: Reason) -> pb::Reason {
         Reason::StoredDenial => pb::Reason::StoredDenial,
         Reason::PopupAvailable => pb::Reason::PopupAvailable,
         Reason::PopupUnavailable => pb::Reason::PopupUnavailable,
+        Reason::PrivacyNotDeclared => pb::Reason::PrivacyNotDeclared,
+        Reason::PrivacyAgreementNeeded => pb::Reason::PrivacyAgreementNeeded,
+        Reason::PrivacyDisagreed => pb::Reason::PrivacyDisagreed,
     }
 }
 
@@ -250,6 +256,7 @@ pub fn decision(v: Verdict) -> pb::Decision {
             Lifetime::Session { session, .. } => session.as_str().to_owned(),
             _ => String::new(),
         },
+        err_no: v.err_no,
     }
 }
 
@@ -437,6 +444,11 @@ pub fn app(app: &Arc<App>) -> pb::App {
         required_private_infos: d.private_infos.iter().cloned().collect(),
         revision: app.revision,
         updated_at: Some(timestamp(ms)),
+        privacy: d.privacy.as_ref().map(|g| pb::PrivacyGuide {
+            name: g.name.clone(),
+            info_types: g.info_types.iter().map(|t| t.name().to_owned()).collect(),
+            version: app.privacy_version,
+        }),
     }
 }
 

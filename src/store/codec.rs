@@ -9,6 +9,7 @@
 //! - `e/<revision: u64 BE>`           -> event (binary)
 //! - `b/<app>\0<user>\0<scope>`       -> checkpoint: the decision as of
 //!   `m/compacted_through` (one state byte); the log folds on top of it
+//! - `p/<app>\0<user>`               -> the user's privacy-guide answer (18 bytes)
 //! - `m/revision`, `m/format`, `m/compacted_through`, `m/events` -> metadata (u64 BE)
 
 use std::collections::BTreeSet;
@@ -17,8 +18,8 @@ use serde::{Deserialize, Serialize};
 
 use super::StoreError;
 use crate::domain::{
-    App, AppId, AppKind, Cause, Decision, DecisionState, Declarations, Event, Lifetime, Scope,
-    SessionId, UserId,
+    App, AppId, AppKind, Cause, Decision, DecisionState, Declarations, Event, Lifetime,
+    PrivacyGuide, PrivacyState, Scope, SessionId, UserId,
 };
 
 pub const APP_PREFIX: &[u8] = b"a/";
@@ -26,6 +27,7 @@ pub const DECISION_PREFIX: &[u8] = b"d/";
 pub const EVENT_PREFIX: &[u8] = b"e/";
 pub const BASE_PREFIX: &[u8] = b"b/";
 pub const TIMER_PREFIX: &[u8] = b"t/";
+pub const PRIVACY_PREFIX: &[u8] = b"p/";
 pub const COMPACTED_KEY: &[u8] = b"m/compacted_through";
 /// How many events the log holds (kept with every commit and compaction, so
 /// opening does not have to count them).
@@ -212,6 +214,38 @@ pub fn decode_decision(raw: &[u8]) -> Result<Decision, StoreError> {
     })
 }
 
+/// Prefix of every privacy answer of `app`.
+pub fn app_privacy_prefix(app: &AppId) -> Vec<u8> {
+    [PRIVACY_PREFIX, app.as_str().as_bytes(), b"\0"].concat()
+}
+
+pub fn privacy_key(app: &AppId, user: &UserId) -> Vec<u8> {
+    [&app_privacy_prefix(app)[..], user.as_str().as_bytes()].concat()
+}
+
+pub fn encode_privacy(p: &PrivacyState) -> Vec<u8> {
+    let mut v = Vec::with_capacity(18);
+    v.push(VALUE_VERSION);
+    v.push(u8::from(p.agreed));
+    v.extend_from_slice(&p.version.to_be_bytes());
+    v.extend_from_slice(&p.at_ms.to_be_bytes());
+    v
+}
+
+pub fn decode_privacy(raw: &[u8]) -> Result<PrivacyState, StoreError> {
+    if raw.len() != 18 || raw[0] != VALUE_VERSION || raw[1] > 1 {
+        return Err(StoreError::Corrupt(format!(
+            "bad privacy value of {} bytes",
+            raw.len()
+        )));
+    }
+    Ok(PrivacyState {
+        agreed: raw[1] == 1,
+        version: decode_u64(&raw[2..10])?,
+        at_ms: decode_u64(&raw[10..18])?,
+    })
+}
+
 /// The timer key of a decision key lapsing at `expires_at_ms`.
 pub fn timer_key(expires_at_ms: u64, decision_key: &[u8]) -> Vec<u8> {
     [
@@ -304,6 +338,15 @@ struct AppRecord {
     private_infos: BTreeSet<String>,
     revision: u64,
     updated_at_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    privacy: Option<PrivacyRecord>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PrivacyRecord {
+    name: String,
+    info_types: Vec<String>,
+    version: u64,
 }
 
 pub fn encode_app(app: &App) -> Vec<u8> {
@@ -323,6 +366,11 @@ pub fn encode_app(app: &App) -> Vec<u8> {
         private_infos: app.declarations.private_infos.clone(),
         revision: app.revision,
         updated_at_ms: app.updated_at_ms,
+        privacy: app.declarations.privacy.as_ref().map(|g| PrivacyRecord {
+            name: g.name.clone(),
+            info_types: g.info_types.iter().map(|t| t.name().to_owned()).collect(),
+            version: app.privacy_version,
+        }),
     };
     // Serializing plain strings and numbers cannot fail.
     serde_json::to_vec(&record).unwrap_or_default()
@@ -342,6 +390,13 @@ pub fn decode_app(raw: &[u8]) -> Result<App, StoreError> {
         .iter()
         .map(|(s, d)| Ok((decode_scope(s.as_bytes())?, d.clone())))
         .collect::<Result<_, StoreError>>()?;
+    let (privacy, privacy_version) = match &r.privacy {
+        None => (None, 0),
+        Some(p) => (
+            Some(PrivacyGuide::parse(&p.name, &p.info_types).map_err(|e| corrupt(&e.to_string()))?),
+            p.version,
+        ),
+    };
     Ok(App {
         id: AppId::parse(&r.id).map_err(|_| corrupt("bad id"))?,
         kind,
@@ -349,9 +404,11 @@ pub fn decode_app(raw: &[u8]) -> Result<App, StoreError> {
             permission,
             background_modes: r.background_modes,
             private_infos: r.private_infos,
+            privacy,
         },
         revision: r.revision,
         updated_at_ms: r.updated_at_ms,
+        privacy_version,
     })
 }
 

@@ -21,8 +21,8 @@ pub use maintenance::DEFAULT_RETENTION;
 pub use sled_store::{SledConfig, SledStore};
 
 use crate::domain::{
-    App, AppId, Change, Decision, DecisionRecords, DomainError, Event, Lifetime, Scope,
-    UserDecisions, UserId,
+    App, AppId, Change, Decision, DecisionRecords, DomainError, Event, Lifetime, PrivacyState,
+    Scope, UserDecisions, UserId,
 };
 
 /// A boxed future, so the trait stays object-safe.
@@ -36,6 +36,8 @@ pub trait View {
     fn decisions(&self, app: &AppId, user: &UserId) -> Result<UserDecisions, StoreError>;
     /// The stored decisions with their lifetimes.
     fn records(&self, app: &AppId, user: &UserId) -> Result<DecisionRecords, StoreError>;
+    /// The user's answer to the app's privacy guide.
+    fn privacy(&self, app: &AppId, user: &UserId) -> Result<Option<PrivacyState>, StoreError>;
     /// Timers due at `now_ms`, earliest first, at most `limit`.
     fn due_timers(&self, now_ms: u64, limit: usize) -> Result<Vec<Timer>, StoreError>;
     /// Every user's decisions for `app` (for deleting an app).
@@ -54,6 +56,9 @@ pub struct WriteSet {
     pub cleared_timers: Vec<Timer>,
     /// Per-decision lifetimes that override `lifetime` (imports).
     pub lifetimes: std::collections::BTreeMap<(AppId, UserId, Scope), Lifetime>,
+    /// A privacy-guide answer to store (`Some`) or forget (`None`). It takes
+    /// a revision but is not a decision: no event.
+    pub privacy: Option<(AppId, UserId, Option<PrivacyState>)>,
 }
 
 /// A timed or one-time grant's timer: when it comes due, the grant lapses
@@ -180,6 +185,8 @@ pub trait Store: Send + Sync + 'static {
     fn decisions(&self, app: &AppId, user: &UserId) -> Result<UserDecisions, StoreError>;
     /// The stored decisions with their lifetimes.
     fn records(&self, app: &AppId, user: &UserId) -> Result<DecisionRecords, StoreError>;
+    /// The user's answer to the app's privacy guide.
+    fn privacy(&self, app: &AppId, user: &UserId) -> Result<Option<PrivacyState>, StoreError>;
     /// The earliest timer, if any (when the next grant lapses).
     fn next_timer(&self) -> Result<Option<u64>, StoreError>;
     /// The revision of the last durable commit.

@@ -20,7 +20,9 @@ use super::{
     BoxFuture, CommitObserver, Committed, Compaction, DecisionRow, Job, Published, Retention,
     Store, StoreError, StoreStats, Timer, TxnError, Verification,
 };
-use crate::domain::{App, AppId, Decision, DecisionRecords, Event, Scope, UserDecisions, UserId};
+use crate::domain::{
+    App, AppId, Decision, DecisionRecords, Event, PrivacyState, Scope, UserDecisions, UserId,
+};
 
 /// Tuning of the sled backend.
 #[derive(Clone, Debug)]
@@ -435,6 +437,13 @@ impl Store for SledStore {
 
     fn records(&self, app: &AppId, user: &UserId) -> Result<DecisionRecords, StoreError> {
         read_records(&self.tree()?, app, user)
+    }
+
+    fn privacy(&self, app: &AppId, user: &UserId) -> Result<Option<PrivacyState>, StoreError> {
+        self.tree()?
+            .get(codec::privacy_key(app, user))?
+            .map(|raw| codec::decode_privacy(&raw))
+            .transpose()
     }
 
     fn next_timer(&self) -> Result<Option<u64>, StoreError> {

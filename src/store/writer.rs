@@ -16,7 +16,8 @@ use super::{
     AppWrite, Committed, Job, Published, StoreError, Timer, TxnError, View, WriteSet,
 };
 use crate::domain::{
-    App, AppId, Decision, DecisionRecords, DecisionState, Event, Lifetime, UserDecisions, UserId,
+    App, AppId, Decision, DecisionRecords, DecisionState, Event, Lifetime, PrivacyState,
+    UserDecisions, UserId,
 };
 
 pub(super) enum Request {
@@ -229,6 +230,25 @@ impl Writer {
             }
             Some(AppWrite::Delete(id)) => {
                 next(group)?;
+                // Users' privacy answers go with the registration.
+                let prefix = codec::app_privacy_prefix(&id);
+                let mut answered: Vec<Vec<u8>> = self
+                    .tree
+                    .scan_prefix(&prefix)
+                    .keys()
+                    .map(|k| k.map(|k| k.to_vec()))
+                    .collect::<Result<_, _>>()?;
+                answered.extend(
+                    group
+                        .overlay
+                        .range(prefix.clone()..)
+                        .take_while(|(k, _)| k.starts_with(&prefix))
+                        .filter(|(_, v)| v.is_some())
+                        .map(|(k, _)| k.clone()),
+                );
+                for key in answered {
+                    put(group, key, None);
+                }
                 put(group, codec::app_key(&id), None);
                 group.apps.push((id, None));
                 committed.revision = group.revision;
@@ -236,6 +256,14 @@ impl Writer {
             None => {}
         }
 
+        if let Some((app, user, answer)) = set.privacy {
+            committed.revision = next(group)?;
+            put(
+                group,
+                codec::privacy_key(&app, &user),
+                answer.as_ref().map(codec::encode_privacy),
+            );
+        }
         for timer in &set.cleared_timers {
             let key = codec::decision_key(&timer.app, &timer.user, timer.scope);
             put(group, codec::timer_key(timer.expires_at_ms, &key), None);
@@ -331,6 +359,15 @@ impl View for GroupView<'_> {
             };
         }
         Ok(out)
+    }
+
+    fn privacy(&self, app: &AppId, user: &UserId) -> Result<Option<PrivacyState>, StoreError> {
+        let key = codec::privacy_key(app, user);
+        let raw = match self.overlay.get(&key) {
+            Some(staged) => staged.clone(),
+            None => self.writer.tree.get(&key)?.map(|v| v.to_vec()),
+        };
+        raw.as_deref().map(codec::decode_privacy).transpose()
     }
 
     fn due_timers(&self, now_ms: u64, limit: usize) -> Result<Vec<Timer>, StoreError> {

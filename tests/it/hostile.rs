@@ -223,6 +223,7 @@ fn test_app(kind: AppKind, background_location: bool) -> App {
         declarations.background_modes.insert("location".into());
     }
     App {
+        privacy_version: 0,
         id: AppId::parse("wxprop").unwrap(),
         kind,
         declarations,
@@ -466,6 +467,7 @@ proptest! {
         infos in vec(prop_oneof![3 => select(PRIVATE_INFOS.to_vec()).prop_map(|s| s.to_owned()), 1 => name_like()], 0..5),
     ) {
         let app = present.then(|| pb::App {
+            privacy: None,
             app_id: id.clone(),
             kind,
             permission: permission

@@ -17,6 +17,7 @@ mod hostile;
 mod metrics;
 mod model;
 mod persistence;
+mod privacy;
 mod record;
 mod security;
 mod security_process;

@@ -19,6 +19,23 @@ fn start_fails(data_dir: &Path) -> (i32, String) {
     )
 }
 
+/// Opens a data dir a stopped daemon used. sled releases the directory's
+/// lock from its own background thread after the last handle is dropped,
+/// so right after a shutdown the lock can still be held for a moment.
+fn open_when_released(data: &Path) -> sled::Db {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match sled::open(data) {
+            Ok(db) => return db,
+            Err(e) if std::time::Instant::now() < deadline => {
+                eprintln!("data dir still locked ({e}); retrying");
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) => panic!("cannot open {}: {e}", data.display()),
+        }
+    }
+}
+
 /// A data dir holding one registered app, written by a real daemon.
 async fn populated() -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
@@ -53,7 +70,7 @@ fn unusable_paths_are_refused() {
 async fn an_unknown_format_is_refused() {
     let (_dir, data) = populated().await;
     {
-        let db = sled::open(&data).unwrap();
+        let db = open_when_released(&data);
         db.open_tree("consent")
             .unwrap()
             .insert(b"m/format", &99u64.to_be_bytes())

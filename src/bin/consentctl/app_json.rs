@@ -77,6 +77,8 @@ pub fn read(file: &Path, app_id: &str, kind: pb::AppKind) -> Result<pb::App> {
         permission,
         background_modes: strings(file, &json, "requiredBackgroundModes")?,
         private_infos: strings(file, &json, "requiredPrivateInfos")?,
+        // The privacy guide is not part of app.json: use --privacy-guide.
+        privacy: None,
     };
     let domain_kind = match kind {
         pb::AppKind::MiniGame => AppKind::MiniGame,

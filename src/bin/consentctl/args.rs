@@ -225,6 +225,15 @@ pub struct AppArgs {
     /// requiredPrivateInfos entry (getLocation, ...); repeatable.
     #[arg(long = "private-info")]
     pub private_infos: Vec<String>,
+    /// Declare a privacy guide with this contract name (turns the privacy
+    /// gate on for the app).
+    #[arg(long, value_name = "NAME")]
+    pub privacy_guide: Option<String>,
+    /// An information type the privacy guide covers (location, album,
+    /// camera, microphone, contacts, calendar, bluetooth, werun, address,
+    /// invoice); repeatable.
+    #[arg(long = "privacy-type", value_name = "TYPE", requires = "privacy_guide")]
+    pub privacy_types: Vec<String>,
 }
 
 /// The client that asks. Defaults describe a current Android host.

@@ -442,17 +442,26 @@ fn with_revision(mut value: Value, revision: u64) -> Value {
 /// The app as the flags or the app.json/game.json describe it, and whether
 /// it came from such a file (then registering updates an existing app).
 fn app_request(a: &AppArgs) -> Result<(pb::App, bool)> {
-    if let Some(file) = &a.app_json {
-        return Ok((
-            app_json::read(file, &a.app, pb::AppKind::MiniProgram)?,
-            true,
-        ));
-    }
-    if let Some(file) = &a.game_json {
-        return Ok((app_json::read(file, &a.app, pb::AppKind::MiniGame)?, true));
+    let from_file = match (&a.app_json, &a.game_json) {
+        (Some(file), _) => Some(app_json::read(file, &a.app, pb::AppKind::MiniProgram)?),
+        (None, Some(file)) => Some(app_json::read(file, &a.app, pb::AppKind::MiniGame)?),
+        (None, None) => None,
+    };
+    if let Some(mut app) = from_file {
+        // The privacy guide lives outside app.json: the flags add it.
+        app.privacy = privacy_of(a);
+        return Ok((app, true));
     }
     let kind = a.kind.map_or(pb::AppKind::Unspecified, |k| k.to_pb());
     Ok((app_from_flags(a, kind), false))
+}
+
+fn privacy_of(a: &AppArgs) -> Option<pb::PrivacyGuide> {
+    a.privacy_guide.as_ref().map(|name| pb::PrivacyGuide {
+        name: name.clone(),
+        info_types: a.privacy_types.clone(),
+        version: 0,
+    })
 }
 
 fn app_from_flags(a: &AppArgs, kind: pb::AppKind) -> pb::App {
@@ -466,6 +475,7 @@ fn app_from_flags(a: &AppArgs, kind: pb::AppKind) -> pb::App {
             .collect(),
         required_background_modes: a.background_modes.clone(),
         required_private_infos: a.private_infos.clone(),
+        privacy: privacy_of(a),
         ..Default::default()
     }
 }
