@@ -148,6 +148,9 @@ mod echo {
         ) -> R<pb::RecordPrivacyDecisionResponse> {
             none()
         }
+        async fn list_audit(&self, _: Request<pb::ListAuditRequest>) -> R<pb::ListAuditResponse> {
+            none()
+        }
         async fn get_setting(
             &self,
             _: Request<pb::GetSettingRequest>,
@@ -467,7 +470,7 @@ async fn mixed_call(
     seq: u64,
     mut c: AuthorizationClient<Channel>,
 ) -> Result<(), tonic::Status> {
-    if (seq as usize + task) % 20 == 0 {
+    if (seq as usize + task).is_multiple_of(20) {
         c.record_decision(fresh_record(task, seq)).await.map(drop)
     } else {
         c.authorize(mixed_authorize(seq, task)).await.map(drop)

@@ -7,6 +7,7 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use crate::{
+    domain::NagPolicy,
     grpc::CallLimits,
     transport::{ListenAddr, TlsFiles},
 };
@@ -82,6 +83,33 @@ pub struct Config {
     pub compaction_interval: Duration,
     pub rules: RuleSet,
     pub grants: GrantsConfig,
+    pub audit: AuditConfig,
+    /// The anti-nag policy; off (`None`) by default.
+    pub anti_nag: Option<NagPolicy>,
+}
+
+/// The consent audit trail.
+#[derive(Clone, Debug)]
+pub struct AuditConfig {
+    /// How much of the trail to keep (independent of the event log's).
+    pub retention: Retention,
+    /// Record every prompt shown (and suppressed), not only answers.
+    pub record_prompts: bool,
+}
+
+/// Default audit retention: 90 days, at most ten million records.
+pub const DEFAULT_AUDIT_RETENTION: Retention = Retention {
+    max_events: Some(10_000_000),
+    max_age: Some(Duration::from_secs(90 * 24 * 3600)),
+};
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            retention: DEFAULT_AUDIT_RETENTION,
+            record_prompts: true,
+        }
+    }
 }
 
 /// Timed and one-time grants.
@@ -137,6 +165,8 @@ impl Default for Config {
             compaction_interval: DEFAULT_COMPACTION_INTERVAL,
             rules: RuleSet::default(),
             grants: GrantsConfig::default(),
+            audit: AuditConfig::default(),
+            anti_nag: None,
         }
     }
 }
@@ -234,6 +264,25 @@ pub struct FileConfig {
     pub rules: Option<FileRules>,
     pub grants: Option<FileGrants>,
     pub privacy: Option<FilePrivacy>,
+    pub audit: Option<FileAudit>,
+    pub anti_nag: Option<FileAntiNag>,
+}
+
+/// `[audit]`: 0 disables a limit.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAudit {
+    pub max_records: Option<u64>,
+    pub max_age_secs: Option<u64>,
+    pub record_prompts: Option<bool>,
+}
+
+/// `[anti_nag]`: on when `max_cancels` is set (> 0).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAntiNag {
+    pub max_cancels: Option<u32>,
+    pub embargo_secs: Option<u64>,
 }
 
 /// `[grants]`.
@@ -463,6 +512,30 @@ impl Config {
             rules: match file.rules {
                 Some(rules) => rules.resolve()?,
                 None => d.rules,
+            },
+            audit: {
+                let a = file.audit.unwrap_or_default();
+                AuditConfig {
+                    retention: Retention {
+                        max_events: a
+                            .max_records
+                            .map_or(d.audit.retention.max_events, |n| (n > 0).then_some(n)),
+                        max_age: a.max_age_secs.map_or(d.audit.retention.max_age, |s| {
+                            (s > 0).then(|| Duration::from_secs(s))
+                        }),
+                    },
+                    record_prompts: a.record_prompts.unwrap_or(d.audit.record_prompts),
+                }
+            },
+            anti_nag: match file.anti_nag {
+                None => None,
+                Some(n) => match n.max_cancels {
+                    None | Some(0) => None,
+                    Some(max_cancels) => Some(NagPolicy {
+                        max_cancels,
+                        embargo_ms: n.embargo_secs.unwrap_or(86_400).saturating_mul(1000),
+                    }),
+                },
             },
             grants: {
                 let g = file.grants.unwrap_or_default();

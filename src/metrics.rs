@@ -252,6 +252,7 @@ fn method_label(path: &str) -> &'static str {
         "/consent.v1.Authorization/EndSession",
         "/consent.v1.Authorization/GetPrivacySetting",
         "/consent.v1.Authorization/RecordPrivacyDecision",
+        "/consent.v1.Authorization/ListAudit",
         "/consent.v1.Apps/RegisterApp",
         "/consent.v1.Apps/UpdateApp",
         "/consent.v1.Apps/GetApp",

@@ -109,7 +109,9 @@ impl Daemon {
         let store: Arc<dyn Store> = Arc::new(store);
         let broker = Broker::new(store.clone(), config.rules.clone())
             .with_session_idle_timeout(config.grants.session_idle_timeout)
-            .with_privacy_gap(config.grants.privacy_disagree_gap);
+            .with_privacy_gap(config.grants.privacy_disagree_gap)
+            .with_nag_policy(config.anti_nag)
+            .with_prompt_audit(config.audit.record_prompts);
         let watcher = Arc::new(Watcher::new(store.clone(), config.watch.clone()));
 
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -170,6 +172,7 @@ impl Daemon {
         let compactor = tokio::spawn(compact_periodically(
             store.clone(),
             config.retention,
+            config.audit.retention,
             config.compaction_interval,
             stop.clone(),
         ));
@@ -343,17 +346,22 @@ async fn recover_when_possible(store: Arc<dyn Store>, stop: CancellationToken) {
     }
 }
 
-/// Lapses timed and one-time grants as their timers come due, checking
-/// every `every` until `stop`. The first check runs at once, so grants
-/// that lapsed while the daemon was down lapse right after a start.
+/// Housekeeping until `stop`: lapses timed and one-time grants as their
+/// timers come due (checked every `every`; the first check runs at once,
+/// so grants that lapsed while the daemon was down lapse right after a
+/// start), and writes the buffered prompt audit records.
 async fn expire_grants(broker: Broker, every: Duration, stop: CancellationToken) {
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            () = stop.cancelled() => return,
+            () = stop.cancelled() => {
+                broker.flush_prompt_audit();
+                return;
+            }
             _ = ticks.tick() => {}
         }
+        broker.flush_prompt_audit();
         loop {
             let now = crate::broker::now_ms();
             match broker.store().next_timer() {
@@ -382,10 +390,11 @@ async fn expire_grants(broker: Broker, every: Duration, stop: CancellationToken)
     }
 }
 
-/// Trims the event log every `every` until `stop`.
+/// Trims the event log and the audit trail every `every` until `stop`.
 async fn compact_periodically(
     store: Arc<dyn Store>,
     retention: Retention,
+    audit_retention: Retention,
     every: Duration,
     stop: CancellationToken,
 ) {
@@ -402,6 +411,14 @@ async fn compact_periodically(
             result = store.compact(retention) => {
                 if let Err(e) = result {
                     tracing::error!(error = %e, "compaction failed; will retry");
+                }
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            result = store.trim_audit(audit_retention) => {
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "trimming the audit trail failed; will retry");
                 }
             }
         }

@@ -4,22 +4,31 @@
 //! atomically with respect to other writes.
 
 mod error;
+mod trail;
 
 use std::{collections::BTreeMap, sync::Arc};
 
 pub use error::BrokerError;
+pub use trail::Actor;
+use trail::{AuditShape, DecisionWrite, PromptLog};
+
+/// A runtime asking again within this long while the same popup is up is
+/// the same prompt: one audit record.
+pub const PROMPT_AUDIT_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
 
 use crate::{
     domain::{
+        audit,
         gates::{self, Verdict},
         machine::{self, Answer, SettingItem, SettingsUpdate},
         privacy::{self, PrivacyState},
         rules::Target,
-        Api, App, AppId, AppKind, Availability, Cause, Client, DecisionRecords, DecisionState,
-        Declarations, DomainError, Event, Lifetime, LifetimeRequest, Outcome, RawDeclarations,
-        Reason, RuleSet, Scope, ScopeInfo, SessionId, UserDecisions, UserId, CATALOG,
+        Api, App, AppId, AppKind, AuditAction, AuditEntry, AuditQuery, Availability, Cause, Client,
+        DecisionRecords, DecisionState, Declarations, DomainError, Event, Lifetime,
+        LifetimeRequest, NagPolicy, NagState, OperatorAction, Outcome, RawDeclarations, Reason,
+        RuleSet, Scope, ScopeInfo, SessionId, UserDecisions, UserId, CATALOG,
     },
-    store::{AppWrite, DecisionRow, Store, TxnError, View, WriteSet},
+    store::{AppWrite, AuditPage, DecisionRow, Store, TxnError, View, WriteSet},
 };
 
 /// How long a one-time grant lasts without its session ending, by default.
@@ -113,6 +122,9 @@ pub struct Broker {
     rules: Arc<RuleSet>,
     session_idle_ms: u64,
     privacy_gap_ms: u64,
+    nag: Option<NagPolicy>,
+    audit_prompts: bool,
+    prompt_log: Arc<PromptLog>,
 }
 
 impl Broker {
@@ -122,7 +134,89 @@ impl Broker {
             rules: Arc::new(rules),
             session_idle_ms: DEFAULT_SESSION_IDLE_TIMEOUT.as_millis() as u64,
             privacy_gap_ms: DEFAULT_PRIVACY_GAP.as_millis() as u64,
+            nag: None,
+            audit_prompts: true,
+            prompt_log: Arc::new(PromptLog::new(PROMPT_AUDIT_WINDOW.as_millis() as u64)),
         }
+    }
+
+    /// The anti-nag policy (off: `None`, the default).
+    pub fn with_nag_policy(mut self, policy: Option<NagPolicy>) -> Self {
+        self.nag = policy;
+        self
+    }
+
+    /// Whether prompts shown (and suppressed) go into the audit trail.
+    pub fn with_prompt_audit(mut self, on: bool) -> Self {
+        self.audit_prompts = on;
+        self
+    }
+
+    /// Applies the anti-nag policy to the PROMPT verdicts about to be
+    /// returned, and records them (shown or suppressed) in the audit trail
+    /// without making the read wait for that write.
+    fn prompts(
+        &self,
+        app: &App,
+        s: &Subject,
+        target: Target<'_>,
+        verdicts: &mut [Verdict],
+        actor: &Actor,
+    ) -> Result<(), BrokerError> {
+        let _ = app;
+        let now = now_ms();
+        for v in verdicts.iter_mut().filter(|v| v.outcome == Outcome::Prompt) {
+            if self.nag.is_some() {
+                let nag = self.store.nag(&s.app, &s.user, v.scope)?;
+                *v = audit::embargo(v.clone(), target, nag.as_ref(), now);
+            }
+            if !self.audit_prompts {
+                continue;
+            }
+            let action = match v.outcome {
+                Outcome::Embargoed => AuditAction::PromptSuppressed,
+                _ => AuditAction::PromptShown,
+            };
+            if let Some(batch) = self
+                .prompt_log
+                .push(actor.entry(s, Some(v.scope), action), now)
+            {
+                self.write_prompts(batch);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the buffered prompt audit records (the daemon's housekeeping
+    /// tick, and shutdown, call this).
+    pub fn flush_prompt_audit(&self) {
+        let batch = self.prompt_log.take();
+        if !batch.is_empty() {
+            self.write_prompts(batch);
+        }
+    }
+
+    fn write_prompts(&self, batch: Vec<AuditEntry>) {
+        let n = batch.len();
+        let job = Box::new(move |_: &dyn View| {
+            Ok(WriteSet {
+                audit: batch,
+                ..WriteSet::default()
+            })
+        });
+        if let Err(e) = self.store.submit_detached(job) {
+            tracing::warn!(error = %e, records = n, "prompt audit records were dropped");
+        }
+    }
+
+    /// One page of an app's audit trail.
+    pub fn audit(&self, app: &AppId, query: &AuditQuery) -> Result<Read<AuditPage>, BrokerError> {
+        // The trail outlives the registration: no check that the app exists.
+        let revision = self.store.revision();
+        Ok(Read {
+            value: self.store.audit(app, query)?,
+            revision,
+        })
     }
 
     /// How long calls fail without a popup after a privacy disagreement.
@@ -203,6 +297,7 @@ impl Broker {
         s: &Subject,
         scope: Scope,
         client: &Client,
+        actor: &Actor,
     ) -> Result<Read<Verdict>, BrokerError> {
         let revision = self.store.revision();
         let app = self.app(&s.app)?;
@@ -216,6 +311,9 @@ impl Broker {
                     lifetime,
                 ),
             };
+        let mut verdicts = [verdict];
+        self.prompts(&app, s, Target::Authorize, &mut verdicts, actor)?;
+        let [verdict] = verdicts;
         Ok(Read {
             value: verdict,
             revision,
@@ -264,6 +362,7 @@ impl Broker {
         s: &Subject,
         scopes: &[Scope],
         client: &Client,
+        actor: &Actor,
     ) -> Result<Read<Vec<Verdict>>, BrokerError> {
         let revision = self.store.revision();
         let app = self.app(&s.app)?;
@@ -284,7 +383,9 @@ impl Broker {
                     lifetime,
                 )
             })
-            .collect();
+            .collect::<Vec<_>>();
+        let mut verdicts = verdicts;
+        self.prompts(&app, s, Target::Authorize, &mut verdicts, actor)?;
         Ok(Read {
             value: verdicts,
             revision,
@@ -297,6 +398,7 @@ impl Broker {
         s: &Subject,
         api: Api,
         client: &Client,
+        actor: &Actor,
     ) -> Result<Read<ApiVerdict>, BrokerError> {
         let revision = self.store.revision();
         let app = self.app(&s.app)?;
@@ -328,6 +430,8 @@ impl Broker {
                 with_lifetime(v, lifetime)
             })
             .collect::<Vec<_>>();
+        let mut verdicts = verdicts;
+        self.prompts(&app, s, Target::Api(&api), &mut verdicts, actor)?;
         let decisive = gates::most_restrictive(&verdicts).ok_or_else(|| {
             BrokerError::Internal(format!("interface {} has no scopes", api.name()))
         })?;
@@ -351,11 +455,18 @@ impl Broker {
         client: Client,
         answer: Answer,
         lifetime: LifetimeRequest,
+        actor: &Actor,
     ) -> Result<Written<Recorded>, BrokerError> {
         let rules = self.rules.clone();
         let lifetime = lifetime.resolve(now_ms(), self.session_idle_ms)?;
         let gap_ms = self.privacy_gap_ms;
-        self.write_decisions(s, lifetime, move |app, decisions, privacy_answer| {
+        let w = DecisionWrite {
+            lifetime,
+            forget_privacy: false,
+            actor: actor.clone(),
+            audit: AuditShape::Answer(scope, answer),
+        };
+        self.write_decisions(s, w, move |app, decisions, privacy_answer| {
             let stored = decisions.get(&scope).copied().unwrap_or_default();
             if let Some(v) = privacy::gate(
                 app,
@@ -427,9 +538,16 @@ impl Broker {
         s: &Subject,
         update: SettingsUpdate,
         lifetime: LifetimeRequest,
+        actor: &Actor,
     ) -> Result<Written<BTreeMap<Scope, bool>>, BrokerError> {
         let lifetime = lifetime.resolve(now_ms(), self.session_idle_ms)?;
-        self.write_decisions(s, lifetime, move |app, decisions, _| {
+        let w = DecisionWrite {
+            lifetime,
+            forget_privacy: false,
+            actor: actor.clone(),
+            audit: AuditShape::PerChange(AuditAction::SettingsChanged),
+        };
+        self.write_decisions(s, w, move |app, decisions, _| {
             let changes = machine::plan_settings_update(app, decisions, &update)?;
             let mut after = decisions.clone();
             for c in &changes {
@@ -441,9 +559,15 @@ impl Broker {
     }
 
     /// The user deleted the mini program: forget every decision.
-    pub async fn remove_app(&self, s: &Subject) -> Result<Written<()>, BrokerError> {
+    pub async fn remove_app(&self, s: &Subject, actor: &Actor) -> Result<Written<()>, BrokerError> {
         // The privacy answer goes too: deleting the mini program forgets it.
-        self.write_decisions_and(s, Lifetime::Permanent, true, |_, decisions, _| {
+        let w = DecisionWrite {
+            lifetime: Lifetime::Permanent,
+            forget_privacy: true,
+            actor: actor.clone(),
+            audit: AuditShape::Subject(AuditAction::AppRemoved),
+        };
+        self.write_decisions(s, w, |_, decisions, _| {
             Ok((machine::plan_forget(decisions, Cause::AppRemoved), ()))
         })
         .await
@@ -472,8 +596,10 @@ impl Broker {
         &self,
         s: &Subject,
         agree: bool,
+        actor: &Actor,
     ) -> Result<Read<(bool, u64)>, BrokerError> {
         let subject = s.clone();
+        let audit = vec![actor.entry(s, None, AuditAction::PrivacyAnswered { agreed: agree })];
         let (committed, value) = self
             .store
             .write(move |view: &dyn View| {
@@ -498,6 +624,7 @@ impl Broker {
                 Ok((
                     WriteSet {
                         privacy: Some((subject.app, subject.user, Some(answer))),
+                        audit,
                         ..WriteSet::default()
                     },
                     (need, app.privacy_version),
@@ -515,8 +642,10 @@ impl Broker {
         &self,
         s: &Subject,
         session: SessionId,
+        actor: &Actor,
     ) -> Result<Written<()>, BrokerError> {
         let subject = s.clone();
+        let audit = vec![actor.entry(s, None, AuditAction::SessionEnded)];
         let (committed, ()) = self
             .store
             .write(move |view: &dyn View| {
@@ -533,6 +662,7 @@ impl Broker {
                 Ok((
                     WriteSet {
                         changes,
+                        audit,
                         ..WriteSet::default()
                     },
                     (),
@@ -557,10 +687,17 @@ impl Broker {
                 subjects.sort();
                 subjects.dedup();
                 let mut changes = Vec::new();
+                let mut audit = Vec::new();
                 for (app, user) in subjects {
                     let records = view.records(&app, &user)?;
+                    let subject = Subject { app, user };
                     for change in machine::plan_lapse(&records, now_ms, |_| false) {
-                        changes.push((app.clone(), user.clone(), change));
+                        audit.push(Actor::system().entry(
+                            &subject,
+                            Some(change.scope),
+                            AuditAction::Expired,
+                        ));
+                        changes.push((subject.app.clone(), subject.user.clone(), change));
                     }
                 }
                 let lapsed = changes.len();
@@ -568,6 +705,7 @@ impl Broker {
                     WriteSet {
                         changes,
                         cleared_timers: timers,
+                        audit,
                         ..WriteSet::default()
                     },
                     lapsed,
@@ -580,32 +718,12 @@ impl Broker {
     /// Runs a decision-changing plan for one subject on the writer. Grants
     /// that lapsed but whose lapse is not recorded yet are lapsed first (so
     /// the log stays a chain of states), and the plan sees them as never
-    /// asked; the plan's grants get `lifetime`.
+    /// asked; the plan's grants get `w.lifetime`. The audit records go into
+    /// the same commit.
     async fn write_decisions<T, F>(
         &self,
         s: &Subject,
-        lifetime: Lifetime,
-        plan: F,
-    ) -> Result<Written<T>, BrokerError>
-    where
-        T: Send + 'static,
-        F: FnOnce(
-                &App,
-                &UserDecisions,
-                Option<&PrivacyState>,
-            ) -> Result<(Vec<crate::domain::Change>, T), DomainError>
-            + Send
-            + 'static,
-    {
-        self.write_decisions_and(s, lifetime, false, plan).await
-    }
-
-    /// [`Broker::write_decisions`], optionally forgetting the privacy answer.
-    async fn write_decisions_and<T, F>(
-        &self,
-        s: &Subject,
-        lifetime: Lifetime,
-        forget_privacy: bool,
+        w: DecisionWrite,
         plan: F,
     ) -> Result<Written<T>, BrokerError>
     where
@@ -619,6 +737,7 @@ impl Broker {
             + 'static,
     {
         let subject = s.clone();
+        let nag_policy = self.nag;
         let (committed, value) = self
             .store
             .write(move |view: &dyn View| {
@@ -629,26 +748,50 @@ impl Broker {
                     Some(_) => view.privacy(&subject.app, &subject.user)?,
                     None => None,
                 };
-                let records = view.records(&subject.app, &subject.user)?;
                 let now = now_ms();
-                let mut changes = machine::plan_lapse(&records, now, |_| false);
+                let nag = match (&w.audit, nag_policy) {
+                    (AuditShape::Answer(scope, answer), Some(policy)) => {
+                        let current = view.nag(&subject.app, &subject.user, *scope)?;
+                        if let Some(n) = current.filter(|n| n.embargoed(now)) {
+                            return Err(DomainError::FailedPrecondition {
+                                message: format!(
+                                    "cannot record answer {answer:?} for {scope}: prompts are suppressed until {} ms (anti-nag), so no popup could have been shown",
+                                    n.embargo_until_ms
+                                ),
+                            }
+                            .into());
+                        }
+                        let next = NagState::after_answer(current, *answer, policy, now);
+                        (next != current).then(|| (subject.app.clone(), subject.user.clone(), *scope, next))
+                    }
+                    _ => None,
+                };
+                let records = view.records(&subject.app, &subject.user)?;
+                let lapses = machine::plan_lapse(&records, now, |_| false);
                 let mut decisions = effective(&records, now);
-                for c in &changes {
+                for c in &lapses {
                     decisions.remove(&c.scope);
                 }
                 let (planned, value) = plan(&app, &decisions, privacy_answer.as_ref())?;
-                changes.extend(planned);
-                let changes = changes
+                let mut audit: Vec<AuditEntry> = lapses
+                    .iter()
+                    .map(|c| Actor::system().entry(&subject, Some(c.scope), AuditAction::Expired))
+                    .collect();
+                audit.extend(w.audit.entries(&w.actor, &subject, &planned));
+                let changes = lapses
                     .into_iter()
+                    .chain(planned)
                     .map(|c| (subject.app.clone(), subject.user.clone(), c))
                     .collect();
-                let privacy = (forget_privacy && privacy_answer.is_some())
+                let privacy = (w.forget_privacy && privacy_answer.is_some())
                     .then(|| (subject.app.clone(), subject.user.clone(), None));
                 Ok((
                     WriteSet {
                         changes,
-                        lifetime,
+                        lifetime: w.lifetime,
                         privacy,
+                        audit,
+                        nag,
                         ..WriteSet::default()
                     },
                     value,
@@ -679,9 +822,11 @@ impl Broker {
         id: AppId,
         kind: AppKind,
         raw: RawDeclarations,
+        actor: &Actor,
     ) -> Result<Read<Arc<App>>, BrokerError> {
         let declarations = Declarations::parse(kind, raw)?;
-        self.write_app(move |view| {
+        let audit = operator_entry(actor, &id, OperatorAction::RegisterApp);
+        self.write_app(audit, move |view| {
             if view.app(&id)?.is_some() {
                 return Err(DomainError::AlreadyExists {
                     message: format!("app {:?} is already registered", id.as_str()),
@@ -707,9 +852,11 @@ impl Broker {
         id: AppId,
         kind: AppKind,
         raw: RawDeclarations,
+        actor: &Actor,
     ) -> Result<Read<Arc<App>>, BrokerError> {
         let declarations = Declarations::parse(kind, raw)?;
-        self.write_app(move |view| {
+        let audit = operator_entry(actor, &id, OperatorAction::UpdateApp);
+        self.write_app(audit, move |view| {
             let current = view.app(&id)?.ok_or_else(|| DomainError::app_not_found(&id))?;
             if current.kind != kind {
                 return Err(DomainError::FailedPrecondition {
@@ -734,7 +881,7 @@ impl Broker {
         .await
     }
 
-    async fn write_app<F>(&self, make: F) -> Result<Read<Arc<App>>, BrokerError>
+    async fn write_app<F>(&self, audit: AuditEntry, make: F) -> Result<Read<Arc<App>>, BrokerError>
     where
         F: FnOnce(&dyn View) -> Result<App, TxnError> + Send + 'static,
     {
@@ -743,6 +890,7 @@ impl Broker {
             .submit(Box::new(move |view| {
                 Ok(WriteSet {
                     app: Some(AppWrite::Put(make(view)?)),
+                    audit: vec![audit],
                     ..WriteSet::default()
                 })
             }))
@@ -797,6 +945,7 @@ impl Broker {
         id: AppId,
         kind: AppKind,
         raw: RawDeclarations,
+        actor: &Actor,
     ) -> Result<Read<Arc<App>>, BrokerError> {
         let declarations = Declarations::parse(kind, raw.clone())?;
         let revision = self.store.revision();
@@ -808,9 +957,12 @@ impl Broker {
                 });
             }
         }
-        match self.register_app(id.clone(), kind, raw.clone()).await {
+        match self
+            .register_app(id.clone(), kind, raw.clone(), actor)
+            .await
+        {
             Err(BrokerError::Domain(DomainError::AlreadyExists { .. })) => {
-                self.update_app(id, kind, raw).await
+                self.update_app(id, kind, raw, actor).await
             }
             other => other,
         }
@@ -822,7 +974,14 @@ impl Broker {
     pub async fn import_decisions(
         &self,
         rows: Vec<DecisionRow>,
+        actor: &Actor,
     ) -> Result<Written<u64>, BrokerError> {
+        let mut apps: Vec<&AppId> = rows.iter().map(|r| &r.app).collect();
+        apps.dedup();
+        let audit: Vec<AuditEntry> = apps
+            .into_iter()
+            .map(|app| operator_entry(actor, app, OperatorAction::Import))
+            .collect();
         let (committed, changed) = self
             .store
             .write(move |view: &dyn View| {
@@ -858,6 +1017,7 @@ impl Broker {
                     WriteSet {
                         changes,
                         lifetimes,
+                        audit,
                         ..WriteSet::default()
                     },
                     changed,
@@ -877,7 +1037,8 @@ impl Broker {
     }
 
     /// Deletes an app and every user's decisions for it.
-    pub async fn delete_app(&self, id: AppId) -> Result<Written<u64>, BrokerError> {
+    pub async fn delete_app(&self, id: AppId, actor: &Actor) -> Result<Written<u64>, BrokerError> {
+        let audit = operator_entry(actor, &id, OperatorAction::DeleteApp);
         let (committed, revoked) = self
             .store
             .write(move |view: &dyn View| {
@@ -894,6 +1055,7 @@ impl Broker {
                     WriteSet {
                         app: Some(AppWrite::Delete(id)),
                         changes,
+                        audit: vec![audit],
                         ..WriteSet::default()
                     },
                     revoked,
@@ -925,5 +1087,17 @@ fn lifetime_of(records: &DecisionRecords, live: &UserDecisions, scope: Scope) ->
     match (live.get(&scope), records.get(&scope)) {
         (Some(DecisionState::Granted), Some(d)) => d.lifetime.clone(),
         _ => Lifetime::Permanent,
+    }
+}
+
+/// An operator action's audit record (about an app, no user).
+fn operator_entry(actor: &Actor, app: &AppId, action: OperatorAction) -> AuditEntry {
+    AuditEntry {
+        app: app.clone(),
+        user: None,
+        scope: None,
+        action: AuditAction::Operator(action),
+        principal: actor.principal.clone(),
+        client: None,
     }
 }

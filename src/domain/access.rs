@@ -24,6 +24,7 @@ pub enum Rpc {
     EndSession,
     GetPrivacySetting,
     RecordPrivacyDecision,
+    ListAudit,
     RegisterApp,
     UpdateApp,
     GetApp,
@@ -36,7 +37,7 @@ pub enum Rpc {
 }
 
 impl Rpc {
-    pub const ALL: [Rpc; 24] = [
+    pub const ALL: [Rpc; 25] = [
         Rpc::Authorize,
         Rpc::BatchAuthorize,
         Rpc::CheckApi,
@@ -52,6 +53,7 @@ impl Rpc {
         Rpc::EndSession,
         Rpc::GetPrivacySetting,
         Rpc::RecordPrivacyDecision,
+        Rpc::ListAudit,
         Rpc::RegisterApp,
         Rpc::UpdateApp,
         Rpc::GetApp,
@@ -76,6 +78,7 @@ impl Rpc {
                 | Rpc::GetRules
                 | Rpc::Watch
                 | Rpc::GetPrivacySetting
+                | Rpc::ListAudit
                 | Rpc::GetApp
                 | Rpc::ListApps
         )
@@ -326,7 +329,7 @@ mod tests {
         assert!(observer.iter().all(|r| r.is_read_only()));
         assert!(!observer.contains(&Rpc::RecordDecision));
         assert!(!observer.contains(&Rpc::Export));
-        assert_eq!(observer.len(), 11);
+        assert_eq!(observer.len(), 12);
     }
 
     #[test]

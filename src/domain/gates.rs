@@ -21,6 +21,9 @@ pub enum Outcome {
     /// The user disagreed with the privacy guide moments ago: fail without
     /// a popup.
     PrivacyDenied,
+    /// A popup would be shown, but the user dismissed it too often lately
+    /// (the anti-nag policy): fail without a popup until the embargo ends.
+    Embargoed,
 }
 
 impl Outcome {
@@ -36,6 +39,7 @@ impl Outcome {
             Outcome::Unsupported => "Unsupported",
             Outcome::PrivacyRequired => "PrivacyRequired",
             Outcome::PrivacyDenied => "PrivacyDenied",
+            Outcome::Embargoed => "Embargoed",
         }
     }
 }
@@ -57,6 +61,7 @@ pub enum Reason {
     PrivacyNotDeclared,
     PrivacyAgreementNeeded,
     PrivacyDisagreed,
+    PromptEmbargoed,
 }
 
 impl Reason {
@@ -77,6 +82,7 @@ impl Reason {
             Reason::PrivacyNotDeclared => "PrivacyNotDeclared",
             Reason::PrivacyAgreementNeeded => "PrivacyAgreementNeeded",
             Reason::PrivacyDisagreed => "PrivacyDisagreed",
+            Reason::PromptEmbargoed => "PromptEmbargoed",
         }
     }
 }
@@ -107,6 +113,8 @@ pub struct Verdict {
     pub lifetime: super::Lifetime,
     /// The platform errno for errors that have one (privacy: 112, 104).
     pub err_no: u32,
+    /// For EMBARGOED: when prompts may be shown again (Unix ms).
+    pub embargo_until_ms: Option<u64>,
 }
 
 /// The errMsg prefix for a target: "authorize" or the interface's name.
@@ -207,6 +215,7 @@ fn walk(
         prompt: None,
         lifetime: super::Lifetime::Permanent,
         err_no: 0,
+        embargo_until_ms: None,
     };
     let decl = &app.declarations;
 
@@ -377,11 +386,12 @@ fn walk(
 pub fn most_restrictive(verdicts: &[Verdict]) -> Option<&Verdict> {
     fn rank(outcome: Outcome) -> u8 {
         match outcome {
-            Outcome::Unsupported => 8,
-            Outcome::NotDeclared => 7,
-            Outcome::PrivacyDenied => 6,
-            Outcome::Denied => 5,
-            Outcome::SettingsRequired => 4,
+            Outcome::Unsupported => 9,
+            Outcome::NotDeclared => 8,
+            Outcome::PrivacyDenied => 7,
+            Outcome::Denied => 6,
+            Outcome::SettingsRequired => 5,
+            Outcome::Embargoed => 4,
             Outcome::PrivacyRequired => 3,
             Outcome::Prompt => 2,
             Outcome::Granted => 1,

@@ -6,6 +6,7 @@
 
 pub mod access;
 pub mod app;
+pub mod audit;
 pub mod catalog;
 pub mod decision;
 mod error;
@@ -19,6 +20,9 @@ mod version;
 
 pub use access::{AppBinding, Denied, Principal, Role, Rpc};
 pub use app::{App, AppKind, Declarations, RawDeclarations};
+pub use audit::{
+    AuditAction, AuditEntry, AuditQuery, AuditRecord, NagPolicy, NagState, OperatorAction,
+};
 pub use catalog::{Api, Availability, LocationKind, Scope, ScopeInfo, CATALOG};
 pub use decision::{
     Cause, Change, Decision, DecisionRecords, DecisionState, Event, EventFilter, Lifetime,

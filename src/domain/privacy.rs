@@ -193,6 +193,7 @@ pub fn gate(
         prompt: None,
         lifetime: Lifetime::Permanent,
         err_no,
+        embargo_until_ms: None,
     };
     if !guide.info_types.contains(&info) {
         return Some(verdict(

@@ -40,6 +40,7 @@ pub fn rpc_for_path(path: &str) -> Option<Rpc> {
         ("Authorization", "EndSession") => Rpc::EndSession,
         ("Authorization", "GetPrivacySetting") => Rpc::GetPrivacySetting,
         ("Authorization", "RecordPrivacyDecision") => Rpc::RecordPrivacyDecision,
+        ("Authorization", "ListAudit") => Rpc::ListAudit,
         ("Apps", "RegisterApp") => Rpc::RegisterApp,
         ("Apps", "UpdateApp") => Rpc::UpdateApp,
         ("Apps", "GetApp") => Rpc::GetApp,

@@ -11,7 +11,7 @@ use super::{
     convert,
 };
 use crate::{
-    broker::Broker,
+    broker::{Actor, Broker},
     domain::{AppId, Rpc, UserId},
     pb::{self, admin_server::Admin, export_record::Record},
     store::{DecisionRow, Retention, Store},
@@ -204,9 +204,9 @@ impl Admin for AdminService {
         &self,
         request: Request<Streaming<pb::ExportRecord>>,
     ) -> Result<Response<pb::ImportResponse>, Status> {
-        caller(&request)?
-            .may_span_all_apps(Rpc::Import)
-            .map_err(refuse)?;
+        let who = caller(&request)?;
+        who.may_span_all_apps(Rpc::Import).map_err(refuse)?;
+        let actor = Actor::new(&who.name, None);
         let mut stream = request.into_inner();
         let (mut apps, mut decisions, mut changed) = (0u64, 0u64, 0u64);
         let mut batch: Vec<DecisionRow> = Vec::new();
@@ -215,7 +215,11 @@ impl Admin for AdminService {
             match item.record {
                 Some(Record::App(app)) => {
                     let (id, kind, raw) = convert::app_request(Some(app))?;
-                    revision = self.broker.upsert_app(id, kind, raw).await?.revision;
+                    revision = self
+                        .broker
+                        .upsert_app(id, kind, raw, &actor)
+                        .await?
+                        .revision;
                     apps += 1;
                 }
                 Some(Record::Decision(d)) => {
@@ -227,7 +231,7 @@ impl Admin for AdminService {
                     if batch.len() >= IMPORT_BATCH && new_user {
                         let written = self
                             .broker
-                            .import_decisions(std::mem::take(&mut batch))
+                            .import_decisions(std::mem::take(&mut batch), &actor)
                             .await?;
                         changed += written.value;
                         revision = written.revision;
@@ -246,7 +250,7 @@ impl Admin for AdminService {
             }
         }
         if !batch.is_empty() {
-            let written = self.broker.import_decisions(batch).await?;
+            let written = self.broker.import_decisions(batch, &actor).await?;
             changed += written.value;
             revision = written.revision;
         }

@@ -7,7 +7,7 @@ use super::{
     convert,
 };
 use crate::{
-    broker::Broker,
+    broker::{Actor, Broker},
     domain::{AppId, Rpc},
     pb::{self, apps_server::Apps},
 };
@@ -31,7 +31,8 @@ impl Apps for AppsService {
         let who = caller(&request)?;
         let (id, kind, raw) = convert::app_request(request.into_inner().app)?;
         who.may_touch(Rpc::RegisterApp, &id).map_err(refuse)?;
-        let read = self.broker.register_app(id, kind, raw).await?;
+        let actor = Actor::new(&who.name, None);
+        let read = self.broker.register_app(id, kind, raw, &actor).await?;
         Ok(Response::new(pb::RegisterAppResponse {
             app: Some(convert::app(&read.value)),
             revision: read.revision,
@@ -45,7 +46,8 @@ impl Apps for AppsService {
         let who = caller(&request)?;
         let (id, kind, raw) = convert::app_request(request.into_inner().app)?;
         who.may_touch(Rpc::UpdateApp, &id).map_err(refuse)?;
-        let read = self.broker.update_app(id, kind, raw).await?;
+        let actor = Actor::new(&who.name, None);
+        let read = self.broker.update_app(id, kind, raw, &actor).await?;
         Ok(Response::new(pb::UpdateAppResponse {
             app: Some(convert::app(&read.value)),
             revision: read.revision,
@@ -95,7 +97,10 @@ impl Apps for AppsService {
         let who = caller(&request)?;
         let id = AppId::parse(&request.into_inner().app_id)?;
         who.may_touch(Rpc::DeleteApp, &id).map_err(refuse)?;
-        let written = self.broker.delete_app(id).await?;
+        let written = self
+            .broker
+            .delete_app(id, &Actor::new(&who.name, None))
+            .await?;
         Ok(Response::new(pb::DeleteAppResponse {
             revoked_decisions: written.value,
             revision: written.revision,

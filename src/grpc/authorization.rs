@@ -10,7 +10,7 @@ use super::{
     stream::WatchStream,
 };
 use crate::{
-    broker::Broker,
+    broker::{Actor, Broker},
     domain::{gates::msg, Api, Rpc, Scope, SessionId, SettingsUpdate},
     metrics::Metrics,
     pb::{self, authorization_server::Authorization},
@@ -62,7 +62,8 @@ impl Authorization for AuthorizationService {
             .map_err(refuse)?;
         let scope = convert::scope("scope", &r.scope)?;
         let client = convert::client(r.client)?;
-        let read = self.broker.authorize(&subject, scope, &client)?;
+        let actor = Actor::new(&who.name, Some(client.clone()));
+        let read = self.broker.authorize(&subject, scope, &client, &actor)?;
         self.metrics.observe_verdict(&read.value);
         Ok(Response::new(pb::AuthorizeResponse {
             decision: Some(convert::decision(read.value)),
@@ -111,7 +112,10 @@ impl Authorization for AuthorizationService {
             .map(|(i, s)| convert::scope(&format!("scopes[{i}]"), s))
             .collect::<Result<Vec<Scope>, _>>()?;
         let client = convert::client(r.client)?;
-        let read = self.broker.batch_authorize(&subject, &scopes, &client)?;
+        let actor = Actor::new(&who.name, Some(client.clone()));
+        let read = self
+            .broker
+            .batch_authorize(&subject, &scopes, &client, &actor)?;
         read.value
             .iter()
             .for_each(|v| self.metrics.observe_verdict(v));
@@ -131,7 +135,8 @@ impl Authorization for AuthorizationService {
         who.may_touch(Rpc::CheckApi, &subject.app).map_err(refuse)?;
         let api = Api::parse_field("api", &r.api)?;
         let client = convert::client(r.client)?;
-        let read = self.broker.check_api(&subject, api, &client)?;
+        let actor = Actor::new(&who.name, Some(client.clone()));
+        let read = self.broker.check_api(&subject, api, &client, &actor)?;
         read.value
             .verdicts
             .iter()
@@ -161,7 +166,14 @@ impl Authorization for AuthorizationService {
         let lifetime = convert::lifetime(r.lifetime)?;
         let written = self
             .broker
-            .record(&subject, scope, client, answer, lifetime)
+            .record(
+                &subject,
+                scope,
+                client.clone(),
+                answer,
+                lifetime,
+                &Actor::new(&who.name, Some(client)),
+            )
             .await?;
         Ok(Response::new(pb::RecordDecisionResponse {
             err_msg: written.value.err_msg,
@@ -233,7 +245,12 @@ impl Authorization for AuthorizationService {
         }
         let written = self
             .broker
-            .update_setting(&subject, SettingsUpdate { toggles, location }, lifetime)
+            .update_setting(
+                &subject,
+                SettingsUpdate { toggles, location },
+                lifetime,
+                &Actor::new(&who.name, None),
+            )
             .await?;
         Ok(Response::new(pb::UpdateSettingResponse {
             auth_setting: convert::auth_setting(&written.value),
@@ -252,7 +269,10 @@ impl Authorization for AuthorizationService {
         let subject = convert::subject(&r.app_id, &r.user_id)?;
         who.may_touch(Rpc::RemoveApp, &subject.app)
             .map_err(refuse)?;
-        let written = self.broker.remove_app(&subject).await?;
+        let written = self
+            .broker
+            .remove_app(&subject, &Actor::new(&who.name, None))
+            .await?;
         Ok(Response::new(pb::RemoveAppResponse {
             changes: convert::changes(&written.events),
             revision: written.revision,
@@ -269,7 +289,10 @@ impl Authorization for AuthorizationService {
         who.may_touch(Rpc::EndSession, &subject.app)
             .map_err(refuse)?;
         let session = SessionId::parse_field("session_id", &r.session_id)?;
-        let written = self.broker.end_session(&subject, session).await?;
+        let written = self
+            .broker
+            .end_session(&subject, session, &Actor::new(&who.name, None))
+            .await?;
         Ok(Response::new(pb::EndSessionResponse {
             changes: convert::changes(&written.events),
             revision: written.revision,
@@ -306,12 +329,28 @@ impl Authorization for AuthorizationService {
             .map_err(refuse)?;
         let read = self
             .broker
-            .record_privacy_decision(&subject, r.agree)
+            .record_privacy_decision(&subject, r.agree, &Actor::new(&who.name, None))
             .await?;
         let (need_authorization, version) = read.value;
         Ok(Response::new(pb::RecordPrivacyDecisionResponse {
             need_authorization,
             version,
+            revision: read.revision,
+        }))
+    }
+
+    async fn list_audit(
+        &self,
+        request: Request<pb::ListAuditRequest>,
+    ) -> Result<Response<pb::ListAuditResponse>, Status> {
+        let who = caller(&request)?;
+        let (app, query) = convert::audit_query(request.into_inner())?;
+        who.may_touch(Rpc::ListAudit, &app).map_err(refuse)?;
+        let read = self.broker.audit(&app, &query)?;
+        let (records, next) = read.value;
+        Ok(Response::new(pb::ListAuditResponse {
+            records: records.into_iter().map(convert::audit_record).collect(),
+            next_page_token: next.map(|seq| seq.to_string()).unwrap_or_default(),
             revision: read.revision,
         }))
     }

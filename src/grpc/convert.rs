@@ -7,10 +7,10 @@ use std::{collections::BTreeMap, sync::Arc};
 use crate::{
     broker::Subject,
     domain::{
-        gates::Verdict, quoted, Answer, App, AppId, AppKind, Availability, Cause, Client,
-        DecisionState, DomainError, Event, EventFilter, Lifetime, LifetimeRequest, LocationOption,
-        MinSdkTarget, Outcome, Platform, RawDeclarations, Reason, RuleSet, Scope, ScopeInfo,
-        SessionId, SettingItem, UserId, Version,
+        gates::Verdict, quoted, Answer, App, AppId, AppKind, AuditQuery, AuditRecord, Availability,
+        Cause, Client, DecisionState, DomainError, Event, EventFilter, Lifetime, LifetimeRequest,
+        LocationOption, MinSdkTarget, Outcome, Platform, RawDeclarations, Reason, RuleSet, Scope,
+        ScopeInfo, SessionId, SettingItem, UserId, Version,
     },
     pb,
     watch::WatchItem,
@@ -170,6 +170,7 @@ pub fn outcome(o: Outcome) -> pb::Outcome {
         Outcome::Unsupported => pb::Outcome::Unsupported,
         Outcome::PrivacyRequired => pb::Outcome::PrivacyRequired,
         Outcome::PrivacyDenied => pb::Outcome::PrivacyDenied,
+        Outcome::Embargoed => pb::Outcome::Embargoed,
     }
 }
 
@@ -189,6 +190,7 @@ fn reason(r: Reason) -> pb::Reason {
         Reason::PrivacyNotDeclared => pb::Reason::PrivacyNotDeclared,
         Reason::PrivacyAgreementNeeded => pb::Reason::PrivacyAgreementNeeded,
         Reason::PrivacyDisagreed => pb::Reason::PrivacyDisagreed,
+        Reason::PromptEmbargoed => pb::Reason::PromptEmbargoed,
     }
 }
 
@@ -257,6 +259,77 @@ pub fn decision(v: Verdict) -> pb::Decision {
             _ => String::new(),
         },
         err_no: v.err_no,
+        embargo_until: v.embargo_until_ms.map(timestamp),
+    }
+}
+
+/// Most audit records one page returns, and the default.
+pub const MAX_AUDIT_PAGE: usize = 1000;
+pub const DEFAULT_AUDIT_PAGE: usize = 100;
+
+/// A ListAudit request: the app and the query.
+pub fn audit_query(r: pb::ListAuditRequest) -> Result<(AppId, AuditQuery), DomainError> {
+    let app = AppId::parse(&r.app_id)?;
+    let user = match r.user_id.as_str() {
+        "" => None,
+        u => Some(UserId::parse(u)?),
+    };
+    let scope = match r.scope.as_str() {
+        "" => None,
+        s => Some(scope("scope", s)?),
+    };
+    let since_ms = match r.since {
+        None => None,
+        Some(t) => match lifetime(Some(pb::GrantLifetime {
+            kind: Some(pb::grant_lifetime::Kind::Until(t)),
+        })) {
+            Ok(LifetimeRequest::Until { expires_at_ms }) => Some(expires_at_ms),
+            _ => return Err(invalid("since", "since is not a valid time".into())),
+        },
+    };
+    let after_seq = match r.page_token.as_str() {
+        "" => None,
+        t => Some(t.parse::<u64>().map_err(|_| {
+            invalid(
+                "page_token",
+                format!("page_token {} is not one this server gave out", quoted(t)),
+            )
+        })?),
+    };
+    let limit = match r.page_size {
+        0 => DEFAULT_AUDIT_PAGE,
+        n => (n as usize).min(MAX_AUDIT_PAGE),
+    };
+    Ok((
+        app,
+        AuditQuery {
+            user,
+            scope,
+            since_ms,
+            after_seq,
+            limit,
+        },
+    ))
+}
+
+pub fn audit_record(r: AuditRecord) -> pb::AuditRecord {
+    let e = r.entry;
+    pb::AuditRecord {
+        seq: r.seq,
+        time: Some(timestamp(r.time_ms)),
+        revision: r.revision,
+        app_id: e.app.as_str().to_owned(),
+        user_id: e.user.map(|u| u.as_str().to_owned()).unwrap_or_default(),
+        scope: e.scope.map(|s| s.name().to_owned()).unwrap_or_default(),
+        action: pb::AuditAction::from_str_name(&format!("AUDIT_ACTION_{}", e.action.name()))
+            .unwrap_or(pb::AuditAction::Unspecified)
+            .into(),
+        principal: e.principal,
+        client: e.client.map(|c| pb::ClientInfo {
+            platform: platform(c.platform).into(),
+            host_version: c.host_version.to_string(),
+            sdk_version: c.sdk_version.to_string(),
+        }),
     }
 }
 

@@ -10,6 +10,9 @@
 //! - `b/<app>\0<user>\0<scope>`       -> checkpoint: the decision as of
 //!   `m/compacted_through` (one state byte); the log folds on top of it
 //! - `p/<app>\0<user>`               -> the user's privacy-guide answer (18 bytes)
+//! - `l/<seq: u64 BE>`                -> audit record (JSON)
+//! - `i/<app>\0<seq: u64 BE>`         -> (empty) the audit records of an app
+//! - `n/<app>\0<user>\0<scope>`       -> anti-nag state (12 bytes)
 //! - `m/revision`, `m/format`, `m/compacted_through`, `m/events` -> metadata (u64 BE)
 
 use std::collections::BTreeSet;
@@ -18,8 +21,9 @@ use serde::{Deserialize, Serialize};
 
 use super::StoreError;
 use crate::domain::{
-    App, AppId, AppKind, Cause, Decision, DecisionState, Declarations, Event, Lifetime,
-    PrivacyGuide, PrivacyState, Scope, SessionId, UserId,
+    App, AppId, AppKind, AuditAction, AuditEntry, AuditRecord, Cause, Client, Decision,
+    DecisionState, Declarations, Event, Lifetime, NagState, PrivacyGuide, PrivacyState, Scope,
+    SessionId, UserId,
 };
 
 pub const APP_PREFIX: &[u8] = b"a/";
@@ -28,6 +32,11 @@ pub const EVENT_PREFIX: &[u8] = b"e/";
 pub const BASE_PREFIX: &[u8] = b"b/";
 pub const TIMER_PREFIX: &[u8] = b"t/";
 pub const PRIVACY_PREFIX: &[u8] = b"p/";
+pub const AUDIT_PREFIX: &[u8] = b"l/";
+pub const AUDIT_INDEX_PREFIX: &[u8] = b"i/";
+pub const NAG_PREFIX: &[u8] = b"n/";
+/// The last audit sequence number handed out.
+pub const AUDIT_SEQ_KEY: &[u8] = b"m/audit_seq";
 pub const COMPACTED_KEY: &[u8] = b"m/compacted_through";
 /// How many events the log holds (kept with every commit and compaction, so
 /// opening does not have to count them).
@@ -211,6 +220,130 @@ pub fn decode_decision(raw: &[u8]) -> Result<Decision, StoreError> {
         updated_at_ms: decode_u64(&raw[3..11])?,
         revision: decode_u64(&raw[11..19])?,
         lifetime,
+    })
+}
+
+pub fn audit_key(seq: u64) -> [u8; 10] {
+    let mut key = [0u8; 10];
+    key[..2].copy_from_slice(AUDIT_PREFIX);
+    key[2..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// Prefix of the audit index of `app`.
+pub fn audit_index_prefix(app: &AppId) -> Vec<u8> {
+    [AUDIT_INDEX_PREFIX, app.as_str().as_bytes(), b"\0"].concat()
+}
+
+pub fn audit_index_key(app: &AppId, seq: u64) -> Vec<u8> {
+    [&audit_index_prefix(app)[..], &seq.to_be_bytes()].concat()
+}
+
+pub fn nag_key(app: &AppId, user: &UserId, scope: Scope) -> Vec<u8> {
+    [
+        NAG_PREFIX,
+        app.as_str().as_bytes(),
+        b"\0",
+        user.as_str().as_bytes(),
+        b"\0",
+        scope.name().as_bytes(),
+    ]
+    .concat()
+}
+
+pub fn encode_nag(n: &NagState) -> Vec<u8> {
+    [
+        &n.cancels.to_be_bytes()[..],
+        &n.embargo_until_ms.to_be_bytes(),
+    ]
+    .concat()
+}
+
+pub fn decode_nag(raw: &[u8]) -> Result<NagState, StoreError> {
+    if raw.len() != 12 {
+        return Err(StoreError::Corrupt(format!(
+            "bad nag value of {} bytes",
+            raw.len()
+        )));
+    }
+    Ok(NagState {
+        cancels: u32::from_be_bytes([raw[0], raw[1], raw[2], raw[3]]),
+        embargo_until_ms: decode_u64(&raw[4..12])?,
+    })
+}
+
+/// An audit record as stored.
+#[derive(Serialize, Deserialize)]
+struct AuditRow {
+    seq: u64,
+    time_ms: u64,
+    revision: u64,
+    app: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    scope: Option<String>,
+    action: String,
+    principal: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    client: Option<(String, String, String)>,
+}
+
+pub fn encode_audit(r: &AuditRecord) -> Vec<u8> {
+    let e = &r.entry;
+    let row = AuditRow {
+        seq: r.seq,
+        time_ms: r.time_ms,
+        revision: r.revision,
+        app: e.app.as_str().to_owned(),
+        user: e.user.as_ref().map(|u| u.as_str().to_owned()),
+        scope: e.scope.map(|s| s.name().to_owned()),
+        action: e.action.name().to_owned(),
+        principal: e.principal.clone(),
+        client: e.client.as_ref().map(|c| {
+            (
+                c.platform.token().to_owned(),
+                c.host_version.to_string(),
+                c.sdk_version.to_string(),
+            )
+        }),
+    };
+    serde_json::to_vec(&row).unwrap_or_default()
+}
+
+pub fn decode_audit(raw: &[u8]) -> Result<AuditRecord, StoreError> {
+    let r: AuditRow = serde_json::from_slice(raw)
+        .map_err(|e| StoreError::Corrupt(format!("bad audit record: {e}")))?;
+    let corrupt = |what: &str| StoreError::Corrupt(format!("audit record {}: {what}", r.seq));
+    let client = match &r.client {
+        None => None,
+        Some((platform, host, sdk)) => Some(Client {
+            platform: platform.parse().map_err(|_| corrupt("platform"))?,
+            host_version: host.parse().map_err(|_| corrupt("host version"))?,
+            sdk_version: sdk.parse().map_err(|_| corrupt("sdk version"))?,
+        }),
+    };
+    Ok(AuditRecord {
+        seq: r.seq,
+        time_ms: r.time_ms,
+        revision: r.revision,
+        entry: AuditEntry {
+            app: AppId::parse(&r.app).map_err(|_| corrupt("app"))?,
+            user: r
+                .user
+                .as_deref()
+                .map(UserId::parse)
+                .transpose()
+                .map_err(|_| corrupt("user"))?,
+            scope: r
+                .scope
+                .as_deref()
+                .map(|s| decode_scope(s.as_bytes()))
+                .transpose()?,
+            action: AuditAction::from_name(&r.action).ok_or_else(|| corrupt("action"))?,
+            principal: r.principal.clone(),
+            client,
+        },
     })
 }
 

@@ -12,6 +12,50 @@ use crate::domain::DecisionState;
 /// Events trimmed per exclusive turn on the writer.
 pub const COMPACT_CHUNK: usize = 4096;
 
+/// Trims up to `limit` audit records that `retention` no longer keeps
+/// (oldest first), with their index entries. Returns how many went and
+/// whether nothing more is to trim.
+pub fn trim_audit_chunk(
+    w: &Writer,
+    retention: Retention,
+    now_ms: u64,
+    limit: usize,
+) -> Result<(u64, bool), StoreError> {
+    let last = w.shared.audit_seq.load(Ordering::Acquire);
+    let too_old = retention
+        .max_age
+        .map(|age| now_ms.saturating_sub(u64::try_from(age.as_millis()).unwrap_or(u64::MAX)));
+    let mut batch = sled::Batch::default();
+    let mut removed = 0u64;
+    let mut done = true;
+    for item in w
+        .tree
+        .range(codec::audit_key(0)..=codec::audit_key(u64::MAX))
+    {
+        if removed as usize == limit {
+            done = false;
+            break;
+        }
+        let (key, value) = item?;
+        let record = codec::decode_audit(&value)?;
+        // Records after this one, this one included.
+        let remaining = last.saturating_sub(record.seq) + 1;
+        let over_count = retention.max_events.is_some_and(|max| remaining > max);
+        let over_age = too_old.is_some_and(|cutoff| record.time_ms < cutoff);
+        if !over_count && !over_age {
+            break;
+        }
+        batch.remove(key);
+        batch.remove(codec::audit_index_key(&record.entry.app, record.seq));
+        removed += 1;
+    }
+    if removed > 0 {
+        w.tree.apply_batch(batch)?;
+        w.tree.flush()?;
+    }
+    Ok((removed, done))
+}
+
 /// Trims up to `limit` events that `retention` no longer keeps. Returns what
 /// it did and whether nothing more is to trim.
 pub fn compact_chunk(

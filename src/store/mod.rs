@@ -21,8 +21,8 @@ pub use maintenance::DEFAULT_RETENTION;
 pub use sled_store::{SledConfig, SledStore};
 
 use crate::domain::{
-    App, AppId, Change, Decision, DecisionRecords, DomainError, Event, Lifetime, PrivacyState,
-    Scope, UserDecisions, UserId,
+    App, AppId, AuditEntry, AuditQuery, AuditRecord, Change, Decision, DecisionRecords,
+    DomainError, Event, Lifetime, NagState, PrivacyState, Scope, UserDecisions, UserId,
 };
 
 /// A boxed future, so the trait stays object-safe.
@@ -38,6 +38,8 @@ pub trait View {
     fn records(&self, app: &AppId, user: &UserId) -> Result<DecisionRecords, StoreError>;
     /// The user's answer to the app's privacy guide.
     fn privacy(&self, app: &AppId, user: &UserId) -> Result<Option<PrivacyState>, StoreError>;
+    fn nag(&self, app: &AppId, user: &UserId, scope: Scope)
+        -> Result<Option<NagState>, StoreError>;
     /// Timers due at `now_ms`, earliest first, at most `limit`.
     fn due_timers(&self, now_ms: u64, limit: usize) -> Result<Vec<Timer>, StoreError>;
     /// Every user's decisions for `app` (for deleting an app).
@@ -59,6 +61,10 @@ pub struct WriteSet {
     /// A privacy-guide answer to store (`Some`) or forget (`None`). It takes
     /// a revision but is not a decision: no event.
     pub privacy: Option<(AppId, UserId, Option<PrivacyState>)>,
+    /// Audit records, committed with the changes they describe.
+    pub audit: Vec<AuditEntry>,
+    /// An anti-nag state to store (`Some`) or forget (`None`).
+    pub nag: Option<(AppId, UserId, Scope, Option<NagState>)>,
 }
 
 /// A timed or one-time grant's timer: when it comes due, the grant lapses
@@ -160,6 +166,10 @@ pub struct DecisionRow {
     pub lifetime: Lifetime,
 }
 
+/// One page of audit records and the sequence number to continue after,
+/// when more may follow.
+pub type AuditPage = (Vec<AuditRecord>, Option<u64>);
+
 /// A write job.
 pub type Job = Box<dyn FnOnce(&dyn View) -> Result<WriteSet, TxnError> + Send>;
 
@@ -187,6 +197,18 @@ pub trait Store: Send + Sync + 'static {
     fn records(&self, app: &AppId, user: &UserId) -> Result<DecisionRecords, StoreError>;
     /// The user's answer to the app's privacy guide.
     fn privacy(&self, app: &AppId, user: &UserId) -> Result<Option<PrivacyState>, StoreError>;
+    /// The anti-nag state of one scope.
+    fn nag(&self, app: &AppId, user: &UserId, scope: Scope)
+        -> Result<Option<NagState>, StoreError>;
+    /// One page of an app's audit records, oldest first, matching `query`.
+    /// Returns the page and the sequence number to continue after, when
+    /// more may follow.
+    fn audit(&self, app: &AppId, query: &AuditQuery) -> Result<AuditPage, StoreError>;
+    /// Trims audit records beyond `retention`; returns how many went.
+    fn trim_audit(&self, retention: Retention) -> BoxFuture<'_, Result<u64, StoreError>>;
+    /// Queues a write without waiting for it (records that must not slow a
+    /// read down). Fails at once when the queue is full.
+    fn submit_detached(&self, job: Job) -> Result<(), StoreError>;
     /// The earliest timer, if any (when the next grant lapses).
     fn next_timer(&self) -> Result<Option<u64>, StoreError>;
     /// The revision of the last durable commit.

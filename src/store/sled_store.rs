@@ -17,11 +17,12 @@ use super::{
     codec::{self, FORMAT_KEY, FORMAT_VERSION, REVISION_KEY},
     maintenance,
     writer::{self, Request},
-    BoxFuture, CommitObserver, Committed, Compaction, DecisionRow, Job, Published, Retention,
-    Store, StoreError, StoreStats, Timer, TxnError, Verification,
+    AuditPage, BoxFuture, CommitObserver, Committed, Compaction, DecisionRow, Job, Published,
+    Retention, Store, StoreError, StoreStats, Timer, TxnError, Verification,
 };
 use crate::domain::{
-    App, AppId, Decision, DecisionRecords, Event, PrivacyState, Scope, UserDecisions, UserId,
+    App, AppId, AuditQuery, Decision, DecisionRecords, Event, NagState, PrivacyState, Scope,
+    UserDecisions, UserId,
 };
 
 /// Tuning of the sled backend.
@@ -63,6 +64,8 @@ pub(super) struct Shared {
     pub event_count: AtomicU64,
     pub published: broadcast::Sender<Arc<Published>>,
     pub observer: Option<Arc<dyn CommitObserver>>,
+    /// The last audit sequence number committed.
+    pub audit_seq: AtomicU64,
     /// Set by the writer when sled failed a write: sled keeps failing after
     /// that until it is reopened (see [`Store::recover`]).
     pub failed: AtomicBool,
@@ -93,6 +96,7 @@ impl SledStore {
             revision: AtomicU64::new(loaded.revision),
             compacted_through: AtomicU64::new(loaded.compacted_through),
             event_count: AtomicU64::new(loaded.events),
+            audit_seq: AtomicU64::new(loaded.audit_seq),
             published,
             observer: config.observer.clone(),
             failed: AtomicBool::new(false),
@@ -153,6 +157,7 @@ struct Loaded {
     compacted_through: u64,
     apps: BTreeMap<AppId, Arc<App>>,
     events: u64,
+    audit_seq: u64,
 }
 
 /// Opens sled at `config.path`, checks the format and reads the state back.
@@ -186,6 +191,7 @@ fn open_handles(config: &SledConfig) -> Result<(sled::Db, sled::Tree, Loaded), S
     };
     let revision = meta(REVISION_KEY)?;
     let compacted_through = meta(codec::COMPACTED_KEY)?;
+    let audit_seq = meta(codec::AUDIT_SEQ_KEY)?;
     let mut apps = BTreeMap::new();
     for item in tree.scan_prefix(codec::APP_PREFIX) {
         let (_, value) = item?;
@@ -213,6 +219,7 @@ fn open_handles(config: &SledConfig) -> Result<(sled::Db, sled::Tree, Loaded), S
             compacted_through,
             apps,
             events,
+            audit_seq,
         },
     ))
 }
@@ -301,6 +308,32 @@ fn migrate(tree: &sled::Tree, from: u64) -> Result<(), String> {
         tracing::info!(format, "data dir migrated");
     }
     Ok(())
+}
+
+/// sled releases the data dir's lock (a flock on `db`) when the last
+/// reference to its internals goes, which its own background I/O threads
+/// may hold a moment after the handles are dropped. Waits (bounded) until
+/// the lock is free, so a closed store is one the next process can open.
+fn wait_for_lock_release(path: &std::path::Path) {
+    let Ok(file) = std::fs::File::open(path.join("db")) else {
+        return;
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match file.try_lock() {
+            Ok(()) => {
+                let _ = file.unlock();
+                return;
+            }
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "the data dir's lock is still held after close");
+                return;
+            }
+        }
+    }
 }
 
 pub(super) fn read_decisions(
@@ -446,6 +479,84 @@ impl Store for SledStore {
             .transpose()
     }
 
+    fn nag(
+        &self,
+        app: &AppId,
+        user: &UserId,
+        scope: Scope,
+    ) -> Result<Option<NagState>, StoreError> {
+        self.tree()?
+            .get(codec::nag_key(app, user, scope))?
+            .map(|raw| codec::decode_nag(&raw))
+            .transpose()
+    }
+
+    fn audit(&self, app: &AppId, query: &AuditQuery) -> Result<AuditPage, StoreError> {
+        let tree = self.tree()?;
+        let prefix = codec::audit_index_prefix(app);
+        let start = match query.after_seq {
+            Some(seq) => codec::audit_index_key(app, seq.saturating_add(1)),
+            None => prefix.clone(),
+        };
+        let mut page = Vec::new();
+        let mut scanned = 0usize;
+        // Filters may skip many records: bound the work of one page too.
+        let budget = query.limit.saturating_mul(16).max(1024);
+        for key in tree.range(start..).keys() {
+            let key = key?;
+            if !key.starts_with(&prefix) {
+                return Ok((page, None));
+            }
+            let seq = codec::decode_u64(&key[prefix.len()..])?;
+            scanned += 1;
+            // The index may briefly outlive a trimmed record.
+            if let Some(raw) = tree.get(codec::audit_key(seq))? {
+                let record = codec::decode_audit(&raw)?;
+                if query.matches(&record) {
+                    page.push(record);
+                }
+            }
+            if page.len() >= query.limit || scanned >= budget {
+                return Ok((page, Some(seq)));
+            }
+        }
+        Ok((page, None))
+    }
+
+    fn trim_audit(&self, retention: Retention) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(async move {
+            let now = writer::now_ms();
+            let mut removed = 0;
+            loop {
+                let (n, done) = self
+                    .exclusive(move |w| {
+                        maintenance::trim_audit_chunk(w, retention, now, maintenance::COMPACT_CHUNK)
+                    })
+                    .await?;
+                removed += n;
+                if done {
+                    break;
+                }
+            }
+            if removed > 0 {
+                tracing::info!(removed, "audit trail trimmed");
+            }
+            Ok(removed)
+        })
+    }
+
+    fn submit_detached(&self, job: Job) -> Result<(), StoreError> {
+        let (reply, _) = oneshot::channel();
+        self.sender()?
+            .try_send(Request::Write { job, reply })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => {
+                    StoreError::Internal("the write queue is full".into())
+                }
+                mpsc::error::TrySendError::Closed(_) => StoreError::Closed,
+            })
+    }
+
     fn next_timer(&self) -> Result<Option<u64>, StoreError> {
         match self.tree()?.scan_prefix(codec::TIMER_PREFIX).next() {
             Some(item) => Ok(Some(codec::split_timer_key(&item?.0)?.0)),
@@ -582,6 +693,9 @@ impl Store for SledStore {
             self.shared
                 .event_count
                 .store(loaded.events, Ordering::Release);
+            self.shared
+                .audit_seq
+                .store(loaded.audit_seq, Ordering::Release);
             *self.shared.apps.write().map_err(|_| poisoned())? = loaded.apps;
             let writer = start_writer(tree.clone(), self.shared.clone(), &self.config)?;
             *self.handles.write().map_err(|_| poisoned())? = Some((db, tree));
@@ -616,10 +730,12 @@ impl Store for SledStore {
                 .map_err(|_| StoreError::Internal("store handles poisoned".into()))?
                 .take();
             if let Some((db, tree)) = handles {
+                let path = self.config.path.clone();
                 tokio::task::spawn_blocking(move || {
                     let flushed = db.flush();
                     drop(tree);
                     drop(db);
+                    wait_for_lock_release(&path);
                     flushed
                 })
                 .await

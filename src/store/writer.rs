@@ -16,8 +16,8 @@ use super::{
     AppWrite, Committed, Job, Published, StoreError, Timer, TxnError, View, WriteSet,
 };
 use crate::domain::{
-    App, AppId, Decision, DecisionRecords, DecisionState, Event, Lifetime, PrivacyState,
-    UserDecisions, UserId,
+    App, AppId, AuditRecord, Decision, DecisionRecords, DecisionState, Event, Lifetime, NagState,
+    PrivacyState, Scope, UserDecisions, UserId,
 };
 
 pub(super) enum Request {
@@ -51,6 +51,8 @@ struct Group {
     events: Vec<Event>,
     /// The last revision handed out.
     revision: u64,
+    /// The last audit sequence number handed out.
+    audit_seq: u64,
     dirty: bool,
 }
 
@@ -103,6 +105,7 @@ impl Writer {
             apps: Vec::new(),
             events: Vec::new(),
             revision: prev_revision,
+            audit_seq: self.shared.audit_seq.load(Ordering::Acquire),
             dirty: false,
         };
         let now = now_ms();
@@ -131,6 +134,10 @@ impl Writer {
             group
                 .batch
                 .insert(codec::EVENTS_KEY, &codec::encode_u64(events));
+            group
+                .batch
+                .insert(codec::AUDIT_SEQ_KEY, &codec::encode_u64(group.audit_seq));
+            let audit_seq = group.audit_seq;
             let started = std::time::Instant::now();
             if let Err(e) = self.tree.apply_batch(group.batch) {
                 // Nothing of the group was applied: its revisions can be handed out again.
@@ -145,6 +152,7 @@ impl Writer {
                     self.shared.failed.store(true, Ordering::Release);
                     failure = Some(e);
                 }
+                self.shared.audit_seq.store(audit_seq, Ordering::Release);
                 if let Some(observer) = &self.shared.observer {
                     observer.group_committed(jobs, group.events.len(), started.elapsed());
                 }
@@ -312,6 +320,33 @@ impl Writer {
             committed.events.push(event);
             committed.revision = revision;
         }
+        if let Some((app, user, scope, state)) = set.nag {
+            put(
+                group,
+                codec::nag_key(&app, &user, scope),
+                state.as_ref().map(codec::encode_nag),
+            );
+        }
+        for entry in set.audit {
+            group.audit_seq += 1;
+            let seq = group.audit_seq;
+            put(
+                group,
+                codec::audit_index_key(&entry.app, seq),
+                Some(Vec::new()),
+            );
+            let record = AuditRecord {
+                seq,
+                time_ms: now,
+                revision: committed.revision,
+                entry,
+            };
+            put(
+                group,
+                codec::audit_key(seq).to_vec(),
+                Some(codec::encode_audit(&record)),
+            );
+        }
         Ok(committed)
     }
 }
@@ -323,6 +358,14 @@ struct GroupView<'a> {
 }
 
 impl GroupView<'_> {
+    /// A key's value as this group sees it: staged, else committed.
+    fn staged_or_stored(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.overlay.get(key) {
+            Some(staged) => Ok(staged.clone()),
+            None => Ok(self.writer.tree.get(key)?.map(|v| v.to_vec())),
+        }
+    }
+
     /// Applies staged entries under `prefix` on top of committed decisions.
     fn overlay_decisions(
         &self,
@@ -362,12 +405,22 @@ impl View for GroupView<'_> {
     }
 
     fn privacy(&self, app: &AppId, user: &UserId) -> Result<Option<PrivacyState>, StoreError> {
-        let key = codec::privacy_key(app, user);
-        let raw = match self.overlay.get(&key) {
-            Some(staged) => staged.clone(),
-            None => self.writer.tree.get(&key)?.map(|v| v.to_vec()),
-        };
-        raw.as_deref().map(codec::decode_privacy).transpose()
+        self.staged_or_stored(&codec::privacy_key(app, user))?
+            .as_deref()
+            .map(codec::decode_privacy)
+            .transpose()
+    }
+
+    fn nag(
+        &self,
+        app: &AppId,
+        user: &UserId,
+        scope: Scope,
+    ) -> Result<Option<NagState>, StoreError> {
+        self.staged_or_stored(&codec::nag_key(app, user, scope))?
+            .as_deref()
+            .map(codec::decode_nag)
+            .transpose()
     }
 
     fn due_timers(&self, now_ms: u64, limit: usize) -> Result<Vec<Timer>, StoreError> {

@@ -566,3 +566,60 @@ async fn export_then_import_reproduces_every_answer() {
     source.stop().await;
     target.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_and_lifetimes_from_the_shell() {
+    let h = TestDaemon::start().await;
+    let addr = h.addr();
+    let reg = ctl(
+        addr,
+        &["apps", "register", "wxcli", "--kind", "mini-program"],
+    )
+    .await;
+    assert_eq!(reg.code, 0, "{}", reg.stderr);
+    let rec = ctl(
+        addr,
+        &[
+            "--json",
+            "record",
+            "wxcli",
+            "u1",
+            "scope.camera",
+            "allow",
+            "--session",
+            "s1",
+        ],
+    )
+    .await;
+    assert_eq!(rec.code, 0, "{}", rec.stderr);
+    let auth = ctl(
+        addr,
+        &["--json", "authorize", "wxcli", "u1", "scope.camera"],
+    )
+    .await;
+    assert!(
+        auth.stdout.contains("\"session_id\":\"s1\""),
+        "{}",
+        auth.stdout
+    );
+    let ended = ctl(addr, &["--json", "end-session", "wxcli", "u1", "s1"]).await;
+    assert_eq!(ended.code, 0, "{}", ended.stderr);
+    assert_eq!(ended.json()["changes"][0]["cause"], "EXPIRED");
+
+    let audit = ctl(addr, &["--json", "audit", "wxcli", "--user", "u1"]).await;
+    assert_eq!(audit.code, 0, "{}", audit.stderr);
+    let actions: Vec<String> = audit.json()["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["action"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(actions, ["ANSWERED_ALLOW", "SESSION_ENDED"]);
+    let table = ctl(addr, &["audit", "wxcli"]).await;
+    assert!(
+        table.stdout.contains("OPERATOR_REGISTER_APP") && table.stdout.contains("ANSWERED_ALLOW"),
+        "{}",
+        table.stdout
+    );
+    h.stop().await;
+}

@@ -2,6 +2,7 @@
 //! `127.0.0.1:0` with a temp data dir and talks gRPC to it.
 
 mod apps;
+mod audit;
 mod bad_input;
 mod catalog;
 mod churn;

@@ -24,7 +24,7 @@ use crate::fixture::{android, assert_status, connect, location_app, TestDaemon};
 
 /// Adds `authorization: Bearer <token>` when there is a token.
 #[derive(Clone)]
-struct Bearer(Option<MetadataValue<Ascii>>);
+pub struct Bearer(Option<MetadataValue<Ascii>>);
 
 impl Interceptor for Bearer {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
@@ -35,26 +35,26 @@ impl Interceptor for Bearer {
     }
 }
 
-type Authed = InterceptedService<Channel, Bearer>;
+pub type Authed = InterceptedService<Channel, Bearer>;
 
 /// A channel plus the credential every call carries.
 #[derive(Clone)]
-struct As {
+pub struct As {
     channel: Channel,
     bearer: Bearer,
 }
 
 impl As {
-    fn new(channel: Channel, token: Option<&str>) -> Self {
+    pub fn new(channel: Channel, token: Option<&str>) -> Self {
         let bearer = Bearer(token.map(|t| format!("Bearer {t}").parse().unwrap()));
         Self { channel, bearer }
     }
 
-    fn auth(&self) -> AuthorizationClient<Authed> {
+    pub fn auth(&self) -> AuthorizationClient<Authed> {
         AuthorizationClient::with_interceptor(self.channel.clone(), self.bearer.clone())
     }
 
-    fn apps(&self) -> AppsClient<Authed> {
+    pub fn apps(&self) -> AppsClient<Authed> {
         AppsClient::with_interceptor(self.channel.clone(), self.bearer.clone())
     }
 
@@ -204,6 +204,14 @@ async fn call(c: &As, rpc: &str, app: &str) -> Result<(), Status> {
             Err(s) if s.code() == Code::FailedPrecondition => Ok(()),
             other => other.map(drop),
         },
+        "ListAudit" => c
+            .auth()
+            .list_audit(pb::ListAuditRequest {
+                app_id: app,
+                ..Default::default()
+            })
+            .await
+            .map(drop),
         "RegisterApp" => c
             .apps()
             .register_app(pb::RegisterAppRequest {
@@ -287,6 +295,7 @@ const MATRIX: &[(&str, [char; 4])] = &[
     ("EndSession", ['*', 'A', '-', '-']),
     ("GetPrivacySetting", ['*', 'A', 'A', 'A']),
     ("RecordPrivacyDecision", ['*', 'A', '-', '-']),
+    ("ListAudit", ['*', '-', '-', 'A']),
     ("RegisterApp", ['*', '-', '-', '-']),
     ("UpdateApp", ['*', '-', '-', '-']),
     ("GetApp", ['*', '-', '-', 'A']),

@@ -25,7 +25,7 @@ type Seen = (u64, String, String, DecisionState);
 
 /// The popup answer a task gives its own user's scope `k` first.
 fn first_answer(task: usize, k: usize) -> Answer {
-    if (task + k) % 2 == 0 {
+    if (task + k).is_multiple_of(2) {
         Answer::Allow
     } else {
         Answer::Deny
@@ -56,7 +56,7 @@ async fn writer(h: &TestDaemon, task: usize) -> (Vec<u64>, Vec<Seen>) {
             .update_setting(
                 "wxc",
                 SHARED_USER,
-                &[(SHARED_SCOPE, (task + k) % 2 == 0)],
+                &[(SHARED_SCOPE, (task + k).is_multiple_of(2))],
                 LocationOption::Unspecified,
             )
             .await

@@ -118,6 +118,25 @@ pub enum Command {
     },
     /// The user deleted the mini program: forget their decisions.
     RemoveApp { app: String, user: String },
+    /// The consent audit trail of an app, oldest first.
+    Audit {
+        app: String,
+        /// Only this user.
+        #[arg(long)]
+        user: Option<String>,
+        /// Only this scope.
+        #[arg(long)]
+        scope: Option<String>,
+        /// Only the last SECS seconds.
+        #[arg(long, value_name = "SECS")]
+        since_secs: Option<u64>,
+        /// At most this many records (default 100, at most 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Continue from a previous page's next_page_token.
+        #[arg(long)]
+        page_token: Option<String>,
+    },
     /// The runtime session ended: its one-time grants lapse.
     EndSession {
         app: String,

@@ -165,7 +165,10 @@ fn answer_of(command: &Command, value: &Value) -> Answer {
         _ => return Answer::Positive,
     };
     match outcome.as_str() {
-        Some("DENIED" | "SETTINGS_REQUIRED" | "NOT_DECLARED" | "UNSUPPORTED") => Answer::Negative,
+        Some(
+            "DENIED" | "SETTINGS_REQUIRED" | "NOT_DECLARED" | "UNSUPPORTED" | "PRIVACY_DENIED"
+            | "EMBARGOED",
+        ) => Answer::Negative,
         _ => Answer::Positive,
     }
 }
@@ -354,6 +357,42 @@ async fn run(cli: &Cli) -> Result<Answer> {
                 "auth_setting": render::auth_setting(&r.auth_setting),
                 "changes": r.changes.iter().map(render::change).collect::<Vec<_>>(),
                 "err_msg": r.err_msg,
+                "revision": r.revision,
+            })
+        }
+        Command::Audit {
+            app,
+            user,
+            scope,
+            since_secs,
+            limit,
+            page_token,
+        } => {
+            let since = since_secs.map(|secs| {
+                let at = std::time::SystemTime::now()
+                    .checked_sub(Duration::from_secs(secs))
+                    .unwrap_or(std::time::UNIX_EPOCH)
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                prost_types::Timestamp {
+                    seconds: i64::try_from(at.as_secs()).unwrap_or(0),
+                    nanos: i32::try_from(at.subsec_nanos()).unwrap_or(0),
+                }
+            });
+            let r = auth
+                .list_audit(pb::ListAuditRequest {
+                    app_id: app.clone(),
+                    user_id: user.clone().unwrap_or_default(),
+                    scope: scope.clone().unwrap_or_default(),
+                    since,
+                    page_size: *limit,
+                    page_token: page_token.clone().unwrap_or_default(),
+                })
+                .await?
+                .into_inner();
+            json!({
+                "records": r.records.iter().map(render::audit_record).collect::<Vec<_>>(),
+                "next_page_token": r.next_page_token,
                 "revision": r.revision,
             })
         }

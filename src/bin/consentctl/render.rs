@@ -71,7 +71,35 @@ pub fn decision(d: &pb::Decision) -> Value {
             "background_location": p.background_location,
         });
     }
+    // Set only by the features beyond the platform: absent otherwise.
+    if d.expires_at.is_some() {
+        v["expires_at"] = time(&d.expires_at);
+    }
+    if !d.session_id.is_empty() {
+        v["session_id"] = json!(d.session_id);
+    }
+    if d.err_no != 0 {
+        v["err_no"] = json!(d.err_no);
+    }
+    if d.embargo_until.is_some() {
+        v["embargo_until"] = time(&d.embargo_until);
+    }
     v
+}
+
+pub fn audit_record(r: &pb::AuditRecord) -> Value {
+    json!({
+        "seq": r.seq,
+        "time": time(&r.time),
+        "user": r.user_id,
+        "scope": r.scope,
+        "action": pb::AuditAction::try_from(r.action)
+            .map_or_else(|_| r.action.to_string(), |a| a.as_str_name().trim_start_matches("AUDIT_ACTION_").to_owned()),
+        "principal": r.principal,
+        "client": r.client.as_ref().map_or_else(String::new, |c| {
+            format!("{} {} / {}", platform(c.platform), c.host_version, c.sdk_version)
+        }),
+    })
 }
 
 pub fn change(c: &pb::DecisionChange) -> Value {

@@ -1,0 +1,261 @@
+//! The consent audit trail: who did what to whose consent, when, from
+//! which client. Records are written in the same commit as the change they
+//! describe; the log of decision events says what changed, the audit trail
+//! says who asked and how.
+//!
+//! Also the anti-nag policy (off by default): after N cancelled prompts for
+//! one scope, further prompts are suppressed for a while.
+
+use super::{
+    gates::{err_prefix, msg, Outcome, Reason, Verdict},
+    machine::Answer,
+    rules::Target,
+    AppId, Client, Scope, UserId,
+};
+
+/// What happened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AuditAction {
+    /// Authorize / CheckApi told the runtime to show a popup.
+    PromptShown,
+    /// The user answered a popup.
+    Answered(Answer),
+    /// The user changed the settings page.
+    SettingsChanged,
+    /// The user deleted the mini program.
+    AppRemoved,
+    /// Timed or one-time grants lapsed.
+    Expired,
+    /// The runtime ended a session (its one-time grants lapse).
+    SessionEnded,
+    /// The user answered the privacy agreement.
+    PrivacyAnswered { agreed: bool },
+    /// A prompt was suppressed by the anti-nag policy.
+    PromptSuppressed,
+    /// An operator action: register / update / delete an app, import.
+    Operator(OperatorAction),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OperatorAction {
+    RegisterApp,
+    UpdateApp,
+    DeleteApp,
+    Import,
+}
+
+impl AuditAction {
+    /// A stable name (wire enums and filters use it).
+    pub fn name(&self) -> &'static str {
+        match self {
+            AuditAction::PromptShown => "PROMPT_SHOWN",
+            AuditAction::Answered(Answer::Allow) => "ANSWERED_ALLOW",
+            AuditAction::Answered(Answer::AllowWhileUsing) => "ANSWERED_ALLOW_WHILE_USING",
+            AuditAction::Answered(Answer::Deny) => "ANSWERED_DENY",
+            AuditAction::Answered(Answer::Cancel) => "ANSWERED_CANCEL",
+            AuditAction::SettingsChanged => "SETTINGS_CHANGED",
+            AuditAction::AppRemoved => "APP_REMOVED",
+            AuditAction::Expired => "EXPIRED",
+            AuditAction::SessionEnded => "SESSION_ENDED",
+            AuditAction::PrivacyAnswered { agreed: true } => "PRIVACY_AGREED",
+            AuditAction::PrivacyAnswered { agreed: false } => "PRIVACY_DISAGREED",
+            AuditAction::PromptSuppressed => "PROMPT_SUPPRESSED",
+            AuditAction::Operator(OperatorAction::RegisterApp) => "OPERATOR_REGISTER_APP",
+            AuditAction::Operator(OperatorAction::UpdateApp) => "OPERATOR_UPDATE_APP",
+            AuditAction::Operator(OperatorAction::DeleteApp) => "OPERATOR_DELETE_APP",
+            AuditAction::Operator(OperatorAction::Import) => "OPERATOR_IMPORT",
+        }
+    }
+
+    pub const NAMES: [&'static str; 16] = [
+        "PROMPT_SHOWN",
+        "ANSWERED_ALLOW",
+        "ANSWERED_ALLOW_WHILE_USING",
+        "ANSWERED_DENY",
+        "ANSWERED_CANCEL",
+        "SETTINGS_CHANGED",
+        "APP_REMOVED",
+        "EXPIRED",
+        "SESSION_ENDED",
+        "PRIVACY_AGREED",
+        "PRIVACY_DISAGREED",
+        "PROMPT_SUPPRESSED",
+        "OPERATOR_REGISTER_APP",
+        "OPERATOR_UPDATE_APP",
+        "OPERATOR_DELETE_APP",
+        "OPERATOR_IMPORT",
+    ];
+
+    pub fn from_name(name: &str) -> Option<AuditAction> {
+        Some(match name {
+            "PROMPT_SHOWN" => AuditAction::PromptShown,
+            "ANSWERED_ALLOW" => AuditAction::Answered(Answer::Allow),
+            "ANSWERED_ALLOW_WHILE_USING" => AuditAction::Answered(Answer::AllowWhileUsing),
+            "ANSWERED_DENY" => AuditAction::Answered(Answer::Deny),
+            "ANSWERED_CANCEL" => AuditAction::Answered(Answer::Cancel),
+            "SETTINGS_CHANGED" => AuditAction::SettingsChanged,
+            "APP_REMOVED" => AuditAction::AppRemoved,
+            "EXPIRED" => AuditAction::Expired,
+            "SESSION_ENDED" => AuditAction::SessionEnded,
+            "PRIVACY_AGREED" => AuditAction::PrivacyAnswered { agreed: true },
+            "PRIVACY_DISAGREED" => AuditAction::PrivacyAnswered { agreed: false },
+            "PROMPT_SUPPRESSED" => AuditAction::PromptSuppressed,
+            "OPERATOR_REGISTER_APP" => AuditAction::Operator(OperatorAction::RegisterApp),
+            "OPERATOR_UPDATE_APP" => AuditAction::Operator(OperatorAction::UpdateApp),
+            "OPERATOR_DELETE_APP" => AuditAction::Operator(OperatorAction::DeleteApp),
+            "OPERATOR_IMPORT" => AuditAction::Operator(OperatorAction::Import),
+            _ => return None,
+        })
+    }
+}
+
+/// One audit record, before the store numbers and timestamps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditEntry {
+    pub app: AppId,
+    pub user: Option<UserId>,
+    pub scope: Option<Scope>,
+    pub action: AuditAction,
+    /// The principal that made the call (see the security model).
+    pub principal: String,
+    /// The client the call came from, when it named one.
+    pub client: Option<Client>,
+}
+
+/// A stored audit record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditRecord {
+    /// Position in the audit trail (its own sequence, not a revision).
+    pub seq: u64,
+    /// Unix milliseconds.
+    pub time_ms: u64,
+    /// The store revision after the commit that wrote it.
+    pub revision: u64,
+    pub entry: AuditEntry,
+}
+
+/// What ListAudit asks for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuditQuery {
+    pub user: Option<UserId>,
+    pub scope: Option<Scope>,
+    /// Only records at or after this time (Unix ms).
+    pub since_ms: Option<u64>,
+    /// Continue after this sequence number (a page token).
+    pub after_seq: Option<u64>,
+    pub limit: usize,
+}
+
+impl AuditQuery {
+    pub fn matches(&self, r: &AuditRecord) -> bool {
+        self.user
+            .as_ref()
+            .is_none_or(|u| r.entry.user.as_ref() == Some(u))
+            && self.scope.is_none_or(|s| r.entry.scope == Some(s))
+            && self.since_ms.is_none_or(|t| r.time_ms >= t)
+    }
+}
+
+/// The anti-nag policy: after `max_cancels` cancelled prompts in a row for
+/// one scope, prompts are suppressed for `embargo_ms`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NagPolicy {
+    pub max_cancels: u32,
+    pub embargo_ms: u64,
+}
+
+/// Per (app, user, scope): cancels in a row, and an embargo's end.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NagState {
+    pub cancels: u32,
+    pub embargo_until_ms: u64,
+}
+
+impl NagState {
+    /// The state after a popup answer at `now_ms`; `None` when nothing is
+    /// left to remember (a real answer resets the count).
+    pub fn after_answer(
+        current: Option<NagState>,
+        answer: Answer,
+        policy: NagPolicy,
+        now_ms: u64,
+    ) -> Option<NagState> {
+        if answer != Answer::Cancel {
+            return None;
+        }
+        let cancels = current.map_or(0, |s| s.cancels) + 1;
+        if cancels >= policy.max_cancels {
+            Some(NagState {
+                cancels: 0,
+                embargo_until_ms: now_ms.saturating_add(policy.embargo_ms),
+            })
+        } else {
+            Some(NagState {
+                cancels,
+                embargo_until_ms: current.map_or(0, |s| s.embargo_until_ms),
+            })
+        }
+    }
+
+    /// Whether prompts are suppressed at `now_ms`.
+    pub fn embargoed(&self, now_ms: u64) -> bool {
+        now_ms < self.embargo_until_ms
+    }
+}
+
+/// A PROMPT verdict under an embargo becomes EMBARGOED (fail without a
+/// popup, `<p>:fail auth cancel`, with the embargo's end); anything else
+/// passes unchanged.
+pub fn embargo(
+    verdict: Verdict,
+    target: Target<'_>,
+    nag: Option<&NagState>,
+    now_ms: u64,
+) -> Verdict {
+    match nag {
+        Some(n) if verdict.outcome == Outcome::Prompt && n.embargoed(now_ms) => Verdict {
+            outcome: Outcome::Embargoed,
+            reason: Reason::PromptEmbargoed,
+            err_msg: format!("{}:{}", err_prefix(target), msg::AUTH_CANCEL),
+            prompt: None,
+            embargo_until_ms: Some(n.embargo_until_ms),
+            ..verdict
+        },
+        _ => verdict,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for name in AuditAction::NAMES {
+            assert_eq!(AuditAction::from_name(name).unwrap().name(), name);
+        }
+        assert_eq!(AuditAction::from_name("NOPE"), None);
+    }
+
+    #[test]
+    fn cancels_in_a_row_start_an_embargo_and_a_real_answer_resets() {
+        let policy = NagPolicy {
+            max_cancels: 3,
+            embargo_ms: 1000,
+        };
+        let mut state = None;
+        for _ in 0..2 {
+            state = NagState::after_answer(state, Answer::Cancel, policy, 50);
+            assert!(!state.unwrap().embargoed(50));
+        }
+        assert_eq!(state.unwrap().cancels, 2);
+        state = NagState::after_answer(state, Answer::Cancel, policy, 100);
+        let s = state.unwrap();
+        assert!(s.embargoed(100) && s.embargoed(1099) && !s.embargoed(1100));
+        assert_eq!(s.cancels, 0);
+        assert_eq!(
+            NagState::after_answer(state, Answer::Deny, policy, 2000),
+            None
+        );
+    }
+}
