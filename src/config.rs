@@ -115,8 +115,8 @@ impl Default for AuditConfig {
 /// Timed and one-time grants.
 #[derive(Clone, Debug)]
 pub struct GrantsConfig {
-    /// A one-time grant lapses this long after it was given unless its
-    /// session ends first.
+    /// A one-time grant lapses after this long unused, unless its session
+    /// ends first.
     pub session_idle_timeout: Duration,
     /// How often due grant timers are checked.
     pub expiry_check_interval: Duration,

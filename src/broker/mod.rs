@@ -152,10 +152,11 @@ impl Broker {
         self
     }
 
-    /// Applies the anti-nag policy to the PROMPT verdicts about to be
-    /// returned, and records them (shown or suppressed) in the audit trail
-    /// without making the read wait for that write.
-    fn prompts(
+    /// What a read leaves behind, without waiting for it: the anti-nag
+    /// policy applied to PROMPT verdicts, prompts (shown or suppressed)
+    /// recorded in the audit trail, and one-time grants in use kept alive
+    /// (their idle timeout restarts once half of it has passed).
+    fn after_read(
         &self,
         app: &App,
         s: &Subject,
@@ -165,6 +166,35 @@ impl Broker {
     ) -> Result<(), BrokerError> {
         let _ = app;
         let now = now_ms();
+        let extend: Vec<_> = verdicts
+            .iter()
+            .filter_map(|v| match &v.lifetime {
+                Lifetime::Session {
+                    session,
+                    expires_at_ms,
+                } if v.outcome == Outcome::Granted
+                    && expires_at_ms.saturating_sub(now) < self.session_idle_ms / 2 =>
+                {
+                    let renewed = Lifetime::Session {
+                        session: session.clone(),
+                        expires_at_ms: now.saturating_add(self.session_idle_ms),
+                    };
+                    Some((s.app.clone(), s.user.clone(), v.scope, renewed))
+                }
+                _ => None,
+            })
+            .collect();
+        if !extend.is_empty() {
+            let job = Box::new(move |_: &dyn View| {
+                Ok(WriteSet {
+                    extend,
+                    ..WriteSet::default()
+                })
+            });
+            if let Err(e) = self.store.submit_detached(job) {
+                tracing::warn!(error = %e, "could not extend a one-time grant in use");
+            }
+        }
         for v in verdicts.iter_mut().filter(|v| v.outcome == Outcome::Prompt) {
             if self.nag.is_some() {
                 let nag = self.store.nag(&s.app, &s.user, v.scope)?;
@@ -312,7 +342,7 @@ impl Broker {
                 ),
             };
         let mut verdicts = [verdict];
-        self.prompts(&app, s, Target::Authorize, &mut verdicts, actor)?;
+        self.after_read(&app, s, Target::Authorize, &mut verdicts, actor)?;
         let [verdict] = verdicts;
         Ok(Read {
             value: verdict,
@@ -385,7 +415,7 @@ impl Broker {
             })
             .collect::<Vec<_>>();
         let mut verdicts = verdicts;
-        self.prompts(&app, s, Target::Authorize, &mut verdicts, actor)?;
+        self.after_read(&app, s, Target::Authorize, &mut verdicts, actor)?;
         Ok(Read {
             value: verdicts,
             revision,
@@ -431,7 +461,7 @@ impl Broker {
             })
             .collect::<Vec<_>>();
         let mut verdicts = verdicts;
-        self.prompts(&app, s, Target::Api(&api), &mut verdicts, actor)?;
+        self.after_read(&app, s, Target::Api(&api), &mut verdicts, actor)?;
         let decisive = gates::most_restrictive(&verdicts).ok_or_else(|| {
             BrokerError::Internal(format!("interface {} has no scopes", api.name()))
         })?;

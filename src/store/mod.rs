@@ -65,6 +65,10 @@ pub struct WriteSet {
     pub audit: Vec<AuditEntry>,
     /// An anti-nag state to store (`Some`) or forget (`None`).
     pub nag: Option<(AppId, UserId, Scope, Option<NagState>)>,
+    /// One-time grants in use whose deadline moves later (ignored unless the
+    /// stored grant is still granted for the same session with an earlier
+    /// deadline): not a change of state, so no event and no revision.
+    pub extend: Vec<(AppId, UserId, Scope, Lifetime)>,
 }
 
 /// A timed or one-time grant's timer: when it comes due, the grant lapses

@@ -320,6 +320,37 @@ impl Writer {
             committed.events.push(event);
             committed.revision = revision;
         }
+        for (app, user, scope, lifetime) in set.extend {
+            let key = codec::decision_key(&app, &user, scope);
+            let Some(raw) = self.staged_or_stored_in(group, &key)? else {
+                continue;
+            };
+            let mut decision = codec::decode_decision(&raw)?;
+            // Only the same grant, only later: the decision may have changed
+            // since the read that asked for this.
+            let same_grant = match (&decision.lifetime, &lifetime) {
+                (
+                    Lifetime::Session {
+                        session: old,
+                        expires_at_ms: before,
+                    },
+                    Lifetime::Session {
+                        session: new,
+                        expires_at_ms: after,
+                    },
+                ) => old == new && after > before,
+                _ => false,
+            };
+            if decision.state != DecisionState::Granted || !same_grant {
+                continue;
+            }
+            if let Some(at) = lifetime.expires_at_ms() {
+                // The old timer goes stale: it no longer matches the decision.
+                put(group, codec::timer_key(at, &key), Some(Vec::new()));
+            }
+            decision.lifetime = lifetime;
+            put(group, key, Some(codec::encode_decision(&decision)));
+        }
         if let Some((app, user, scope, state)) = set.nag {
             put(
                 group,
@@ -348,6 +379,20 @@ impl Writer {
             );
         }
         Ok(committed)
+    }
+}
+
+impl Writer {
+    /// A key's value as a group being staged sees it.
+    fn staged_or_stored_in(
+        &self,
+        group: &Group,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        match group.overlay.get(key) {
+            Some(staged) => Ok(staged.clone()),
+            None => Ok(self.tree.get(key)?.map(|v| v.to_vec())),
+        }
     }
 }
 

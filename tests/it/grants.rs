@@ -453,3 +453,51 @@ async fn export_and_import_keep_lifetimes() {
     h.stop().await;
     fresh.stop().await;
 }
+
+#[tokio::test]
+async fn a_one_time_grant_in_use_stays_alive_and_lapses_once_idle() {
+    let h = daemon(|c| c.grants.session_idle_timeout = Duration::from_millis(1200)).await;
+    let c = h.client();
+    record(&c, "scope.camera", pb::Answer::Allow, session("s1"))
+        .await
+        .unwrap();
+    let first = ms_of(
+        c.decision("wxshop", "u1", "scope.camera")
+            .await
+            .expires_at
+            .as_ref()
+            .unwrap(),
+    );
+    // Used every 300 ms for 3 s: far past the idle timeout, never idle.
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            c.decision("wxshop", "u1", "scope.camera").await.outcome,
+            pb::Outcome::Granted as i32,
+            "a grant in use must not lapse"
+        );
+    }
+    let later = ms_of(
+        c.decision("wxshop", "u1", "scope.camera")
+            .await
+            .expires_at
+            .as_ref()
+            .unwrap(),
+    );
+    assert!(
+        later > first + 1000,
+        "the deadline moved: {first} -> {later}"
+    );
+    // Idle now: it lapses.
+    let start = c.revision().await;
+    let mut watch = c
+        .watch(pb::WatchRequest {
+            start_revision: Some(start),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    expired(&next_events(&mut watch, 1).await[0], "scope.camera");
+    assert!(c.assert_consistent().await.consistent);
+    h.stop().await;
+}
