@@ -158,13 +158,12 @@ impl Broker {
     /// (their idle timeout restarts once half of it has passed).
     fn after_read(
         &self,
-        app: &App,
         s: &Subject,
         target: Target<'_>,
         verdicts: &mut [Verdict],
-        actor: &Actor,
+        principal: &str,
+        client: &Client,
     ) -> Result<(), BrokerError> {
-        let _ = app;
         let now = now_ms();
         let extend: Vec<_> = verdicts
             .iter()
@@ -207,6 +206,9 @@ impl Broker {
                 Outcome::Embargoed => AuditAction::PromptSuppressed,
                 _ => AuditAction::PromptShown,
             };
+            // The actor is built only here: the common read answers without
+            // allocating for the audit trail.
+            let actor = Actor::new(principal, Some(client.clone()));
             if let Some(batch) = self
                 .prompt_log
                 .push(actor.entry(s, Some(v.scope), action), now)
@@ -327,7 +329,7 @@ impl Broker {
         s: &Subject,
         scope: Scope,
         client: &Client,
-        actor: &Actor,
+        principal: &str,
     ) -> Result<Read<Verdict>, BrokerError> {
         let revision = self.store.revision();
         let app = self.app(&s.app)?;
@@ -342,7 +344,7 @@ impl Broker {
                 ),
             };
         let mut verdicts = [verdict];
-        self.after_read(&app, s, Target::Authorize, &mut verdicts, actor)?;
+        self.after_read(s, Target::Authorize, &mut verdicts, principal, client)?;
         let [verdict] = verdicts;
         Ok(Read {
             value: verdict,
@@ -392,7 +394,7 @@ impl Broker {
         s: &Subject,
         scopes: &[Scope],
         client: &Client,
-        actor: &Actor,
+        principal: &str,
     ) -> Result<Read<Vec<Verdict>>, BrokerError> {
         let revision = self.store.revision();
         let app = self.app(&s.app)?;
@@ -415,7 +417,7 @@ impl Broker {
             })
             .collect::<Vec<_>>();
         let mut verdicts = verdicts;
-        self.after_read(&app, s, Target::Authorize, &mut verdicts, actor)?;
+        self.after_read(s, Target::Authorize, &mut verdicts, principal, client)?;
         Ok(Read {
             value: verdicts,
             revision,
@@ -428,7 +430,7 @@ impl Broker {
         s: &Subject,
         api: Api,
         client: &Client,
-        actor: &Actor,
+        principal: &str,
     ) -> Result<Read<ApiVerdict>, BrokerError> {
         let revision = self.store.revision();
         let app = self.app(&s.app)?;
@@ -461,7 +463,7 @@ impl Broker {
             })
             .collect::<Vec<_>>();
         let mut verdicts = verdicts;
-        self.after_read(&app, s, Target::Api(&api), &mut verdicts, actor)?;
+        self.after_read(s, Target::Api(&api), &mut verdicts, principal, client)?;
         let decisive = gates::most_restrictive(&verdicts).ok_or_else(|| {
             BrokerError::Internal(format!("interface {} has no scopes", api.name()))
         })?;

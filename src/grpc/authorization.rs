@@ -62,8 +62,7 @@ impl Authorization for AuthorizationService {
             .map_err(refuse)?;
         let scope = convert::scope("scope", &r.scope)?;
         let client = convert::client(r.client)?;
-        let actor = Actor::new(&who.name, Some(client.clone()));
-        let read = self.broker.authorize(&subject, scope, &client, &actor)?;
+        let read = self.broker.authorize(&subject, scope, &client, &who.name)?;
         self.metrics.observe_verdict(&read.value);
         Ok(Response::new(pb::AuthorizeResponse {
             decision: Some(convert::decision(read.value)),
@@ -112,10 +111,9 @@ impl Authorization for AuthorizationService {
             .map(|(i, s)| convert::scope(&format!("scopes[{i}]"), s))
             .collect::<Result<Vec<Scope>, _>>()?;
         let client = convert::client(r.client)?;
-        let actor = Actor::new(&who.name, Some(client.clone()));
         let read = self
             .broker
-            .batch_authorize(&subject, &scopes, &client, &actor)?;
+            .batch_authorize(&subject, &scopes, &client, &who.name)?;
         read.value
             .iter()
             .for_each(|v| self.metrics.observe_verdict(v));
@@ -135,8 +133,7 @@ impl Authorization for AuthorizationService {
         who.may_touch(Rpc::CheckApi, &subject.app).map_err(refuse)?;
         let api = Api::parse_field("api", &r.api)?;
         let client = convert::client(r.client)?;
-        let actor = Actor::new(&who.name, Some(client.clone()));
-        let read = self.broker.check_api(&subject, api, &client, &actor)?;
+        let read = self.broker.check_api(&subject, api, &client, &who.name)?;
         read.value
             .verdicts
             .iter()
