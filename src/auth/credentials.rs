@@ -31,10 +31,12 @@ pub enum CredentialsError {
         path: String,
         source: std::io::Error,
     },
-    #[error("credentials file {path}: {source}")]
+    /// The file's text is never quoted: a line may hold a pasted token.
+    #[error("credentials file {path}, line {line}: {message}")]
     Parse {
         path: String,
-        source: Box<toml::de::Error>,
+        line: usize,
+        message: String,
     },
     #[error("credentials file {path}: {message}")]
     Invalid { path: String, message: String },
@@ -101,7 +103,10 @@ impl Credentials {
         Self::parse(&text).map_err(|e| match e {
             ParseError::Toml(source) => CredentialsError::Parse {
                 path: shown,
-                source: Box::new(source),
+                line: source.span().map_or(0, |span| {
+                    text[..span.start.min(text.len())].lines().count().max(1)
+                }),
+                message: source.message().to_owned(),
             },
             ParseError::Invalid(message) => CredentialsError::Invalid {
                 path: shown,
@@ -140,9 +145,11 @@ impl Credentials {
                 return Err(invalid("set token_sha256 or cert_subject".into()));
             }
             for hex in digests {
+                // The value is not quoted: it may be a token pasted by mistake.
                 let digest = digest_from_hex(&hex.to_ascii_lowercase()).ok_or_else(|| {
                     invalid(format!(
-                        "token_sha256 {hex:?} is not 64 hex digits (store the digest, never the token)"
+                        "a token_sha256 value is not 64 hex digits ({} characters): store the digest (`consentctl token hash`), never the token",
+                        hex.chars().count()
                     ))
                 })?;
                 if tokens.iter().any(|(d, _)| *d == digest) {
@@ -289,6 +296,21 @@ mod tests {
             c.by_cert_subject("consentd-dashboards").unwrap().apps,
             AppBinding::All
         );
+    }
+
+    #[test]
+    fn errors_never_quote_what_could_be_a_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        for text in [
+            "[[principal]]\nname='a'\nrole='operator'\ntoken_sha256='s3cr3t-token-value'",
+            "[[principal]]\nname='a'\nrole='operator'\ntoken_sha256 = s3cr3t-token-value",
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let err = Credentials::load(&path).unwrap_err().to_string();
+            assert!(!err.contains("s3cr3t"), "{err}");
+            assert!(err.contains("c.toml"), "{err}");
+        }
     }
 
     #[test]

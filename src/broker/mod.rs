@@ -26,7 +26,7 @@ use crate::{
         Api, App, AppId, AppKind, AuditAction, AuditEntry, AuditQuery, Availability, Cause, Client,
         DecisionRecords, DecisionState, Declarations, DomainError, Event, Lifetime,
         LifetimeRequest, NagPolicy, NagState, OperatorAction, Outcome, RawDeclarations, Reason,
-        RuleSet, Scope, ScopeInfo, SessionId, UserDecisions, UserId, CATALOG,
+        Role, RuleSet, Scope, ScopeInfo, SessionId, UserDecisions, UserId, CATALOG,
     },
     store::{AppWrite, AuditPage, DecisionRow, Store, TxnError, View, WriteSet},
 };
@@ -47,15 +47,27 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// The states a reader sees at `now_ms` (lapsed grants read as never asked).
+/// The states a reader sees at `now_ms`: lapsed grants read as never
+/// asked, and background location goes with a lapsed location grant (as
+/// its recorded lapse will take it), so readers never see background
+/// granted without location.
 fn effective(records: &DecisionRecords, now_ms: u64) -> UserDecisions {
-    records
+    let mut live: UserDecisions = records
         .iter()
         .filter_map(|(&scope, d)| {
             let state = d.effective_state(now_ms);
             (state != DecisionState::NotDetermined).then_some((scope, state))
         })
-        .collect()
+        .collect();
+    if location_lapsed(records.get(&Scope::UserLocation), now_ms) {
+        live.remove(&Scope::UserLocationBackground);
+    }
+    live
+}
+
+/// Whether a location grant lapsed (recorded or not yet).
+fn location_lapsed(location: Option<&crate::domain::Decision>, now_ms: u64) -> bool {
+    location.is_some_and(|d| d.state == DecisionState::Granted && d.lifetime.lapsed(now_ms))
 }
 
 /// Most apps one ListApps page returns.
@@ -161,28 +173,53 @@ impl Broker {
         s: &Subject,
         target: Target<'_>,
         verdicts: &mut [Verdict],
-        principal: &str,
+        who: (&str, Role),
         client: &Client,
     ) -> Result<(), BrokerError> {
+        let (principal, role) = who;
         let now = now_ms();
-        let extend: Vec<_> = verdicts
-            .iter()
-            .filter_map(|v| match &v.lifetime {
-                Lifetime::Session {
-                    session,
-                    expires_at_ms,
-                } if v.outcome == Outcome::Granted
-                    && expires_at_ms.saturating_sub(now) < self.session_idle_ms / 2 =>
-                {
-                    let renewed = Lifetime::Session {
-                        session: session.clone(),
-                        expires_at_ms: now.saturating_add(self.session_idle_ms),
-                    };
-                    Some((s.app.clone(), s.user.clone(), v.scope, renewed))
-                }
-                _ => None,
-            })
-            .collect();
+        for v in verdicts.iter_mut().filter(|v| v.outcome == Outcome::Prompt) {
+            if self.nag.is_some() {
+                let nag = self.store.nag(&s.app, &s.user, v.scope)?;
+                *v = audit::embargo(v.clone(), target, nag.as_ref(), now);
+            }
+        }
+        // Reads by observers (dashboards, audits) leave nothing behind: no
+        // prompt was shown, no grant is in use.
+        if role == Role::Observer {
+            return Ok(());
+        }
+        let mut extend = Vec::new();
+        for v in verdicts.iter() {
+            let Lifetime::Session {
+                session,
+                expires_at_ms,
+            } = &v.lifetime
+            else {
+                continue;
+            };
+            if v.outcome != Outcome::Granted
+                || expires_at_ms.saturating_sub(now) >= self.session_idle_ms / 2
+            {
+                continue;
+            }
+            let renewed = Lifetime::Session {
+                session: session.clone(),
+                expires_at_ms: now.saturating_add(self.session_idle_ms),
+            };
+            // Background location in use keeps location alive too (a lapsing
+            // location takes background with it); the writer ignores it
+            // unless it is a grant of the same session.
+            if v.scope == Scope::UserLocationBackground {
+                extend.push((
+                    s.app.clone(),
+                    s.user.clone(),
+                    Scope::UserLocation,
+                    renewed.clone(),
+                ));
+            }
+            extend.push((s.app.clone(), s.user.clone(), v.scope, renewed));
+        }
         if !extend.is_empty() {
             let job = Box::new(move |_: &dyn View| {
                 Ok(WriteSet {
@@ -194,14 +231,13 @@ impl Broker {
                 tracing::warn!(error = %e, "could not extend a one-time grant in use");
             }
         }
-        for v in verdicts.iter_mut().filter(|v| v.outcome == Outcome::Prompt) {
-            if self.nag.is_some() {
-                let nag = self.store.nag(&s.app, &s.user, v.scope)?;
-                *v = audit::embargo(v.clone(), target, nag.as_ref(), now);
-            }
-            if !self.audit_prompts {
-                continue;
-            }
+        if !self.audit_prompts {
+            return Ok(());
+        }
+        for v in verdicts
+            .iter()
+            .filter(|v| matches!(v.outcome, Outcome::Prompt | Outcome::Embargoed))
+        {
             let action = match v.outcome {
                 Outcome::Embargoed => AuditAction::PromptSuppressed,
                 _ => AuditAction::PromptShown,
@@ -309,7 +345,21 @@ impl Broker {
     /// The state a reader sees now, and the lifetime of a live grant.
     fn state(&self, s: &Subject, scope: Scope) -> Result<(DecisionState, Lifetime), BrokerError> {
         let now = now_ms();
-        Ok(match self.store.decision(&s.app, &s.user, scope)? {
+        let decision = self.store.decision(&s.app, &s.user, scope)?;
+        if scope == Scope::UserLocationBackground
+            && decision
+                .as_ref()
+                .is_some_and(|d| d.state == DecisionState::Granted)
+            && location_lapsed(
+                self.store
+                    .decision(&s.app, &s.user, Scope::UserLocation)?
+                    .as_ref(),
+                now,
+            )
+        {
+            return Ok((DecisionState::NotDetermined, Lifetime::Permanent));
+        }
+        Ok(match decision {
             Some(d) if d.effective_state(now) != DecisionState::NotDetermined => {
                 (d.state, d.lifetime)
             }
@@ -329,7 +379,7 @@ impl Broker {
         s: &Subject,
         scope: Scope,
         client: &Client,
-        principal: &str,
+        who: (&str, Role),
     ) -> Result<Read<Verdict>, BrokerError> {
         let revision = self.store.revision();
         let app = self.app(&s.app)?;
@@ -344,7 +394,7 @@ impl Broker {
                 ),
             };
         let mut verdicts = [verdict];
-        self.after_read(s, Target::Authorize, &mut verdicts, principal, client)?;
+        self.after_read(s, Target::Authorize, &mut verdicts, who, client)?;
         let [verdict] = verdicts;
         Ok(Read {
             value: verdict,
@@ -394,7 +444,7 @@ impl Broker {
         s: &Subject,
         scopes: &[Scope],
         client: &Client,
-        principal: &str,
+        who: (&str, Role),
     ) -> Result<Read<Vec<Verdict>>, BrokerError> {
         let revision = self.store.revision();
         let app = self.app(&s.app)?;
@@ -417,7 +467,7 @@ impl Broker {
             })
             .collect::<Vec<_>>();
         let mut verdicts = verdicts;
-        self.after_read(s, Target::Authorize, &mut verdicts, principal, client)?;
+        self.after_read(s, Target::Authorize, &mut verdicts, who, client)?;
         Ok(Read {
             value: verdicts,
             revision,
@@ -430,7 +480,7 @@ impl Broker {
         s: &Subject,
         api: Api,
         client: &Client,
-        principal: &str,
+        who: (&str, Role),
     ) -> Result<Read<ApiVerdict>, BrokerError> {
         let revision = self.store.revision();
         let app = self.app(&s.app)?;
@@ -463,7 +513,7 @@ impl Broker {
             })
             .collect::<Vec<_>>();
         let mut verdicts = verdicts;
-        self.after_read(s, Target::Api(&api), &mut verdicts, principal, client)?;
+        self.after_read(s, Target::Api(&api), &mut verdicts, who, client)?;
         let decisive = gates::most_restrictive(&verdicts).ok_or_else(|| {
             BrokerError::Internal(format!("interface {} has no scopes", api.name()))
         })?;
@@ -494,7 +544,7 @@ impl Broker {
         let gap_ms = self.privacy_gap_ms;
         let w = DecisionWrite {
             lifetime,
-            forget_privacy: false,
+            forget_user_state: false,
             actor: actor.clone(),
             audit: AuditShape::Answer(scope, answer),
         };
@@ -575,7 +625,7 @@ impl Broker {
         let lifetime = lifetime.resolve(now_ms(), self.session_idle_ms)?;
         let w = DecisionWrite {
             lifetime,
-            forget_privacy: false,
+            forget_user_state: false,
             actor: actor.clone(),
             audit: AuditShape::PerChange(AuditAction::SettingsChanged),
         };
@@ -592,10 +642,11 @@ impl Broker {
 
     /// The user deleted the mini program: forget every decision.
     pub async fn remove_app(&self, s: &Subject, actor: &Actor) -> Result<Written<()>, BrokerError> {
-        // The privacy answer goes too: deleting the mini program forgets it.
+        // The privacy answer and anti-nag state go too: deleting the mini
+        // program forgets them.
         let w = DecisionWrite {
             lifetime: Lifetime::Permanent,
-            forget_privacy: true,
+            forget_user_state: true,
             actor: actor.clone(),
             audit: AuditShape::Subject(AuditAction::AppRemoved),
         };
@@ -677,7 +728,7 @@ impl Broker {
         actor: &Actor,
     ) -> Result<Written<()>, BrokerError> {
         let subject = s.clone();
-        let audit = vec![actor.entry(s, None, AuditAction::SessionEnded)];
+        let actor = actor.clone();
         let (committed, ()) = self
             .store
             .write(move |view: &dyn View| {
@@ -687,7 +738,15 @@ impl Broker {
                 let ended = |l: &Lifetime| {
                     matches!(l, Lifetime::Session { session: s, .. } if *s == session)
                 };
-                let changes = machine::plan_lapse(&records, now_ms(), ended)
+                let lapses = machine::plan_lapse(&records, now_ms(), ended);
+                // The session's end, then each grant that lapsed with it.
+                let mut audit = vec![actor.entry(&subject, None, AuditAction::SessionEnded)];
+                audit.extend(
+                    lapses
+                        .iter()
+                        .map(|c| actor.entry(&subject, Some(c.scope), AuditAction::Expired)),
+                );
+                let changes = lapses
                     .into_iter()
                     .map(|c| (subject.app.clone(), subject.user.clone(), c))
                     .collect();
@@ -787,7 +846,7 @@ impl Broker {
                         if let Some(n) = current.filter(|n| n.embargoed(now)) {
                             return Err(DomainError::FailedPrecondition {
                                 message: format!(
-                                    "cannot record answer {answer:?} for {scope}: prompts are suppressed until {} ms (anti-nag), so no popup could have been shown",
+                                    "cannot record answer {answer:?} for {scope}: the anti-nag policy answers EMBARGOED until {} ms, so no popup could have been shown",
                                     n.embargo_until_ms
                                 ),
                             }
@@ -815,15 +874,16 @@ impl Broker {
                     .chain(planned)
                     .map(|c| (subject.app.clone(), subject.user.clone(), c))
                     .collect();
-                let privacy = (w.forget_privacy && privacy_answer.is_some())
-                    .then(|| (subject.app.clone(), subject.user.clone(), None));
+                let forget = w
+                    .forget_user_state
+                    .then(|| (subject.app.clone(), subject.user.clone()));
                 Ok((
                     WriteSet {
                         changes,
                         lifetime: w.lifetime,
-                        privacy,
                         audit,
                         nag,
+                        forget,
                         ..WriteSet::default()
                     },
                     value,
@@ -856,8 +916,20 @@ impl Broker {
         raw: RawDeclarations,
         actor: &Actor,
     ) -> Result<Read<Arc<App>>, BrokerError> {
+        self.register_app_as(id, kind, raw, actor, OperatorAction::RegisterApp)
+            .await
+    }
+
+    async fn register_app_as(
+        &self,
+        id: AppId,
+        kind: AppKind,
+        raw: RawDeclarations,
+        actor: &Actor,
+        action: OperatorAction,
+    ) -> Result<Read<Arc<App>>, BrokerError> {
         let declarations = Declarations::parse(kind, raw)?;
-        let audit = operator_entry(actor, &id, OperatorAction::RegisterApp);
+        let audit = operator_entry(actor, &id, action);
         self.write_app(audit, move |view| {
             if view.app(&id)?.is_some() {
                 return Err(DomainError::AlreadyExists {
@@ -865,7 +937,7 @@ impl Broker {
                 }
                 .into());
             }
-            let privacy_version = privacy::next_version(None, declarations.privacy.as_ref());
+            let privacy_version = privacy::next_version(None, 0, declarations.privacy.as_ref());
             Ok(App {
                 id,
                 kind,
@@ -886,8 +958,20 @@ impl Broker {
         raw: RawDeclarations,
         actor: &Actor,
     ) -> Result<Read<Arc<App>>, BrokerError> {
+        self.update_app_as(id, kind, raw, actor, OperatorAction::UpdateApp)
+            .await
+    }
+
+    async fn update_app_as(
+        &self,
+        id: AppId,
+        kind: AppKind,
+        raw: RawDeclarations,
+        actor: &Actor,
+        action: OperatorAction,
+    ) -> Result<Read<Arc<App>>, BrokerError> {
         let declarations = Declarations::parse(kind, raw)?;
-        let audit = operator_entry(actor, &id, OperatorAction::UpdateApp);
+        let audit = operator_entry(actor, &id, action);
         self.write_app(audit, move |view| {
             let current = view.app(&id)?.ok_or_else(|| DomainError::app_not_found(&id))?;
             if current.kind != kind {
@@ -901,11 +985,8 @@ impl Broker {
                 .into());
             }
             let privacy_version = privacy::next_version(
-                current
-                    .declarations
-                    .privacy
-                    .as_ref()
-                    .map(|g| (g, current.privacy_version)),
+                current.declarations.privacy.as_ref(),
+                current.privacy_version,
                 declarations.privacy.as_ref(),
             );
             Ok(App { id, kind, declarations, revision: 0, updated_at_ms: 0, privacy_version })
@@ -990,18 +1071,19 @@ impl Broker {
             }
         }
         match self
-            .register_app(id.clone(), kind, raw.clone(), actor)
+            .register_app_as(id.clone(), kind, raw.clone(), actor, OperatorAction::Import)
             .await
         {
             Err(BrokerError::Domain(DomainError::AlreadyExists { .. })) => {
-                self.update_app(id, kind, raw, actor).await
+                self.update_app_as(id, kind, raw, actor, OperatorAction::Import)
+                    .await
             }
             other => other,
         }
     }
 
     /// Sets stored decisions (imports): rows already in place change nothing,
-    /// each differing one is an OPERATOR event. A user's rows must arrive
+    /// each differing one is an OPERATOR event. A user's rows are planned
     /// together; the result must keep background => location granted.
     pub async fn import_decisions(
         &self,
@@ -1019,23 +1101,32 @@ impl Broker {
             .write(move |view: &dyn View| {
                 let mut changes = Vec::new();
                 let mut lifetimes = std::collections::BTreeMap::new();
-                let mut i = 0;
-                while i < rows.len() {
-                    let (app_id, user) = (rows[i].app.clone(), rows[i].user.clone());
+                // Each user is planned once, with all of its rows in this
+                // batch, even if they were not adjacent: planning a user twice
+                // against the same committed state would break the log chain.
+                let mut users: Vec<((AppId, UserId), Vec<&DecisionRow>)> = Vec::new();
+                let mut index: std::collections::HashMap<(AppId, UserId), usize> =
+                    std::collections::HashMap::new();
+                for row in &rows {
+                    let key = (row.app.clone(), row.user.clone());
+                    match index.get(&key) {
+                        Some(&i) => users[i].1.push(row),
+                        None => {
+                            index.insert(key.clone(), users.len());
+                            users.push((key, vec![row]));
+                        }
+                    }
+                }
+                for ((app_id, user), group) in users {
                     let app = view
                         .app(&app_id)?
                         .ok_or_else(|| DomainError::app_not_found(&app_id))?;
                     let before = view.decisions(&app_id, &user)?;
-                    let start = i;
-                    while i < rows.len() && rows[i].app == app_id && rows[i].user == user {
-                        i += 1;
-                    }
-                    let wanted: Vec<_> =
-                        rows[start..i].iter().map(|r| (r.scope, r.state)).collect();
+                    let wanted: Vec<_> = group.iter().map(|r| (r.scope, r.state)).collect();
                     for change in machine::plan_import(&app, &user, &before, &wanted)? {
                         changes.push((app_id.clone(), user.clone(), change));
                     }
-                    for r in &rows[start..i] {
+                    for r in group {
                         if r.lifetime != Lifetime::Permanent {
                             lifetimes.insert(
                                 (app_id.clone(), user.clone(), r.scope),

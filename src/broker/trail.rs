@@ -45,7 +45,7 @@ impl Actor {
 pub(super) enum AuditShape {
     /// A popup answer: one record for the asked scope, whatever changed.
     Answer(Scope, Answer),
-    /// One record per changed scope (one without a scope if none changed).
+    /// One record per changed scope (none when nothing changed).
     PerChange(AuditAction),
     /// One record about the subject.
     Subject(AuditAction),
@@ -62,13 +62,11 @@ impl AuditShape {
             AuditShape::Answer(scope, answer) => {
                 vec![actor.entry(s, Some(*scope), AuditAction::Answered(*answer))]
             }
-            AuditShape::PerChange(action) if !changes.is_empty() => changes
+            AuditShape::PerChange(action) => changes
                 .iter()
                 .map(|c| actor.entry(s, Some(c.scope), action.clone()))
                 .collect(),
-            AuditShape::PerChange(action) | AuditShape::Subject(action) => {
-                vec![actor.entry(s, None, action.clone())]
-            }
+            AuditShape::Subject(action) => vec![actor.entry(s, None, action.clone())],
         }
     }
 }
@@ -76,8 +74,9 @@ impl AuditShape {
 /// What a decision write records besides its changes.
 pub(super) struct DecisionWrite {
     pub lifetime: Lifetime,
-    /// Also forget the privacy answer (the user deleted the mini program).
-    pub forget_privacy: bool,
+    /// Also forget the privacy answer and anti-nag state (the user deleted
+    /// the mini program).
+    pub forget_user_state: bool,
     pub actor: Actor,
     pub audit: AuditShape,
 }

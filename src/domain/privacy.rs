@@ -132,17 +132,15 @@ impl PrivacyGuide {
     }
 }
 
-/// The version of a guide after a registration change: 1 for a new guide,
-/// one more whenever the guide gains types (users must agree again), the
-/// same otherwise; 0 without a guide.
-pub fn next_version(old: Option<(&PrivacyGuide, u64)>, new: Option<&PrivacyGuide>) -> u64 {
+/// The version of a guide after a registration change: one more when a
+/// guide appears or gains types (users must agree again), the same
+/// otherwise. It never goes down, not even when the guide is dropped and
+/// declared again later: an old agreement must not count for a new guide.
+pub fn next_version(old: Option<&PrivacyGuide>, version: u64, new: Option<&PrivacyGuide>) -> u64 {
     match (old, new) {
-        (_, None) => 0,
-        (None, Some(_)) => 1,
-        (Some((old, version)), Some(new)) if new.info_types.is_subset(&old.info_types) => {
-            version.max(1)
-        }
-        (Some((_, version)), Some(_)) => version + 1,
+        (_, None) => version,
+        (Some(old), Some(new)) if new.info_types.is_subset(&old.info_types) => version.max(1),
+        _ => version + 1,
     }
 }
 
@@ -325,10 +323,12 @@ mod tests {
             guide(&[InfoType::Location]),
             guide(&[InfoType::Location, InfoType::Camera]),
         );
-        assert_eq!(next_version(None, Some(&loc)), 1);
-        assert_eq!(next_version(Some((&loc, 1)), Some(&both)), 2);
-        assert_eq!(next_version(Some((&both, 2)), Some(&loc)), 2);
-        assert_eq!(next_version(Some((&both, 2)), None), 0);
+        assert_eq!(next_version(None, 0, Some(&loc)), 1);
+        assert_eq!(next_version(Some(&loc), 1, Some(&both)), 2);
+        assert_eq!(next_version(Some(&both), 2, Some(&loc)), 2);
+        // Dropped and declared again: never back to a version users agreed to.
+        assert_eq!(next_version(Some(&both), 2, None), 2);
+        assert_eq!(next_version(None, 2, Some(&loc)), 3);
     }
 
     #[test]

@@ -146,6 +146,9 @@ fn stored_decision(d: pb::StoredDecision) -> Result<DecisionRow, Status> {
     })
 }
 
+/// Most consecutive decision rows one (app, user) may have in an import.
+const MAX_ROWS_PER_USER: usize = 2 * crate::domain::CATALOG.len();
+
 #[tonic::async_trait]
 impl Admin for AdminService {
     type ExportStream = ReceiverStream<Result<pb::ExportRecord, Status>>;
@@ -228,6 +231,19 @@ impl Admin for AdminService {
                     let new_user = batch
                         .last()
                         .is_some_and(|l| l.app != row.app || l.user != row.user);
+                    // A user has one row per scope: more in a row is not an
+                    // export, and must not grow the batch without bound.
+                    let run = batch
+                        .iter()
+                        .rev()
+                        .take_while(|l| l.app == row.app && l.user == row.user)
+                        .count();
+                    if run >= MAX_ROWS_PER_USER {
+                        return Err(Status::invalid_argument(format!(
+                            "more than {MAX_ROWS_PER_USER} decision rows in a row for app {} user {}: an export has one per scope",
+                            row.app, row.user
+                        )));
+                    }
                     if batch.len() >= IMPORT_BATCH && new_user {
                         let written = self
                             .broker

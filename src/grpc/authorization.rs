@@ -62,7 +62,9 @@ impl Authorization for AuthorizationService {
             .map_err(refuse)?;
         let scope = convert::scope("scope", &r.scope)?;
         let client = convert::client(r.client)?;
-        let read = self.broker.authorize(&subject, scope, &client, &who.name)?;
+        let read = self
+            .broker
+            .authorize(&subject, scope, &client, (&who.name, who.role))?;
         self.metrics.observe_verdict(&read.value);
         Ok(Response::new(pb::AuthorizeResponse {
             decision: Some(convert::decision(read.value)),
@@ -111,9 +113,9 @@ impl Authorization for AuthorizationService {
             .map(|(i, s)| convert::scope(&format!("scopes[{i}]"), s))
             .collect::<Result<Vec<Scope>, _>>()?;
         let client = convert::client(r.client)?;
-        let read = self
-            .broker
-            .batch_authorize(&subject, &scopes, &client, &who.name)?;
+        let read =
+            self.broker
+                .batch_authorize(&subject, &scopes, &client, (&who.name, who.role))?;
         read.value
             .iter()
             .for_each(|v| self.metrics.observe_verdict(v));
@@ -133,7 +135,9 @@ impl Authorization for AuthorizationService {
         who.may_touch(Rpc::CheckApi, &subject.app).map_err(refuse)?;
         let api = Api::parse_field("api", &r.api)?;
         let client = convert::client(r.client)?;
-        let read = self.broker.check_api(&subject, api, &client, &who.name)?;
+        let read = self
+            .broker
+            .check_api(&subject, api, &client, (&who.name, who.role))?;
         read.value
             .verdicts
             .iter()

@@ -45,7 +45,7 @@ pub const REVISION_KEY: &[u8] = b"m/revision";
 pub const FORMAT_KEY: &[u8] = b"m/format";
 
 /// The on-disk format this build reads and writes.
-pub const FORMAT_VERSION: u64 = 1;
+pub const FORMAT_VERSION: u64 = 2;
 
 const VALUE_VERSION: u8 = 1;
 /// Decision values with a lifetime (permanent ones keep version 1, which
@@ -239,16 +239,18 @@ pub fn audit_index_key(app: &AppId, seq: u64) -> Vec<u8> {
     [&audit_index_prefix(app)[..], &seq.to_be_bytes()].concat()
 }
 
+/// Prefix of every anti-nag state of `app`.
+pub fn app_nag_prefix(app: &AppId) -> Vec<u8> {
+    [NAG_PREFIX, app.as_str().as_bytes(), b"\0"].concat()
+}
+
+/// Prefix of every anti-nag state of (`app`, `user`).
+pub fn user_nag_prefix(app: &AppId, user: &UserId) -> Vec<u8> {
+    [&app_nag_prefix(app)[..], user.as_str().as_bytes(), b"\0"].concat()
+}
+
 pub fn nag_key(app: &AppId, user: &UserId, scope: Scope) -> Vec<u8> {
-    [
-        NAG_PREFIX,
-        app.as_str().as_bytes(),
-        b"\0",
-        user.as_str().as_bytes(),
-        b"\0",
-        scope.name().as_bytes(),
-    ]
-    .concat()
+    [&user_nag_prefix(app, user)[..], scope.name().as_bytes()].concat()
 }
 
 pub fn encode_nag(n: &NagState) -> Vec<u8> {
@@ -473,6 +475,13 @@ struct AppRecord {
     updated_at_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     privacy: Option<PrivacyRecord>,
+    /// Kept when the guide is dropped: versions never go down.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    privacy_version: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 #[derive(Serialize, Deserialize)]
@@ -504,6 +513,7 @@ pub fn encode_app(app: &App) -> Vec<u8> {
             info_types: g.info_types.iter().map(|t| t.name().to_owned()).collect(),
             version: app.privacy_version,
         }),
+        privacy_version: app.privacy_version,
     };
     // Serializing plain strings and numbers cannot fail.
     serde_json::to_vec(&record).unwrap_or_default()
@@ -524,10 +534,10 @@ pub fn decode_app(raw: &[u8]) -> Result<App, StoreError> {
         .map(|(s, d)| Ok((decode_scope(s.as_bytes())?, d.clone())))
         .collect::<Result<_, StoreError>>()?;
     let (privacy, privacy_version) = match &r.privacy {
-        None => (None, 0),
+        None => (None, r.privacy_version),
         Some(p) => (
             Some(PrivacyGuide::parse(&p.name, &p.info_types).map_err(|e| corrupt(&e.to_string()))?),
-            p.version,
+            p.version.max(r.privacy_version),
         ),
     };
     Ok(App {

@@ -65,6 +65,9 @@ pub struct WriteSet {
     pub audit: Vec<AuditEntry>,
     /// An anti-nag state to store (`Some`) or forget (`None`).
     pub nag: Option<(AppId, UserId, Scope, Option<NagState>)>,
+    /// Forget everything kept per (app, user) besides decisions: the privacy
+    /// answer and anti-nag state (the user deleted the mini program).
+    pub forget: Option<(AppId, UserId)>,
     /// One-time grants in use whose deadline moves later (ignored unless the
     /// stored grant is still granted for the same session with an earlier
     /// deadline): not a change of state, so no event and no revision.

@@ -287,9 +287,17 @@ fn check_format(tree: &sled::Tree, path: &Path, existed: bool) -> Result<(), Sto
 type Migration = fn(&sled::Tree) -> Result<(), StoreError>;
 
 /// Every format upgrade, in order: entry `i` upgrades format `i + 1` to
-/// `i + 2`. Format 1 is the first, so there are none yet; the next format
-/// change adds its step here and bumps `FORMAT_VERSION`.
-const MIGRATIONS: &[Migration] = &[];
+/// `i + 2`.
+const MIGRATIONS: &[Migration] = &[to_format_2];
+
+/// Format 2 adds keys and value versions (grant lifetimes and timers,
+/// privacy guides and answers, the audit trail, anti-nag state, the
+/// EXPIRED cause) that a format-1 build would misread or drop. Nothing in a
+/// format-1 data dir changes: the step only raises the marker, so an older
+/// build refuses the data dir instead of half-reading it.
+fn to_format_2(_: &sled::Tree) -> Result<(), StoreError> {
+    Ok(())
+}
 
 /// Brings a data dir of format `from` up to [`FORMAT_VERSION`], one step at a
 /// time, recording each finished step.
@@ -693,9 +701,12 @@ impl Store for SledStore {
             self.shared
                 .event_count
                 .store(loaded.events, Ordering::Release);
-            self.shared
+            // Like the revision: sequence numbers already handed out (and
+            // seen as page tokens) must never be handed out again.
+            let audit_seq = loaded
                 .audit_seq
-                .store(loaded.audit_seq, Ordering::Release);
+                .max(self.shared.audit_seq.load(Ordering::Acquire));
+            self.shared.audit_seq.store(audit_seq, Ordering::Release);
             *self.shared.apps.write().map_err(|_| poisoned())? = loaded.apps;
             let writer = start_writer(tree.clone(), self.shared.clone(), &self.config)?;
             *self.handles.write().map_err(|_| poisoned())? = Some((db, tree));

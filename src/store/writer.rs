@@ -238,24 +238,12 @@ impl Writer {
             }
             Some(AppWrite::Delete(id)) => {
                 next(group)?;
-                // Users' privacy answers go with the registration.
-                let prefix = codec::app_privacy_prefix(&id);
-                let mut answered: Vec<Vec<u8>> = self
-                    .tree
-                    .scan_prefix(&prefix)
-                    .keys()
-                    .map(|k| k.map(|k| k.to_vec()))
-                    .collect::<Result<_, _>>()?;
-                answered.extend(
-                    group
-                        .overlay
-                        .range(prefix.clone()..)
-                        .take_while(|(k, _)| k.starts_with(&prefix))
-                        .filter(|(_, v)| v.is_some())
-                        .map(|(k, _)| k.clone()),
-                );
-                for key in answered {
-                    put(group, key, None);
+                // Users' privacy answers and anti-nag state go with the
+                // registration.
+                for prefix in [codec::app_privacy_prefix(&id), codec::app_nag_prefix(&id)] {
+                    for key in self.keys_under(group, &prefix)? {
+                        put(group, key, None);
+                    }
                 }
                 put(group, codec::app_key(&id), None);
                 group.apps.push((id, None));
@@ -264,6 +252,12 @@ impl Writer {
             None => {}
         }
 
+        if let Some((app, user)) = set.forget {
+            put(group, codec::privacy_key(&app, &user), None);
+            for key in self.keys_under(group, &codec::user_nag_prefix(&app, &user))? {
+                put(group, key, None);
+            }
+        }
         if let Some((app, user, answer)) = set.privacy {
             committed.revision = next(group)?;
             put(
@@ -338,7 +332,8 @@ impl Writer {
                         session: new,
                         expires_at_ms: after,
                     },
-                ) => old == new && after > before,
+                    // A lapsed grant stays lapsed, even if not recorded yet.
+                ) => old == new && after > before && *before > now,
                 _ => false,
             };
             if decision.state != DecisionState::Granted || !same_grant {
@@ -383,6 +378,28 @@ impl Writer {
 }
 
 impl Writer {
+    /// Every key under `prefix` as a group being staged sees it.
+    fn keys_under(&self, group: &Group, prefix: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut keys: Vec<Vec<u8>> = self
+            .tree
+            .scan_prefix(prefix)
+            .keys()
+            .map(|k| k.map(|k| k.to_vec()))
+            .collect::<Result<_, _>>()?;
+        for (key, value) in group.overlay.range(prefix.to_vec()..) {
+            if !key.starts_with(prefix) {
+                break;
+            }
+            match value {
+                Some(_) => keys.push(key.clone()),
+                None => keys.retain(|k| k != key),
+            }
+        }
+        keys.sort();
+        keys.dedup();
+        Ok(keys)
+    }
+
     /// A key's value as a group being staged sees it.
     fn staged_or_stored_in(
         &self,

@@ -45,29 +45,41 @@ fn socket_error(path: &Path, message: impl Into<String>) -> TransportError {
     }
 }
 
-/// Binds under a temporary name, sets the mode, then renames into place, so
-/// the socket is never reachable with the default (umask) permissions.
+/// Binds inside a private (0700) directory next to `path`, sets the mode,
+/// then renames the socket into place: until then nobody but this user can
+/// reach it, whatever the umask, so it is never reachable with looser
+/// permissions than `mode`.
 pub fn bind(path: &Path, mode: u32) -> Result<(UnixListener, SocketFile), TransportError> {
+    use std::os::unix::fs::DirBuilderExt;
     clear_stale(path)?;
     let file_name = path
         .file_name()
         .ok_or_else(|| socket_error(path, "not a file path"))?;
-    let mut temp_name = std::ffi::OsString::from(".");
-    temp_name.push(file_name);
-    temp_name.push(format!(".{}.tmp", std::process::id()));
-    let temp = path.with_file_name(temp_name);
-    let _ = std::fs::remove_file(&temp);
-    let listener =
-        UnixListener::bind(&temp).map_err(|e| socket_error(path, format!("bind: {e}")))?;
-    let placed = std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(mode))
-        .and_then(|()| std::fs::rename(&temp, path));
-    if let Err(e) = placed {
-        let _ = std::fs::remove_file(&temp);
-        return Err(socket_error(
-            path,
-            format!("setting mode {mode:o} and moving into place: {e}"),
-        ));
-    }
+    let mut private_name = std::ffi::OsString::from(".");
+    private_name.push(file_name);
+    private_name.push(format!(".{}.d", std::process::id()));
+    let private = path.with_file_name(private_name);
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .map_err(|e| socket_error(path, format!("creating {}: {e}", private.display())))?;
+    let temp = private.join("sock");
+    let placed = UnixListener::bind(&temp)
+        .map_err(|e| socket_error(path, format!("bind: {e}")))
+        .and_then(|listener| {
+            std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(mode))
+                .and_then(|()| std::fs::rename(&temp, path))
+                .map(|()| listener)
+                .map_err(|e| {
+                    socket_error(
+                        path,
+                        format!("setting mode {mode:o} and moving into place: {e}"),
+                    )
+                })
+        });
+    let _ = std::fs::remove_dir_all(&private);
+    let listener = placed?;
     let meta = std::fs::symlink_metadata(path).map_err(|e| socket_error(path, e.to_string()))?;
     Ok((
         listener,

@@ -436,6 +436,20 @@ async fn anti_nag_embargoes_prompts_after_repeated_cancels_only_when_on() {
         c.decision("wxnag", "u1", "scope.camera").await.outcome,
         pb::Outcome::Prompt as i32
     );
+    // Deleting the mini program forgets the count too.
+    c.answer("wxnag", "u1", "scope.record", pb::Answer::Cancel)
+        .await;
+    c.answer("wxnag", "u1", "scope.record", pb::Answer::Cancel)
+        .await;
+    assert_eq!(
+        c.decision("wxnag", "u1", "scope.record").await.outcome,
+        pb::Outcome::Embargoed as i32
+    );
+    c.remove("wxnag", "u1").await;
+    assert_eq!(
+        c.decision("wxnag", "u1", "scope.record").await.outcome,
+        pb::Outcome::Prompt as i32
+    );
     c.answer("wxnag", "u1", "scope.camera", pb::Answer::Allow)
         .await;
     let trail = wait_for(&c, "wxnag", 6).await;

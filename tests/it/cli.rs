@@ -614,7 +614,7 @@ async fn audit_and_lifetimes_from_the_shell() {
         .iter()
         .map(|r| r["action"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(actions, ["ANSWERED_ALLOW", "SESSION_ENDED"]);
+    assert_eq!(actions, ["ANSWERED_ALLOW", "SESSION_ENDED", "EXPIRED"]);
     let table = ctl(addr, &["audit", "wxcli"]).await;
     assert!(
         table.stdout.contains("OPERATOR_REGISTER_APP") && table.stdout.contains("ANSWERED_ALLOW"),

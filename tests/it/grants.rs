@@ -501,3 +501,54 @@ async fn a_one_time_grant_in_use_stays_alive_and_lapses_once_idle() {
     assert!(c.assert_consistent().await.consistent);
     h.stop().await;
 }
+
+#[tokio::test]
+async fn background_reads_as_lapsed_with_location_before_the_lapse_is_recorded() {
+    // The expiry task runs only at start: the lapse is up to readers.
+    let h = daemon(|c| c.grants.expiry_check_interval = Duration::from_secs(3600)).await;
+    let c = h.client();
+    record(&c, LOC, pb::Answer::Allow, until(now_ms() + 300))
+        .await
+        .unwrap();
+    record(&c, BG, pb::Answer::Allow, None).await.unwrap();
+    assert_eq!(
+        c.decision("wxshop", "u1", BG).await.outcome,
+        pb::Outcome::Granted as i32
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_ne!(
+        c.decision("wxshop", "u1", BG).await.outcome,
+        pb::Outcome::Granted as i32,
+        "background granted without location"
+    );
+    assert!(c.setting("wxshop", "u1").await.auth_setting.is_empty());
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn an_import_with_a_users_rows_apart_keeps_the_log_a_chain() {
+    let h = daemon(|_| {}).await;
+    let c = h.client();
+    let row = |user: &str, scope: &str, state: pb::DecisionState| pb::ExportRecord {
+        record: Some(pb::export_record::Record::Decision(pb::StoredDecision {
+            app_id: "wxshop".into(),
+            user_id: user.into(),
+            scope: scope.into(),
+            state: state.into(),
+            ..Default::default()
+        })),
+    };
+    c.admin()
+        .import(tokio_stream::iter(vec![
+            row("u1", "scope.camera", pb::DecisionState::Granted),
+            row("u2", "scope.camera", pb::DecisionState::Granted),
+            row("u1", "scope.record", pb::DecisionState::Denied),
+        ]))
+        .await
+        .unwrap();
+    assert!(c.assert_consistent().await.consistent);
+    let setting = c.setting("wxshop", "u1").await.auth_setting;
+    assert_eq!(setting.get("scope.camera"), Some(&true));
+    assert_eq!(setting.get("scope.record"), Some(&false));
+    h.stop().await;
+}

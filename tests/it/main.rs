@@ -32,6 +32,7 @@ mod watch;
 // a misreading in one is not copied into the other.
 mod spec_apps;
 mod spec_bad_input;
+mod spec_beyond;
 mod spec_catalog;
 mod spec_concurrency;
 mod spec_gates;

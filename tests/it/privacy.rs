@@ -250,3 +250,37 @@ async fn explain_names_the_privacy_gate_and_bad_guides_are_refused() {
     );
     h.stop().await;
 }
+
+#[tokio::test]
+async fn a_guide_dropped_and_declared_again_needs_a_new_agreement() {
+    let h = TestDaemon::start().await;
+    let c = h.client();
+    c.register(guided_app("wxagain", &["location"])).await;
+    answer_privacy(&c, "wxagain", true).await;
+    assert!(!privacy_setting(&c, "wxagain").await.need_authorization);
+    let update = |app: pb::App| {
+        let c = c.clone();
+        async move {
+            c.apps()
+                .update_app(pb::UpdateAppRequest { app: Some(app) })
+                .await
+                .unwrap()
+                .into_inner()
+                .app
+                .unwrap()
+        }
+    };
+    // Without a guide the gate is off...
+    let plain = update(location_app("wxagain")).await;
+    assert!(plain.privacy.is_none());
+    assert!(!privacy_setting(&c, "wxagain").await.need_authorization);
+    // ...and a new guide is a new version: the old agreement does not count.
+    let again = update(guided_app("wxagain", &["location", "camera"])).await;
+    assert_eq!(again.privacy.unwrap().version, 2);
+    assert!(privacy_setting(&c, "wxagain").await.need_authorization);
+    assert_eq!(
+        c.decision("wxagain", "u1", LOC).await.outcome,
+        pb::Outcome::PrivacyRequired as i32
+    );
+    h.stop().await;
+}

@@ -80,7 +80,7 @@ async fn an_unknown_format_is_refused() {
     let (code, stderr) = start_fails(&data);
     assert_eq!(code, 1, "{stderr}");
     assert!(
-        stderr.contains("has data format 99; this consentd reads format 1"),
+        stderr.contains("has data format 99; this consentd reads format 2"),
         "{stderr}"
     );
 }
@@ -103,4 +103,35 @@ async fn a_damaged_store_is_refused_not_served_empty() {
             "{damage}: {stderr}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_format_1_data_dir_is_migrated_and_keeps_its_data() {
+    let (_dir, data) = populated().await;
+    {
+        let db = open_when_released(&data);
+        let tree = db.open_tree("consent").unwrap();
+        tree.insert(b"m/format", &1u64.to_be_bytes()).unwrap();
+        db.flush().unwrap();
+    }
+    let h = TestDaemon::with(|c| c.data_dir = data.clone()).await;
+    let app = h
+        .client()
+        .apps()
+        .get_app(consentd::pb::GetAppRequest {
+            app_id: "wxkeep".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(app.app.unwrap().app_id, "wxkeep");
+    h.stop().await;
+    let db = open_when_released(&data);
+    let format = db
+        .open_tree("consent")
+        .unwrap()
+        .get(b"m/format")
+        .unwrap()
+        .unwrap();
+    assert_eq!(u64::from_be_bytes(format.as_ref().try_into().unwrap()), 2);
 }

@@ -486,3 +486,114 @@ pub fn min_sdk_rule(rules: &pb::GetRulesResponse, target: &str) -> String {
         .id
         .clone()
 }
+
+// --- Issue #8 helpers (spec_beyond) -------------------------------------
+
+impl TestDaemon {
+    /// Like [`TestDaemon::start`], with `configure` applied to the config
+    /// first (timings, policies; the listener and data dir stay the fixture's).
+    pub async fn start_with(configure: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = Config {
+            listen: vec!["127.0.0.1:0".parse().unwrap()],
+            data_dir: dir.path().join("data"),
+            ..Config::default()
+        };
+        configure(&mut config);
+        let daemon = Daemon::start(config.clone()).await.expect("daemon starts");
+        let channel = connect(daemon.local_addr().unwrap()).await;
+        Self {
+            daemon: Some(daemon),
+            auth: AuthorizationClient::new(channel.clone()),
+            apps: AppsClient::new(channel.clone()),
+            channel,
+            config,
+            _dir: dir,
+        }
+    }
+
+    /// Graceful shutdown, `down` with no daemon running, then a new daemon
+    /// on the same data dir with fresh clients.
+    pub async fn restart_after(&mut self, down: std::time::Duration) {
+        let old = self.daemon.take().expect("daemon running");
+        old.shutdown().await.expect("graceful shutdown");
+        tokio::time::sleep(down).await;
+        let daemon = Daemon::start(self.config.clone())
+            .await
+            .expect("daemon restarts on the same data dir");
+        self.channel = connect(daemon.local_addr().unwrap()).await;
+        self.auth = AuthorizationClient::new(self.channel.clone());
+        self.apps = AppsClient::new(self.channel.clone());
+        self.daemon = Some(daemon);
+    }
+
+    /// The connection the fixture's clients share (for clients with
+    /// interceptors, or other services).
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
+    pub fn admin(&self) -> pb::admin_client::AdminClient<Channel> {
+        pb::admin_client::AdminClient::new(self.channel.clone())
+    }
+
+    pub async fn get_privacy(&self, app: &str, user: &str) -> Rpc<pb::GetPrivacySettingResponse> {
+        let req = pb::GetPrivacySettingRequest {
+            app_id: app.into(),
+            user_id: user.into(),
+        };
+        Ok(self
+            .auth
+            .clone()
+            .get_privacy_setting(req)
+            .await?
+            .into_inner())
+    }
+
+    pub async fn record_privacy(
+        &self,
+        app: &str,
+        user: &str,
+        agree: bool,
+    ) -> Rpc<pb::RecordPrivacyDecisionResponse> {
+        let req = pb::RecordPrivacyDecisionRequest {
+            app_id: app.into(),
+            user_id: user.into(),
+            agree,
+        };
+        Ok(self
+            .auth
+            .clone()
+            .record_privacy_decision(req)
+            .await?
+            .into_inner())
+    }
+
+    pub async fn list_audit(&self, req: pb::ListAuditRequest) -> Rpc<pb::ListAuditResponse> {
+        Ok(self.auth.clone().list_audit(req).await?.into_inner())
+    }
+
+    pub async fn end_session(
+        &self,
+        app: &str,
+        user: &str,
+        session: &str,
+    ) -> Rpc<pb::EndSessionResponse> {
+        let req = pb::EndSessionRequest {
+            app_id: app.into(),
+            user_id: user.into(),
+            session_id: session.into(),
+        };
+        Ok(self.auth.clone().end_session(req).await?.into_inner())
+    }
+}
+
+/// A privacy guide named `name` covering `types`, chained onto [`app`].
+pub fn with_privacy(mut app: pb::App, name: &str, types: &[&str]) -> pb::App {
+    app.privacy = Some(pb::PrivacyGuide {
+        name: name.into(),
+        info_types: types.iter().map(|t| t.to_string()).collect(),
+        version: 0,
+    });
+    app
+}
