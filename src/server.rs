@@ -143,6 +143,7 @@ impl Daemon {
                     broker.clone(),
                     watcher.clone(),
                     metrics.clone(),
+                    auth.clone(),
                 ))
                 .max_decoding_message_size(max_message),
             )

@@ -198,6 +198,15 @@ impl Credentials {
         found.cloned()
     }
 
+    /// Whether the file defines exactly this principal (name, role, apps).
+    pub fn contains(&self, principal: &Principal) -> bool {
+        self.tokens
+            .iter()
+            .map(|(_, p)| p)
+            .chain(self.subjects.values())
+            .any(|p| **p == *principal)
+    }
+
     pub fn by_cert_subject(&self, subject: &str) -> Option<Arc<Principal>> {
         self.subjects.get(subject).cloned()
     }

@@ -8,7 +8,10 @@ mod credentials;
 
 use std::{
     path::{Path, PathBuf},
-    sync::{Arc, RwLock},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, RwLock,
+    },
 };
 
 pub use credentials::{hash_token, Credentials, CredentialsError};
@@ -42,6 +45,8 @@ pub struct Authenticator {
     path: Option<PathBuf>,
     current: RwLock<Option<Arc<Credentials>>>,
     local: Arc<Principal>,
+    /// Bumped by every successful reload.
+    generation: AtomicU64,
 }
 
 impl Authenticator {
@@ -52,6 +57,7 @@ impl Authenticator {
             path: None,
             current: RwLock::new(None),
             local: Arc::new(Principal::unauthenticated_local()),
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -62,6 +68,7 @@ impl Authenticator {
             path: Some(path.to_owned()),
             current: RwLock::new(Some(Arc::new(credentials))),
             local: Arc::new(Principal::unauthenticated_local()),
+            generation: AtomicU64::new(0),
         })
     }
 
@@ -78,7 +85,22 @@ impl Authenticator {
         let fresh = Credentials::load(path)?;
         let n = fresh.len();
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(fresh));
+        self.generation.fetch_add(1, Ordering::AcqRel);
         Ok(n)
+    }
+
+    /// Changes with every reload: long-lived calls compare it to notice.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Whether `principal` still exists as it was (same name, role and
+    /// apps) in the current credentials.
+    pub fn still_valid(&self, principal: &Principal) -> bool {
+        match &*self.current.read().unwrap_or_else(|e| e.into_inner()) {
+            None => true,
+            Some(credentials) => credentials.contains(principal),
+        }
     }
 
     pub fn authenticate(&self, presented: Presented<'_>) -> Result<Arc<Principal>, AuthError> {

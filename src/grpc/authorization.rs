@@ -7,9 +7,10 @@ use std::sync::Arc;
 use super::{
     access::{caller, refuse},
     convert,
-    stream::WatchStream,
+    stream::{Holder, WatchStream},
 };
 use crate::{
+    auth::Authenticator,
     broker::{Actor, Broker},
     domain::{gates::msg, Api, Rpc, Scope, SessionId, SettingsUpdate},
     metrics::Metrics,
@@ -24,14 +25,21 @@ pub struct AuthorizationService {
     broker: Broker,
     watcher: Arc<Watcher>,
     metrics: Arc<Metrics>,
+    auth: Arc<Authenticator>,
 }
 
 impl AuthorizationService {
-    pub fn new(broker: Broker, watcher: Arc<Watcher>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        broker: Broker,
+        watcher: Arc<Watcher>,
+        metrics: Arc<Metrics>,
+        auth: Arc<Authenticator>,
+    ) -> Self {
         Self {
             broker,
             watcher,
             metrics,
+            auth,
         }
     }
 }
@@ -48,7 +56,14 @@ impl Authorization for AuthorizationService {
         let (mut filter, start) = convert::watch_request(request.into_inner())?;
         who.narrow_watch(&mut filter).map_err(refuse)?;
         let (items, outcome) = self.watcher.subscribe(filter, start)?;
-        Ok(Response::new(WatchStream::new(items, outcome)))
+        let holder = Holder {
+            generation: self.auth.generation(),
+            auth: self.auth.clone(),
+            principal: who,
+        };
+        Ok(Response::new(
+            WatchStream::new(items, outcome).held_by(holder),
+        ))
     }
 
     async fn authorize(

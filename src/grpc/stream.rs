@@ -5,14 +5,25 @@ use std::{
     task::{Context, Poll},
 };
 
+use std::sync::Arc;
+
 use tokio::sync::mpsc;
 use tonic::Status;
 
 use super::convert;
 use crate::{
+    auth::Authenticator,
+    domain::Principal,
     pb,
     watch::{Outcome, WatchItem},
 };
+
+/// Who a stream serves, checked again after every credentials reload.
+pub struct Holder {
+    pub auth: Arc<Authenticator>,
+    pub principal: Arc<Principal>,
+    pub generation: u64,
+}
 
 /// Yields the subscription's items; once the task is gone, yields the error
 /// that ended it (UNAVAILABLE on shutdown, OUT_OF_RANGE when it fell behind
@@ -21,6 +32,7 @@ pub struct WatchStream {
     items: mpsc::Receiver<WatchItem>,
     outcome: Outcome,
     done: bool,
+    holder: Option<Holder>,
 }
 
 impl WatchStream {
@@ -29,7 +41,32 @@ impl WatchStream {
             items,
             outcome,
             done: false,
+            holder: None,
         }
+    }
+
+    /// Ends the stream with UNAUTHENTICATED at its next item (events or the
+    /// idle progress marker) once a reload removed or changed its principal.
+    pub fn held_by(mut self, holder: Holder) -> Self {
+        self.holder = Some(holder);
+        self
+    }
+
+    fn revoked(&mut self) -> Option<Status> {
+        let holder = self.holder.as_mut()?;
+        let now = holder.auth.generation();
+        if now == holder.generation {
+            return None;
+        }
+        holder.generation = now;
+        if holder.auth.still_valid(&holder.principal) {
+            return None;
+        }
+        tracing::warn!(principal = %holder.principal.name, "watch stream ended: its credentials were revoked");
+        Some(Status::unauthenticated(format!(
+            "the credentials of principal {:?} were revoked or changed",
+            holder.principal.name
+        )))
     }
 }
 
@@ -41,7 +78,13 @@ impl tokio_stream::Stream for WatchStream {
             return Poll::Ready(None);
         }
         match self.items.poll_recv(cx) {
-            Poll::Ready(Some(item)) => Poll::Ready(Some(Ok(convert::watch_item(item)))),
+            Poll::Ready(Some(item)) => {
+                if let Some(status) = self.revoked() {
+                    self.done = true;
+                    return Poll::Ready(Some(Err(status)));
+                }
+                Poll::Ready(Some(Ok(convert::watch_item(item))))
+            }
             Poll::Ready(None) => {
                 self.done = true;
                 let ended = self.outcome.lock().ok().and_then(|mut slot| slot.take());

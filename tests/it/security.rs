@@ -990,3 +990,52 @@ async fn call_limits_bound_streams_in_flight_calls_time_and_size() {
     );
     h.stop().await;
 }
+
+#[tokio::test]
+async fn a_reload_that_revokes_a_principal_ends_its_open_watch_streams() {
+    let creds = tempfile::tempdir().unwrap();
+    let path = write_credentials(creds.path(), "");
+    let h = TestDaemon::with(|c| c.credentials = Some(path.clone())).await;
+    let ops = As::new(h.client().channel, Some(&token_of("ops")));
+    seed(&ops).await;
+    let runtime = As::new(h.client().channel, Some(&token_of("shop-runtime")));
+    let observer = As::new(h.client().channel, Some(&token_of("all-observer")));
+    let mut revoked = runtime
+        .auth()
+        .watch(pb::WatchRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut kept = observer
+        .auth()
+        .watch(pb::WatchRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    // The runtime's principal leaves the file; the observer's stays.
+    let text =
+        credentials_toml("").replace("name = \"shop-runtime\"", "name = \"shop-runtime-v2\"");
+    std::fs::write(&path, text).unwrap();
+    assert!(h.daemon().reload().is_empty());
+    let ended = loop {
+        match tokio::time::timeout(Duration::from_secs(5), revoked.message())
+            .await
+            .expect("the stream ends within a progress interval")
+        {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("ended without a status"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
+    assert!(ended.message().contains("shop-runtime"), "{ended:?}");
+    // Unchanged principals keep streaming.
+    for _ in 0..3 {
+        tokio::time::timeout(Duration::from_secs(5), kept.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+    h.stop().await;
+}
