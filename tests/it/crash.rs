@@ -52,10 +52,21 @@ impl ChildDaemon {
             .expect("consentd starts");
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         let addr = loop {
-            let line = lines.next().expect("consentd logs before exiting").unwrap();
-            let log: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-            if log["fields"]["message"] == "consentd serving" {
-                break log["fields"]["addr"].as_str().unwrap().parse().unwrap();
+            let line = lines.next().and_then(Result::ok);
+            let log: serde_json::Value = line
+                .as_deref()
+                .and_then(|l| serde_json::from_str(l).ok())
+                .unwrap_or_default();
+            if line.is_none() || log["fields"]["message"] == "consentd serving" {
+                match log["fields"]["addr"].as_str().and_then(|a| a.parse().ok()) {
+                    Some(addr) => break addr,
+                    None => {
+                        // Never leave a daemon behind a failed test.
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        panic!("consentd did not log its address: {line:?}");
+                    }
+                }
             }
         };
         // Keep draining the log so the child never blocks on a full pipe.
@@ -75,6 +86,14 @@ impl ChildDaemon {
             .status()
             .unwrap();
         self.child.wait().unwrap().code()
+    }
+}
+
+/// A test that fails midway must not leave its daemon running.
+impl Drop for ChildDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
