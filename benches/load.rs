@@ -11,15 +11,16 @@
 //! Environment: `BENCH_SECONDS` (default 5) and `BENCH_WARMUP` (default 1)
 //! per run; `BENCH_SCALE` (comma-separated decision counts for the scale
 //! scenario, default `10000,1000000`); `BENCH_ONLY` (comma-separated scenario
-//! names: ceiling, authorize, record, mixed, watch, scale).
+//! names: ceiling, authorize, record, mixed, watch, scale); `BENCH_COMPARE`
+//! (comma-separated `label@/path/to/consentd`: other builds, e.g. older
+//! commits, run through the authorize scenario after this one, in the same
+//! run and against the same ceiling).
 
 use std::{
     collections::HashMap,
     future::Future,
-    io::{BufRead as _, BufReader},
     net::SocketAddr,
     path::Path,
-    process::{Command, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -43,177 +44,10 @@ use tonic::transport::Channel;
 #[path = "support/process.rs"]
 mod process;
 
+#[path = "support/echo.rs"]
+mod echo;
+
 use process::{self_cpu_ticks, Proc};
-
-/// The echo ceiling: this binary with `--echo-server`.
-fn echo_server() -> Proc {
-    let started = Instant::now();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .arg("--echo-server")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    Proc {
-        child,
-        addr: line.trim().parse().unwrap(),
-        ready_after: started.elapsed(),
-    }
-}
-
-// ---------------------------------------------------------------------------
-// The echo ceiling server
-// ---------------------------------------------------------------------------
-
-mod echo {
-    use consentd::pb::{self, authorization_server::Authorization};
-    use tokio::sync::broadcast;
-    use tokio_stream::{wrappers::BroadcastStream, StreamExt as _};
-    use tonic::{Request, Response, Status};
-
-    pub struct Echo {
-        pub answer: pb::AuthorizeResponse,
-        pub events: broadcast::Sender<pb::WatchResponse>,
-    }
-
-    type R<T> = Result<Response<T>, Status>;
-
-    fn none<T>() -> R<T> {
-        Err(Status::unimplemented("echo server"))
-    }
-
-    #[tonic::async_trait]
-    impl Authorization for Echo {
-        type WatchStream = std::pin::Pin<
-            Box<dyn tokio_stream::Stream<Item = Result<pb::WatchResponse, Status>> + Send>,
-        >;
-
-        async fn authorize(&self, _: Request<pb::AuthorizeRequest>) -> R<pb::AuthorizeResponse> {
-            Ok(Response::new(self.answer.clone()))
-        }
-        async fn record_decision(
-            &self,
-            r: Request<pb::RecordDecisionRequest>,
-        ) -> R<pb::RecordDecisionResponse> {
-            let r = r.into_inner();
-            let event = pb::DecisionEvent {
-                app_id: r.app_id,
-                user_id: r.user_id,
-                scope: r.scope,
-                ..Default::default()
-            };
-            let _ = self.events.send(pb::WatchResponse {
-                kind: Some(pb::watch_response::Kind::Event(event)),
-            });
-            Ok(Response::new(pb::RecordDecisionResponse::default()))
-        }
-        async fn watch(&self, _: Request<pb::WatchRequest>) -> R<Self::WatchStream> {
-            let stream =
-                BroadcastStream::new(self.events.subscribe()).filter_map(|item| item.ok().map(Ok));
-            Ok(Response::new(Box::pin(stream)))
-        }
-        async fn get_rules(&self, _: Request<pb::GetRulesRequest>) -> R<pb::GetRulesResponse> {
-            Ok(Response::new(pb::GetRulesResponse::default()))
-        }
-        async fn batch_authorize(
-            &self,
-            _: Request<pb::BatchAuthorizeRequest>,
-        ) -> R<pb::BatchAuthorizeResponse> {
-            none()
-        }
-        async fn check_api(&self, _: Request<pb::CheckApiRequest>) -> R<pb::CheckApiResponse> {
-            none()
-        }
-        async fn explain(&self, _: Request<pb::AuthorizeRequest>) -> R<pb::ExplainResponse> {
-            none()
-        }
-        async fn end_session(
-            &self,
-            _: Request<pb::EndSessionRequest>,
-        ) -> R<pb::EndSessionResponse> {
-            none()
-        }
-        async fn get_privacy_setting(
-            &self,
-            _: Request<pb::GetPrivacySettingRequest>,
-        ) -> R<pb::GetPrivacySettingResponse> {
-            none()
-        }
-        async fn record_privacy_decision(
-            &self,
-            _: Request<pb::RecordPrivacyDecisionRequest>,
-        ) -> R<pb::RecordPrivacyDecisionResponse> {
-            none()
-        }
-        async fn list_audit(&self, _: Request<pb::ListAuditRequest>) -> R<pb::ListAuditResponse> {
-            none()
-        }
-        async fn get_setting(
-            &self,
-            _: Request<pb::GetSettingRequest>,
-        ) -> R<pb::GetSettingResponse> {
-            none()
-        }
-        async fn open_setting(
-            &self,
-            _: Request<pb::OpenSettingRequest>,
-        ) -> R<pb::OpenSettingResponse> {
-            none()
-        }
-        async fn update_setting(
-            &self,
-            _: Request<pb::UpdateSettingRequest>,
-        ) -> R<pb::UpdateSettingResponse> {
-            none()
-        }
-        async fn remove_app(&self, _: Request<pb::RemoveAppRequest>) -> R<pb::RemoveAppResponse> {
-            none()
-        }
-        async fn list_scopes(
-            &self,
-            _: Request<pb::ListScopesRequest>,
-        ) -> R<pb::ListScopesResponse> {
-            none()
-        }
-    }
-
-    /// Serves on an ephemeral loopback port (printed on stdout) until killed.
-    pub fn run() {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            println!("{}", listener.local_addr().unwrap());
-            let answer = pb::AuthorizeResponse {
-                decision: Some(pb::Decision {
-                    scope: "scope.camera".into(),
-                    outcome: pb::Outcome::Granted.into(),
-                    state: pb::DecisionState::Granted.into(),
-                    err_msg: "authorize:ok".into(),
-                    reason: pb::Reason::StoredGrant.into(),
-                    ..Default::default()
-                }),
-                revision: 123_456,
-            };
-            let (events, _) = broadcast::channel(1024);
-            let incoming =
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-            tonic::transport::Server::builder()
-                .add_service(pb::authorization_server::AuthorizationServer::new(Echo {
-                    answer,
-                    events,
-                }))
-                .serve_with_incoming(incoming)
-                .await
-                .unwrap();
-        });
-    }
-}
 
 // ---------------------------------------------------------------------------
 // The load generator
@@ -651,6 +485,15 @@ fn main() {
         .ok()
         .map(|s| s.split(',').map(str::to_owned).collect());
     let wants = |name: &str| only.as_ref().is_none_or(|o| o.iter().any(|x| x == name));
+    let compare: Vec<String> = std::env::var("BENCH_COMPARE")
+        .ok()
+        .map(|s| {
+            s.split(',')
+                .filter(|e| !e.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -664,7 +507,7 @@ fn main() {
         };
         let shapes = [("c16", Shape { connections: 4, concurrency: 16 }), ("c64", Shape { connections: 4, concurrency: 64 })];
 
-        let echo = echo_server();
+        let echo = echo::spawn();
         let mut ceilings = HashMap::new();
         if wants("ceiling") || wants("authorize") || wants("mixed") {
             for (tag, shape) in shapes {
@@ -681,6 +524,21 @@ fn main() {
             for (tag, shape) in shapes {
                 let run = drive(&daemon, shape, authorize_call).await;
                 report(&format!("authorize {tag}"), &run, ceilings.get(tag).copied());
+            }
+        }
+        // Other builds of the daemon (older commits, say) under the same
+        // Authorize load, against the same ceiling.
+        if wants("authorize") {
+            for entry in compare.iter() {
+                let (label, binary) = entry.split_once('@').expect("BENCH_COMPARE: label@/path/to/consentd");
+                let dir = tempfile::tempdir().unwrap();
+                let other = Proc::daemon_bin(Path::new(binary), &dir.path().join("data"), &[]);
+                preload(other.addr).await;
+                for (tag, shape) in shapes {
+                    let run = drive(&other, shape, authorize_call).await;
+                    report(&format!("authorize {tag} [{label}]"), &run, ceilings.get(tag).copied());
+                }
+                other.stop();
             }
         }
         if wants("mixed") {

@@ -19,8 +19,13 @@ pub struct Proc {
 impl Proc {
     /// The release daemon on `data_dir`; returns once it logs that it serves.
     pub fn daemon(data_dir: &Path, extra: &[&str]) -> Proc {
+        Proc::daemon_bin(Path::new(env!("CARGO_BIN_EXE_consentd")), data_dir, extra)
+    }
+
+    /// Another build of the daemon (e.g. an older commit, to compare in one run).
+    pub fn daemon_bin(binary: &Path, data_dir: &Path, extra: &[&str]) -> Proc {
         let started = Instant::now();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_consentd"))
+        let mut child = Command::new(binary)
             .args([
                 "--listen",
                 "127.0.0.1:0",

@@ -7,7 +7,6 @@ use std::{
 
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
 use tonic::Status;
 
 use super::convert;
@@ -15,7 +14,7 @@ use crate::{
     auth::Authenticator,
     domain::Principal,
     pb,
-    watch::{Outcome, WatchItem},
+    watch::{Item, Outcome, Subscription, WatchItem},
 };
 
 /// Who a stream serves, checked again after every credentials reload.
@@ -25,20 +24,21 @@ pub struct Holder {
     pub generation: u64,
 }
 
-/// Yields the subscription's items; once the task is gone, yields the error
-/// that ended it (UNAVAILABLE on shutdown, OUT_OF_RANGE when it fell behind
-/// retention) so a stream never ends with a misleading OK.
+/// Polls the subscription for its items (it has no task of its own: this
+/// stream drives it); once it ends, yields the error that ended it
+/// (UNAVAILABLE on shutdown, OUT_OF_RANGE when it fell behind retention) so
+/// a stream never ends with a misleading OK.
 pub struct WatchStream {
-    items: mpsc::Receiver<WatchItem>,
+    subscription: Subscription,
     outcome: Outcome,
     done: bool,
     holder: Option<Holder>,
 }
 
 impl WatchStream {
-    pub fn new(items: mpsc::Receiver<WatchItem>, outcome: Outcome) -> Self {
+    pub fn new(subscription: Subscription, outcome: Outcome) -> Self {
         Self {
-            items,
+            subscription,
             outcome,
             done: false,
             holder: None,
@@ -70,6 +70,16 @@ impl WatchStream {
     }
 }
 
+/// The wire form of one item. A live event is lent from the group every
+/// subscriber shares; only the copy that goes into the message is made.
+fn render(item: Item<'_>) -> pb::WatchResponse {
+    convert::watch_item(match item {
+        Item::Live(event) => WatchItem::Event(event.clone()),
+        Item::Logged(event) => WatchItem::Event(event),
+        Item::Progress(revision) => WatchItem::Progress(revision),
+    })
+}
+
 impl tokio_stream::Stream for WatchStream {
     type Item = Result<pb::WatchResponse, Status>;
 
@@ -77,13 +87,13 @@ impl tokio_stream::Stream for WatchStream {
         if self.done {
             return Poll::Ready(None);
         }
-        match self.items.poll_recv(cx) {
-            Poll::Ready(Some(item)) => {
+        match self.subscription.poll_item(cx, render) {
+            Poll::Ready(Some(response)) => {
                 if let Some(status) = self.revoked() {
                     self.done = true;
                     return Poll::Ready(Some(Err(status)));
                 }
-                Poll::Ready(Some(Ok(convert::watch_item(item))))
+                Poll::Ready(Some(Ok(response)))
             }
             Poll::Ready(None) => {
                 self.done = true;
