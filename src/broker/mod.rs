@@ -190,22 +190,9 @@ impl Broker {
             return Ok(());
         }
         let mut extend = Vec::new();
-        for v in verdicts.iter() {
-            let Lifetime::Session {
-                session,
-                expires_at_ms,
-            } = &v.lifetime
-            else {
+        for v in verdicts.iter().filter(|v| v.outcome == Outcome::Granted) {
+            let Some(renewed) = v.lifetime.renewed(now, self.session_idle_ms) else {
                 continue;
-            };
-            if v.outcome != Outcome::Granted
-                || expires_at_ms.saturating_sub(now) >= self.session_idle_ms / 2
-            {
-                continue;
-            }
-            let renewed = Lifetime::Session {
-                session: session.clone(),
-                expires_at_ms: now.saturating_add(self.session_idle_ms),
             };
             // Background location in use keeps location alive too (a lapsing
             // location takes background with it); the writer ignores it
@@ -550,23 +537,7 @@ impl Broker {
         };
         self.write_decisions(s, w, move |app, decisions, privacy_answer| {
             let stored = decisions.get(&scope).copied().unwrap_or_default();
-            if let Some(v) = privacy::gate(
-                app,
-                scope,
-                Target::Authorize,
-                stored,
-                privacy_answer,
-                now_ms(),
-                gap_ms,
-            ) {
-                return Err(DomainError::FailedPrecondition {
-                    message: format!(
-                        "cannot record answer {answer:?} for {scope}: the privacy gate answers {} ({}), so no popup could have been shown",
-                        v.outcome.name(),
-                        v.reason.name()
-                    ),
-                });
-            }
+            privacy::check_answer(app, scope, answer, stored, privacy_answer, now_ms(), gap_ms)?;
             let plan = machine::plan_answer(app, decisions, scope, &client, &rules, answer)?;
             let state = plan
                 .changes
@@ -843,17 +814,9 @@ impl Broker {
                 let nag = match (&w.audit, nag_policy) {
                     (AuditShape::Answer(scope, answer), Some(policy)) => {
                         let current = view.nag(&subject.app, &subject.user, *scope)?;
-                        if let Some(n) = current.filter(|n| n.embargoed(now)) {
-                            return Err(DomainError::FailedPrecondition {
-                                message: format!(
-                                    "cannot record answer {answer:?} for {scope}: the anti-nag policy answers EMBARGOED until {} ms, so no popup could have been shown",
-                                    n.embargo_until_ms
-                                ),
-                            }
-                            .into());
-                        }
-                        let next = NagState::after_answer(current, *answer, policy, now);
-                        (next != current).then(|| (subject.app.clone(), subject.user.clone(), *scope, next))
+                        let next = NagState::after_answer(current, *scope, *answer, policy, now)?;
+                        (next != current)
+                            .then(|| (subject.app.clone(), subject.user.clone(), *scope, next))
                     }
                     _ => None,
                 };

@@ -10,7 +10,7 @@ use super::{
     gates::{err_prefix, msg, Outcome, Reason, Verdict},
     machine::Answer,
     rules::Target,
-    AppId, Client, Scope, UserId,
+    AppId, Client, DomainError, Scope, UserId,
 };
 
 /// What happened.
@@ -172,29 +172,39 @@ pub struct NagState {
 }
 
 impl NagState {
-    /// The state after a popup answer at `now_ms`; `None` when nothing is
-    /// left to remember (a real answer resets the count).
+    /// The state after a popup answer for `scope` at `now_ms`; `None` when
+    /// nothing is left to remember (a real answer resets the count). An
+    /// answer during an embargo is refused: no popup could have been shown.
     pub fn after_answer(
         current: Option<NagState>,
+        scope: Scope,
         answer: Answer,
         policy: NagPolicy,
         now_ms: u64,
-    ) -> Option<NagState> {
+    ) -> Result<Option<NagState>, DomainError> {
+        if let Some(n) = current.filter(|n| n.embargoed(now_ms)) {
+            return Err(DomainError::FailedPrecondition {
+                message: format!(
+                    "cannot record answer {answer:?} for {scope}: the anti-nag policy answers EMBARGOED until {} ms, so no popup could have been shown",
+                    n.embargo_until_ms
+                ),
+            });
+        }
         if answer != Answer::Cancel {
-            return None;
+            return Ok(None);
         }
         let cancels = current.map_or(0, |s| s.cancels) + 1;
-        if cancels >= policy.max_cancels {
-            Some(NagState {
+        Ok(Some(if cancels >= policy.max_cancels {
+            NagState {
                 cancels: 0,
                 embargo_until_ms: now_ms.saturating_add(policy.embargo_ms),
-            })
+            }
         } else {
-            Some(NagState {
+            NagState {
                 cancels,
                 embargo_until_ms: current.map_or(0, |s| s.embargo_until_ms),
-            })
-        }
+            }
+        }))
     }
 
     /// Whether prompts are suppressed at `now_ms`.
@@ -243,19 +253,21 @@ mod tests {
             max_cancels: 3,
             embargo_ms: 1000,
         };
+        let answer = |state, a, now| NagState::after_answer(state, Scope::Camera, a, policy, now);
         let mut state = None;
         for _ in 0..2 {
-            state = NagState::after_answer(state, Answer::Cancel, policy, 50);
+            state = answer(state, Answer::Cancel, 50).unwrap();
             assert!(!state.unwrap().embargoed(50));
         }
         assert_eq!(state.unwrap().cancels, 2);
-        state = NagState::after_answer(state, Answer::Cancel, policy, 100);
+        state = answer(state, Answer::Cancel, 100).unwrap();
         let s = state.unwrap();
         assert!(s.embargoed(100) && s.embargoed(1099) && !s.embargoed(1100));
         assert_eq!(s.cancels, 0);
-        assert_eq!(
-            NagState::after_answer(state, Answer::Deny, policy, 2000),
-            None
+        assert!(
+            answer(state, Answer::Allow, 500).is_err(),
+            "refused during the embargo"
         );
+        assert_eq!(answer(state, Answer::Deny, 2000).unwrap(), None);
     }
 }

@@ -48,6 +48,22 @@ impl Lifetime {
         }
     }
 
+    /// A one-time grant in use, renewed for another `idle_ms` once half of
+    /// its idle timeout has passed (one write per half timeout, not per
+    /// read); `None` otherwise.
+    pub fn renewed(&self, now_ms: u64, idle_ms: u64) -> Option<Lifetime> {
+        match self {
+            Lifetime::Session {
+                session,
+                expires_at_ms,
+            } if expires_at_ms.saturating_sub(now_ms) < idle_ms / 2 => Some(Lifetime::Session {
+                session: session.clone(),
+                expires_at_ms: now_ms.saturating_add(idle_ms),
+            }),
+            _ => None,
+        }
+    }
+
     /// Whether the grant has lapsed at `now_ms`.
     pub fn lapsed(&self, now_ms: u64) -> bool {
         self.expires_at_ms().is_some_and(|at| at <= now_ms)

@@ -278,15 +278,7 @@ pub fn audit_query(r: pb::ListAuditRequest) -> Result<(AppId, AuditQuery), Domai
         "" => None,
         s => Some(scope("scope", s)?),
     };
-    let since_ms = match r.since {
-        None => None,
-        Some(t) => match lifetime(Some(pb::GrantLifetime {
-            kind: Some(pb::grant_lifetime::Kind::Until(t)),
-        })) {
-            Ok(LifetimeRequest::Until { expires_at_ms }) => Some(expires_at_ms),
-            _ => return Err(invalid("since", "since is not a valid time".into())),
-        },
-    };
+    let since_ms = r.since.map(|t| timestamp_ms("since", t)).transpose()?;
     let after_seq = match r.page_token.as_str() {
         "" => None,
         t => Some(t.parse::<u64>().map_err(|_| {
@@ -359,12 +351,7 @@ pub fn lifetime_of_stored(
                 "decision.session_id needs decision.expires_at".into(),
             ))
         }
-        Some(t) => match lifetime(Some(pb::GrantLifetime {
-            kind: Some(pb::grant_lifetime::Kind::Until(t)),
-        }))? {
-            LifetimeRequest::Until { expires_at_ms } => expires_at_ms,
-            _ => return Err(invalid("decision.expires_at", "not a time".into())),
-        },
+        Some(t) => timestamp_ms("decision.expires_at", t)?,
     };
     if session_id.is_empty() {
         Ok(Lifetime::Until { expires_at_ms })
@@ -376,34 +363,35 @@ pub fn lifetime_of_stored(
     }
 }
 
-/// A request's grant lifetime. Timestamps before 1970 or with
-/// out-of-range nanos are refused.
+/// A wire timestamp as Unix milliseconds; `field` names it in errors.
+/// Times before 1970, out-of-range nanos and overflows are refused.
+fn timestamp_ms(field: &str, t: prost_types::Timestamp) -> Result<u64, DomainError> {
+    let (Ok(seconds), Ok(nanos)) = (u64::try_from(t.seconds), u64::try_from(t.nanos)) else {
+        return Err(invalid(
+            field,
+            format!("{field} {}s {}ns is before 1970", t.seconds, t.nanos),
+        ));
+    };
+    if nanos >= 1_000_000_000 {
+        return Err(invalid(
+            field,
+            format!("{field} has {nanos} nanos; at most 999999999"),
+        ));
+    }
+    seconds
+        .checked_mul(1000)
+        .and_then(|ms| ms.checked_add(nanos / 1_000_000))
+        .ok_or_else(|| invalid(field, format!("{field} is too far away")))
+}
+
+/// A request's grant lifetime.
 pub fn lifetime(raw: Option<pb::GrantLifetime>) -> Result<LifetimeRequest, DomainError> {
     use pb::grant_lifetime::Kind;
     match raw.and_then(|l| l.kind) {
         None => Ok(LifetimeRequest::Permanent),
-        Some(Kind::Until(t)) => {
-            let (Ok(seconds), Ok(nanos)) = (u64::try_from(t.seconds), u64::try_from(t.nanos))
-            else {
-                return Err(invalid(
-                    "lifetime.until",
-                    format!("lifetime.until {}s {}ns is before 1970", t.seconds, t.nanos),
-                ));
-            };
-            if nanos >= 1_000_000_000 {
-                return Err(invalid(
-                    "lifetime.until",
-                    format!("lifetime.until has {nanos} nanos; at most 999999999"),
-                ));
-            }
-            let ms = seconds
-                .checked_mul(1000)
-                .and_then(|ms| ms.checked_add(nanos / 1_000_000))
-                .ok_or_else(|| {
-                    invalid("lifetime.until", "lifetime.until is too far away".into())
-                })?;
-            Ok(LifetimeRequest::Until { expires_at_ms: ms })
-        }
+        Some(Kind::Until(t)) => Ok(LifetimeRequest::Until {
+            expires_at_ms: timestamp_ms("lifetime.until", t)?,
+        }),
         Some(Kind::SessionId(id)) => Ok(LifetimeRequest::Session(SessionId::parse_field(
             "lifetime.session_id",
             &id,

@@ -406,10 +406,7 @@ impl Writer {
         group: &Group,
         key: &[u8],
     ) -> Result<Option<Vec<u8>>, StoreError> {
-        match group.overlay.get(key) {
-            Some(staged) => Ok(staged.clone()),
-            None => Ok(self.tree.get(key)?.map(|v| v.to_vec())),
-        }
+        staged_or_stored(&self.tree, &group.overlay, key)
     }
 }
 
@@ -420,12 +417,8 @@ struct GroupView<'a> {
 }
 
 impl GroupView<'_> {
-    /// A key's value as this group sees it: staged, else committed.
     fn staged_or_stored(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        match self.overlay.get(key) {
-            Some(staged) => Ok(staged.clone()),
-            None => Ok(self.writer.tree.get(key)?.map(|v| v.to_vec())),
-        }
+        staged_or_stored(&self.writer.tree, self.overlay, key)
     }
 
     /// Applies staged entries under `prefix` on top of committed decisions.
@@ -545,6 +538,18 @@ impl View for GroupView<'_> {
         })?;
         users.retain(|_, d| !d.is_empty());
         Ok(users.into_iter().collect())
+    }
+}
+
+/// A key's value as a group sees it: staged by an earlier job, else committed.
+fn staged_or_stored(
+    tree: &sled::Tree,
+    overlay: &Overlay,
+    key: &[u8],
+) -> Result<Option<Vec<u8>>, StoreError> {
+    match overlay.get(key) {
+        Some(staged) => Ok(staged.clone()),
+        None => Ok(tree.get(key)?.map(|v| v.to_vec())),
     }
 }
 
