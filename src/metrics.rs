@@ -5,7 +5,7 @@ use std::{
     future::Future,
     net::SocketAddr,
     pin::Pin,
-    sync::{atomic::Ordering, Arc},
+    sync::{atomic::Ordering, Arc, OnceLock},
     task::{Context, Poll},
     time::{Duration, Instant},
 };
@@ -16,7 +16,7 @@ use prometheus::{
 };
 
 use crate::{
-    domain::gates::Verdict,
+    domain::{gates::Verdict, Scope},
     store::{CommitObserver, Store},
     watch::WatchStats,
 };
@@ -27,6 +27,12 @@ pub struct Metrics {
     rpc_requests: IntCounterVec,
     rpc_seconds: HistogramVec,
     outcomes: IntCounterVec,
+    /// Per-method handles, made on first use (an unused method stays out of
+    /// the exposition): a call then costs two atomic adds, not two label
+    /// hashes and map lookups.
+    methods: Box<[OnceLock<MethodMetrics>]>,
+    /// Per (scope, outcome, reason) counters, made on first use.
+    verdicts: Box<[OnceLock<IntCounter>]>,
     group_jobs: Histogram,
     group_events: Histogram,
     flush_seconds: Histogram,
@@ -136,23 +142,52 @@ impl Metrics {
                 "watch_catch_ups_total",
                 "reads of the durable log by subscribers (replays and lag recovery)"
             )?),
+            methods: (0..=METHODS.len()).map(|_| OnceLock::new()).collect(),
+            verdicts: (0..Scope::all().count() * OUTCOME_SLOTS * REASON_SLOTS)
+                .map(|_| OnceLock::new())
+                .collect(),
             registry,
         })
     }
 
-    pub fn observe_rpc(&self, method: &str, code: &str, elapsed: Duration) {
-        self.rpc_requests.with_label_values(&[method, code]).inc();
-        self.rpc_seconds
-            .with_label_values(&[method])
-            .observe(elapsed.as_secs_f64());
+    pub fn observe_rpc(&self, method: usize, code: Option<&str>, elapsed: Duration) {
+        let label = METHODS.get(method).copied().unwrap_or(OTHER_METHOD);
+        let handles = self.methods.get(method).map(|slot| {
+            slot.get_or_init(|| MethodMetrics {
+                ok: self.rpc_requests.with_label_values(&[label, "Ok"]),
+                seconds: self.rpc_seconds.with_label_values(&[label]),
+            })
+        });
+        match (handles, code) {
+            (Some(h), None) => h.ok.inc(),
+            (_, code) => self
+                .rpc_requests
+                .with_label_values(&[label, code.unwrap_or("Ok")])
+                .inc(),
+        }
+        let seconds = elapsed.as_secs_f64();
+        match handles {
+            Some(h) => h.seconds.observe(seconds),
+            None => self
+                .rpc_seconds
+                .with_label_values(&[label])
+                .observe(seconds),
+        }
     }
 
     pub fn observe_verdict(&self, v: &Verdict) {
-        let outcome = format!("{:?}", v.outcome);
-        let reason = format!("{:?}", v.reason);
-        self.outcomes
-            .with_label_values(&[v.scope.name(), &outcome, &reason])
-            .inc();
+        let labels = || [v.scope.name(), v.outcome.name(), v.reason.name()];
+        let (outcome, reason) = (v.outcome as usize, v.reason as usize);
+        // A variant beyond the table (one added later) takes the slow path.
+        let slot = (outcome < OUTCOME_SLOTS && reason < REASON_SLOTS)
+            .then(|| (v.scope as usize * OUTCOME_SLOTS + outcome) * REASON_SLOTS + reason)
+            .and_then(|i| self.verdicts.get(i));
+        match slot {
+            Some(slot) => slot
+                .get_or_init(|| self.outcomes.with_label_values(&labels()))
+                .inc(),
+            None => self.outcomes.with_label_values(&labels()).inc(),
+        }
     }
 
     /// The text exposition, with the scrape-time values read now.
@@ -232,46 +267,60 @@ pub async fn serve(
     Ok((bound, task))
 }
 
-/// The metric label of a request path: one of the served methods, without an
-/// allocation per call; anything else is "other" (unbounded paths must not
-/// become labels).
-fn method_label(path: &str) -> &'static str {
-    const METHODS: &[&str] = &[
-        "/consent.v1.Authorization/Authorize",
-        "/consent.v1.Authorization/BatchAuthorize",
-        "/consent.v1.Authorization/CheckApi",
-        "/consent.v1.Authorization/Explain",
-        "/consent.v1.Authorization/RecordDecision",
-        "/consent.v1.Authorization/GetSetting",
-        "/consent.v1.Authorization/OpenSetting",
-        "/consent.v1.Authorization/UpdateSetting",
-        "/consent.v1.Authorization/RemoveApp",
-        "/consent.v1.Authorization/ListScopes",
-        "/consent.v1.Authorization/GetRules",
-        "/consent.v1.Authorization/Watch",
-        "/consent.v1.Authorization/EndSession",
-        "/consent.v1.Authorization/GetPrivacySetting",
-        "/consent.v1.Authorization/RecordPrivacyDecision",
-        "/consent.v1.Authorization/ListAudit",
-        "/consent.v1.Apps/RegisterApp",
-        "/consent.v1.Apps/UpdateApp",
-        "/consent.v1.Apps/GetApp",
-        "/consent.v1.Apps/ListApps",
-        "/consent.v1.Apps/DeleteApp",
-        "/consent.v1.Admin/Compact",
-        "/consent.v1.Admin/Verify",
-        "/consent.v1.Admin/Export",
-        "/consent.v1.Admin/Import",
-        "/grpc.health.v1.Health/Check",
-        "/grpc.health.v1.Health/Watch",
-        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
-        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-    ];
+/// The label of every served method; any other path is [`OTHER_METHOD`]
+/// (unbounded paths must not become labels).
+const METHODS: &[&str] = &[
+    "/consent.v1.Authorization/Authorize",
+    "/consent.v1.Authorization/BatchAuthorize",
+    "/consent.v1.Authorization/CheckApi",
+    "/consent.v1.Authorization/Explain",
+    "/consent.v1.Authorization/RecordDecision",
+    "/consent.v1.Authorization/GetSetting",
+    "/consent.v1.Authorization/OpenSetting",
+    "/consent.v1.Authorization/UpdateSetting",
+    "/consent.v1.Authorization/RemoveApp",
+    "/consent.v1.Authorization/ListScopes",
+    "/consent.v1.Authorization/GetRules",
+    "/consent.v1.Authorization/Watch",
+    "/consent.v1.Authorization/EndSession",
+    "/consent.v1.Authorization/GetPrivacySetting",
+    "/consent.v1.Authorization/RecordPrivacyDecision",
+    "/consent.v1.Authorization/ListAudit",
+    "/consent.v1.Apps/RegisterApp",
+    "/consent.v1.Apps/UpdateApp",
+    "/consent.v1.Apps/GetApp",
+    "/consent.v1.Apps/ListApps",
+    "/consent.v1.Apps/DeleteApp",
+    "/consent.v1.Admin/Compact",
+    "/consent.v1.Admin/Verify",
+    "/consent.v1.Admin/Export",
+    "/consent.v1.Admin/Import",
+    "/grpc.health.v1.Health/Check",
+    "/grpc.health.v1.Health/Watch",
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+];
+
+const OTHER_METHOD: &str = "other";
+
+/// Room per scope for every [`crate::domain::gates::Outcome`] and per
+/// outcome for every [`crate::domain::gates::Reason`].
+const OUTCOME_SLOTS: usize = 12;
+const REASON_SLOTS: usize = 16;
+
+/// A method's handles: calls answered OK and the latency histogram.
+struct MethodMetrics {
+    ok: IntCounter,
+    seconds: Histogram,
+}
+
+/// The index of a request path in [`METHODS`], or `METHODS.len()` for any
+/// other path.
+fn method_index(path: &str) -> usize {
     METHODS
         .iter()
-        .find(|m| **m == path)
-        .copied()
-        .unwrap_or("other")
+        .position(|m| *m == path)
+        .unwrap_or(METHODS.len())
 }
 
 /// A tower layer counting and timing every gRPC call by method and status.
@@ -318,7 +367,7 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let method = method_label(request.uri().path());
+        let method = method_index(request.uri().path());
         let metrics = self.metrics.clone();
         let started = Instant::now();
         let response = self.inner.call(request);
@@ -332,10 +381,10 @@ where
                     .get("grpc-status")
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.parse::<i32>().ok())
-                    .map_or("Ok".to_owned(), |c| format!("{:?}", tonic::Code::from(c))),
-                Err(_) => "TransportError".to_owned(),
+                    .map(|c| format!("{:?}", tonic::Code::from(c))),
+                Err(_) => Some("TransportError".to_owned()),
             };
-            metrics.observe_rpc(method, &code, started.elapsed());
+            metrics.observe_rpc(method, code.as_deref(), started.elapsed());
             response
         })
     }
@@ -345,7 +394,81 @@ where
 mod tests {
     use prost::Message as _;
 
-    use super::method_label;
+    use super::{method_index, Metrics, METHODS, OTHER_METHOD, OUTCOME_SLOTS, REASON_SLOTS};
+    use crate::domain::{
+        gates::{Outcome, Reason, Verdict},
+        DecisionState, Lifetime, Scope,
+    };
+
+    #[test]
+    fn each_verdict_label_set_has_its_own_counter() {
+        use Outcome as O;
+        use Reason as R;
+        let outcomes = [
+            O::Granted,
+            O::Denied,
+            O::Prompt,
+            O::SettingsRequired,
+            O::NoAuthNeeded,
+            O::NotDeclared,
+            O::Unsupported,
+            O::PrivacyRequired,
+            O::PrivacyDenied,
+            O::Embargoed,
+        ];
+        let reasons = [
+            R::ScopeNotForAppKind,
+            R::BaseLibraryTooOld,
+            R::AuthorizationAbolished,
+            R::AnonymousProfile,
+            R::MissingPermissionDesc,
+            R::MissingBackgroundMode,
+            R::MissingPrivateInfo,
+            R::StoredGrant,
+            R::StoredDenial,
+            R::PopupAvailable,
+            R::PopupUnavailable,
+            R::PrivacyNotDeclared,
+            R::PrivacyAgreementNeeded,
+            R::PrivacyDisagreed,
+            R::PromptEmbargoed,
+        ];
+        // Every variant known today takes the fast path.
+        assert!(outcomes.iter().all(|o| (*o as usize) < OUTCOME_SLOTS));
+        assert!(reasons.iter().all(|r| (*r as usize) < REASON_SLOTS));
+        let metrics = Metrics::new().unwrap();
+        let times = |i: usize, j: usize, k: usize| (i * 7 + j * 3 + k) % 4 + 1;
+        let mut all = Vec::new();
+        for (i, scope) in Scope::all().enumerate() {
+            for (j, outcome) in outcomes.iter().enumerate() {
+                for (k, reason) in reasons.iter().enumerate() {
+                    all.push((scope, *outcome, *reason, times(i, j, k)));
+                }
+            }
+        }
+        for &(scope, outcome, reason, n) in &all {
+            let verdict = Verdict {
+                scope,
+                outcome,
+                state: DecisionState::NotDetermined,
+                reason,
+                rule: None,
+                err_msg: String::new(),
+                prompt: None,
+                lifetime: Lifetime::Permanent,
+                err_no: 0,
+                embargo_until_ms: None,
+            };
+            for _ in 0..n {
+                metrics.observe_verdict(&verdict);
+            }
+        }
+        for &(scope, outcome, reason, n) in &all {
+            let labels = [scope.name(), outcome.name(), reason.name()];
+            let counted = metrics.outcomes.with_label_values(&labels).get();
+            assert_eq!(counted, n as u64, "{labels:?}");
+        }
+    }
 
     #[test]
     fn every_served_method_has_its_own_label() {
@@ -355,12 +478,14 @@ mod tests {
             for service in &file.service {
                 for method in &service.method {
                     let path = format!("/{}.{}/{}", file.package(), service.name(), method.name());
-                    assert_eq!(method_label(&path), path, "add {path} to method_label");
+                    let label = METHODS.get(method_index(&path)).copied();
+                    assert_eq!(label, Some(path.as_str()), "add {path} to METHODS");
                     seen += 1;
                 }
             }
         }
         assert!(seen >= 19);
-        assert_eq!(method_label("/evil/unbounded-1234"), "other");
+        assert_eq!(method_index("/evil/unbounded-1234"), METHODS.len());
+        assert_eq!(OTHER_METHOD, "other");
     }
 }

@@ -6,10 +6,13 @@ use std::{cmp::Ordering, fmt, hash, str::FromStr};
 pub const MAX_SEGMENTS: usize = 8;
 
 /// A version compared numerically segment by segment, the shorter padded with
-/// zeros: `1.11.0 > 1.9.9`, `8.0 == 8.0.0`.
-#[derive(Clone, Debug)]
+/// zeros: `1.11.0 > 1.9.9`, `8.0 == 8.0.0`. Kept inline (no allocation: two
+/// are parsed on every Authorize).
+#[derive(Clone, Copy)]
 pub struct Version {
-    segments: Vec<u32>,
+    /// The segments as written, then zeros.
+    segments: [u32; MAX_SEGMENTS],
+    len: u8,
 }
 
 /// Why a version string was rejected.
@@ -28,8 +31,21 @@ pub enum VersionError {
 }
 
 impl Version {
-    pub fn new(segments: Vec<u32>) -> Self {
-        Self { segments }
+    /// A version of these segments; `None` beyond [`MAX_SEGMENTS`].
+    pub fn new(segments: &[u32]) -> Option<Self> {
+        let mut v = Self {
+            segments: [0; MAX_SEGMENTS],
+            len: u8::try_from(segments.len()).ok()?,
+        };
+        v.segments
+            .get_mut(..segments.len())?
+            .copy_from_slice(segments);
+        Some(v)
+    }
+
+    /// The segments as written.
+    pub fn segments(&self) -> &[u32] {
+        &self.segments[..usize::from(self.len)]
     }
 
     /// The segments without trailing zeros: the canonical form for Eq and Hash.
@@ -43,6 +59,12 @@ impl Version {
     }
 }
 
+impl fmt::Debug for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Version({self})")
+    }
+}
+
 impl FromStr for Version {
     type Err = VersionError;
 
@@ -50,37 +72,33 @@ impl FromStr for Version {
         if s.is_empty() {
             return Err(VersionError::Empty);
         }
-        let mut segments = Vec::with_capacity(4);
+        let mut v = Self {
+            segments: [0; MAX_SEGMENTS],
+            len: 0,
+        };
         for part in s.split('.') {
-            if segments.len() == MAX_SEGMENTS {
+            let Some(slot) = v.segments.get_mut(usize::from(v.len)) else {
                 return Err(VersionError::TooManySegments);
-            }
+            };
             if part.is_empty() {
                 return Err(VersionError::EmptySegment);
             }
             if !part.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(VersionError::NotNumeric(part.to_owned()));
             }
-            let n = part
+            *slot = part
                 .parse::<u32>()
                 .map_err(|_| VersionError::TooLarge(part.to_owned()))?;
-            segments.push(n);
+            v.len += 1;
         }
-        Ok(Self { segments })
+        Ok(v)
     }
 }
 
 impl Ord for Version {
     fn cmp(&self, other: &Self) -> Ordering {
-        let n = self.segments.len().max(other.segments.len());
-        (0..n)
-            .map(|i| {
-                let a = self.segments.get(i).copied().unwrap_or(0);
-                let b = other.segments.get(i).copied().unwrap_or(0);
-                a.cmp(&b)
-            })
-            .find(|o| o.is_ne())
-            .unwrap_or(Ordering::Equal)
+        // Both are padded with zeros to the same length.
+        self.segments.cmp(&other.segments)
     }
 }
 
@@ -106,7 +124,7 @@ impl hash::Hash for Version {
 
 impl fmt::Display for Version {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, s) in self.segments.iter().enumerate() {
+        for (i, s) in self.segments().iter().enumerate() {
             if i > 0 {
                 f.write_str(".")?;
             }
@@ -122,6 +140,16 @@ mod tests {
 
     fn v(s: &str) -> Version {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn new_takes_at_most_max_segments() {
+        let eight = [1, 2, 3, 4, 5, 6, 7, 8];
+        assert_eq!(Version::new(&eight).unwrap().to_string(), "1.2.3.4.5.6.7.8");
+        assert_eq!(Version::new(&eight).unwrap().segments(), eight);
+        assert!(Version::new(&[1; MAX_SEGMENTS + 1]).is_none());
+        assert_eq!(Version::new(&[8, 0]).unwrap(), v("8.0.0"));
+        assert_eq!(format!("{:?}", v("8.0.5")), "Version(8.0.5)");
     }
 
     #[test]

@@ -264,7 +264,7 @@ proptest! {
         let parsed = raw.parse::<Version>();
         match (version_model(&raw), parsed) {
             (Ok(segments), Ok(v)) => {
-                let canonical = Version::new(segments).to_string();
+                let canonical = Version::new(&segments).unwrap().to_string();
                 prop_assert_eq!(v.to_string(), canonical.clone());
                 let again: Version = canonical.parse().unwrap();
                 prop_assert_eq!(again.to_string(), canonical);
@@ -286,7 +286,7 @@ proptest! {
         a in vec(prop_oneof![0u32..3, any::<u32>()], 1..=MAX_SEGMENTS),
         b in vec(prop_oneof![0u32..3, any::<u32>()], 1..=MAX_SEGMENTS),
     ) {
-        let (va, vb) = (Version::new(a.clone()), Version::new(b.clone()));
+        let (va, vb) = (Version::new(&a).unwrap(), Version::new(&b).unwrap());
         let text = va.to_string();
         let back: Version = text.parse().unwrap();
         prop_assert_eq!(back.to_string(), text);
