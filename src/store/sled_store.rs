@@ -288,7 +288,7 @@ type Migration = fn(&sled::Tree) -> Result<(), StoreError>;
 
 /// Every format upgrade, in order: entry `i` upgrades format `i + 1` to
 /// `i + 2`.
-const MIGRATIONS: &[Migration] = &[to_format_2];
+const MIGRATIONS: &[Migration] = &[to_format_2, to_format_3];
 
 /// Format 2 adds keys and value versions (grant lifetimes and timers,
 /// privacy guides and answers, the audit trail, anti-nag state, the
@@ -296,6 +296,13 @@ const MIGRATIONS: &[Migration] = &[to_format_2];
 /// format-1 data dir changes: the step only raises the marker, so an older
 /// build refuses the data dir instead of half-reading it.
 fn to_format_2(_: &sled::Tree) -> Result<(), StoreError> {
+    Ok(())
+}
+
+/// Format 3 writes audit records in a binary encoding that a format-2 build
+/// cannot read. The JSON records already stored stay as they are (this build
+/// reads both), so the step only raises the marker.
+fn to_format_3(_: &sled::Tree) -> Result<(), StoreError> {
     Ok(())
 }
 

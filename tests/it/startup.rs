@@ -80,7 +80,7 @@ async fn an_unknown_format_is_refused() {
     let (code, stderr) = start_fails(&data);
     assert_eq!(code, 1, "{stderr}");
     assert!(
-        stderr.contains("has data format 99; this consentd reads format 2"),
+        stderr.contains("has data format 99; this consentd reads format 3"),
         "{stderr}"
     );
 }
@@ -133,5 +133,89 @@ async fn a_format_1_data_dir_is_migrated_and_keeps_its_data() {
         .get(b"m/format")
         .unwrap()
         .unwrap();
-    assert_eq!(u64::from_be_bytes(format.as_ref().try_into().unwrap()), 2);
+    assert_eq!(u64::from_be_bytes(format.as_ref().try_into().unwrap()), 3);
+}
+
+/// Format 2 stored audit records as JSON; format 3 reads them as they are
+/// and writes new ones in binary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn format_2_json_audit_records_are_still_listed() {
+    let (_dir, data) = populated().await;
+    {
+        let db = open_when_released(&data);
+        let tree = db.open_tree("consent").unwrap();
+        let seq = u64::from_be_bytes(
+            tree.get(b"m/audit_seq")
+                .unwrap()
+                .unwrap()
+                .as_ref()
+                .try_into()
+                .unwrap(),
+        );
+        assert_eq!(seq, 1, "registering the app is the one record");
+        let json = r#"{"seq":1,"time_ms":1790000000123,"revision":1,"app":"wxkeep","user":"u-json","scope":"scope.camera","action":"ANSWERED_DENY","principal":"format-2","client":["ios","8.0.5","2.25.0"]}"#;
+        tree.insert([&b"l/"[..], &1u64.to_be_bytes()].concat(), json)
+            .unwrap();
+        tree.insert(b"m/format", &2u64.to_be_bytes()).unwrap();
+        db.flush().unwrap();
+    }
+    let h = TestDaemon::with(|c| c.data_dir = data.clone()).await;
+    // A new record after the old one, in the new encoding.
+    h.client()
+        .record(
+            "wxkeep",
+            "u-binary",
+            "scope.userLocation",
+            consentd::pb::Answer::Allow,
+            crate::fixture::android(),
+        )
+        .await
+        .unwrap();
+    let list = |h: &TestDaemon| {
+        let mut auth = h.client().auth();
+        async move {
+            auth.list_audit(consentd::pb::ListAuditRequest {
+                app_id: "wxkeep".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .records
+        }
+    };
+    let records = list(&h).await;
+    assert_eq!(records.len(), 2, "{records:?}");
+    let old = records.iter().find(|r| r.seq == 1).unwrap();
+    assert_eq!(
+        (
+            old.user_id.as_str(),
+            old.scope.as_str(),
+            old.principal.as_str()
+        ),
+        ("u-json", "scope.camera", "format-2")
+    );
+    assert_eq!(old.action(), consentd::pb::AuditAction::AnsweredDeny);
+    assert_eq!(old.client.as_ref().unwrap().host_version, "8.0.5");
+    assert_eq!(old.time.as_ref().unwrap().seconds, 1_790_000_000);
+    let new = records.iter().find(|r| r.seq == 2).unwrap();
+    assert_eq!(new.action(), consentd::pb::AuditAction::AnsweredAllow);
+    assert_eq!(
+        (new.user_id.as_str(), new.scope.as_str()),
+        ("u-binary", "scope.userLocation")
+    );
+    assert_eq!(new.client.as_ref().unwrap().sdk_version, "3.0.0");
+    // Both still read after a restart, and the marker says format 3.
+    h.stop().await;
+    let h = TestDaemon::with(|c| c.data_dir = data.clone()).await;
+    assert_eq!(list(&h).await, records);
+    h.stop().await;
+    let db = open_when_released(&data);
+    let format = db
+        .open_tree("consent")
+        .unwrap()
+        .get(b"m/format")
+        .unwrap()
+        .unwrap();
+    assert_eq!(u64::from_be_bytes(format.as_ref().try_into().unwrap()), 3);
 }
