@@ -35,4 +35,4 @@ pub use machine::{Answer, LocationOption, SettingItem, SettingsUpdate};
 pub use platform::{Client, Platform};
 pub use privacy::{InfoType, PrivacyGuide, PrivacyState};
 pub use rules::{MinSdkRule, MinSdkTarget, PopupRule, RuleSet, Target};
-pub use version::{Version, VersionError};
+pub use version::{Version, VersionError, MAX_SEGMENTS as MAX_VERSION_SEGMENTS};

@@ -23,7 +23,7 @@ use super::StoreError;
 use crate::domain::{
     App, AppId, AppKind, AuditAction, AuditEntry, AuditRecord, Cause, Client, Decision,
     DecisionState, Declarations, Event, Lifetime, NagState, PrivacyGuide, PrivacyState, Scope,
-    SessionId, UserId,
+    SessionId, UserId, Version, MAX_VERSION_SEGMENTS,
 };
 
 pub const APP_PREFIX: &[u8] = b"a/";
@@ -65,18 +65,22 @@ pub fn app_decisions_prefix(app: &AppId) -> Vec<u8> {
 
 /// Prefix of every decision of (`app`, `user`).
 pub fn user_decisions_prefix(app: &AppId, user: &UserId) -> Vec<u8> {
-    [
-        &app_decisions_prefix(app)[..],
-        user.as_str().as_bytes(),
-        b"\0",
-    ]
-    .concat()
+    decision_key_parts(app, user, b"")
 }
 
+/// One allocation: every Authorize builds one of these.
 pub fn decision_key(app: &AppId, user: &UserId, scope: Scope) -> Vec<u8> {
+    decision_key_parts(app, user, scope.name().as_bytes())
+}
+
+fn decision_key_parts(app: &AppId, user: &UserId, scope: &[u8]) -> Vec<u8> {
     [
-        &user_decisions_prefix(app, user)[..],
-        scope.name().as_bytes(),
+        DECISION_PREFIX,
+        app.as_str().as_bytes(),
+        b"\0",
+        user.as_str().as_bytes(),
+        b"\0",
+        scope,
     ]
     .concat()
 }
@@ -295,8 +299,9 @@ struct AuditRow {
 
 /// `AUDIT_BINARY`, seq, time, revision (u64 BE each), a flags byte (user,
 /// scope, client present), then strings with a one-byte length: action, app,
-/// [user], [scope], [platform, host version, sdk version], and last the
-/// principal with a four-byte length (principal names have no bound).
+/// [user], [scope], [platform, then host and sdk version each as a segment
+/// count and u32 BE segments], and last the principal with a four-byte
+/// length (principal names have no bound).
 /// Half the size of the JSON and without its formatting cost, on every
 /// decision's write.
 pub fn encode_audit(r: &AuditRecord) -> Vec<u8> {
@@ -328,8 +333,14 @@ pub fn encode_audit(r: &AuditRecord) -> Vec<u8> {
     }
     if let Some(c) = &e.client {
         short(&mut v, c.platform.token());
-        short(&mut v, &c.host_version.to_string());
-        short(&mut v, &c.sdk_version.to_string());
+        for version in [&c.host_version, &c.sdk_version] {
+            // A segment count, then each segment (u32 BE): no formatting.
+            let segments = version.segments();
+            v.push(segments.len() as u8);
+            for s in segments {
+                v.extend_from_slice(&s.to_be_bytes());
+            }
+        }
     }
     let principal = e.principal.as_bytes();
     v.extend_from_slice(&(principal.len() as u32).to_be_bytes());
@@ -346,55 +357,34 @@ pub fn decode_audit(raw: &[u8]) -> Result<AuditRecord, StoreError> {
 }
 
 fn decode_audit_binary(raw: &[u8]) -> Result<AuditRecord, StoreError> {
-    let corrupt = |what: &str| StoreError::Corrupt(format!("bad audit record: {what}"));
-    let mut rest = raw.get(1..).unwrap_or_default();
-    let mut take = |n: usize, what: &str| -> Result<&[u8], StoreError> {
-        let (head, tail) = rest.split_at_checked(n).ok_or_else(|| corrupt(what))?;
-        rest = tail;
-        Ok(head)
-    };
-    let mut u64_of = |what: &str| -> Result<u64, StoreError> {
-        let bytes = take(8, what)?;
-        Ok(u64::from_be_bytes(
-            bytes.try_into().map_err(|_| corrupt(what))?,
-        ))
-    };
-    let (seq, time_ms, revision) = (u64_of("seq")?, u64_of("time")?, u64_of("revision")?);
-    let flags = take(1, "flags")?[0];
-    let mut text = |len_bytes: usize, what: &str| -> Result<&str, StoreError> {
-        let len = take(len_bytes, what)?
-            .iter()
-            .fold(0usize, |n, b| n << 8 | usize::from(*b));
-        std::str::from_utf8(take(len, what)?).map_err(|_| corrupt(what))
-    };
-    let action = text(1, "action")?;
-    let action = AuditAction::from_name(action).ok_or_else(|| corrupt("action"))?;
-    let app = AppId::parse(text(1, "app")?).map_err(|_| corrupt("app"))?;
+    let mut r = Cursor(raw.get(1..).unwrap_or_default());
+    let (seq, time_ms, revision) = (r.u64("seq")?, r.u64("time")?, r.u64("revision")?);
+    let flags = r.take(1, "flags")?[0];
+    let action = r.text(1, "action")?;
+    let action = AuditAction::from_name(action).ok_or_else(|| bad_audit("action"))?;
+    let app = AppId::parse(r.text(1, "app")?).map_err(|_| bad_audit("app"))?;
     let user = match flags & 1 {
         0 => None,
-        _ => Some(UserId::parse(text(1, "user")?).map_err(|_| corrupt("user"))?),
+        _ => Some(UserId::parse(r.text(1, "user")?).map_err(|_| bad_audit("user"))?),
     };
     let scope = match flags & 2 {
         0 => None,
-        _ => Some(decode_scope(text(1, "scope")?.as_bytes())?),
+        _ => Some(decode_scope(r.text(1, "scope")?.as_bytes())?),
     };
     let client = match flags & 4 {
         0 => None,
         _ => Some(Client {
-            platform: text(1, "platform")?
+            platform: r
+                .text(1, "platform")?
                 .parse()
-                .map_err(|_| corrupt("platform"))?,
-            host_version: text(1, "host version")?
-                .parse()
-                .map_err(|_| corrupt("host version"))?,
-            sdk_version: text(1, "sdk version")?
-                .parse()
-                .map_err(|_| corrupt("sdk version"))?,
+                .map_err(|_| bad_audit("platform"))?,
+            host_version: r.version("host version")?,
+            sdk_version: r.version("sdk version")?,
         }),
     };
-    let principal = text(4, "principal")?.to_owned();
-    if flags & !7 != 0 || !rest.is_empty() {
-        return Err(corrupt("trailing bytes or unknown flags"));
+    let principal = r.text(4, "principal")?.to_owned();
+    if flags & !7 != 0 || !r.0.is_empty() {
+        return Err(bad_audit("trailing bytes or unknown flags"));
     }
     Ok(AuditRecord {
         seq,
@@ -409,6 +399,51 @@ fn decode_audit_binary(raw: &[u8]) -> Result<AuditRecord, StoreError> {
             client,
         },
     })
+}
+
+fn bad_audit(what: &str) -> StoreError {
+    StoreError::Corrupt(format!("bad audit record: {what}"))
+}
+
+/// Reads a binary audit record front to back.
+struct Cursor<'a>(&'a [u8]);
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], StoreError> {
+        let (head, tail) = self.0.split_at_checked(n).ok_or_else(|| bad_audit(what))?;
+        self.0 = tail;
+        Ok(head)
+    }
+
+    fn u64(&mut self, what: &str) -> Result<u64, StoreError> {
+        let bytes = self.take(8, what)?;
+        Ok(u64::from_be_bytes(
+            bytes.try_into().map_err(|_| bad_audit(what))?,
+        ))
+    }
+
+    /// A string after its big-endian length of `len_bytes` bytes.
+    fn text(&mut self, len_bytes: usize, what: &str) -> Result<&'a str, StoreError> {
+        let len = self
+            .take(len_bytes, what)?
+            .iter()
+            .fold(0usize, |n, b| n << 8 | usize::from(*b));
+        std::str::from_utf8(self.take(len, what)?).map_err(|_| bad_audit(what))
+    }
+
+    /// A segment count, then the segments (u32 BE).
+    fn version(&mut self, what: &str) -> Result<Version, StoreError> {
+        let n = usize::from(self.take(1, what)?[0]);
+        if n > MAX_VERSION_SEGMENTS {
+            return Err(bad_audit(what));
+        }
+        let raw = self.take(4 * n, what)?;
+        let mut segments = [0u32; MAX_VERSION_SEGMENTS];
+        for (slot, bytes) in segments.iter_mut().zip(raw.chunks_exact(4)) {
+            *slot = u32::from_be_bytes(bytes.try_into().map_err(|_| bad_audit(what))?);
+        }
+        Version::new(&segments[..n]).ok_or_else(|| bad_audit(what))
+    }
 }
 
 fn decode_audit_json(raw: &[u8]) -> Result<AuditRecord, StoreError> {
