@@ -10,11 +10,12 @@
 //!
 //! Environment: `BENCH_SECONDS` (default 5) and `BENCH_WARMUP` (default 1)
 //! per run; `BENCH_SCALE` (comma-separated decision counts for the scale
-//! scenario, default `10000,1000000`); `BENCH_ONLY` (comma-separated scenario
+//! scenario, default `10000,1000000`; `BENCH_SCALE_DIR` keeps the loaded
+//! stores there and reuses them); `BENCH_ONLY` (comma-separated scenario
 //! names: ceiling, authorize, record, mixed, watch, scale); `BENCH_COMPARE`
 //! (comma-separated `label@/path/to/consentd`: other builds, e.g. older
-//! commits, run through the authorize scenario after this one, in the same
-//! run and against the same ceiling).
+//! commits, run through the authorize and durable record scenarios after
+//! this one, in the same run and against the same ceiling).
 
 use std::{
     collections::HashMap,
@@ -623,6 +624,16 @@ fn main() {
                 println!("record durable/relaxed: {:.2}", durable / run.rate());
             }
             relaxed.stop();
+            // Other builds under the same durable write load, in the same run.
+            for entry in compare.iter() {
+                let (label, binary) = entry.split_once('@').expect("BENCH_COMPARE: label@/path/to/consentd");
+                let dir = tempfile::tempdir().unwrap();
+                let other = Proc::daemon_bin(Path::new(binary), &dir.path().join("data"), &[]);
+                preload(other.addr).await;
+                let run = drive(&other, shapes[1].1, record_call).await;
+                report(&format!("record durable c64 [{label}]"), &run, None);
+                other.stop();
+            }
         }
 
         let mut scale = Vec::new();
@@ -634,8 +645,20 @@ fn main() {
                 .collect();
             for n in sizes {
                 let dir = tempfile::tempdir().unwrap();
-                let data = dir.path().join("data");
-                let load = tokio::task::block_in_place(|| bulk_preload(&data, n));
+                // BENCH_SCALE_DIR keeps the loaded stores for later runs.
+                let kept = std::env::var_os("BENCH_SCALE_DIR").map(|d| Path::new(&d).join(n.to_string()));
+                let data = kept.clone().unwrap_or_else(|| dir.path().join("data"));
+                let marker = data.with_extension("loaded");
+                let load = if kept.is_some() && marker.exists() {
+                    Duration::from_secs_f64(std::fs::read_to_string(&marker).unwrap().trim().parse().unwrap())
+                } else {
+                    let _ = std::fs::remove_dir_all(&data);
+                    let load = tokio::task::block_in_place(|| bulk_preload(&data, n));
+                    if kept.is_some() {
+                        std::fs::write(&marker, load.as_secs_f64().to_string()).unwrap();
+                    }
+                    load
+                };
                 let daemon = Proc::daemon(&data, &[]);
                 let lookups = drive(&daemon, shapes[1].1, move |task, seq, mut c: AuthorizationClient<Channel>| async move {
                     let user = (seq as usize * 7919 + task * 104_729) % n;
@@ -654,6 +677,7 @@ fn main() {
                     "decisions": n, "bulk_load_s": load.as_secs_f64(), "on_disk_mib": du(&data) as f64 / 1048576.0,
                     "restart_to_serving_s": daemon.ready_after.as_secs_f64(), "lookups_per_sec": lookups.rate(),
                     "peak_rss_mib": daemon.status_kib("VmHWM:") as f64 / 1024.0,
+                    "rss_after_mib": daemon.status_kib("VmRSS:") as f64 / 1024.0,
                 }));
                 daemon.stop();
             }
