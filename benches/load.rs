@@ -8,6 +8,12 @@
 //! daemon CPU, daemon peak RSS, and every result as a ratio to the ceiling.
 //! Results: a table on stdout and `target/bench-load.json`.
 //!
+//! `cargo test` runs this suite as a smoke test (the target has `test =
+//! true`): the dev-profile daemon, a tenth of the durations, a 3,000-decision
+//! scale store loaded in three slices, results in
+//! `target/bench-load-smoke.json`, and it fails unless every scenario made
+//! calls without errors and every watch event reached every subscriber.
+//!
 //! Environment: `BENCH_SECONDS` (default 5) and `BENCH_WARMUP` (default 1)
 //! per run; `BENCH_SCALE` (comma-separated decision counts for the scale
 //! scenario, default `10000,1000000`; `BENCH_SCALE_DIR` keeps the loaded
@@ -107,7 +113,11 @@ impl Run {
     }
 }
 
+/// Under `cargo test`: a smoke run that checks the harness, not a benchmark.
+const SMOKE: bool = cfg!(test);
+
 fn secs(var: &str, default: f64) -> Duration {
+    let default = if SMOKE { default / 10.0 } else { default };
     Duration::from_secs_f64(
         std::env::var(var)
             .ok()
@@ -415,7 +425,7 @@ fn bulk_preload(dir: &Path, n: usize) -> Duration {
 }
 
 /// Decisions per bulk-load child process.
-const BULK_SLICE: usize = 1_000_000;
+const BULK_SLICE: usize = if SMOKE { 1_000 } else { 1_000_000 };
 
 /// The `--bulk-load DIR START END` child: registers the app on the first
 /// slice, then writes users START..END in 20,000-change write jobs.
@@ -547,6 +557,9 @@ fn main() {
         let mut rows = Vec::new();
         let mut results = Vec::new();
         let mut report = |name: &str, run: &Run, ceiling: Option<f64>| {
+            if SMOKE {
+                assert!(run.calls > 0 && run.errors == 0, "{name}: {} calls, {} errors", run.calls, run.errors);
+            }
             rows.push(run.row(name, ceiling));
             results.push(run.json(name, ceiling));
         };
@@ -601,6 +614,10 @@ fn main() {
             for (subs, rate) in [(1, 1000), (100, 1000), (1000, 100)] {
                 let bare = fan_out(&echo, subs, rate, "wxbench0").await;
                 let ours = fan_out(&daemon, subs, rate, "wxbench0").await;
+                if SMOKE {
+                    assert!(ours.1 > 0 && ours.0 == ours.1, "watch {subs} x {rate}: consentd delivered {} of {}", ours.0, ours.1);
+                    assert_eq!(bare.0, bare.1, "watch {subs} x {rate}: the bare fan-out");
+                }
                 fanouts.push(json!({
                     "subscribers": subs, "events_per_sec": rate,
                     "consentd": {"delivered": ours.0, "expected": ours.1, "p50_ms": ours.2, "p99_ms": ours.3},
@@ -639,7 +656,7 @@ fn main() {
         let mut scale = Vec::new();
         if wants("scale") {
             let sizes: Vec<usize> = std::env::var("BENCH_SCALE")
-                .unwrap_or_else(|_| "10000,1000000".into())
+                .unwrap_or_else(|_| if SMOKE { "3000" } else { "10000,1000000" }.into())
                 .split(',')
                 .filter_map(|s| s.trim().parse().ok())
                 .collect();
@@ -695,7 +712,8 @@ fn main() {
             println!("scale: {s}");
         }
         let out = json!({ "runs": results, "watch": fanouts, "scale": scale });
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-load.json");
+        let file = if SMOKE { "target/bench-load-smoke.json" } else { "target/bench-load.json" };
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
         std::fs::write(&path, serde_json::to_vec_pretty(&out).unwrap()).unwrap();
         println!("\nwrote {}", path.display());
     });
