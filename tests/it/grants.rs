@@ -406,6 +406,13 @@ async fn export_and_import_keep_lifetimes() {
     );
     assert_eq!(stored("scope.record").session_id, "s9");
     assert!(stored("scope.bluetooth").expires_at.is_none());
+    // Lifetimes made exports format 2; the data dir's format 3 (binary audit
+    // records, which exports do not carry) leaves exports importable by a
+    // format-2 build.
+    match &records[0].record {
+        Some(pb::export_record::Record::Header(h)) => assert_eq!(h.format, 2),
+        other => panic!("an export starts with its header, not {other:?}"),
+    }
 
     let fresh = daemon(|_| {}).await;
     let imported = fresh
