@@ -30,7 +30,7 @@ pub struct Metrics {
     /// Per-method handles, made on first use (an unused method stays out of
     /// the exposition): a call then costs two atomic adds, not two label
     /// hashes and map lookups.
-    methods: Box<[OnceLock<MethodMetrics>]>,
+    methods: Box<[MethodMetrics]>,
     /// Per (scope, outcome, reason) counters, made on first use.
     verdicts: Box<[OnceLock<IntCounter>]>,
     group_jobs: Histogram,
@@ -142,7 +142,9 @@ impl Metrics {
                 "watch_catch_ups_total",
                 "reads of the durable log by subscribers (replays and lag recovery)"
             )?),
-            methods: (0..=METHODS.len()).map(|_| OnceLock::new()).collect(),
+            methods: (0..=METHODS.len())
+                .map(|_| MethodMetrics::default())
+                .collect(),
             verdicts: (0..Scope::all().count() * OUTCOME_SLOTS * REASON_SLOTS)
                 .map(|_| OnceLock::new())
                 .collect(),
@@ -152,14 +154,12 @@ impl Metrics {
 
     pub fn observe_rpc(&self, method: usize, code: Option<&str>, elapsed: Duration) {
         let label = METHODS.get(method).copied().unwrap_or(OTHER_METHOD);
-        let handles = self.methods.get(method).map(|slot| {
-            slot.get_or_init(|| MethodMetrics {
-                ok: self.rpc_requests.with_label_values(&[label, "Ok"]),
-                seconds: self.rpc_seconds.with_label_values(&[label]),
-            })
-        });
+        let handles = self.methods.get(method);
         match (handles, code) {
-            (Some(h), None) => h.ok.inc(),
+            (Some(h), None) => {
+                h.ok.get_or_init(|| self.rpc_requests.with_label_values(&[label, "Ok"]))
+                    .inc()
+            }
             (_, code) => self
                 .rpc_requests
                 .with_label_values(&[label, code.unwrap_or("Ok")])
@@ -167,7 +167,10 @@ impl Metrics {
         }
         let seconds = elapsed.as_secs_f64();
         match handles {
-            Some(h) => h.seconds.observe(seconds),
+            Some(h) => h
+                .seconds
+                .get_or_init(|| self.rpc_seconds.with_label_values(&[label]))
+                .observe(seconds),
             None => self
                 .rpc_seconds
                 .with_label_values(&[label])
@@ -308,10 +311,12 @@ const OTHER_METHOD: &str = "other";
 const OUTCOME_SLOTS: usize = 12;
 const REASON_SLOTS: usize = 16;
 
-/// A method's handles: calls answered OK and the latency histogram.
+/// A method's handles, each made on first use (a method that never
+/// answered OK has no OK series): calls answered OK, the latency histogram.
+#[derive(Default)]
 struct MethodMetrics {
-    ok: IntCounter,
-    seconds: Histogram,
+    ok: OnceLock<IntCounter>,
+    seconds: OnceLock<Histogram>,
 }
 
 /// The index of a request path in [`METHODS`], or `METHODS.len()` for any

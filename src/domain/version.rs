@@ -31,8 +31,12 @@ pub enum VersionError {
 }
 
 impl Version {
-    /// A version of these segments; `None` beyond [`MAX_SEGMENTS`].
+    /// A version of these segments; `None` for none or beyond
+    /// [`MAX_SEGMENTS`] (a parsed version has 1 to 8).
     pub fn new(segments: &[u32]) -> Option<Self> {
+        if segments.is_empty() {
+            return None;
+        }
         let mut v = Self {
             segments: [0; MAX_SEGMENTS],
             len: u8::try_from(segments.len()).ok()?,
@@ -148,6 +152,7 @@ mod tests {
         assert_eq!(Version::new(&eight).unwrap().to_string(), "1.2.3.4.5.6.7.8");
         assert_eq!(Version::new(&eight).unwrap().segments(), eight);
         assert!(Version::new(&[1; MAX_SEGMENTS + 1]).is_none());
+        assert!(Version::new(&[]).is_none());
         assert_eq!(Version::new(&[8, 0]).unwrap(), v("8.0.0"));
         assert_eq!(format!("{:?}", v("8.0.5")), "Version(8.0.5)");
     }
