@@ -48,6 +48,18 @@ async fn populated() -> (tempfile::TempDir, std::path::PathBuf) {
     (dir, data)
 }
 
+/// The format marker of a stopped daemon's data dir.
+fn stored_format(data: &Path) -> u64 {
+    let db = open_when_released(data);
+    let format = db
+        .open_tree("consent")
+        .unwrap()
+        .get(b"m/format")
+        .unwrap()
+        .unwrap();
+    u64::from_be_bytes(format.as_ref().try_into().unwrap())
+}
+
 #[test]
 fn unusable_paths_are_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -126,14 +138,7 @@ async fn a_format_1_data_dir_is_migrated_and_keeps_its_data() {
         .into_inner();
     assert_eq!(app.app.unwrap().app_id, "wxkeep");
     h.stop().await;
-    let db = open_when_released(&data);
-    let format = db
-        .open_tree("consent")
-        .unwrap()
-        .get(b"m/format")
-        .unwrap()
-        .unwrap();
-    assert_eq!(u64::from_be_bytes(format.as_ref().try_into().unwrap()), 3);
+    assert_eq!(stored_format(&data), 3);
 }
 
 /// Format 2 stored audit records as JSON; format 3 reads them as they are
@@ -210,12 +215,5 @@ async fn format_2_json_audit_records_are_still_listed() {
     let h = TestDaemon::with(|c| c.data_dir = data.clone()).await;
     assert_eq!(list(&h).await, records);
     h.stop().await;
-    let db = open_when_released(&data);
-    let format = db
-        .open_tree("consent")
-        .unwrap()
-        .get(b"m/format")
-        .unwrap()
-        .unwrap();
-    assert_eq!(u64::from_be_bytes(format.as_ref().try_into().unwrap()), 3);
+    assert_eq!(stored_format(&data), 3);
 }
