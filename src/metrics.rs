@@ -152,6 +152,9 @@ impl Metrics {
         })
     }
 
+    /// One finished call of the method at `method` (an index into `METHODS`,
+    /// or its length for any other path); `code` is the gRPC status name,
+    /// `None` for OK.
     pub fn observe_rpc(&self, method: usize, code: Option<&str>, elapsed: Duration) {
         let label = METHODS.get(method).copied().unwrap_or(OTHER_METHOD);
         let handles = self.methods.get(method);

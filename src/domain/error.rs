@@ -31,7 +31,7 @@ impl DomainError {
 /// 16 KiB HTTP/2 header list clients accept (which kills the connection).
 pub const MAX_QUOTED_CHARS: usize = 256;
 
-/// `raw` quoted as `{:?}` does, cut after [`MAX_QUOTED_CHARS`] characters
+/// `raw` quoted as `{:?}` does, cut after `MAX_QUOTED_CHARS` characters
 /// (then followed by `... (N bytes)`).
 pub fn quoted(raw: &str) -> String {
     match raw.char_indices().nth(MAX_QUOTED_CHARS) {
