@@ -34,22 +34,7 @@ impl TestDaemon {
     /// Starts a daemon on port 0 with an empty data dir. `Daemon::start`
     /// returns once it listens, so no waiting is needed.
     pub async fn start() -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let config = Config {
-            listen: vec!["127.0.0.1:0".parse().unwrap()],
-            data_dir: dir.path().join("data"),
-            ..Config::default()
-        };
-        let daemon = Daemon::start(config.clone()).await.expect("daemon starts");
-        let channel = connect(daemon.local_addr().unwrap()).await;
-        Self {
-            daemon: Some(daemon),
-            auth: AuthorizationClient::new(channel.clone()),
-            apps: AppsClient::new(channel.clone()),
-            channel,
-            config,
-            _dir: dir,
-        }
+        Self::start_with(|_| {}).await
     }
 
     pub fn addr(&self) -> SocketAddr {
