@@ -47,29 +47,6 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// The states a reader sees at `now_ms`: lapsed grants read as never
-/// asked, and background location goes with a lapsed location grant (as
-/// its recorded lapse will take it), so readers never see background
-/// granted without location.
-fn effective(records: &DecisionRecords, now_ms: u64) -> UserDecisions {
-    let mut live: UserDecisions = records
-        .iter()
-        .filter_map(|(&scope, d)| {
-            let state = d.effective_state(now_ms);
-            (state != DecisionState::NotDetermined).then_some((scope, state))
-        })
-        .collect();
-    if location_lapsed(records.get(&Scope::UserLocation), now_ms) {
-        live.remove(&Scope::UserLocationBackground);
-    }
-    live
-}
-
-/// Whether a location grant lapsed (recorded or not yet).
-fn location_lapsed(location: Option<&crate::domain::Decision>, now_ms: u64) -> bool {
-    location.is_some_and(|d| d.state == DecisionState::Granted && d.lifetime.lapsed(now_ms))
-}
-
 /// Most apps one ListApps page returns.
 pub const MAX_PAGE_SIZE: usize = 1000;
 /// Apps per ListApps page when the caller does not say.
@@ -309,6 +286,26 @@ impl Broker {
         )
     }
 
+    /// One scope's answer: the privacy gate first, then the scope gates; an
+    /// answer from a stored grant carries the grant's lifetime.
+    fn verdict(
+        &self,
+        app: &App,
+        scope: Scope,
+        target: Target<'_>,
+        client: &Client,
+        (state, lifetime): (DecisionState, Lifetime),
+        answer: Option<&PrivacyState>,
+    ) -> Verdict {
+        self.privacy_gate(app, scope, target, state, answer)
+            .unwrap_or_else(|| {
+                with_lifetime(
+                    gates::evaluate(app, scope, target, client, state, &self.rules),
+                    lifetime,
+                )
+            })
+    }
+
     /// How long one-time grants last when their session does not end.
     pub fn with_session_idle_timeout(mut self, timeout: std::time::Duration) -> Self {
         self.session_idle_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
@@ -337,7 +334,7 @@ impl Broker {
             && decision
                 .as_ref()
                 .is_some_and(|d| d.state == DecisionState::Granted)
-            && location_lapsed(
+            && machine::location_lapsed(
                 self.store
                     .decision(&s.app, &s.user, Scope::UserLocation)?
                     .as_ref(),
@@ -357,7 +354,7 @@ impl Broker {
     /// What readers see now: lapsed grants are gone.
     fn live_decisions(&self, s: &Subject) -> Result<(UserDecisions, DecisionRecords), BrokerError> {
         let records = self.store.records(&s.app, &s.user)?;
-        Ok((effective(&records, now_ms()), records))
+        Ok((machine::effective(&records, now_ms()), records))
     }
 
     /// wx.authorize for one scope.
@@ -370,16 +367,10 @@ impl Broker {
     ) -> Result<Read<Verdict>, BrokerError> {
         let revision = self.store.revision();
         let app = self.app(&s.app)?;
-        let (state, lifetime) = self.state(s, scope)?;
+        let stored = self.state(s, scope)?;
         let answer = self.privacy_of(&app, s)?;
-        let verdict =
-            match self.privacy_gate(&app, scope, Target::Authorize, state, answer.as_ref()) {
-                Some(verdict) => verdict,
-                None => with_lifetime(
-                    gates::evaluate(&app, scope, Target::Authorize, client, state, &self.rules),
-                    lifetime,
-                ),
-            };
+        let target = Target::Authorize;
+        let verdict = self.verdict(&app, scope, target, client, stored, answer.as_ref());
         let mut verdicts = [verdict];
         self.after_read(s, Target::Authorize, &mut verdicts, who, client)?;
         let [verdict] = verdicts;
@@ -437,23 +428,15 @@ impl Broker {
         let app = self.app(&s.app)?;
         let (decisions, records) = self.live_decisions(s)?;
         let answer = self.privacy_of(&app, s)?;
-        let verdicts = scopes
+        let mut verdicts = scopes
             .iter()
             .map(|&scope| {
                 let state = decisions.get(&scope).copied().unwrap_or_default();
-                if let Some(v) =
-                    self.privacy_gate(&app, scope, Target::Authorize, state, answer.as_ref())
-                {
-                    return v;
-                }
-                let lifetime = lifetime_of(&records, &decisions, scope);
-                with_lifetime(
-                    gates::evaluate(&app, scope, Target::Authorize, client, state, &self.rules),
-                    lifetime,
-                )
+                let stored = (state, lifetime_of(&records, &decisions, scope));
+                let target = Target::Authorize;
+                self.verdict(&app, scope, target, client, stored, answer.as_ref())
             })
             .collect::<Vec<_>>();
-        let mut verdicts = verdicts;
         self.after_read(s, Target::Authorize, &mut verdicts, who, client)?;
         Ok(Read {
             value: verdicts,
@@ -471,35 +454,16 @@ impl Broker {
     ) -> Result<Read<ApiVerdict>, BrokerError> {
         let revision = self.store.revision();
         let app = self.app(&s.app)?;
-        let mut states = Vec::with_capacity(api.scopes().len());
-        for &scope in api.scopes() {
-            states.push((scope, self.state(s, scope)?));
-        }
-        let state_of = |scope| {
-            states
-                .iter()
-                .find(|(s, _)| *s == scope)
-                .map(|(_, (st, _))| *st)
-                .unwrap_or_default()
-        };
         let answer = self.privacy_of(&app, s)?;
-        let verdicts = gates::evaluate_api(&app, &api, client, state_of, &self.rules)
-            .into_iter()
-            .map(|v| {
-                if let Some(p) =
-                    self.privacy_gate(&app, v.scope, Target::Api(&api), v.state, answer.as_ref())
-                {
-                    return p;
-                }
-                let lifetime = states
-                    .iter()
-                    .find(|(s, _)| *s == v.scope)
-                    .map(|(_, (_, l))| l.clone())
-                    .unwrap_or_default();
-                with_lifetime(v, lifetime)
+        let mut verdicts = api
+            .scopes()
+            .iter()
+            .map(|&scope| {
+                let stored = self.state(s, scope)?;
+                let target = Target::Api(&api);
+                Ok(self.verdict(&app, scope, target, client, stored, answer.as_ref()))
             })
-            .collect::<Vec<_>>();
-        let mut verdicts = verdicts;
+            .collect::<Result<Vec<_>, BrokerError>>()?;
         self.after_read(s, Target::Api(&api), &mut verdicts, who, client)?;
         let decisive = gates::most_restrictive(&verdicts).ok_or_else(|| {
             BrokerError::Internal(format!("interface {} has no scopes", api.name()))
@@ -712,15 +676,8 @@ impl Broker {
                 let lapses = machine::plan_lapse(&records, now_ms(), ended);
                 // The session's end, then each grant that lapsed with it.
                 let mut audit = vec![actor.entry(&subject, None, AuditAction::SessionEnded)];
-                audit.extend(
-                    lapses
-                        .iter()
-                        .map(|c| actor.entry(&subject, Some(c.scope), AuditAction::Expired)),
-                );
-                let changes = lapses
-                    .into_iter()
-                    .map(|c| (subject.app.clone(), subject.user.clone(), c))
-                    .collect();
+                let mut changes = Vec::new();
+                push_lapses(&actor, &subject, lapses, &mut changes, &mut audit);
                 Ok((
                     WriteSet {
                         changes,
@@ -748,19 +705,13 @@ impl Broker {
                     .collect();
                 subjects.sort();
                 subjects.dedup();
-                let mut changes = Vec::new();
-                let mut audit = Vec::new();
+                let (mut changes, mut audit) = (Vec::new(), Vec::new());
+                let system = Actor::system();
                 for (app, user) in subjects {
                     let records = view.records(&app, &user)?;
                     let subject = Subject { app, user };
-                    for change in machine::plan_lapse(&records, now_ms, |_| false) {
-                        audit.push(Actor::system().entry(
-                            &subject,
-                            Some(change.scope),
-                            AuditAction::Expired,
-                        ));
-                        changes.push((subject.app.clone(), subject.user.clone(), change));
-                    }
+                    let lapses = machine::plan_lapse(&records, now_ms, |_| false);
+                    push_lapses(&system, &subject, lapses, &mut changes, &mut audit);
                 }
                 let lapsed = changes.len();
                 Ok((
@@ -822,21 +773,18 @@ impl Broker {
                 };
                 let records = view.records(&subject.app, &subject.user)?;
                 let lapses = machine::plan_lapse(&records, now, |_| false);
-                let mut decisions = effective(&records, now);
-                for c in &lapses {
-                    decisions.remove(&c.scope);
-                }
+                // Lapsed grants (and background with a lapsed location) are
+                // already gone from what the plan sees.
+                let decisions = machine::effective(&records, now);
                 let (planned, value) = plan(&app, &decisions, privacy_answer.as_ref())?;
-                let mut audit: Vec<AuditEntry> = lapses
-                    .iter()
-                    .map(|c| Actor::system().entry(&subject, Some(c.scope), AuditAction::Expired))
-                    .collect();
+                let (mut changes, mut audit) = (Vec::new(), Vec::new());
+                push_lapses(&Actor::system(), &subject, lapses, &mut changes, &mut audit);
                 audit.extend(w.audit.entries(&w.actor, &subject, &planned));
-                let changes = lapses
-                    .into_iter()
-                    .chain(planned)
-                    .map(|c| (subject.app.clone(), subject.user.clone(), c))
-                    .collect();
+                changes.extend(
+                    planned
+                        .into_iter()
+                        .map(|c| (subject.app.clone(), subject.user.clone(), c)),
+                );
                 let forget = w
                     .forget_user_state
                     .then(|| (subject.app.clone(), subject.user.clone()));
@@ -1173,6 +1121,21 @@ fn lifetime_of(records: &DecisionRecords, live: &UserDecisions, scope: Scope) ->
     match (live.get(&scope), records.get(&scope)) {
         (Some(DecisionState::Granted), Some(d)) => d.lifetime.clone(),
         _ => Lifetime::Permanent,
+    }
+}
+
+/// Recorded lapses of `s`: each a change, with its EXPIRED audit record by
+/// `actor`, in order.
+fn push_lapses(
+    actor: &Actor,
+    s: &Subject,
+    lapses: Vec<crate::domain::Change>,
+    changes: &mut Vec<(AppId, UserId, crate::domain::Change)>,
+    audit: &mut Vec<AuditEntry>,
+) {
+    for change in lapses {
+        audit.push(actor.entry(s, Some(change.scope), AuditAction::Expired));
+        changes.push((s.app.clone(), s.user.clone(), change));
     }
 }
 

@@ -67,45 +67,28 @@ impl AuditAction {
         }
     }
 
-    pub const NAMES: [&'static str; 16] = [
-        "PROMPT_SHOWN",
-        "ANSWERED_ALLOW",
-        "ANSWERED_ALLOW_WHILE_USING",
-        "ANSWERED_DENY",
-        "ANSWERED_CANCEL",
-        "SETTINGS_CHANGED",
-        "APP_REMOVED",
-        "EXPIRED",
-        "SESSION_ENDED",
-        "PRIVACY_AGREED",
-        "PRIVACY_DISAGREED",
-        "PROMPT_SUPPRESSED",
-        "OPERATOR_REGISTER_APP",
-        "OPERATOR_UPDATE_APP",
-        "OPERATOR_DELETE_APP",
-        "OPERATOR_IMPORT",
+    /// Every action, in the order of their names.
+    pub const ALL: [AuditAction; 16] = [
+        AuditAction::PromptShown,
+        AuditAction::Answered(Answer::Allow),
+        AuditAction::Answered(Answer::AllowWhileUsing),
+        AuditAction::Answered(Answer::Deny),
+        AuditAction::Answered(Answer::Cancel),
+        AuditAction::SettingsChanged,
+        AuditAction::AppRemoved,
+        AuditAction::Expired,
+        AuditAction::SessionEnded,
+        AuditAction::PrivacyAnswered { agreed: true },
+        AuditAction::PrivacyAnswered { agreed: false },
+        AuditAction::PromptSuppressed,
+        AuditAction::Operator(OperatorAction::RegisterApp),
+        AuditAction::Operator(OperatorAction::UpdateApp),
+        AuditAction::Operator(OperatorAction::DeleteApp),
+        AuditAction::Operator(OperatorAction::Import),
     ];
 
     pub fn from_name(name: &str) -> Option<AuditAction> {
-        Some(match name {
-            "PROMPT_SHOWN" => AuditAction::PromptShown,
-            "ANSWERED_ALLOW" => AuditAction::Answered(Answer::Allow),
-            "ANSWERED_ALLOW_WHILE_USING" => AuditAction::Answered(Answer::AllowWhileUsing),
-            "ANSWERED_DENY" => AuditAction::Answered(Answer::Deny),
-            "ANSWERED_CANCEL" => AuditAction::Answered(Answer::Cancel),
-            "SETTINGS_CHANGED" => AuditAction::SettingsChanged,
-            "APP_REMOVED" => AuditAction::AppRemoved,
-            "EXPIRED" => AuditAction::Expired,
-            "SESSION_ENDED" => AuditAction::SessionEnded,
-            "PRIVACY_AGREED" => AuditAction::PrivacyAnswered { agreed: true },
-            "PRIVACY_DISAGREED" => AuditAction::PrivacyAnswered { agreed: false },
-            "PROMPT_SUPPRESSED" => AuditAction::PromptSuppressed,
-            "OPERATOR_REGISTER_APP" => AuditAction::Operator(OperatorAction::RegisterApp),
-            "OPERATOR_UPDATE_APP" => AuditAction::Operator(OperatorAction::UpdateApp),
-            "OPERATOR_DELETE_APP" => AuditAction::Operator(OperatorAction::DeleteApp),
-            "OPERATOR_IMPORT" => AuditAction::Operator(OperatorAction::Import),
-            _ => return None,
-        })
+        Self::ALL.into_iter().find(|a| a.name() == name)
     }
 }
 
@@ -241,9 +224,13 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        for name in AuditAction::NAMES {
-            assert_eq!(AuditAction::from_name(name).unwrap().name(), name);
+        for action in AuditAction::ALL {
+            assert_eq!(AuditAction::from_name(action.name()), Some(action));
         }
+        let mut names: Vec<_> = AuditAction::ALL.iter().map(|a| a.name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), AuditAction::ALL.len(), "names are distinct");
         assert_eq!(AuditAction::from_name("NOPE"), None);
     }
 

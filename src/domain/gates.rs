@@ -2,7 +2,7 @@
 //! stored state, rules) to a verdict.
 
 use super::{
-    rules::Target, Api, App, Availability, Client, DecisionState, LocationKind, RuleSet, Scope,
+    rules::Target, App, Availability, Client, DecisionState, LocationKind, RuleSet, Scope,
 };
 
 /// What the runtime must do.
@@ -402,24 +402,24 @@ pub fn most_restrictive(verdicts: &[Verdict]) -> Option<&Verdict> {
     verdicts.iter().rev().max_by_key(|v| rank(v.outcome))
 }
 
-/// Convenience: evaluate every scope of `api`.
-pub fn evaluate_api(
-    app: &App,
-    api: &Api,
-    client: &Client,
-    state_of: impl Fn(Scope) -> DecisionState,
-    rules: &RuleSet,
-) -> Vec<Verdict> {
-    api.scopes()
-        .iter()
-        .map(|&scope| evaluate(app, scope, Target::Api(api), client, state_of(scope), rules))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{AppId, AppKind, Declarations, Platform, RawDeclarations};
+    use crate::domain::{Api, AppId, AppKind, Declarations, Platform, RawDeclarations};
+
+    /// Convenience: evaluate every scope of `api`.
+    fn evaluate_api(
+        app: &App,
+        api: &Api,
+        client: &Client,
+        state_of: impl Fn(Scope) -> DecisionState,
+        rules: &RuleSet,
+    ) -> Vec<Verdict> {
+        api.scopes()
+            .iter()
+            .map(|&scope| evaluate(app, scope, Target::Api(api), client, state_of(scope), rules))
+            .collect()
+    }
 
     fn app(kind: AppKind, perm: &[&str], modes: &[&str], infos: &[&str]) -> App {
         let raw = RawDeclarations {

@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 use super::{
     gates::{self, msg, Outcome, Verdict},
     rules::Target,
-    App, Cause, Change, Client, DecisionRecords, DecisionState, DomainError, Lifetime, RuleSet,
-    Scope, UserDecisions,
+    App, Cause, Change, Client, Decision, DecisionRecords, DecisionState, DomainError, Lifetime,
+    RuleSet, Scope, UserDecisions,
 };
 
 /// The user's answer to a popup.
@@ -427,6 +427,29 @@ pub fn plan_forget(decisions: &UserDecisions, cause: Cause) -> Vec<Change> {
     // Catalog order puts userLocation before background: move background first.
     changes.sort_by_key(|c| c.scope != Scope::UserLocationBackground);
     changes
+}
+
+/// The states a reader sees at `now_ms`: lapsed grants read as never
+/// asked, and background location goes with a lapsed location grant (as
+/// its recorded lapse will take it), so readers never see background
+/// granted without location.
+pub fn effective(records: &DecisionRecords, now_ms: u64) -> UserDecisions {
+    let mut live: UserDecisions = records
+        .iter()
+        .filter_map(|(&scope, d)| {
+            let state = d.effective_state(now_ms);
+            (state != DecisionState::NotDetermined).then_some((scope, state))
+        })
+        .collect();
+    if location_lapsed(records.get(&Scope::UserLocation), now_ms) {
+        live.remove(&Scope::UserLocationBackground);
+    }
+    live
+}
+
+/// Whether a location grant lapsed (recorded or not yet).
+pub fn location_lapsed(location: Option<&Decision>, now_ms: u64) -> bool {
+    location.is_some_and(|d| d.state == DecisionState::Granted && d.lifetime.lapsed(now_ms))
 }
 
 /// Which stored grants lapse now: those whose lifetime ran out by `now_ms`
