@@ -156,29 +156,20 @@ impl Metrics {
     /// or its length for any other path); `code` is the gRPC status name,
     /// `None` for OK.
     pub fn observe_rpc(&self, method: usize, code: Option<&str>, elapsed: Duration) {
+        let method = method.min(METHODS.len());
         let label = METHODS.get(method).copied().unwrap_or(OTHER_METHOD);
-        let handles = self.methods.get(method);
-        match (handles, code) {
-            (Some(h), None) => {
-                h.ok.get_or_init(|| self.rpc_requests.with_label_values(&[label, "Ok"]))
-                    .inc()
-            }
-            (_, code) => self
-                .rpc_requests
-                .with_label_values(&[label, code.unwrap_or("Ok")])
+        let handles = &self.methods[method];
+        match code {
+            None => handles
+                .ok
+                .get_or_init(|| self.rpc_requests.with_label_values(&[label, "Ok"]))
                 .inc(),
+            Some(code) => self.rpc_requests.with_label_values(&[label, code]).inc(),
         }
-        let seconds = elapsed.as_secs_f64();
-        match handles {
-            Some(h) => h
-                .seconds
-                .get_or_init(|| self.rpc_seconds.with_label_values(&[label]))
-                .observe(seconds),
-            None => self
-                .rpc_seconds
-                .with_label_values(&[label])
-                .observe(seconds),
-        }
+        handles
+            .seconds
+            .get_or_init(|| self.rpc_seconds.with_label_values(&[label]))
+            .observe(elapsed.as_secs_f64());
     }
 
     pub fn observe_verdict(&self, v: &Verdict) {

@@ -280,7 +280,7 @@ impl Daemon {
         self.health
             .set_not_serving::<AdminServer<AdminService>>()
             .await;
-        self.watcher.shutdown(self.drain_timeout).await;
+        self.watcher.shutdown();
         self.stop.cancel();
         let mut served = Ok(());
         if let Some(mut server) = self.server.take() {

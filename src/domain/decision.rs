@@ -68,6 +68,25 @@ impl Lifetime {
     pub fn lapsed(&self, now_ms: u64) -> bool {
         self.expires_at_ms().is_some_and(|at| at <= now_ms)
     }
+
+    /// Whether this renewal may replace the stored `current` lifetime: the
+    /// same session, a later deadline, and `current` still live at `now_ms`
+    /// (a lapsed grant stays lapsed, even if its lapse is not recorded yet).
+    pub fn extends(&self, current: &Lifetime, now_ms: u64) -> bool {
+        match (current, self) {
+            (
+                Lifetime::Session {
+                    session: old,
+                    expires_at_ms: before,
+                },
+                Lifetime::Session {
+                    session: new,
+                    expires_at_ms: after,
+                },
+            ) => old == new && after > before && *before > now_ms,
+            _ => false,
+        }
+    }
 }
 
 /// The lifetime a request asks for, before consentd fixes its deadline.
@@ -177,6 +196,27 @@ impl EventFilter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_later_deadline_of_the_same_live_session_extends() {
+        let session = |id: &str, at| Lifetime::Session {
+            session: SessionId::parse(id).unwrap(),
+            expires_at_ms: at,
+        };
+        let current = session("s1", 100);
+        assert!(session("s1", 150).extends(&current, 50));
+        assert!(!session("s1", 100).extends(&current, 50), "not later");
+        assert!(!session("s1", 90).extends(&current, 50), "earlier");
+        assert!(!session("s2", 150).extends(&current, 50), "another session");
+        assert!(
+            !session("s1", 150).extends(&current, 100),
+            "lapsed at its deadline"
+        );
+        let until = Lifetime::Until { expires_at_ms: 100 };
+        assert!(!session("s1", 150).extends(&until, 50));
+        assert!(!session("s1", 150).extends(&Lifetime::Permanent, 50));
+        assert!(!Lifetime::Until { expires_at_ms: 150 }.extends(&until, 50));
+    }
 
     #[test]
     fn filters_combine_with_and_and_empty_matches_all() {

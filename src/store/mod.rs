@@ -198,8 +198,6 @@ pub trait Store: Send + Sync + 'static {
         user: &UserId,
         scope: Scope,
     ) -> Result<Option<Decision>, StoreError>;
-    /// The stored states, lapsed grants included.
-    fn decisions(&self, app: &AppId, user: &UserId) -> Result<UserDecisions, StoreError>;
     /// The stored decisions with their lifetimes.
     fn records(&self, app: &AppId, user: &UserId) -> Result<DecisionRecords, StoreError>;
     /// The user's answer to the app's privacy guide.

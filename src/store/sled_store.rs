@@ -21,8 +21,7 @@ use super::{
     Retention, Store, StoreError, StoreStats, Timer, TxnError, Verification,
 };
 use crate::domain::{
-    App, AppId, AuditQuery, Decision, DecisionRecords, Event, NagState, PrivacyState, Scope,
-    UserDecisions, UserId,
+    App, AppId, AuditQuery, Decision, DecisionRecords, Event, NagState, PrivacyState, Scope, UserId,
 };
 
 /// Tuning of the sled backend.
@@ -351,17 +350,6 @@ fn wait_for_lock_release(path: &std::path::Path) {
     }
 }
 
-pub(super) fn read_decisions(
-    tree: &sled::Tree,
-    app: &AppId,
-    user: &UserId,
-) -> Result<UserDecisions, StoreError> {
-    Ok(read_records(tree, app, user)?
-        .into_iter()
-        .map(|(scope, d)| (scope, d.state))
-        .collect())
-}
-
 pub(super) fn read_records(
     tree: &sled::Tree,
     app: &AppId,
@@ -477,10 +465,6 @@ impl Store for SledStore {
             });
         }
         Ok(out)
-    }
-
-    fn decisions(&self, app: &AppId, user: &UserId) -> Result<UserDecisions, StoreError> {
-        read_decisions(&self.tree()?, app, user)
     }
 
     fn records(&self, app: &AppId, user: &UserId) -> Result<DecisionRecords, StoreError> {

@@ -320,23 +320,10 @@ impl Writer {
                 continue;
             };
             let mut decision = codec::decode_decision(&raw)?;
-            // Only the same grant, only later: the decision may have changed
-            // since the read that asked for this.
-            let same_grant = match (&decision.lifetime, &lifetime) {
-                (
-                    Lifetime::Session {
-                        session: old,
-                        expires_at_ms: before,
-                    },
-                    Lifetime::Session {
-                        session: new,
-                        expires_at_ms: after,
-                    },
-                    // A lapsed grant stays lapsed, even if not recorded yet.
-                ) => old == new && after > before && *before > now,
-                _ => false,
-            };
-            if decision.state != DecisionState::Granted || !same_grant {
+            // The decision may have changed since the read that asked for this.
+            if decision.state != DecisionState::Granted
+                || !lifetime.extends(&decision.lifetime, now)
+            {
                 continue;
             }
             if let Some(at) = lifetime.expires_at_ms() {

@@ -199,8 +199,8 @@ impl Watcher {
     /// Ends every stream with a resumable UNAVAILABLE: each one that is
     /// waiting is woken and ends at once; one that is busy ends before its
     /// next item. Nothing runs on behalf of a stream between polls, so there
-    /// is nothing to wait for; `_timeout` is kept for the callers.
-    pub async fn shutdown(&self, _timeout: Duration) {
+    /// is nothing to wait for.
+    pub fn shutdown(&self) {
         self.hub.closing.store(true, Ordering::Release);
         self.hub.closed.notify_waiters();
     }

@@ -119,14 +119,7 @@ impl Subscription {
             guard,
         };
         // Replay (cursor, current] from the log first, on the first poll.
-        if cursor < current {
-            subscription.source = Source::Log {
-                page: Vec::new().into_iter(),
-                target: current,
-                more: true,
-            };
-            subscription.count_catch_up();
-        }
+        subscription.catch_up(current);
         subscription
     }
 

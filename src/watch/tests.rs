@@ -94,7 +94,7 @@ async fn shutdown_wakes_a_waiting_subscription_and_names_its_cursor() {
     let parked = tokio::spawn(async move { next(&mut subscription).await });
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(!parked.is_finished());
-    watcher.shutdown(Duration::ZERO).await;
+    watcher.shutdown();
     let ended = tokio::time::timeout(Duration::from_secs(5), parked)
         .await
         .expect("shutdown did not wake the subscription")
