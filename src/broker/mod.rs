@@ -47,10 +47,18 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// Most apps one ListApps page returns.
+/// Most apps (ListApps) or audit records (ListAudit) one page returns.
 pub const MAX_PAGE_SIZE: usize = 1000;
-/// Apps per ListApps page when the caller does not say.
+/// Items per page when the caller does not say.
 pub const DEFAULT_PAGE_SIZE: usize = 100;
+
+/// A page size as asked (0: the default), capped at [`MAX_PAGE_SIZE`].
+pub fn page_size(requested: usize) -> usize {
+    match requested {
+        0 => DEFAULT_PAGE_SIZE,
+        n => n.min(MAX_PAGE_SIZE),
+    }
+}
 
 /// One (app, user) pair: the subject of every decision call.
 #[derive(Clone, Debug)]
@@ -245,8 +253,12 @@ impl Broker {
     pub fn audit(&self, app: &AppId, query: &AuditQuery) -> Result<Read<AuditPage>, BrokerError> {
         // The trail outlives the registration: no check that the app exists.
         let revision = self.store.revision();
+        let query = AuditQuery {
+            limit: page_size(query.limit),
+            ..query.clone()
+        };
         Ok(Read {
-            value: self.store.audit(app, query)?,
+            value: self.store.audit(app, &query)?,
             revision,
         })
     }
@@ -940,13 +952,10 @@ impl Broker {
     pub fn list_apps(
         &self,
         after: Option<&AppId>,
-        page_size: usize,
+        requested: usize,
     ) -> Result<Read<AppPage>, BrokerError> {
         let revision = self.store.revision();
-        let size = match page_size {
-            0 => DEFAULT_PAGE_SIZE,
-            n => n.min(MAX_PAGE_SIZE),
-        };
+        let size = page_size(requested);
         // One extra tells whether another page follows.
         let mut apps = self.store.apps(after, size + 1)?;
         let next = (apps.len() > size).then(|| {

@@ -101,7 +101,7 @@ async fn export(
             loop {
                 let events = store.events_after(after, EXPORT_PAGE)?;
                 for e in &events {
-                    send(Record::Event(convert::event(e.clone()))).await?;
+                    send(Record::Event(convert::event(e))).await?;
                 }
                 match events.last() {
                     Some(last) if events.len() == EXPORT_PAGE => after = last.revision,

@@ -7,13 +7,14 @@ use std::{collections::BTreeMap, sync::Arc};
 use crate::{
     broker::Subject,
     domain::{
-        gates::Verdict, quoted, Answer, App, AppId, AppKind, AuditQuery, AuditRecord, Availability,
-        Cause, Client, DecisionState, DomainError, Event, EventFilter, Lifetime, LifetimeRequest,
-        LocationOption, MinSdkTarget, Outcome, Platform, RawDeclarations, Reason, RuleSet, Scope,
-        ScopeInfo, SessionId, SettingItem, UserId, Version,
+        gates::Verdict, quoted, Answer, App, AppId, AppKind, AuditAction, AuditQuery, AuditRecord,
+        Availability, Cause, Client, DecisionState, DomainError, Event, EventFilter, Lifetime,
+        LifetimeRequest, LocationOption, MinSdkTarget, OperatorAction, Outcome, Platform,
+        RawDeclarations, Reason, RuleSet, Scope, ScopeInfo, SessionId, SettingItem, UserId,
+        Version,
     },
     pb,
-    watch::WatchItem,
+    watch::Item,
 };
 
 fn invalid(field: &str, message: String) -> DomainError {
@@ -263,10 +264,6 @@ pub fn decision(v: Verdict) -> pb::Decision {
     }
 }
 
-/// Most audit records one page returns, and the default.
-pub const MAX_AUDIT_PAGE: usize = 1000;
-pub const DEFAULT_AUDIT_PAGE: usize = 100;
-
 /// A ListAudit request: the app and the query.
 pub fn audit_query(r: pb::ListAuditRequest) -> Result<(AppId, AuditQuery), DomainError> {
     let app = AppId::parse(&r.app_id)?;
@@ -288,10 +285,8 @@ pub fn audit_query(r: pb::ListAuditRequest) -> Result<(AppId, AuditQuery), Domai
             )
         })?),
     };
-    let limit = match r.page_size {
-        0 => DEFAULT_AUDIT_PAGE,
-        n => (n as usize).min(MAX_AUDIT_PAGE),
-    };
+    // As asked: the broker applies the default and the cap.
+    let limit = usize::try_from(r.page_size).unwrap_or(usize::MAX);
     Ok((
         app,
         AuditQuery {
@@ -304,6 +299,28 @@ pub fn audit_query(r: pb::ListAuditRequest) -> Result<(AppId, AuditQuery), Domai
     ))
 }
 
+fn audit_action(a: AuditAction) -> pb::AuditAction {
+    use pb::AuditAction as W;
+    match a {
+        AuditAction::PromptShown => W::PromptShown,
+        AuditAction::Answered(Answer::Allow) => W::AnsweredAllow,
+        AuditAction::Answered(Answer::AllowWhileUsing) => W::AnsweredAllowWhileUsing,
+        AuditAction::Answered(Answer::Deny) => W::AnsweredDeny,
+        AuditAction::Answered(Answer::Cancel) => W::AnsweredCancel,
+        AuditAction::SettingsChanged => W::SettingsChanged,
+        AuditAction::AppRemoved => W::AppRemoved,
+        AuditAction::Expired => W::Expired,
+        AuditAction::SessionEnded => W::SessionEnded,
+        AuditAction::PrivacyAnswered { agreed: true } => W::PrivacyAgreed,
+        AuditAction::PrivacyAnswered { agreed: false } => W::PrivacyDisagreed,
+        AuditAction::PromptSuppressed => W::PromptSuppressed,
+        AuditAction::Operator(OperatorAction::RegisterApp) => W::OperatorRegisterApp,
+        AuditAction::Operator(OperatorAction::UpdateApp) => W::OperatorUpdateApp,
+        AuditAction::Operator(OperatorAction::DeleteApp) => W::OperatorDeleteApp,
+        AuditAction::Operator(OperatorAction::Import) => W::OperatorImport,
+    }
+}
+
 pub fn audit_record(r: AuditRecord) -> pb::AuditRecord {
     let e = r.entry;
     pb::AuditRecord {
@@ -313,9 +330,7 @@ pub fn audit_record(r: AuditRecord) -> pb::AuditRecord {
         app_id: e.app.as_str().to_owned(),
         user_id: e.user.map(|u| u.as_str().to_owned()).unwrap_or_default(),
         scope: e.scope.map(|s| s.name().to_owned()).unwrap_or_default(),
-        action: pb::AuditAction::from_str_name(&format!("AUDIT_ACTION_{}", e.action.name()))
-            .unwrap_or(pb::AuditAction::Unspecified)
-            .into(),
+        action: audit_action(e.action).into(),
         principal: e.principal,
         client: e.client.map(|c| pb::ClientInfo {
             platform: platform(c.platform).into(),
@@ -554,7 +569,7 @@ fn timestamp(ms: u64) -> prost_types::Timestamp {
     }
 }
 
-pub fn event(e: Event) -> pb::DecisionEvent {
+pub fn event(e: &Event) -> pb::DecisionEvent {
     pb::DecisionEvent {
         revision: e.revision,
         app_id: e.app.as_str().to_owned(),
@@ -567,12 +582,26 @@ pub fn event(e: Event) -> pb::DecisionEvent {
     }
 }
 
-pub fn watch_item(item: WatchItem) -> pb::WatchResponse {
+/// The wire form of one Watch item. A live event is lent from the group
+/// every subscriber shares: the message's strings are the only copy made.
+pub fn watch_item(item: Item<'_>) -> pb::WatchResponse {
     let kind = match item {
-        WatchItem::Event(e) => pb::watch_response::Kind::Event(event(e)),
-        WatchItem::Progress(revision) => {
-            pb::watch_response::Kind::Progress(pb::Progress { revision })
-        }
+        Item::Live(e) => pb::watch_response::Kind::Event(event(e)),
+        Item::Logged(e) => pb::watch_response::Kind::Event(event(&e)),
+        Item::Progress(revision) => pb::watch_response::Kind::Progress(pb::Progress { revision }),
     };
     pb::WatchResponse { kind: Some(kind) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_audit_action_has_the_wire_value_of_its_name() {
+        for action in AuditAction::ALL {
+            let name = format!("AUDIT_ACTION_{}", action.name());
+            assert_eq!(audit_action(action).as_str_name(), name);
+        }
+    }
 }

@@ -14,7 +14,7 @@ use crate::{
     auth::Authenticator,
     domain::Principal,
     pb,
-    watch::{Item, Outcome, Subscription, WatchItem},
+    watch::{Outcome, Subscription},
 };
 
 /// Who a stream serves, checked again after every credentials reload.
@@ -70,16 +70,6 @@ impl WatchStream {
     }
 }
 
-/// The wire form of one item. A live event is lent from the group every
-/// subscriber shares; only the copy that goes into the message is made.
-fn render(item: Item<'_>) -> pb::WatchResponse {
-    convert::watch_item(match item {
-        Item::Live(event) => WatchItem::Event(event.clone()),
-        Item::Logged(event) => WatchItem::Event(event),
-        Item::Progress(revision) => WatchItem::Progress(revision),
-    })
-}
-
 impl tokio_stream::Stream for WatchStream {
     type Item = Result<pb::WatchResponse, Status>;
 
@@ -87,7 +77,7 @@ impl tokio_stream::Stream for WatchStream {
         if self.done {
             return Poll::Ready(None);
         }
-        match self.subscription.poll_item(cx, render) {
+        match self.subscription.poll_item(cx, convert::watch_item) {
             Poll::Ready(Some(response)) => {
                 if let Some(status) = self.revoked() {
                     self.done = true;

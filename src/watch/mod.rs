@@ -36,7 +36,7 @@ use tokio::sync::Notify;
 pub use subscription::{Item, Subscription};
 
 use crate::{
-    domain::{Event, EventFilter},
+    domain::EventFilter,
     store::{Store, StoreError},
 };
 
@@ -68,14 +68,6 @@ impl Default for WatchConfig {
 
 /// Default for [`WatchConfig::max_streams`].
 pub const DEFAULT_MAX_WATCH_STREAMS: u64 = 10_000;
-
-/// One item of a stream, owned.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum WatchItem {
-    Event(Event),
-    /// Every matching event up to this revision has been sent.
-    Progress(u64),
-}
 
 /// Why a stream could not start or had to end.
 #[derive(Debug, thiserror::Error)]

@@ -7,9 +7,9 @@ use std::{
 
 use tokio::time::Instant;
 
-use super::{Item, Subscription, WatchConfig, WatchError, WatchItem, Watcher};
+use super::{Item, Subscription, WatchConfig, WatchError, Watcher};
 use crate::{
-    domain::{AppId, Cause, Change, DecisionState, EventFilter, Scope, UserId},
+    domain::{AppId, Cause, Change, DecisionState, Event, EventFilter, Scope, UserId},
     store::{SledConfig, SledStore, Store, WriteSet},
 };
 
@@ -54,6 +54,14 @@ fn config(progress_interval: Duration) -> WatchConfig {
         catch_up_page: 4,
         ..WatchConfig::default()
     }
+}
+
+/// One item of a stream, owned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum WatchItem {
+    Event(Event),
+    /// Every matching event up to this revision has been sent.
+    Progress(u64),
 }
 
 fn owned(item: Item<'_>) -> WatchItem {
