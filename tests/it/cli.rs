@@ -623,3 +623,51 @@ async fn audit_and_lifetimes_from_the_shell() {
     );
     h.stop().await;
 }
+
+/// A dump keeps each app's privacy guide: importing it elsewhere gives the
+/// app the same guide (and the same version), not an app without one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_then_import_keeps_privacy_guides() {
+    let source = TestDaemon::start().await;
+    let guided = consentd::pb::App {
+        privacy: Some(consentd::pb::PrivacyGuide {
+            name: "Shop Privacy Guide".into(),
+            info_types: vec!["location".into(), "camera".into()],
+            version: 0,
+        }),
+        ..crate::fixture::location_app("wxguided")
+    };
+    source.client().register(guided).await;
+    source
+        .client()
+        .register(crate::fixture::location_app("wxplain"))
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("dump.jsonl");
+    let dump_arg = dump.to_str().unwrap();
+    let export = ctl(source.addr(), &["export", "--output", dump_arg]).await;
+    assert_eq!(export.code, 0, "{}", export.stderr);
+
+    let target = TestDaemon::start().await;
+    let import = ctl(target.addr(), &["import", dump_arg]).await;
+    assert_eq!(import.code, 0, "{}", import.stderr);
+    for app_id in ["wxguided", "wxplain"] {
+        let (kept, before) = (guide(&target, app_id).await, guide(&source, app_id).await);
+        assert_eq!(kept, before, "{app_id}");
+    }
+    let kept = guide(&target, "wxguided").await;
+    assert_eq!(
+        kept.expect("the guide survives").info_types,
+        ["location", "camera"]
+    );
+    source.stop().await;
+    target.stop().await;
+}
+
+async fn guide(h: &TestDaemon, app_id: &str) -> Option<consentd::pb::PrivacyGuide> {
+    let request = consentd::pb::GetAppRequest {
+        app_id: app_id.into(),
+    };
+    let app = h.client().apps().get_app(request).await.unwrap();
+    app.into_inner().app.unwrap().privacy
+}

@@ -33,6 +33,10 @@ enum Line {
         permission: BTreeMap<String, String>,
         required_background_modes: Vec<String>,
         required_private_infos: Vec<String>,
+        /// The privacy guide, if the app has one (its version is the
+        /// daemon's to set).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        privacy: Option<PrivacyLine>,
     },
     Decision {
         app_id: String,
@@ -57,6 +61,14 @@ enum Line {
     },
 }
 
+/// An app's privacy guide in a dump.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PrivacyLine {
+    name: String,
+    info_types: Vec<String>,
+}
+
 use crate::render::{cause, kind, state};
 
 fn line_of(record: Record) -> Option<Line> {
@@ -71,6 +83,10 @@ fn line_of(record: Record) -> Option<Line> {
             permission: a.permission.into_iter().map(|(k, v)| (k, v.desc)).collect(),
             required_background_modes: a.required_background_modes,
             required_private_infos: a.required_private_infos,
+            privacy: a.privacy.map(|p| PrivacyLine {
+                name: p.name,
+                info_types: p.info_types,
+            }),
         },
         Record::Decision(d) => Line::Decision {
             app_id: d.app_id,
@@ -110,6 +126,7 @@ fn record_of(line: Line, at: usize) -> Result<Option<Record>> {
             permission,
             required_background_modes,
             required_private_infos,
+            privacy,
         } => Some(Record::App(pb::App {
             app_id,
             kind: enum_value("APP_KIND_", &kind, |s| {
@@ -121,6 +138,11 @@ fn record_of(line: Line, at: usize) -> Result<Option<Record>> {
                 .collect(),
             required_background_modes,
             required_private_infos,
+            privacy: privacy.map(|p| pb::PrivacyGuide {
+                name: p.name,
+                info_types: p.info_types,
+                version: 0,
+            }),
             ..Default::default()
         })),
         Line::Decision {
