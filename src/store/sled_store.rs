@@ -670,9 +670,11 @@ impl Store for SledStore {
             }
             let old = self.handles.write().map_err(|_| poisoned())?.take();
             let config = self.config.clone();
-            // Drop the failed handles (releasing the lock), then open again.
+            // Drop the failed handles and wait until sled's threads let go of
+            // the data dir's lock (as close does), then open again.
             let (db, tree, loaded) = tokio::task::spawn_blocking(move || {
                 drop(old);
+                wait_for_lock_release(&config.path);
                 open_handles(&config)
             })
             .await
