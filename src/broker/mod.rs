@@ -214,13 +214,12 @@ impl Broker {
                 Outcome::Embargoed => AuditAction::PromptSuppressed,
                 _ => AuditAction::PromptShown,
             };
-            // The actor is built only here: the common read answers without
-            // allocating for the audit trail.
-            let actor = Actor::new(principal, Some(client.clone()));
-            if let Some(batch) = self
-                .prompt_log
-                .push(actor.entry(s, Some(v.scope), action), now)
-            {
+            // The record is built only for a prompt not seen within the
+            // window: repeats and every other answer allocate nothing for it.
+            let key = trail::prompt_key(s, v.scope, &action);
+            let entry =
+                || Actor::new(principal, Some(client.clone())).entry(s, Some(v.scope), action);
+            if let Some(batch) = self.prompt_log.push(key, now, entry) {
                 self.write_prompts(batch);
             }
         }

@@ -93,8 +93,22 @@ pub(super) struct PromptLog {
 
 #[derive(Default)]
 struct PromptLogState {
-    recent: std::collections::HashMap<(String, String, Scope, bool), u64>,
+    recent: std::collections::HashMap<PromptKey, u64>,
     pending: Vec<AuditEntry>,
+}
+
+/// What makes two prompt records the same: app, user, scope, and whether
+/// the prompt was shown or suppressed.
+pub(super) type PromptKey = (String, String, Scope, bool);
+
+/// The key of a prompt `action` on `scope` for `s`.
+pub(super) fn prompt_key(s: &Subject, scope: Scope, action: &AuditAction) -> PromptKey {
+    (
+        s.app.as_str().to_owned(),
+        s.user.as_str().to_owned(),
+        scope,
+        *action == AuditAction::PromptSuppressed,
+    )
 }
 
 /// Entries buffered before a batch is written without waiting for the tick.
@@ -110,19 +124,16 @@ impl PromptLog {
         }
     }
 
-    /// Buffers `entry` unless the same prompt was recorded within the
-    /// window; returns a full batch to write, if any.
-    pub(super) fn push(&self, entry: AuditEntry, now_ms: u64) -> Option<Vec<AuditEntry>> {
+    /// Buffers the record `entry` builds unless the same prompt (`key`) was
+    /// recorded within the window (a repeat builds nothing); returns a full
+    /// batch to write, if any.
+    pub(super) fn push(
+        &self,
+        key: PromptKey,
+        now_ms: u64,
+        entry: impl FnOnce() -> AuditEntry,
+    ) -> Option<Vec<AuditEntry>> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let key = (
-            entry.app.as_str().to_owned(),
-            entry
-                .user
-                .as_ref()
-                .map_or_else(String::new, |u| u.as_str().to_owned()),
-            entry.scope?,
-            entry.action == AuditAction::PromptSuppressed,
-        );
         if state
             .recent
             .get(&key)
@@ -140,7 +151,7 @@ impl PromptLog {
             }
         }
         state.recent.insert(key, now_ms);
-        state.pending.push(entry);
+        state.pending.push(entry());
         (state.pending.len() >= PROMPT_BATCH).then(|| std::mem::take(&mut state.pending))
     }
 
@@ -155,26 +166,32 @@ mod tests {
     use super::*;
     use crate::domain::{AppId, UserId};
 
-    fn prompt(user: &str, scope: Scope) -> AuditEntry {
-        AuditEntry {
+    /// Pushes a shown prompt of `user` on `scope` to `log`.
+    fn push(log: &PromptLog, user: &str, scope: Scope, now: u64) -> Option<Vec<AuditEntry>> {
+        let s = Subject {
             app: AppId::parse("wxa").unwrap(),
-            user: Some(UserId::parse(user).unwrap()),
+            user: UserId::parse(user).unwrap(),
+        };
+        let action = AuditAction::PromptShown;
+        log.push(prompt_key(&s, scope, &action), now, || AuditEntry {
+            app: s.app.clone(),
+            user: Some(s.user.clone()),
             scope: Some(scope),
-            action: AuditAction::PromptShown,
+            action,
             principal: "p".into(),
             client: None,
-        }
+        })
     }
 
     #[test]
     fn the_same_prompt_within_the_window_is_recorded_once() {
         let log = PromptLog::new(1000);
-        assert!(log.push(prompt("u1", Scope::Camera), 0).is_none());
-        assert!(log.push(prompt("u1", Scope::Camera), 999).is_none());
-        assert!(log.push(prompt("u1", Scope::Record), 999).is_none());
-        assert!(log.push(prompt("u2", Scope::Camera), 999).is_none());
+        assert!(push(&log, "u1", Scope::Camera, 0).is_none());
+        assert!(push(&log, "u1", Scope::Camera, 999).is_none());
+        assert!(push(&log, "u1", Scope::Record, 999).is_none());
+        assert!(push(&log, "u2", Scope::Camera, 999).is_none());
         assert_eq!(log.take().len(), 3);
-        assert!(log.push(prompt("u1", Scope::Camera), 1000).is_none());
+        assert!(push(&log, "u1", Scope::Camera, 1000).is_none());
         assert_eq!(log.take().len(), 1);
         assert!(log.take().is_empty());
     }
@@ -184,7 +201,7 @@ mod tests {
         let log = PromptLog::new(1000);
         let mut batch = None;
         for i in 0..PROMPT_BATCH {
-            batch = log.push(prompt(&format!("u{i}"), Scope::Camera), 0);
+            batch = push(&log, &format!("u{i}"), Scope::Camera, 0);
         }
         assert_eq!(batch.map(|b| b.len()), Some(PROMPT_BATCH));
         assert!(log.take().is_empty());
