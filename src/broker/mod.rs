@@ -768,9 +768,13 @@ impl Broker {
                 let app = view
                     .app(&subject.app)?
                     .ok_or_else(|| DomainError::app_not_found(&subject.app))?;
-                let privacy_answer = match app.declarations.privacy {
-                    Some(_) => view.privacy(&subject.app, &subject.user)?,
-                    None => None,
+                // Only an answer to a popup is checked against the privacy
+                // answer (settings changes and removals are not).
+                let privacy_answer = match (&w.audit, &app.declarations.privacy) {
+                    (AuditShape::Answer(..), Some(_)) => {
+                        view.privacy(&subject.app, &subject.user)?
+                    }
+                    _ => None,
                 };
                 let now = now_ms();
                 let nag = match (&w.audit, nag_policy) {

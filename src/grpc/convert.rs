@@ -241,6 +241,7 @@ fn availability(a: Availability) -> pb::Availability {
 }
 
 pub fn decision(v: Verdict) -> pb::Decision {
+    let (expires_at, session_id) = stored_lifetime(&v.lifetime);
     pb::Decision {
         scope: v.scope.name().to_owned(),
         outcome: outcome(v.outcome).into(),
@@ -254,11 +255,8 @@ pub fn decision(v: Verdict) -> pb::Decision {
             app_desc: p.app_desc.unwrap_or_default(),
             background_location: p.background_location,
         }),
-        expires_at: v.lifetime.expires_at_ms().map(timestamp),
-        session_id: match v.lifetime {
-            Lifetime::Session { session, .. } => session.as_str().to_owned(),
-            _ => String::new(),
-        },
+        expires_at,
+        session_id,
         err_no: v.err_no,
         embargo_until: v.embargo_until_ms.map(timestamp),
     }
@@ -340,7 +338,8 @@ pub fn audit_record(r: AuditRecord) -> pb::AuditRecord {
     }
 }
 
-/// A stored lifetime as export records carry it.
+/// A lifetime as decisions and export records carry it: the deadline and,
+/// for a one-time grant, its session.
 pub fn stored_lifetime(l: &Lifetime) -> (Option<prost_types::Timestamp>, String) {
     match l {
         Lifetime::Permanent => (None, String::new()),
