@@ -336,6 +336,15 @@ pub struct FileWatch {
     pub catch_up_page: Option<usize>,
 }
 
+/// A retention from the file's count and age (seconds) limits: an absent
+/// limit keeps `default`'s, 0 disables it.
+fn retention(max: Option<u64>, max_age_secs: Option<u64>, default: Retention) -> Retention {
+    Retention {
+        max_events: max.map_or(default.max_events, |n| (n > 0).then_some(n)),
+        max_age: max_age_secs.map_or(default.max_age, |s| (s > 0).then(|| Duration::from_secs(s))),
+    }
+}
+
 /// `[retention]`: 0 disables a limit.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -493,16 +502,11 @@ impl Config {
             },
             retention: {
                 let r = file.retention.as_ref();
-                Retention {
-                    max_events: r
-                        .and_then(|r| r.max_events)
-                        .map_or(d.retention.max_events, |n| (n > 0).then_some(n)),
-                    max_age: r
-                        .and_then(|r| r.max_age_secs)
-                        .map_or(d.retention.max_age, |s| {
-                            (s > 0).then(|| Duration::from_secs(s))
-                        }),
-                }
+                retention(
+                    r.and_then(|r| r.max_events),
+                    r.and_then(|r| r.max_age_secs),
+                    d.retention,
+                )
             },
             compaction_interval: file
                 .retention
@@ -516,14 +520,7 @@ impl Config {
             audit: {
                 let a = file.audit.unwrap_or_default();
                 AuditConfig {
-                    retention: Retention {
-                        max_events: a
-                            .max_records
-                            .map_or(d.audit.retention.max_events, |n| (n > 0).then_some(n)),
-                        max_age: a.max_age_secs.map_or(d.audit.retention.max_age, |s| {
-                            (s > 0).then(|| Duration::from_secs(s))
-                        }),
-                    },
+                    retention: retention(a.max_records, a.max_age_secs, d.audit.retention),
                     record_prompts: a.record_prompts.unwrap_or(d.audit.record_prompts),
                 }
             },

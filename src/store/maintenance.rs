@@ -22,9 +22,7 @@ pub fn trim_audit_chunk(
     limit: usize,
 ) -> Result<(u64, bool), StoreError> {
     let last = w.shared.audit_seq.load(Ordering::Acquire);
-    let too_old = retention
-        .max_age
-        .map(|age| now_ms.saturating_sub(u64::try_from(age.as_millis()).unwrap_or(u64::MAX)));
+    let cutoff = retention.age_cutoff(now_ms);
     let mut batch = sled::Batch::default();
     let mut removed = 0u64;
     let mut done = true;
@@ -40,9 +38,7 @@ pub fn trim_audit_chunk(
         let record = codec::decode_audit(&value)?;
         // Records after this one, this one included.
         let remaining = last.saturating_sub(record.seq) + 1;
-        let over_count = retention.max_events.is_some_and(|max| remaining > max);
-        let over_age = too_old.is_some_and(|cutoff| record.time_ms < cutoff);
-        if !over_count && !over_age {
+        if !retention.drops(remaining, record.time_ms, cutoff) {
             break;
         }
         batch.remove(key);
@@ -67,9 +63,7 @@ pub fn compact_chunk(
     let shared = &w.shared;
     let horizon = shared.compacted_through.load(Ordering::Acquire);
     let total = shared.event_count.load(Ordering::Acquire);
-    let too_old = retention
-        .max_age
-        .map(|age| now_ms.saturating_sub(u64::try_from(age.as_millis()).unwrap_or(u64::MAX)));
+    let cutoff = retention.age_cutoff(now_ms);
 
     let mut base: BTreeMap<Vec<u8>, DecisionState> = BTreeMap::new();
     let mut removed_keys = Vec::new();
@@ -87,10 +81,8 @@ pub fn compact_chunk(
         let revision = codec::decode_u64(&key[codec::EVENT_PREFIX.len()..])?;
         if revision > horizon {
             let remaining = total - removed_keys.len() as u64;
-            let over_count = retention.max_events.is_some_and(|max| remaining > max);
             let event = codec::decode_event(revision, &value)?;
-            let over_age = too_old.is_some_and(|cutoff| event.time_ms < cutoff);
-            if !over_count && !over_age {
+            if !retention.drops(remaining, event.time_ms, cutoff) {
                 break;
             }
             let decision_key = codec::decision_key(&event.app, &event.user, event.scope);

@@ -122,6 +122,22 @@ pub struct Retention {
     pub max_age: Option<Duration>,
 }
 
+impl Retention {
+    /// Entries written before this (Unix ms) are too old, if ages count.
+    pub(crate) fn age_cutoff(&self, now_ms: u64) -> Option<u64> {
+        self.max_age
+            .map(|age| now_ms.saturating_sub(u64::try_from(age.as_millis()).unwrap_or(u64::MAX)))
+    }
+
+    /// Whether an entry written at `time_ms` goes, `remaining` being how
+    /// many entries are kept from it on (itself included), and `cutoff` what
+    /// [`Retention::age_cutoff`] gave.
+    pub(crate) fn drops(&self, remaining: u64, time_ms: u64, cutoff: Option<u64>) -> bool {
+        self.max_events.is_some_and(|max| remaining > max)
+            || cutoff.is_some_and(|cutoff| time_ms < cutoff)
+    }
+}
+
 /// What a compaction did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Compaction {
