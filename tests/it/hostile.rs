@@ -44,7 +44,10 @@ use tonic::{
     Code, Status,
 };
 
-use crate::fixture::{android, bare_app, heavy, location_app, TestDaemon};
+use crate::{
+    fixture::{android, bare_app, heavy, location_app, TestDaemon},
+    support::{self, update_req},
+};
 
 // ===========================================================================
 // Properties
@@ -939,28 +942,11 @@ fn garbage() -> Vec<(&'static str, Vec<u8>)> {
 
 /// Everything the seeded store holds, as Export streams it (events included).
 async fn export(channel: &Channel) -> Vec<pb::ExportRecord> {
-    let mut admin = pb::admin_client::AdminClient::new(channel.clone());
-    let mut stream = admin
-        .export(pb::ExportRequest {
-            include_events: true,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut records = Vec::new();
-    while let Some(r) = stream.message().await.unwrap() {
-        records.push(r);
-    }
-    records
+    support::export(channel, true).await
 }
 
 fn authorize_req(app: &str, user: &str, scope: &str) -> pb::AuthorizeRequest {
-    pb::AuthorizeRequest {
-        app_id: app.into(),
-        user_id: user.into(),
-        scope: scope.into(),
-        client: Some(android()),
-    }
+    support::authorize_req(app, user, scope, android())
 }
 
 fn decision_record(app: &str, user: &str, scope: &str, state: i32) -> pb::ExportRecord {
@@ -1049,38 +1035,11 @@ fn batch_req(app: &str, user: &str, scopes: Vec<String>) -> pb::BatchAuthorizeRe
 }
 
 fn check_req(app: &str, user: &str, api: &str) -> pb::CheckApiRequest {
-    pb::CheckApiRequest {
-        app_id: app.into(),
-        user_id: user.into(),
-        api: api.into(),
-        client: Some(android()),
-    }
+    support::check_req(app, user, api, android())
 }
 
 fn record_req(app: &str, user: &str, scope: &str, answer: i32) -> pb::RecordDecisionRequest {
-    pb::RecordDecisionRequest {
-        lifetime: None,
-        app_id: app.into(),
-        user_id: user.into(),
-        scope: scope.into(),
-        answer,
-        client: Some(android()),
-    }
-}
-
-fn update_req(
-    app: &str,
-    user: &str,
-    toggles: &[(&str, bool)],
-    location: i32,
-) -> pb::UpdateSettingRequest {
-    pb::UpdateSettingRequest {
-        lifetime: None,
-        app_id: app.into(),
-        user_id: user.into(),
-        auth_setting: toggles.iter().map(|(s, on)| (s.to_string(), *on)).collect(),
-        location,
-    }
+    support::record_req(app, user, scope, answer, android())
 }
 
 fn register_req(app: pb::App) -> pb::RegisterAppRequest {

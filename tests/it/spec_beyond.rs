@@ -17,9 +17,12 @@ use consentd::{
 use prost_types::Timestamp;
 use tonic::{Code, Streaming};
 
-use crate::util::{
-    android, app, assert_decision, client, expect_refused, expect_status, location_app,
-    with_privacy, Rpc, TestDaemon, BACKGROUND, LOCATION,
+use crate::{
+    support::export,
+    util::{
+        android, app, assert_decision, client, expect_refused, expect_status, location_app,
+        with_privacy, Rpc, TestDaemon, BACKGROUND, LOCATION,
+    },
 };
 
 use AuditAction as A;
@@ -1423,17 +1426,7 @@ async fn audit_records_lapses_sessions_privacy_answers_and_imports() {
     // An operator import is audited too.
     h.answer("wxaud", "u", CAMERA, Answer::Deny).await;
     let mut admin = h.admin();
-    let mut export = admin
-        .export(pb::ExportRequest {
-            include_events: false,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut records = Vec::new();
-    while let Some(r) = export.message().await.unwrap() {
-        records.push(r);
-    }
+    let records = export(&h.channel(), false).await;
     h.apps
         .clone()
         .delete_app(pb::DeleteAppRequest {
