@@ -125,6 +125,36 @@ pub fn bare_app(app_id: &str, kind: pb::AppKind) -> pb::App {
     }
 }
 
+/// Declarations, chained onto [`bare_app`] or any other app.
+pub trait Declare: Sized {
+    /// A `permission` desc for `scope`.
+    fn desc(self, scope: &str, desc: &str) -> Self;
+    fn background_modes(self, modes: &[&str]) -> Self;
+    fn private_infos(self, infos: &[&str]) -> Self;
+}
+
+impl Declare for pb::App {
+    fn desc(mut self, scope: &str, desc: &str) -> Self {
+        self.permission.insert(
+            scope.into(),
+            pb::PermissionDesc {
+                desc: desc.to_string(),
+            },
+        );
+        self
+    }
+
+    fn background_modes(mut self, modes: &[&str]) -> Self {
+        self.required_background_modes = modes.iter().map(|m| m.to_string()).collect();
+        self
+    }
+
+    fn private_infos(mut self, infos: &[&str]) -> Self {
+        self.required_private_infos = infos.iter().map(|i| i.to_string()).collect();
+        self
+    }
+}
+
 pub fn authorize_req(
     app: &str,
     user: &str,

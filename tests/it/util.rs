@@ -18,7 +18,7 @@ use crate::support::{
     authorize_req, check_req, connect, loopback_config, record_req, update_req, Served,
 };
 // The spec suite's names for the shared request builders.
-pub use crate::support::{android, bare_app as app, client_info as client};
+pub use crate::support::{android, bare_app as app, client_info as client, Declare};
 
 pub type Rpc<T> = Result<T, Status>;
 
@@ -235,36 +235,6 @@ impl TestDaemon {
 }
 
 // --- Request builders ---------------------------------------------------
-
-/// Declarations, chained onto [`app`].
-pub trait Declare: Sized {
-    /// A `permission` desc for `scope`.
-    fn desc(self, scope: &str, desc: &str) -> Self;
-    fn background_modes(self, modes: &[&str]) -> Self;
-    fn private_infos(self, infos: &[&str]) -> Self;
-}
-
-impl Declare for pb::App {
-    fn desc(mut self, scope: &str, desc: &str) -> Self {
-        self.permission.insert(
-            scope.into(),
-            pb::PermissionDesc {
-                desc: desc.to_string(),
-            },
-        );
-        self
-    }
-
-    fn background_modes(mut self, modes: &[&str]) -> Self {
-        self.required_background_modes = modes.iter().map(|m| m.to_string()).collect();
-        self
-    }
-
-    fn private_infos(mut self, infos: &[&str]) -> Self {
-        self.required_private_infos = infos.iter().map(|i| i.to_string()).collect();
-        self
-    }
-}
 
 pub const LOCATION: &str = "scope.userLocation";
 pub const FUZZY: &str = "scope.userFuzzyLocation";

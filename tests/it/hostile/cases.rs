@@ -11,7 +11,7 @@ use tonic::Code;
 
 use crate::{
     fixture::{android, bare_app, location_app},
-    support::{self, update_req},
+    support::{self, update_req, Declare},
 };
 
 use super::wire::{frame, framed, Wire};
@@ -362,14 +362,14 @@ pub(super) fn cases(stored_app: &pb::App) -> Vec<Case> {
         );
         let req = watch(vec![], vec![], one(&scope));
         c.invalid(l("scopes[0]"), auth("Watch"), &req, "scopes[0]");
-        let req = register_req(location_app("wxfresh").desc_for(&scope));
+        let req = register_req(location_app("wxfresh").desc(&scope, "a reason"));
         c.invalid(
             l("app.permission"),
             apps("RegisterApp"),
             &req,
             "app.permission",
         );
-        let req = update_app_req(location_app("wxloc").desc_for(&scope));
+        let req = update_app_req(location_app("wxloc").desc(&scope, "a reason"));
         c.invalid(
             l("app.permission"),
             apps("UpdateApp"),
@@ -583,57 +583,57 @@ pub(super) fn cases(stored_app: &pb::App) -> Vec<Case> {
     let declarations: Vec<(&str, pb::App, &'static str)> = vec![
         (
             "empty desc",
-            location_app("wx").desc_for_with("scope.camera", ""),
+            location_app("wx").desc("scope.camera", ""),
             "app.permission",
         ),
         (
             "blank desc",
-            location_app("wx").desc_for_with("scope.camera", " \t\u{3000}"),
+            location_app("wx").desc("scope.camera", " \t\u{3000}"),
             "app.permission",
         ),
         (
             "257-char desc",
-            location_app("wx").desc_for_with("scope.camera", &"é".repeat(257)),
+            location_app("wx").desc("scope.camera", &"é".repeat(257)),
             "app.permission",
         ),
         (
             "control char in desc",
-            location_app("wx").desc_for_with("scope.camera", "a\u{1b}b"),
+            location_app("wx").desc("scope.camera", "a\u{1b}b"),
             "app.permission",
         ),
         (
             "512 KiB desc",
-            location_app("wx").desc_for_with("scope.camera", &big_desc),
+            location_app("wx").desc("scope.camera", &big_desc),
             "app.permission",
         ),
         (
             "scope not for mini programs",
-            location_app("wx").desc_for_with("scope.gameClubData", "d"),
+            location_app("wx").desc("scope.gameClubData", "d"),
             "app.permission",
         ),
         (
             "unknown background mode",
-            location_app("wx").with_modes(&["location", "gps"]),
+            location_app("wx").background_modes(&["location", "gps"]),
             "app.required_background_modes",
         ),
         (
             "10 000 bad background modes",
-            location_app("wx").with_modes(&["x"; 10_000]),
+            location_app("wx").background_modes(&["x"; 10_000]),
             "app.required_background_modes",
         ),
         (
             "64 KiB background mode",
-            location_app("wx").with_modes(&[big_mode.as_str()]),
+            location_app("wx").background_modes(&[big_mode.as_str()]),
             "app.required_background_modes",
         ),
         (
             "unknown private info",
-            location_app("wx").with_infos(&["getLocation", "getSecrets"]),
+            location_app("wx").private_infos(&["getLocation", "getSecrets"]),
             "app.required_private_infos",
         ),
         (
             "fuzzy and precise",
-            location_app("wx").with_infos(&["getFuzzyLocation", "getLocation"]),
+            location_app("wx").private_infos(&["getFuzzyLocation", "getLocation"]),
             "mutually exclusive",
         ),
     ];
@@ -857,8 +857,7 @@ pub(super) fn cases(stored_app: &pb::App) -> Vec<Case> {
         (
             "4 MiB desc",
             apps("RegisterApp"),
-            register_req(location_app("wxfresh").desc_for_with("scope.camera", &huge))
-                .encode_to_vec(),
+            register_req(location_app("wxfresh").desc("scope.camera", &huge)).encode_to_vec(),
         ),
         (
             "4 MiB import record",
@@ -984,33 +983,5 @@ pub(super) trait DynMessage {
 impl<M: Message> DynMessage for M {
     fn encoded(&self) -> Bytes {
         self.encode_to_vec().into()
-    }
-}
-
-/// Declaration tweaks on top of the fixture's apps.
-pub(super) trait Tweak: Sized {
-    fn desc_for(self, scope: &str) -> Self {
-        self.desc_for_with(scope, "a reason")
-    }
-    fn desc_for_with(self, scope: &str, desc: &str) -> Self;
-    fn with_modes(self, modes: &[&str]) -> Self;
-    fn with_infos(self, infos: &[&str]) -> Self;
-}
-
-impl Tweak for pb::App {
-    fn desc_for_with(mut self, scope: &str, desc: &str) -> Self {
-        let desc = pb::PermissionDesc { desc: desc.into() };
-        self.permission.insert(scope.into(), desc);
-        self
-    }
-
-    fn with_modes(mut self, modes: &[&str]) -> Self {
-        self.required_background_modes = modes.iter().map(|m| m.to_string()).collect();
-        self
-    }
-
-    fn with_infos(mut self, infos: &[&str]) -> Self {
-        self.required_private_infos = infos.iter().map(|i| i.to_string()).collect();
-        self
     }
 }
