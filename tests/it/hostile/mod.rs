@@ -8,6 +8,9 @@
 //! oversized messages, unknown methods) against a live daemon: each gets its
 //! status code, none changes the store, and the daemon keeps serving.
 
+mod bad_fields;
+mod bad_frames;
+mod bad_imports;
 mod cases;
 mod flood;
 mod parsers;
