@@ -7,18 +7,19 @@
 //! event per decision change, and acknowledges only once the change is
 //! durable. Concurrent jobs share one commit and one flush (group commit).
 
-mod codec;
-mod maintenance;
+mod sled_codec;
+mod sled_maintenance;
 mod sled_read;
+mod sled_shared;
 mod sled_store;
-mod writer;
+mod sled_writer;
 
 use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use tokio::sync::broadcast;
 
-pub use codec::FORMAT_VERSION;
-pub use maintenance::DEFAULT_RETENTION;
+use sled_codec as codec;
+pub use sled_codec::FORMAT_VERSION;
 pub use sled_store::{SledConfig, SledStore};
 
 use crate::domain::{
@@ -138,6 +139,12 @@ impl Retention {
     }
 }
 
+/// The default retention: the last million events, at most 30 days old.
+pub const DEFAULT_RETENTION: Retention = Retention {
+    max_events: Some(1_000_000),
+    max_age: Some(Duration::from_secs(30 * 24 * 3600)),
+};
+
 /// What a compaction did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Compaction {
@@ -243,9 +250,9 @@ pub trait Store: Send + Sync + 'static {
     fn verify(&self) -> BoxFuture<'_, Result<Verification, StoreError>>;
     /// Runs `job` on the writer; resolves once its changes are durable.
     fn submit(&self, job: Job) -> BoxFuture<'_, Result<Committed, TxnError>>;
-    /// After a failed write (sled keeps failing once it has hit an I/O error,
-    /// e.g. a full disk): if the data dir has room again, reopens the store
-    /// in place and resumes writing. Returns whether it reopened. Reads go on
+    /// After a failed write (a backend may keep failing once it has hit an
+    /// I/O error, e.g. a full disk): if there is room again, reopens the
+    /// store in place and resumes writing. Returns whether it reopened. Reads go on
     /// meanwhile, except for the moment of the reopen.
     fn recover(&self) -> BoxFuture<'_, Result<bool, StoreError>>;
     /// Stops the writer after the jobs already queued and flushes. Later
@@ -276,15 +283,23 @@ impl dyn Store {
     }
 }
 
-/// A storage failure.
+/// A storage failure, classified by the backend so that callers (and the
+/// gRPC edge) never look at a backend's own error type.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot open the data dir {path}: {source}")]
-    Open { path: String, source: sled::Error },
+    /// The store could not be opened (missing permissions, locked by
+    /// another process, not a directory, ...).
+    #[error("cannot open the data dir {path}: {message}")]
+    Open { path: String, message: String },
     #[error("data dir {path}: {message}")]
     Format { path: String, message: String },
+    /// A read or write failed; the store may work again later (a backend
+    /// that cannot recover by itself is reopened, see [`Store::recover`]).
     #[error("storage I/O failed: {0}")]
-    Io(#[from] sled::Error),
+    Unavailable(String),
+    /// No room left for writes.
+    #[error("storage I/O failed: {0}")]
+    Full(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("the store is shutting down")]
