@@ -1,12 +1,41 @@
 //! Storage: decisions, apps and the event log behind a small trait.
 //!
 //! Writes are *jobs*: a closure that reads the current state through a
-//! [`View`] and returns a [`WriteSet`]. The store runs jobs one at a time on
-//! its single writer, so a job's reads and its writes are atomic with
-//! respect to every other write, gives every change a revision, appends one
-//! event per decision change, and acknowledges only once the change is
-//! durable. Concurrent jobs share one commit and one flush (group commit).
+//! [`View`] and returns a [`WriteSet`]. The store runs jobs one at a time,
+//! so a job's reads and its writes are atomic with respect to every other
+//! write. Concurrent jobs may share one commit and one flush (group commit).
+//!
+//! # The contract every backend keeps
+//! [`contract`] checks each point through the [`Store`] trait alone, for any
+//! backend given as a factory; a new backend runs the same tests.
+//! 1. **Atomic job.** A job's write set is applied whole or not at all; a
+//!    job that fails (or panics) writes nothing and takes no revision.
+//! 2. **A revision per change.** Every decision change, app write and
+//!    privacy answer takes the next revision of one strictly increasing
+//!    sequence that never goes back, across restarts and failures.
+//!    [`Committed::revision`] is the job's last one (the current revision
+//!    when the job changed nothing).
+//! 3. **One event per decision change**, in revision order, with the old
+//!    state, the new state and the cause: the log is a chain of states.
+//! 4. **Acknowledged only once durable.** [`Store::submit`] resolves after
+//!    the change survives a restart of the store (and, for the sled
+//!    backend, a crash of the process).
+//! 5. **Contiguous published groups.** Committed groups reach
+//!    [`Store::subscribe`] in order, each one's `prev_revision` the previous
+//!    one's `revision`, so a subscriber tells a gap (it lagged: read
+//!    [`Store::events_after`]) from a duplicate.
+//! 6. **Reads see committed data.** [`Store::revision`] is read first by
+//!    callers, and every read after it reflects at least that revision; a
+//!    job's [`View`] also sees what earlier jobs of its group wrote.
+//! 7. **Retention and OUT_OF_RANGE.** [`Store::compact`] trims events beyond
+//!    the retention into the checkpoint and raises
+//!    [`Store::compacted_through`]; events at or below it are gone from
+//!    [`Store::events_after`], so a reader resuming there must be told
+//!    OUT_OF_RANGE, never served a silent gap. [`Store::verify`] holds:
+//!    checkpoint + retained log == stored decisions.
 
+#[cfg(test)]
+pub(crate) mod contract;
 mod sled_codec;
 mod sled_maintenance;
 mod sled_read;

@@ -696,3 +696,39 @@ impl Store for SledStore {
         })
     }
 }
+
+#[cfg(test)]
+mod contract_tests {
+    use std::sync::Arc;
+
+    use super::{SledConfig, SledStore};
+    use crate::{
+        clock::SystemClock,
+        store::{
+            contract::{store_contract_tests, Backend},
+            Store,
+        },
+    };
+
+    /// sled stores under one temp dir, a directory per name.
+    struct Sled(tempfile::TempDir);
+
+    impl Backend for Sled {
+        fn open(&self, name: &str) -> Arc<dyn Store> {
+            let store = SledStore::open(&SledConfig {
+                path: self.0.path().join(name),
+                cache_capacity: 8 << 20,
+                max_batch: 64,
+                queue_depth: 256,
+                publish_capacity: 1024,
+                observer: None,
+                flush_on_commit: true,
+                clock: SystemClock::shared(),
+            })
+            .expect("the sled store opens");
+            Arc::new(store)
+        }
+    }
+
+    store_contract_tests!(Sled(tempfile::tempdir().unwrap()));
+}
