@@ -10,7 +10,7 @@ use super::{
     convert,
 };
 use crate::{
-    broker::{Actor, Broker},
+    broker::Broker,
     domain::{AppId, Rpc, UserId},
     pb::{self, admin_server::Admin, export_record::Record},
     store::{DecisionRow, Retention},
@@ -230,7 +230,6 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::ImportResponse>, Status> {
         let who = caller(&request)?;
         who.may_span_all_apps(Rpc::Import).map_err(refuse)?;
-        let actor = Actor::new(&who.name, None);
         let mut stream = request.into_inner();
         let (mut apps, mut decisions, mut changed) = (0u64, 0u64, 0u64);
         let mut batch: Vec<DecisionRow> = Vec::new();
@@ -239,11 +238,7 @@ impl Admin for AdminService {
             match item.record {
                 Some(Record::App(app)) => {
                     let (id, kind, raw) = convert::app_request(Some(app))?;
-                    revision = self
-                        .broker
-                        .upsert_app(id, kind, raw, &actor)
-                        .await?
-                        .revision;
+                    revision = self.broker.upsert_app(id, kind, raw, &who).await?.revision;
                     apps += 1;
                 }
                 Some(Record::Decision(d)) => {
@@ -268,7 +263,7 @@ impl Admin for AdminService {
                     if batch.len() >= IMPORT_BATCH && new_user {
                         let written = self
                             .broker
-                            .import_decisions(std::mem::take(&mut batch), &actor)
+                            .import_decisions(std::mem::take(&mut batch), &who)
                             .await?;
                         changed += written.value;
                         revision = written.revision;
@@ -286,7 +281,7 @@ impl Admin for AdminService {
             }
         }
         if !batch.is_empty() {
-            let written = self.broker.import_decisions(batch, &actor).await?;
+            let written = self.broker.import_decisions(batch, &who).await?;
             changed += written.value;
             revision = written.revision;
         }
