@@ -82,6 +82,11 @@ pub fn hash_token(token: &str) -> String {
         .collect()
 }
 
+/// The SHA-256 of a token.
+pub(super) fn digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
 fn digest_from_hex(hex: &str) -> Option<[u8; 32]> {
     if hex.len() != 64 || !hex.is_ascii() {
         return None;
@@ -197,23 +202,18 @@ impl Credentials {
     /// Hashes the token and compares it with every digest in constant time
     /// (no early exit), so timing tells nothing about which digest matched.
     pub fn by_token(&self, token: &str) -> Option<Arc<Principal>> {
-        let presented: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        self.by_digest(&digest(token))
+    }
+
+    /// Like [`Credentials::by_token`], for a token already hashed.
+    pub fn by_digest(&self, presented: &[u8; 32]) -> Option<Arc<Principal>> {
         let mut found = None;
         for (digest, principal) in &self.tokens {
-            if bool::from(digest.ct_eq(&presented)) {
+            if bool::from(digest.ct_eq(presented)) {
                 found = Some(principal);
             }
         }
         found.cloned()
-    }
-
-    /// Whether the file defines exactly this principal (name, role, apps).
-    pub fn contains(&self, principal: &Principal) -> bool {
-        self.tokens
-            .iter()
-            .map(|(_, p)| p)
-            .chain(self.subjects.values())
-            .any(|p| **p == *principal)
     }
 
     pub fn by_cert_subject(&self, subject: &str) -> Option<Arc<Principal>> {

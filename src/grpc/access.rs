@@ -15,7 +15,7 @@ use tokio::sync::Semaphore;
 use tonic::Status;
 
 use crate::{
-    auth::{Authenticator, Presented},
+    auth::{Authenticator, Presentation},
     domain::{Denied, Principal, Rpc},
     transport::PeerInfo,
 };
@@ -120,27 +120,37 @@ pub struct AccessService<S> {
     layer: AccessLayer,
 }
 
-fn presented<B>(request: &http::Request<B>) -> Result<Presented<'_>, crate::auth::AuthError> {
-    if let Some(value) = request.headers().get(http::header::AUTHORIZATION) {
-        let value = value
-            .to_str()
-            .map_err(|_| crate::auth::AuthError::Malformed)?;
-        let (scheme, token) = value
-            .split_once(' ')
-            .ok_or(crate::auth::AuthError::Malformed)?;
-        if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
-            return Err(crate::auth::AuthError::Malformed);
+fn presented<B>(request: &http::Request<B>) -> Result<Presentation, crate::auth::AuthError> {
+    let token = match request.headers().get(http::header::AUTHORIZATION) {
+        None => None,
+        Some(value) => {
+            let value = value
+                .to_str()
+                .map_err(|_| crate::auth::AuthError::Malformed)?;
+            let (scheme, token) = value
+                .split_once(' ')
+                .ok_or(crate::auth::AuthError::Malformed)?;
+            if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+                return Err(crate::auth::AuthError::Malformed);
+            }
+            Some(token.trim())
         }
-        return Ok(Presented::Token(token.trim()));
-    }
-    match request
+    };
+    let cert = request
         .extensions()
         .get::<PeerInfo>()
-        .and_then(|p| p.cert_subject.as_deref())
-    {
-        Some(subject) => Ok(Presented::CertSubject(subject)),
-        None => Ok(Presented::Nothing),
-    }
+        .and_then(|p| p.cert.clone());
+    Ok(Presentation::new(token, cert))
+}
+
+/// What the caller of a request presented (for streams that must
+/// authenticate it again after a reload).
+pub fn presentation<T>(request: &tonic::Request<T>) -> Presentation {
+    request
+        .extensions()
+        .get::<Presentation>()
+        .cloned()
+        .unwrap_or_default()
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -171,10 +181,13 @@ where
         let presented = if auth.is_on() {
             presented(&request)
         } else {
-            Ok(Presented::Nothing)
+            Ok(Presentation::default())
         };
-        let principal = match presented.and_then(|p| auth.authenticate(p)) {
-            Ok(p) => p,
+        let principal = match presented.and_then(|p| auth.authenticate(&p).map(|a| (a, p))) {
+            Ok((principal, presented)) => {
+                request.extensions_mut().insert(presented);
+                principal
+            }
             Err(error) => {
                 let peer = request.extensions().get::<PeerInfo>();
                 let peer = peer.map_or_else(|| "unknown peer".to_owned(), ToString::to_string);

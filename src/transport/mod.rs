@@ -95,8 +95,8 @@ pub enum Transport {
 pub struct PeerInfo {
     pub transport: Transport,
     pub remote: Option<SocketAddr>,
-    /// Common name of the verified client certificate (mTLS).
-    pub cert_subject: Option<Arc<str>>,
+    /// The identities of the verified client certificate (mTLS).
+    pub cert: Option<Arc<crate::auth::CertIdentity>>,
 }
 
 impl fmt::Display for PeerInfo {
@@ -295,7 +295,7 @@ async fn accept_tcp(
                     peer: PeerInfo {
                         transport: Transport::Tcp,
                         remote: Some(remote),
-                        cert_subject: None,
+                        cert: None,
                     },
                 };
                 if tx.send(Ok(conn)).await.is_err() {
@@ -323,13 +323,13 @@ async fn accept_tcp(
                             }
                         },
                     };
-                    let cert_subject = tls::peer_subject(&stream);
+                    let cert = tls::peer_identity(&stream);
                     let conn = Connection {
                         io: Io::Tls(Box::new(stream)),
                         peer: PeerInfo {
                             transport: Transport::Tls,
                             remote: Some(remote),
-                            cert_subject,
+                            cert,
                         },
                     };
                     let _ = tx.send(Ok(conn)).await;
@@ -357,7 +357,7 @@ async fn accept_unix(
             peer: PeerInfo {
                 transport: Transport::Unix,
                 remote: None,
-                cert_subject: None,
+                cert: None,
             },
         };
         if tx.send(Ok(conn)).await.is_err() {
