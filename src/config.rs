@@ -615,6 +615,24 @@ impl Config {
                 "tls client_ca needs a credentials file: client certificates map to principals through cert_subject".into(),
             ));
         }
+        if self.credentials.is_none() && !self.insecure {
+            let shared = self.listen.iter().any(|a| matches!(a, ListenAddr::Unix(_)))
+                && self.unix_socket_mode & 0o077 != 0;
+            if shared {
+                return Err(ConfigError::Invalid(format!(
+                    "refusing unix_socket_mode {:o} without credentials: group and other users \
+                     would all be operators; set credentials, use 0o600, or pass --insecure to \
+                     accept the risk",
+                    self.unix_socket_mode
+                )));
+            }
+            if let Some(addr) = self.metrics_listen.filter(|a| !a.ip().is_loopback()) {
+                return Err(ConfigError::Invalid(format!(
+                    "refusing to serve metrics on {addr} without credentials: listen on loopback, \
+                     set credentials, or pass --insecure to accept the risk"
+                )));
+            }
+        }
         let exposed = self.listen.iter().find_map(|a| match a {
             ListenAddr::Tcp(addr) if !addr.ip().is_loopback() => Some(*addr),
             _ => None,
@@ -792,6 +810,18 @@ mod tests {
                 "needs a credentials file",
             ),
             ("unix_socket_mode = 0o1777", "not a file mode"),
+            (
+                "listen = 'unix:/run/c.sock'\nunix_socket_mode = 0o666",
+                "refusing unix_socket_mode 666 without credentials",
+            ),
+            (
+                "listen = 'unix:/run/c.sock'\nunix_socket_mode = 0o660",
+                "group and other users would all be operators",
+            ),
+            (
+                "metrics_listen = '0.0.0.0:9464'",
+                "refusing to serve metrics on 0.0.0.0:9464 without credentials",
+            ),
             ("[limits]\nmax_message_bytes = 0", "must be positive"),
         ] {
             let err = Config::resolve(Args::default(), file(text))
@@ -804,6 +834,23 @@ mod tests {
             ..Args::default()
         };
         assert!(Config::resolve(insecure, file("listen = '0.0.0.0:1'")).is_ok());
+        // With credentials (or --insecure), shared sockets and exposed
+        // metrics are the operator's choice.
+        for text in [
+            "credentials = '/c.toml'\nlisten = 'unix:/s'\nunix_socket_mode = 0o660\nmetrics_listen = '0.0.0.0:9464'",
+            "listen = 'unix:/s'\nunix_socket_mode = 0o600\nmetrics_listen = '127.0.0.1:9464'",
+        ] {
+            assert!(Config::resolve(Args::default(), file(text)).is_ok(), "{text}");
+        }
+        let insecure = Args {
+            insecure: true,
+            ..Args::default()
+        };
+        assert!(Config::resolve(
+            insecure,
+            file("listen = 'unix:/s'\nunix_socket_mode = 0o666")
+        )
+        .is_ok());
         // Loopback and unix sockets need nothing.
         assert!(Config::resolve(Args::default(), file("listen = ['[::1]:1', 'unix:/s']")).is_ok());
     }

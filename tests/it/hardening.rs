@@ -184,3 +184,55 @@ async fn mtls_identity_prefers_sans_refuses_ambiguity_and_bounds_tokens() {
     call(&same, "RecordDecision", "wxown").await.unwrap();
     h.stop().await;
 }
+
+/// Finding 5: without credentials every caller is an operator, so a unix
+/// socket other users can reach, or metrics beyond loopback, are refused at
+/// start (like an exposed TCP listener), before anything is created.
+#[tokio::test]
+async fn shared_sockets_and_exposed_metrics_need_credentials() {
+    use consentd::{config::Config, server::Daemon, transport::ListenAddr};
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("c.sock");
+    let base = Config {
+        listen: vec![ListenAddr::Unix(sock.clone())],
+        data_dir: dir.path().join("data"),
+        ..Config::default()
+    };
+    for (config, needle) in [
+        (
+            Config {
+                unix_socket_mode: 0o666,
+                ..base.clone()
+            },
+            "refusing unix_socket_mode 666 without credentials",
+        ),
+        (
+            Config {
+                unix_socket_mode: 0o660,
+                ..base.clone()
+            },
+            "refusing unix_socket_mode 660 without credentials",
+        ),
+        (
+            Config {
+                metrics_listen: Some("0.0.0.0:0".parse().unwrap()),
+                ..base.clone()
+            },
+            "refusing to serve metrics on 0.0.0.0:0 without credentials",
+        ),
+    ] {
+        let err = Daemon::start(config)
+            .await
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(err.contains(needle), "{err}");
+        assert!(!sock.exists(), "refused before binding");
+        assert!(
+            !dir.path().join("data").exists(),
+            "refused before the store"
+        );
+    }
+    // The private default still starts.
+    Daemon::start(base).await.unwrap().shutdown().await.unwrap();
+}
