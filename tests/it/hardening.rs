@@ -236,3 +236,61 @@ async fn shared_sockets_and_exposed_metrics_need_credentials() {
     // The private default still starts.
     Daemon::start(base).await.unwrap().shutdown().await.unwrap();
 }
+
+/// Finding 7: the data dir is created 0700 (an existing one is made
+/// 0700), and `consentctl export -o` writes a 0600 file, even over an
+/// existing world-readable one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_dir_and_exports_are_private() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("nested").join("data");
+    let daemon = consentd::server::Daemon::start(crate::fixture::test_config(data.clone()))
+        .await
+        .unwrap();
+    let client = crate::fixture::Client {
+        channel: crate::fixture::connect(daemon.local_addr().unwrap()).await,
+    };
+    client
+        .register(crate::fixture::location_app("wxprivate"))
+        .await;
+    assert_eq!(mode(&data), 0o700, "{}", data.display());
+    assert_eq!(mode(&dir.path().join("nested")), 0o700);
+
+    let out = tempfile::tempdir().unwrap();
+    let dump = out.path().join("dump.jsonl");
+    std::fs::write(&dump, "old").unwrap();
+    std::fs::set_permissions(&dump, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let addr = daemon.local_addr().unwrap().to_string();
+    let dump_arg = dump.clone();
+    let run = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_consentctl"))
+            .args(["--addr", &addr, "export", "--output"])
+            .arg(&dump_arg)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(mode(&dump), 0o600);
+    assert!(std::fs::read_to_string(&dump)
+        .unwrap()
+        .contains("wxprivate"));
+    daemon.shutdown().await.unwrap();
+
+    // A data dir made by someone else with the umask's 0755 is tightened.
+    let dir = tempfile::tempdir().unwrap();
+    let loose = dir.path().join("data");
+    std::fs::create_dir(&loose).unwrap();
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = crate::fixture::test_config(loose.clone());
+    let daemon = consentd::server::Daemon::start(config).await.unwrap();
+    assert_eq!(mode(&loose), 0o700);
+    daemon.shutdown().await.unwrap();
+}
