@@ -9,7 +9,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use crate::{
     domain::NagPolicy,
     grpc::CallLimits,
-    transport::{ListenAddr, TlsFiles},
+    transport::{ConnectionLimits, ListenAddr, TlsFiles},
 };
 
 use serde::Deserialize;
@@ -57,6 +57,8 @@ pub struct Config {
     /// Largest request message, bytes.
     pub max_message_bytes: usize,
     pub limits: CallLimits,
+    /// Connection caps and deadlines (`[limits]`).
+    pub connections: ConnectionLimits,
     /// Prometheus endpoint (`GET /metrics`); off when `None`.
     pub metrics_listen: Option<SocketAddr>,
     pub data_dir: PathBuf,
@@ -149,7 +151,13 @@ impl Default for Config {
             limits: CallLimits {
                 request_timeout: DEFAULT_REQUEST_TIMEOUT,
                 max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+                max_in_flight_per_principal:
+                    crate::grpc::access::DEFAULT_MAX_IN_FLIGHT_PER_PRINCIPAL,
+                max_watch_streams_per_principal:
+                    crate::grpc::access::DEFAULT_MAX_WATCH_STREAMS_PER_PRINCIPAL,
+                message_timeout: crate::grpc::access::DEFAULT_MESSAGE_TIMEOUT,
             },
+            connections: ConnectionLimits::default(),
             metrics_listen: None,
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             log_format: LogFormat::Text,
@@ -325,6 +333,13 @@ pub struct FileLimits {
     pub request_timeout_secs: Option<u64>,
     pub max_in_flight: Option<usize>,
     pub max_watch_streams: Option<u64>,
+    pub max_in_flight_per_principal: Option<usize>,
+    pub max_watch_streams_per_principal: Option<usize>,
+    pub message_timeout_secs: Option<u64>,
+    pub max_connections: Option<usize>,
+    pub max_connections_per_source: Option<usize>,
+    pub first_request_timeout_secs: Option<u64>,
+    pub idle_connection_timeout_secs: Option<u64>,
 }
 
 /// `[watch]`.
@@ -465,6 +480,33 @@ impl Config {
                     max_in_flight: l
                         .and_then(|l| l.max_in_flight)
                         .unwrap_or(d.limits.max_in_flight),
+                    max_in_flight_per_principal: l
+                        .and_then(|l| l.max_in_flight_per_principal)
+                        .unwrap_or(d.limits.max_in_flight_per_principal),
+                    max_watch_streams_per_principal: l
+                        .and_then(|l| l.max_watch_streams_per_principal)
+                        .unwrap_or(d.limits.max_watch_streams_per_principal),
+                    message_timeout: l
+                        .and_then(|l| l.message_timeout_secs)
+                        .map_or(d.limits.message_timeout, Duration::from_secs),
+                }
+            },
+            connections: {
+                let l = file.limits.as_ref();
+                let dc = d.connections.clone();
+                ConnectionLimits {
+                    max_connections: l
+                        .and_then(|l| l.max_connections)
+                        .unwrap_or(dc.max_connections),
+                    max_per_source: l
+                        .and_then(|l| l.max_connections_per_source)
+                        .unwrap_or(dc.max_per_source),
+                    first_request_timeout: l
+                        .and_then(|l| l.first_request_timeout_secs)
+                        .map_or(dc.first_request_timeout, Duration::from_secs),
+                    idle_timeout: l
+                        .and_then(|l| l.idle_connection_timeout_secs)
+                        .map_or(dc.idle_timeout, Duration::from_secs),
                 }
             },
             metrics_listen: args.metrics_listen.or(file.metrics_listen),
@@ -572,6 +614,34 @@ impl Config {
             ),
             ("limits.max_in_flight", config.limits.max_in_flight == 0),
             ("limits.max_watch_streams", config.watch.max_streams == 0),
+            (
+                "limits.max_in_flight_per_principal",
+                config.limits.max_in_flight_per_principal == 0,
+            ),
+            (
+                "limits.max_watch_streams_per_principal",
+                config.limits.max_watch_streams_per_principal == 0,
+            ),
+            (
+                "limits.message_timeout_secs",
+                config.limits.message_timeout.is_zero(),
+            ),
+            (
+                "limits.max_connections",
+                config.connections.max_connections == 0,
+            ),
+            (
+                "limits.max_connections_per_source",
+                config.connections.max_per_source == 0,
+            ),
+            (
+                "limits.first_request_timeout_secs",
+                config.connections.first_request_timeout.is_zero(),
+            ),
+            (
+                "limits.idle_connection_timeout_secs",
+                config.connections.idle_timeout.is_zero(),
+            ),
             (
                 "grants.session_idle_timeout_secs",
                 config.grants.session_idle_timeout.is_zero(),

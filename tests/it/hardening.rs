@@ -294,3 +294,153 @@ async fn the_data_dir_and_exports_are_private() {
     assert_eq!(mode(&loose), 0o700);
     daemon.shutdown().await.unwrap();
 }
+
+/// Starts a call of the unary method at `path` whose request message never
+/// comes: the HTTP/2 HEADERS go out, the body stays open and empty.
+pub async fn headers_without_body(
+    channel: tonic::transport::Channel,
+    token: Option<&str>,
+    path: &'static str,
+) -> Result<tonic::Response<tonic::codec::Streaming<pb::GetRulesResponse>>, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let mut request = tonic::Request::new(tokio_stream::pending::<pb::GetRulesRequest>());
+    if let Some(t) = token {
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {t}").parse().unwrap());
+    }
+    grpc.streaming(
+        request,
+        http::uri::PathAndQuery::from_static(path),
+        tonic_prost::ProstCodec::default(),
+    )
+    .await
+}
+
+/// Finding 4: calls whose request message never arrives are cut at the
+/// message deadline, and one principal cannot take the operators' share of
+/// the calls in flight meanwhile.
+#[tokio::test]
+async fn headers_without_a_body_are_cut_at_the_message_deadline_and_operators_keep_a_slot() {
+    let creds = tempfile::tempdir().unwrap();
+    let path = write_credentials(creds.path(), "");
+    let h = TestDaemon::with(|c| {
+        c.credentials = Some(path);
+        c.limits.max_in_flight = 4;
+        c.limits.message_timeout = Duration::from_millis(700);
+    })
+    .await;
+    let observer = token_of("all-observer");
+    let started = tokio::time::Instant::now();
+    let mut stuck = Vec::new();
+    for _ in 0..3 {
+        let channel = h.client().channel;
+        let token = observer.clone();
+        stuck.push(tokio::spawn(async move {
+            headers_without_body(channel, Some(&token), "/consent.v1.Authorization/GetRules").await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Four slots, one reserved: the observer's fourth is refused, the
+    // operator still gets in.
+    let fourth = headers_without_body(
+        h.client().channel,
+        Some(&observer),
+        "/consent.v1.Authorization/GetRules",
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(fourth.code(), Code::ResourceExhausted, "{fourth:?}");
+    assert!(
+        fourth
+            .message()
+            .contains("\"all-observer\" has 3 calls in flight"),
+        "{fourth:?}"
+    );
+    let ops = As::new(h.client().channel, Some(&token_of("ops")));
+    crate::security::call(&ops, "GetRules", "").await.unwrap();
+    for call in stuck {
+        let status = call.await.unwrap().unwrap_err();
+        assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+        assert!(
+            status
+                .message()
+                .contains("the GetRules request message did not arrive within 700ms"),
+            "{status:?}"
+        );
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(700) && took < Duration::from_secs(5),
+        "cut after {took:?}, not at the 700 ms message deadline"
+    );
+    // The slots are back.
+    for _ in 0..3 {
+        crate::security::call(
+            &As::new(h.client().channel, Some(&observer)),
+            "GetRules",
+            "",
+        )
+        .await
+        .unwrap();
+    }
+    h.stop().await;
+}
+
+/// Finding 4: Watch streams have a quota per principal, and the last
+/// slots are the operators'.
+#[tokio::test]
+async fn one_principal_cannot_take_every_watch_slot() {
+    let creds = tempfile::tempdir().unwrap();
+    let path = write_credentials(creds.path(), "");
+    let h = TestDaemon::with(|c| {
+        c.credentials = Some(path);
+        c.watch.max_streams = 4;
+        c.limits.max_watch_streams_per_principal = 2;
+    })
+    .await;
+    let ops = As::new(h.client().channel, Some(&token_of("ops")));
+    seed(&ops).await;
+    let runtime = As::new(h.client().channel, Some(&token_of("shop-runtime")));
+    let observer = As::new(h.client().channel, Some(&token_of("all-observer")));
+    let watch = |who: &As| {
+        let mut client = who.auth();
+        async move { client.watch(pb::WatchRequest::default()).await }
+    };
+    let mut open = vec![
+        watch(&runtime).await.unwrap(),
+        watch(&runtime).await.unwrap(),
+    ];
+    let third = watch(&runtime).await.unwrap_err();
+    assert_eq!(third.code(), Code::ResourceExhausted, "{third:?}");
+    assert!(
+        third
+            .message()
+            .contains("\"shop-runtime\" has 2 watch streams open, its quota"),
+        "{third:?}"
+    );
+    open.push(watch(&observer).await.unwrap());
+    // Three of four taken: the last is the operators'.
+    let reserved = watch(&observer).await.unwrap_err();
+    assert_eq!(reserved.code(), Code::ResourceExhausted, "{reserved:?}");
+    assert!(
+        reserved.message().contains("operators' reserve"),
+        "{reserved:?}"
+    );
+    open.push(watch(&ops).await.unwrap());
+    // A stream that ends gives its slot back.
+    drop(open.remove(0));
+    let mut again = None;
+    for _ in 0..100 {
+        match watch(&runtime).await {
+            Ok(s) => {
+                again = Some(s);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    assert!(again.is_some(), "the runtime's slot came back");
+    h.stop().await;
+}

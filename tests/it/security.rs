@@ -942,6 +942,8 @@ async fn call_limits_bound_streams_in_flight_calls_time_and_size() {
         c.watch.max_streams = 2;
         c.limits.max_in_flight = 3;
         c.max_message_bytes = 64 * 1024;
+        c.limits.request_timeout = Duration::from_secs(1);
+        c.limits.message_timeout = Duration::from_secs(30);
     })
     .await;
     let ops = As::new(h.client().channel, None);
@@ -1003,6 +1005,27 @@ async fn call_limits_bound_streams_in_flight_calls_time_and_size() {
         call.await.unwrap().unwrap();
     }
     call(&other, "GetRules", "").await.unwrap();
+
+    // A unary call that does not finish is cut at the request timeout
+    // (1 s here), not sooner and not much later.
+    let started = std::time::Instant::now();
+    let status = crate::hardening::headers_without_body(
+        connect(h.addr()).await,
+        None,
+        "/consent.v1.Authorization/GetRules",
+    )
+    .await
+    .unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert_eq!(
+        status.message(),
+        "GetRules did not finish within the server's request timeout of 1s"
+    );
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(3),
+        "cut after {took:?}"
+    );
 
     // Messages over the limit are refused before they are decoded.
     let huge = pb::BatchAuthorizeRequest {
