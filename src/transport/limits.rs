@@ -235,7 +235,9 @@ pub struct IdleTimer {
 
 impl IdleTimer {
     pub fn new(activity: Arc<Activity>, limits: &ConnectionLimits) -> Self {
-        let deadline = activity.born + limits.first_request_timeout;
+        // The first check comes at the earlier of the two limits: a first
+        // request may end long before the first-request deadline.
+        let deadline = activity.born + limits.first_request_timeout.min(limits.idle_timeout);
         Self {
             activity,
             sleep: Box::pin(tokio::time::sleep_until(deadline)),

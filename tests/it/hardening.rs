@@ -444,3 +444,190 @@ async fn one_principal_cannot_take_every_watch_slot() {
     assert!(again.is_some(), "the runtime's slot came back");
     h.stop().await;
 }
+
+/// Whether the server closes `stream` within `within` (EOF or reset).
+async fn closed_within<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0) | Err(_)) => return true,
+            // The server's SETTINGS frame, pings: not a close.
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// Finding 3: connections are capped per source and in total, one that
+/// never starts a request is closed at the first-request deadline (plain
+/// TCP, after the HTTP/2 preface, after a TLS handshake), and one without
+/// open requests at the idle timeout, while a Watch stream keeps its.
+#[tokio::test]
+async fn idle_and_excess_connections_are_closed() {
+    use tokio::{io::AsyncWriteExt as _, net::TcpStream};
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("c.sock");
+    let sock_for_config = sock.clone();
+    let h = TestDaemon::with(|c| {
+        c.listen
+            .push(consentd::transport::ListenAddr::Unix(sock_for_config));
+        c.connections.max_connections = 16;
+        c.connections.max_per_source = 4;
+        c.connections.first_request_timeout = Duration::from_millis(800);
+        c.connections.idle_timeout = Duration::from_millis(800);
+    })
+    .await;
+    let addr = h.addr();
+    // The fixture's own channel holds one connection from 127.0.0.1.
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(TcpStream::connect(addr).await.unwrap());
+    }
+    // A fifth connection from the same source is closed at once.
+    let mut excess = TcpStream::connect(addr).await.unwrap();
+    assert!(
+        closed_within(&mut excess, Duration::from_millis(300)).await,
+        "the per-source cap let a fifth connection stay"
+    );
+    // Another source (a unix-socket peer) still gets in.
+    let path = sock.clone();
+    let local = tonic::transport::Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(path).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await
+        .unwrap();
+    crate::security::call(&As::new(local, None), "GetRules", "")
+        .await
+        .unwrap();
+
+    // The idle ones never sent a byte: closed at the first-request deadline.
+    let started = tokio::time::Instant::now();
+    for stream in &mut idle {
+        assert!(
+            closed_within(stream, Duration::from_secs(3)).await,
+            "a connection that never sent a request stayed open"
+        );
+    }
+    assert!(started.elapsed() >= Duration::from_millis(400));
+    // The HTTP/2 preface alone is not a request.
+    let mut preface = TcpStream::connect(addr).await.unwrap();
+    preface
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    assert!(
+        closed_within(&mut preface, Duration::from_secs(3)).await,
+        "a connection that sent only the preface stayed open"
+    );
+    h.stop().await;
+}
+
+/// Finding 3, over TLS: a client that finishes the handshake and then
+/// sends nothing is closed at the first-request deadline.
+#[tokio::test]
+async fn an_idle_tls_connection_is_closed_after_the_handshake() {
+    use tokio_rustls::rustls;
+    let pki = crate::security::Pki::new("idle-tls");
+    let files = pki.server_files(false);
+    let creds = tempfile::tempdir().unwrap();
+    let path = write_credentials(creds.path(), "");
+    let h = TestDaemon::with_unconnected(|c| {
+        c.credentials = Some(path);
+        c.tls = Some(files);
+        c.connections.first_request_timeout = Duration::from_millis(800);
+    })
+    .await;
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = std::fs::read(pki.path("ca.pem")).unwrap();
+    use rustls::pki_types::pem::PemObject as _;
+    roots
+        .add(rustls::pki_types::CertificateDer::from_pem_slice(&ca).unwrap())
+        .unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(h.addr()).await.unwrap();
+    let mut tls = connector
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .expect("the handshake completes");
+    let started = tokio::time::Instant::now();
+    assert!(
+        closed_within(&mut tls, Duration::from_secs(4)).await,
+        "an idle TLS connection stayed open"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(400));
+    h.stop().await;
+}
+
+/// Finding 3: a connection with no request open is closed at the idle
+/// timeout (the client then reconnects); one with an open Watch is not.
+#[tokio::test]
+async fn connections_without_open_requests_are_closed_at_the_idle_timeout() {
+    use std::sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    };
+    let h = TestDaemon::with(|c| {
+        c.connections.idle_timeout = Duration::from_millis(600);
+        c.watch.progress_interval = Duration::from_millis(100);
+    })
+    .await;
+    let addr = h.addr();
+    let dialed = Arc::new(AtomicUsize::new(0));
+    let counter = dialed.clone();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async move {
+                let stream = tokio::net::TcpStream::connect(addr).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await
+        .unwrap();
+    let client = As::new(channel, None);
+    let mut stream = client
+        .auth()
+        .watch(pb::WatchRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    // Three idle timeouts with the stream open: same connection, still
+    // delivering.
+    let until = tokio::time::Instant::now() + Duration::from_millis(1800);
+    while tokio::time::Instant::now() < until {
+        next_or_end(&mut stream).await.unwrap();
+    }
+    assert_eq!(dialed.load(Ordering::SeqCst), 1);
+    drop(stream);
+    // No request open: closed; the next call dials again.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut answered = false;
+    for _ in 0..3 {
+        if crate::security::call(&client, "GetRules", "").await.is_ok() {
+            answered = true;
+            break;
+        }
+    }
+    assert!(answered);
+    assert_eq!(
+        dialed.load(Ordering::SeqCst),
+        2,
+        "the idle connection was not closed"
+    );
+    h.stop().await;
+}

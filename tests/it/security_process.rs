@@ -47,7 +47,20 @@ struct Daemon {
 
 impl Daemon {
     fn start(args: &[&str]) -> Daemon {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_consentd"))
+        Self::start_under(&[], args)
+    }
+
+    /// Like [`Daemon::start`], run through `wrapper` (e.g. `prlimit ...`).
+    fn start_under(wrapper: &[&str], args: &[&str]) -> Daemon {
+        let mut command = match wrapper.split_first() {
+            None => Command::new(env!("CARGO_BIN_EXE_consentd")),
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(env!("CARGO_BIN_EXE_consentd"));
+                c
+            }
+        };
+        let mut child = command
             .args(args)
             .args(["--log-format", "json"])
             .stderr(Stdio::piped())
@@ -340,4 +353,59 @@ fn token_new_and_hash_agree_with_the_daemon() {
         String::from_utf8_lossy(&out.stdout).trim(),
         "token_sha256 = \"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\""
     );
+}
+
+/// Finding 3: under a 128-file limit, idle TCP connections without
+/// credentials used to exhaust the descriptors (`accept failed ... Too many
+/// open files`) and lock the operator out. Now the connection caps stay
+/// below the limit and refused connections are closed at once: the
+/// operator still gets in over the unix socket, and accept never fails.
+#[test]
+fn idle_connections_cannot_exhaust_file_descriptors() {
+    Command::new("prlimit")
+        .arg("--version")
+        .output()
+        .expect("this test needs prlimit (util-linux)");
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("consentd.sock");
+    let unix = format!("unix:{}", sock.display());
+    let data = dir.path().join("data");
+    let mut daemon = Daemon::start_under(
+        &["prlimit", "--nofile=128:128", "--"],
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--listen",
+            &unix,
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+    );
+    let serving = daemon.wait_for("consentd serving");
+    let addr: SocketAddr = serving
+        .split("\"addr\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no addr in {serving}"));
+    let lowered = daemon.wait_for("connection caps lowered");
+    assert!(lowered.contains("\"max_connections\":64"), "{lowered}");
+    let mut held = Vec::new();
+    for _ in 0..140 {
+        match std::net::TcpStream::connect(addr) {
+            Ok(s) => held.push(s),
+            Err(e) => panic!("connect: {e}"),
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let ok = ctl(&["--addr", &unix, "rules"], None);
+    assert_eq!(ok.code, 0, "the operator is locked out: {}", ok.stderr);
+    daemon.wait_for("connection refused");
+    let log = daemon.log();
+    assert!(!log.contains("Too many open files"), "{log}");
+    assert!(!log.contains("accept failed"), "{log}");
+    // Refusals are logged, but not one line per connection.
+    let refused = log.matches("connection refused").count();
+    assert!((1..=25).contains(&refused), "{refused} refusal lines");
+    drop(held);
 }
