@@ -388,8 +388,6 @@ fn idle_connections_cannot_exhaust_file_descriptors() {
         .and_then(|rest| rest.split('"').next())
         .and_then(|a| a.parse().ok())
         .unwrap_or_else(|| panic!("no addr in {serving}"));
-    let lowered = daemon.wait_for("connection caps lowered");
-    assert!(lowered.contains("\"max_connections\":64"), "{lowered}");
     let mut held = Vec::new();
     for _ in 0..140 {
         match std::net::TcpStream::connect(addr) {
@@ -400,6 +398,8 @@ fn idle_connections_cannot_exhaust_file_descriptors() {
     std::thread::sleep(Duration::from_millis(300));
     let ok = ctl(&["--addr", &unix, "rules"], None);
     assert_eq!(ok.code, 0, "the operator is locked out: {}", ok.stderr);
+    let lowered = daemon.wait_for("connection caps lowered");
+    assert!(lowered.contains("\"max_connections\":64"), "{lowered}");
     daemon.wait_for("connection refused");
     let log = daemon.log();
     assert!(!log.contains("Too many open files"), "{log}");
