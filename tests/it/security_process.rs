@@ -409,3 +409,93 @@ fn idle_connections_cannot_exhaust_file_descriptors() {
     assert!((1..=25).contains(&refused), "{refused} refusal lines");
     drop(held);
 }
+
+/// Finding 8: refusals are logged with the principal and the peer, and a
+/// flood of them does not become a flood of log lines: a burst, then what
+/// was held back is counted on the next line.
+#[test]
+fn refusal_logs_name_the_peer_and_are_rate_limited() {
+    use consentd::pb::{self, authorization_client::AuthorizationClient};
+    let dir = tempfile::tempdir().unwrap();
+    let creds = write_credentials(dir.path(), "");
+    let data = dir.path().join("data");
+    let mut daemon = Daemon::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--credentials",
+        creds.to_str().unwrap(),
+    ]);
+    let serving = daemon.wait_for("consentd serving");
+    let addr: SocketAddr = serving
+        .split("\"addr\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no addr in {serving}"));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let call = |token: &str| {
+        let token = token.to_owned();
+        runtime.block_on(async move {
+            let channel = crate::fixture::connect(addr).await;
+            let mut client = AuthorizationClient::new(channel);
+            let mut request = tonic::Request::new(pb::ListScopesRequest::default());
+            request
+                .metadata_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+            usize::from(client.list_scopes(request).await.is_err())
+        })
+    };
+    // A runtime may not list scopes: the line names principal and peer.
+    assert_eq!(call(&token_of("shop-runtime")), 1);
+    let denied = daemon.wait_for("permission denied");
+    assert!(
+        denied.contains("\"principal\":\"shop-runtime\""),
+        "{denied}"
+    );
+    assert!(denied.contains("\"peer\":\"127.0.0.1:"), "{denied}");
+    // 300 unknown tokens.
+    let flood = runtime.block_on(async move {
+        let channel = crate::fixture::connect(addr).await;
+        let mut client = AuthorizationClient::new(channel);
+        let mut refused = 0;
+        for i in 0..300 {
+            let mut request = tonic::Request::new(pb::ListScopesRequest::default());
+            request.metadata_mut().insert(
+                "authorization",
+                format!("Bearer guessed-{i}-0123456789").parse().unwrap(),
+            );
+            refused += usize::from(client.list_scopes(request).await.is_err());
+        }
+        refused
+    });
+    assert_eq!(flood, 300);
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(call("one-more-guess-0123456789"), 1);
+    std::thread::sleep(Duration::from_millis(300));
+    let log = daemon.log();
+    let summary = log
+        .lines()
+        .filter(|l| l.contains("unauthenticated call refused"))
+        .last()
+        .expect("refusals are logged")
+        .to_owned();
+    assert!(
+        summary.contains("unauthenticated call refused"),
+        "{summary}"
+    );
+    let held_back: u64 = summary
+        .split("\"suppressed\":")
+        .nth(1)
+        .and_then(|rest| rest.split([',', '}']).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count of suppressed lines: {summary}"));
+    assert!(held_back >= 250, "{held_back} lines held back: {summary}");
+    let lines = daemon.log().matches("unauthenticated call refused").count();
+    assert!(
+        (2..=30).contains(&lines),
+        "{lines} WARN lines for 301 refused calls"
+    );
+    assert!(daemon.log().contains("\"peer\":\"127.0.0.1:"));
+}
