@@ -477,8 +477,8 @@ fn refusal_logs_name_the_peer_and_are_rate_limited() {
     let log = daemon.log();
     let summary = log
         .lines()
-        .filter(|l| l.contains("unauthenticated call refused"))
-        .last()
+        .rev()
+        .find(|l| l.contains("unauthenticated call refused"))
         .expect("refusals are logged")
         .to_owned();
     assert!(
