@@ -631,3 +631,141 @@ async fn connections_without_open_requests_are_closed_at_the_idle_timeout() {
     );
     h.stop().await;
 }
+
+fn row(app: &str, user: &str, scope: &str, state: pb::DecisionState) -> pb::ExportRecord {
+    pb::ExportRecord {
+        record: Some(pb::export_record::Record::Decision(pb::StoredDecision {
+            app_id: app.into(),
+            user_id: user.into(),
+            scope: scope.into(),
+            state: state.into(),
+            ..Default::default()
+        })),
+    }
+}
+
+fn app_record(app: pb::App) -> pb::ExportRecord {
+    pb::ExportRecord {
+        record: Some(pb::export_record::Record::App(app)),
+    }
+}
+
+/// Finding 6: an import is checked as a whole before the first write: a
+/// bad row after an app record leaves nothing behind; conflicting
+/// duplicates, expiries beyond the timestamp range and grants of scopes the
+/// app does not declare are refused; an import that stops sending is cut
+/// at the message deadline.
+#[tokio::test]
+async fn imports_are_checked_whole_before_anything_is_written() {
+    use crate::fixture::{assert_status, bare_app, location_app};
+    use pb::DecisionState::{Denied, Granted};
+    let h = TestDaemon::with(|c| c.limits.message_timeout = Duration::from_millis(700)).await;
+    let c = h.client();
+    c.register(location_app("wxloc")).await;
+    c.register(bare_app("wxbare", pb::AppKind::MiniProgram))
+        .await;
+    let before = c.revision().await;
+    let import = |records: Vec<pb::ExportRecord>| {
+        let mut admin = c.admin();
+        async move { admin.import(tokio_stream::iter(records)).await }
+    };
+    let far = pb::ExportRecord {
+        record: Some(pb::export_record::Record::Decision(pb::StoredDecision {
+            app_id: "wxloc".into(),
+            user_id: "u1".into(),
+            scope: "scope.userLocation".into(),
+            state: Granted.into(),
+            expires_at: Some(prost_types::Timestamp {
+                seconds: i64::MAX / 1000,
+                nanos: 0,
+            }),
+            ..Default::default()
+        })),
+    };
+    for (label, records, code, needle) in [
+        (
+            "a bad row after an app",
+            vec![
+                app_record(location_app("wxnew")),
+                row("wxnew", "u1", "scope.camera", Granted),
+                row("wxnew", "u1", "scope.nope", Granted),
+            ],
+            Code::InvalidArgument,
+            "scope.nope",
+        ),
+        (
+            "conflicting duplicates",
+            vec![
+                row("wxloc", "u1", "scope.camera", Granted),
+                row("wxloc", "u1", "scope.camera", Denied),
+            ],
+            Code::InvalidArgument,
+            "two rows disagree",
+        ),
+        (
+            "an expiry that never comes",
+            vec![far],
+            Code::InvalidArgument,
+            "beyond 9999-12-31",
+        ),
+        (
+            "a grant of an undeclared scope",
+            vec![
+                row("wxloc", "u1", "scope.camera", Granted),
+                row("wxbare", "u1", "scope.userLocation", Granted),
+            ],
+            Code::InvalidArgument,
+            "a grant of a scope the app does not declare",
+        ),
+        (
+            "a row for an app that is nowhere",
+            vec![
+                app_record(location_app("wxnew")),
+                row("wxghost", "u1", "scope.camera", Granted),
+            ],
+            Code::NotFound,
+            "wxghost",
+        ),
+    ] {
+        let result = import(records).await;
+        let status = result.expect_err(label);
+        assert_eq!(status.code(), code, "{label}: {status:?}");
+        assert!(status.message().contains(needle), "{label}: {status:?}");
+        assert_eq!(c.revision().await, before, "{label}: something was written");
+    }
+    assert_status(
+        c.apps()
+            .get_app(pb::GetAppRequest {
+                app_id: "wxnew".into(),
+            })
+            .await,
+        Code::NotFound,
+        "wxnew",
+    );
+    // Identical repeats are one row; a good import goes through.
+    let done = import(vec![
+        app_record(location_app("wxnew")),
+        row("wxnew", "u1", "scope.camera", Granted),
+        row("wxnew", "u1", "scope.camera", Granted),
+        row("wxloc", "u2", "scope.userLocation", Granted),
+    ])
+    .await
+    .unwrap()
+    .into_inner();
+    assert_eq!((done.apps, done.decisions, done.changed), (1, 2, 2));
+
+    // An import that stops sending holds its slot only until the deadline.
+    let started = tokio::time::Instant::now();
+    let status = c
+        .admin()
+        .import(tokio_stream::pending::<pb::ExportRecord>())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        status.message().contains("Import request message"),
+        "{status:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    h.stop().await;
+}
