@@ -952,6 +952,18 @@ mod tests {
         assert_eq!(c.limits.request_timeout, Duration::from_secs(10));
         assert_eq!(c.max_message_bytes, 262_144);
         assert_eq!(c.watch.max_streams, 5000);
+        assert_eq!(c.limits.max_in_flight_per_principal, 512);
+        assert_eq!(c.limits.max_watch_streams_per_principal, 1000);
+        assert_eq!(c.limits.message_timeout, Duration::from_secs(5));
+        assert_eq!(
+            c.connections,
+            ConnectionLimits {
+                max_connections: 4096,
+                max_per_source: 256,
+                first_request_timeout: Duration::from_secs(10),
+                idle_timeout: Duration::from_secs(300),
+            }
+        );
         assert!(!c.insecure);
     }
 
