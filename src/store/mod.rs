@@ -9,6 +9,7 @@
 
 mod codec;
 mod maintenance;
+mod sled_read;
 mod sled_store;
 mod writer;
 
@@ -21,8 +22,8 @@ pub use maintenance::DEFAULT_RETENTION;
 pub use sled_store::{SledConfig, SledStore};
 
 use crate::domain::{
-    App, AppId, AuditEntry, AuditQuery, AuditRecord, Change, Decision, DecisionRecords,
-    DomainError, Event, Lifetime, NagState, PrivacyState, Scope, UserDecisions, UserId,
+    App, AppId, AuditEntry, AuditQuery, AuditRecord, Change, DomainError, Event, Lifetime,
+    NagState, PrivacyState, Scope, StateQuery, Subject, SubjectState, UserDecisions, UserId,
 };
 
 /// A boxed future, so the trait stays object-safe.
@@ -32,14 +33,14 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// earlier jobs of the same group commit staged.
 pub trait View {
     fn app(&self, id: &AppId) -> Result<Option<Arc<App>>, StoreError>;
-    /// The stored states, lapsed grants included (as stored).
-    fn decisions(&self, app: &AppId, user: &UserId) -> Result<UserDecisions, StoreError>;
-    /// The stored decisions with their lifetimes.
-    fn records(&self, app: &AppId, user: &UserId) -> Result<DecisionRecords, StoreError>;
-    /// The user's answer to the app's privacy guide.
-    fn privacy(&self, app: &AppId, user: &UserId) -> Result<Option<PrivacyState>, StoreError>;
-    fn nag(&self, app: &AppId, user: &UserId, scope: Scope)
-        -> Result<Option<NagState>, StoreError>;
+    /// What `query` asks for about (`app`, `user`), as stored (lapsed
+    /// grants included), in one read.
+    fn subject(
+        &self,
+        app: &AppId,
+        user: &UserId,
+        query: &StateQuery,
+    ) -> Result<SubjectState, StoreError>;
     /// Timers due at `now_ms`, earliest first, at most `limit`.
     fn due_timers(&self, now_ms: u64, limit: usize) -> Result<Vec<Timer>, StoreError>;
     /// Every user's decisions for `app` (for deleting an app).
@@ -50,28 +51,28 @@ pub trait View {
 #[derive(Debug, Default)]
 pub struct WriteSet {
     pub app: Option<AppWrite>,
-    pub changes: Vec<(AppId, UserId, Change)>,
+    pub changes: Vec<(Subject, Change)>,
     /// The lifetime of every grant among `changes` (denials and
     /// revocations are permanent). A timed one also gets a timer.
     pub lifetime: Lifetime,
     /// Timers that came due and were handled (or found stale): removed.
     pub cleared_timers: Vec<Timer>,
     /// Per-decision lifetimes that override `lifetime` (imports).
-    pub lifetimes: std::collections::BTreeMap<(AppId, UserId, Scope), Lifetime>,
+    pub lifetimes: std::collections::BTreeMap<(Subject, Scope), Lifetime>,
     /// A privacy-guide answer to store (`Some`) or forget (`None`). It takes
     /// a revision but is not a decision: no event.
-    pub privacy: Option<(AppId, UserId, Option<PrivacyState>)>,
+    pub privacy: Option<(Subject, Option<PrivacyState>)>,
     /// Audit records, committed with the changes they describe.
     pub audit: Vec<AuditEntry>,
     /// An anti-nag state to store (`Some`) or forget (`None`).
-    pub nag: Option<(AppId, UserId, Scope, Option<NagState>)>,
+    pub nag: Option<(Subject, Scope, Option<NagState>)>,
     /// Forget everything kept per (app, user) besides decisions: the privacy
     /// answer and anti-nag state (the user deleted the mini program).
-    pub forget: Option<(AppId, UserId)>,
+    pub forget: Option<Subject>,
     /// One-time grants in use whose deadline moves later (ignored unless the
     /// stored grant is still granted for the same session with an earlier
     /// deadline): not a change of state, so no event and no revision.
-    pub extend: Vec<(AppId, UserId, Scope, Lifetime)>,
+    pub extend: Vec<(Subject, Scope, Lifetime)>,
 }
 
 /// A timed or one-time grant's timer: when it comes due, the grant lapses
@@ -79,8 +80,7 @@ pub struct WriteSet {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Timer {
     pub expires_at_ms: u64,
-    pub app: AppId,
-    pub user: UserId,
+    pub subject: Subject,
     pub scope: Scope,
 }
 
@@ -208,19 +208,14 @@ pub trait Store: Send + Sync + 'static {
         after: Option<&DecisionRow>,
         limit: usize,
     ) -> Result<Vec<DecisionRow>, StoreError>;
-    fn decision(
+    /// What `query` asks for about (`app`, `user`), as stored (lapsed
+    /// grants included), in one read: every verdict reads through this.
+    fn subject(
         &self,
         app: &AppId,
         user: &UserId,
-        scope: Scope,
-    ) -> Result<Option<Decision>, StoreError>;
-    /// The stored decisions with their lifetimes.
-    fn records(&self, app: &AppId, user: &UserId) -> Result<DecisionRecords, StoreError>;
-    /// The user's answer to the app's privacy guide.
-    fn privacy(&self, app: &AppId, user: &UserId) -> Result<Option<PrivacyState>, StoreError>;
-    /// The anti-nag state of one scope.
-    fn nag(&self, app: &AppId, user: &UserId, scope: Scope)
-        -> Result<Option<NagState>, StoreError>;
+        query: &StateQuery,
+    ) -> Result<SubjectState, StoreError>;
     /// One page of an app's audit records, oldest first, matching `query`.
     /// Returns the page and the sequence number to continue after, when
     /// more may follow.

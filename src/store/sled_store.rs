@@ -15,13 +15,14 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::{
     codec::{self, FORMAT_KEY, FORMAT_VERSION, REVISION_KEY},
-    maintenance,
+    maintenance, sled_read,
     writer::{self, Request},
     AuditPage, BoxFuture, CommitObserver, Committed, Compaction, DecisionRow, Job, Published,
     Retention, Store, StoreError, StoreStats, Timer, TxnError, Verification,
 };
-use crate::domain::{
-    App, AppId, AuditQuery, Decision, DecisionRecords, Event, NagState, PrivacyState, Scope, UserId,
+use crate::{
+    clock::SharedClock,
+    domain::{App, AppId, AuditQuery, Event, StateQuery, Subject, SubjectState, UserId},
 };
 
 /// Tuning of the sled backend.
@@ -41,6 +42,8 @@ pub struct SledConfig {
     /// Flush every group commit before acknowledging it. `false` acknowledges
     /// writes that a crash may lose: for measuring what durability costs only.
     pub flush_on_commit: bool,
+    /// Event and record times, retention by age.
+    pub clock: SharedClock,
 }
 
 impl std::fmt::Debug for dyn CommitObserver {
@@ -68,6 +71,7 @@ pub(super) struct Shared {
     /// Set by the writer when sled failed a write: sled keeps failing after
     /// that until it is reopened (see [`Store::recover`]).
     pub failed: AtomicBool,
+    pub clock: SharedClock,
 }
 
 /// The sled-backed [`Store`].
@@ -99,6 +103,7 @@ impl SledStore {
             published,
             observer: config.observer.clone(),
             failed: AtomicBool::new(false),
+            clock: config.clock.clone(),
         });
         if !config.flush_on_commit {
             tracing::warn!("flush_on_commit is off: acknowledged writes may be lost in a crash");
@@ -367,21 +372,6 @@ fn wait_for_lock_release(path: &std::path::Path) {
     }
 }
 
-pub(super) fn read_records(
-    tree: &sled::Tree,
-    app: &AppId,
-    user: &UserId,
-) -> Result<DecisionRecords, StoreError> {
-    let prefix = codec::user_decisions_prefix(app, user);
-    let mut out = DecisionRecords::new();
-    for item in tree.scan_prefix(&prefix) {
-        let (key, value) = item?;
-        let scope = codec::decode_scope(&key[prefix.len()..])?;
-        out.insert(scope, codec::decode_decision(&value)?);
-    }
-    Ok(out)
-}
-
 /// Timers due at `now_ms`, earliest first.
 pub(super) fn read_due_timers(
     tree: &sled::Tree,
@@ -398,8 +388,7 @@ pub(super) fn read_due_timers(
         let (app, user, scope) = codec::split_decision_key(&decision_key)?;
         out.push(Timer {
             expires_at_ms,
-            app,
-            user,
+            subject: Subject { app, user },
             scope,
         });
     }
@@ -431,16 +420,13 @@ impl Store for SledStore {
             .collect())
     }
 
-    fn decision(
+    fn subject(
         &self,
         app: &AppId,
         user: &UserId,
-        scope: Scope,
-    ) -> Result<Option<Decision>, StoreError> {
-        self.tree()?
-            .get(codec::decision_key(app, user, scope))?
-            .map(|raw| codec::decode_decision(&raw))
-            .transpose()
+        query: &StateQuery,
+    ) -> Result<SubjectState, StoreError> {
+        sled_read::subject(&self.tree()?, app, user, query)
     }
 
     fn decisions_after(
@@ -484,29 +470,6 @@ impl Store for SledStore {
         Ok(out)
     }
 
-    fn records(&self, app: &AppId, user: &UserId) -> Result<DecisionRecords, StoreError> {
-        read_records(&self.tree()?, app, user)
-    }
-
-    fn privacy(&self, app: &AppId, user: &UserId) -> Result<Option<PrivacyState>, StoreError> {
-        self.tree()?
-            .get(codec::privacy_key(app, user))?
-            .map(|raw| codec::decode_privacy(&raw))
-            .transpose()
-    }
-
-    fn nag(
-        &self,
-        app: &AppId,
-        user: &UserId,
-        scope: Scope,
-    ) -> Result<Option<NagState>, StoreError> {
-        self.tree()?
-            .get(codec::nag_key(app, user, scope))?
-            .map(|raw| codec::decode_nag(&raw))
-            .transpose()
-    }
-
     fn audit(&self, app: &AppId, query: &AuditQuery) -> Result<AuditPage, StoreError> {
         let tree = self.tree()?;
         let prefix = codec::audit_index_prefix(app);
@@ -541,7 +504,7 @@ impl Store for SledStore {
 
     fn trim_audit(&self, retention: Retention) -> BoxFuture<'_, Result<u64, StoreError>> {
         Box::pin(async move {
-            let now = writer::now_ms();
+            let now = self.shared.clock.now_ms();
             let mut removed = 0;
             loop {
                 let (n, done) = self
@@ -626,7 +589,7 @@ impl Store for SledStore {
 
     fn compact(&self, retention: Retention) -> BoxFuture<'_, Result<Compaction, StoreError>> {
         Box::pin(async move {
-            let now = writer::now_ms();
+            let now = self.shared.clock.now_ms();
             let mut total = Compaction {
                 removed: 0,
                 compacted_through: self.compacted_through(),

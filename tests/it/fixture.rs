@@ -1,9 +1,10 @@
 //! The fixture layer: a real daemon on `127.0.0.1:0` over a temp data dir,
 //! and a thin client with helpers for the calls tests make most.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use consentd::{
+    clock::{ManualClock, SharedClock, SystemClock},
     config::Config,
     pb::{
         self, admin_client::AdminClient, apps_client::AppsClient,
@@ -27,6 +28,9 @@ pub struct TestDaemon {
     config: Config,
     daemon: Option<Daemon>,
     channel: Channel,
+    clock: SharedClock,
+    /// Set when the test moves time itself ([`TestDaemon::with_manual_clock`]).
+    manual: Option<Arc<ManualClock>>,
 }
 
 /// Test settings: ephemeral port, fast progress markers, no surprise compaction.
@@ -47,17 +51,49 @@ impl TestDaemon {
     }
 
     pub async fn with(tweak: impl FnOnce(&mut Config)) -> Self {
+        Self::with_clock(tweak, None).await
+    }
+
+    /// Like [`TestDaemon::with`], on a clock that moves only when the test
+    /// calls [`TestDaemon::advance`] (it starts at the system time): grant
+    /// lapses, embargoes and privacy gaps without sleeping.
+    pub async fn with_manual_clock(tweak: impl FnOnce(&mut Config)) -> Self {
+        Self::with_clock(tweak, Some(ManualClock::starting_now())).await
+    }
+
+    async fn with_clock(tweak: impl FnOnce(&mut Config), manual: Option<Arc<ManualClock>>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut config = test_config(dir.path().join("data"));
         tweak(&mut config);
-        let daemon = Daemon::start(config.clone()).await.unwrap();
+        let clock: SharedClock = match &manual {
+            Some(m) => m.clone(),
+            None => SystemClock::shared(),
+        };
+        let daemon = Daemon::start_with_clock(config.clone(), clock.clone())
+            .await
+            .unwrap();
         let channel = connect(daemon.local_addr().unwrap()).await;
         Self {
             _dir: dir,
             config,
             daemon: Some(daemon),
             channel,
+            clock,
+            manual,
         }
+    }
+
+    /// Unix milliseconds now, by the daemon's clock.
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    /// Moves the daemon's manual clock forward by `by`.
+    pub fn advance(&self, by: Duration) {
+        self.manual
+            .as_ref()
+            .expect("advance needs TestDaemon::with_manual_clock")
+            .advance(by);
     }
 
     /// Like [`TestDaemon::with`], for daemons a plain TCP client cannot
@@ -75,6 +111,8 @@ impl TestDaemon {
             config,
             daemon: Some(daemon),
             channel,
+            clock: SystemClock::shared(),
+            manual: None,
         }
     }
 
@@ -99,7 +137,9 @@ impl TestDaemon {
 
     /// Starts a daemon on the same data dir (after [`TestDaemon::take`] or a stop).
     pub async fn start_again(&mut self) {
-        let daemon = Daemon::start(self.config.clone()).await.unwrap();
+        let daemon = Daemon::start_with_clock(self.config.clone(), self.clock.clone())
+            .await
+            .unwrap();
         self.channel = connect(daemon.local_addr().unwrap()).await;
         self.daemon = Some(daemon);
     }
