@@ -215,3 +215,101 @@ fn by_certificate(
         _ => Err(ambiguous("its subject has several common names".into())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn authenticator(text: &str) -> (tempfile::TempDir, Authenticator) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, text).unwrap();
+        let auth = Authenticator::from_file(&path).unwrap();
+        (dir, auth)
+    }
+
+    fn cert(sans: &[&str], cns: &[&str]) -> Option<Arc<CertIdentity>> {
+        Some(Arc::new(CertIdentity {
+            sans: sans.iter().map(|s| (*s).to_owned()).collect(),
+            common_names: cns.iter().map(|s| (*s).to_owned()).collect(),
+        }))
+    }
+
+    #[test]
+    fn certificates_sans_first_ambiguity_refused_tokens_within() {
+        let text = format!(
+            "[[principal]]\nname='ops'\nrole='operator'\ncert_subject='ops-cn'\n\
+             [[principal]]\nname='shop'\nrole='runtime'\napps=['wxa','wxb']\ncert_subject='spiffe://shop'\ntoken_sha256='{}'\n\
+             [[principal]]\nname='shop-a'\nrole='runtime'\napps=['wxa']\ntoken_sha256='{}'\n\
+             [[principal]]\nname='dash'\nrole='observer'\napps=['*']\ncert_subject='dash.internal'\ntoken_sha256='{}'\n",
+            hash_token("shop-token-0123456789"),
+            hash_token("shop-a-token-0123456789"),
+            hash_token("dash-token-0123456789"),
+        );
+        let (_dir, auth) = authenticator(&text);
+        let name = |p: &Presentation| auth.authenticate(p).map(|p| p.name.clone());
+        // SAN before CN; CN when no SAN names anyone.
+        assert_eq!(
+            name(&Presentation::new(
+                None,
+                cert(&["spiffe://shop"], &["ops-cn"])
+            )),
+            Ok("shop".into())
+        );
+        assert_eq!(
+            name(&Presentation::new(
+                None,
+                cert(&["spiffe://nobody"], &["ops-cn"])
+            )),
+            Ok("ops".into())
+        );
+        // Ambiguous: two principals by SAN, or two CNs.
+        let two = name(&Presentation::new(
+            None,
+            cert(&["spiffe://shop", "dash.internal"], &[]),
+        ));
+        assert!(matches!(two, Err(AuthError::Ambiguous { .. })), "{two:?}");
+        let cns = name(&Presentation::new(None, cert(&[], &["ops-cn", "x"])));
+        assert!(matches!(cns, Err(AuthError::Ambiguous { .. })), "{cns:?}");
+        assert!(matches!(
+            name(&Presentation::new(None, cert(&["a"], &["b"]))),
+            Err(AuthError::UnknownSubject(_))
+        ));
+        // Tokens with certificates: within (narrower apps, or under an
+        // operator) is used, wider or another role is refused.
+        let shop_cert = cert(&["spiffe://shop"], &[]);
+        assert_eq!(
+            name(&Presentation::new(
+                Some("shop-a-token-0123456789"),
+                shop_cert.clone()
+            )),
+            Ok("shop-a".into())
+        );
+        assert_eq!(
+            name(&Presentation::new(
+                Some("dash-token-0123456789"),
+                cert(&[], &["ops-cn"])
+            )),
+            Ok("dash".into())
+        );
+        assert!(matches!(
+            name(&Presentation::new(Some("dash-token-0123456789"), shop_cert)),
+            Err(AuthError::BeyondCertificate { .. })
+        ));
+        let a_cert_narrower_than_the_token =
+            Presentation::new(Some("shop-token-0123456789"), cert(&["x"], &[]));
+        assert_eq!(
+            name(&a_cert_narrower_than_the_token),
+            Ok("shop".into()),
+            "an unknown certificate leaves the token alone"
+        );
+        assert_eq!(
+            name(&Presentation::new(None, None)),
+            Err(AuthError::Missing)
+        );
+        assert_eq!(
+            name(&Presentation::new(Some("nope-0123456789"), None)),
+            Err(AuthError::UnknownToken)
+        );
+    }
+}

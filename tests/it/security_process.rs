@@ -455,6 +455,26 @@ fn refusal_logs_name_the_peer_and_are_rate_limited() {
         "{denied}"
     );
     assert!(denied.contains("\"peer\":\"127.0.0.1:"), "{denied}");
+    // A refusal by the app binding (decided in the handler) is logged the
+    // same way.
+    let bound = runtime.block_on(async move {
+        let channel = crate::fixture::connect(addr).await;
+        let mut client = AuthorizationClient::new(channel);
+        let mut request = tonic::Request::new(pb::GetSettingRequest {
+            app_id: "wxother".into(),
+            user_id: "u1".into(),
+        });
+        let token = token_of("shop-runtime");
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        client.get_setting(request).await.unwrap_err()
+    });
+    assert_eq!(bound.code(), tonic::Code::PermissionDenied, "{bound:?}");
+    let by_binding = daemon.wait_for("\"rpc\":\"GetSetting\"");
+    assert!(by_binding.contains("permission denied"), "{by_binding}");
+    assert!(by_binding.contains("wxother"), "{by_binding}");
+    assert!(by_binding.contains("\"peer\":\"127.0.0.1:"), "{by_binding}");
     // 300 unknown tokens.
     let flood = runtime.block_on(async move {
         let channel = crate::fixture::connect(addr).await;
