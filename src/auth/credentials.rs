@@ -5,11 +5,12 @@
 //! name = "shop-runtime"
 //! role = "runtime"                 # operator | runtime | settings | observer
 //! apps = ["wx1234567890abcdef"]    # ["*"] for every app (not for runtime)
-//! token_sha256 = "9f86d081..."     # hex SHA-256 of the token; or a list
-//! cert_subject = "shop-runtime"    # client certificate CN (mTLS); optional
+//! token_sha256 = "<64 hex digits>" # hex SHA-256 of the token; or a list
+//! cert_subject = "shop-runtime"    # client certificate URI/DNS SAN or CN (mTLS); optional
 //! ```
 //!
-//! Tokens are never stored: only their SHA-256 digest. A presented token is
+//! Digests of well-known or very short tokens are refused (see
+//! `weak_digests`). Tokens are never stored: only their SHA-256 digest. A presented token is
 //! hashed and compared with every digest in constant time.
 
 use std::{
