@@ -374,11 +374,19 @@ where
 
     fn call(&mut self, mut request: http::Request<tonic::body::Body>) -> Self::Future {
         let peer = request.extensions().get::<PeerInfo>().cloned();
+        let rpc = rpc_for_path(request.uri().path());
+        // Only calls of the API keep a connection open past its idle
+        // timeout: health and reflection need no credentials, so a health
+        // Watch must not pin a connection. They count as activity when
+        // they start.
         let mut held = Held {
-            _request: peer.as_ref().map(|p| p.activity.begin()),
+            _request: peer
+                .as_ref()
+                .map(|p| p.activity.begin())
+                .filter(|_| rpc.is_some()),
             ..Held::default()
         };
-        let Some(rpc) = rpc_for_path(request.uri().path()) else {
+        let Some(rpc) = rpc else {
             let response = self.inner.call(request);
             return Box::pin(async move {
                 Ok(response.await?.map(|body| {

@@ -629,6 +629,19 @@ async fn connections_without_open_requests_are_closed_at_the_idle_timeout() {
         2,
         "the idle connection was not closed"
     );
+
+    // A health Watch needs no credentials: it does not pin the connection.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(client.channel());
+    let mut watching = health
+        .watch(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    watching.message().await.unwrap().unwrap();
+    let cut = tokio::time::timeout(Duration::from_secs(5), watching.message())
+        .await
+        .expect("a health Watch kept its connection past the idle timeout");
+    assert!(cut.is_err(), "{cut:?}");
     h.stop().await;
 }
 

@@ -50,6 +50,10 @@ impl As {
         Self { channel, bearer }
     }
 
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
     pub fn auth(&self) -> AuthorizationClient<Authed> {
         AuthorizationClient::with_interceptor(self.channel.clone(), self.bearer.clone())
     }
