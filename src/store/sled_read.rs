@@ -4,8 +4,8 @@
 
 use std::collections::BTreeMap;
 
-use super::{codec, StoreError};
-use crate::domain::{AppId, StateQuery, SubjectState, UserId};
+use super::{codec, StoreError, Timer};
+use crate::domain::{AppId, StateQuery, Subject, SubjectState, UserId};
 
 /// Told each (key, value) of a scan.
 pub(super) type Visit<'a> = dyn FnMut(&[u8], &[u8]) -> Result<(), StoreError> + 'a;
@@ -127,4 +127,27 @@ pub(super) fn subject(
         state.privacy = kv.read(&codec::privacy_key(app, user), codec::decode_privacy)?;
     }
     Ok(state)
+}
+
+/// Timers due at `now_ms`, earliest first.
+pub(super) fn read_due_timers(
+    tree: &sled::Tree,
+    now_ms: u64,
+    limit: usize,
+) -> Result<Vec<Timer>, StoreError> {
+    let mut out = Vec::new();
+    for item in tree
+        .range(codec::TIMER_PREFIX.to_vec()..codec::timers_due_bound(now_ms))
+        .take(limit)
+    {
+        let (key, _) = item?;
+        let (expires_at_ms, decision_key) = codec::split_timer_key(&key)?;
+        let (app, user, scope) = codec::split_decision_key(&decision_key)?;
+        out.push(Timer {
+            expires_at_ms,
+            subject: Subject { app, user },
+            scope,
+        });
+    }
+    Ok(out)
 }

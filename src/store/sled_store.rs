@@ -15,15 +15,33 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::{
     codec::{self, FORMAT_KEY, FORMAT_VERSION, REVISION_KEY},
-    maintenance, sled_read,
-    writer::{self, Request},
+    sled_maintenance, sled_read,
+    sled_shared::Shared,
+    sled_writer::{self, Request},
     AuditPage, BoxFuture, CommitObserver, Committed, Compaction, DecisionRow, Job, Published,
-    Retention, Store, StoreError, StoreStats, Timer, TxnError, Verification,
+    Retention, Store, StoreError, StoreStats, TxnError, Verification,
 };
 use crate::{
     clock::SharedClock,
-    domain::{App, AppId, AuditQuery, Event, StateQuery, Subject, SubjectState, UserId},
+    domain::{App, AppId, AuditQuery, Event, StateQuery, SubjectState, UserId},
 };
+
+/// sled's errors, classified: a full disk, an I/O failure (sled then keeps
+/// failing until reopened), corruption, or a bug.
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        match &e {
+            sled::Error::Io(io) if io.kind() == std::io::ErrorKind::StorageFull => {
+                StoreError::Full(e.to_string())
+            }
+            sled::Error::Io(_) => StoreError::Unavailable(e.to_string()),
+            sled::Error::Corruption { .. } => StoreError::Corrupt(e.to_string()),
+            sled::Error::CollectionNotFound(_)
+            | sled::Error::Unsupported(_)
+            | sled::Error::ReportableBug(_) => StoreError::Internal(e.to_string()),
+        }
+    }
+}
 
 /// Tuning of the sled backend.
 #[derive(Clone, Debug)]
@@ -50,28 +68,6 @@ impl std::fmt::Debug for dyn CommitObserver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("CommitObserver")
     }
-}
-
-/// Apps by id: every registration, kept in memory (apps are few and read
-/// on every call).
-pub(super) type AppIndex = RwLock<BTreeMap<AppId, Arc<App>>>;
-
-/// State shared by the readers and the writer.
-pub(super) struct Shared {
-    pub apps: AppIndex,
-    /// The last durable (published) revision.
-    pub revision: AtomicU64,
-    pub compacted_through: AtomicU64,
-    /// Event keys present in the log.
-    pub event_count: AtomicU64,
-    pub published: broadcast::Sender<Arc<Published>>,
-    pub observer: Option<Arc<dyn CommitObserver>>,
-    /// The last audit sequence number committed.
-    pub audit_seq: AtomicU64,
-    /// Set by the writer when sled failed a write: sled keeps failing after
-    /// that until it is reopened (see [`Store::recover`]).
-    pub failed: AtomicBool,
-    pub clock: SharedClock,
 }
 
 /// The sled-backed [`Store`].
@@ -141,7 +137,7 @@ impl SledStore {
     /// Runs `task` on the writer between two group commits.
     async fn exclusive<T: Send + 'static>(
         &self,
-        task: impl FnOnce(&writer::Writer) -> Result<T, StoreError> + Send + 'static,
+        task: impl FnOnce(&sled_writer::Writer) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let (reply, rx) = oneshot::channel();
         let request = Request::Exclusive(Box::new(move |w| {
@@ -184,9 +180,9 @@ fn create_private_dir(path: &std::path::Path) -> std::io::Result<()> {
 /// Opens sled at `config.path`, checks the format and reads the state back.
 fn open_handles(config: &SledConfig) -> Result<(sled::Db, sled::Tree, Loaded), StoreError> {
     let path = config.path.display().to_string();
-    let open_err = |source| StoreError::Open {
+    let open_err = |source: sled::Error| StoreError::Open {
         path: path.clone(),
-        source,
+        message: source.to_string(),
     };
     create_private_dir(&config.path).map_err(|e| open_err(e.into()))?;
     // A store that was there before must still carry our format marker
@@ -251,7 +247,7 @@ fn start_writer(
     config: &SledConfig,
 ) -> Result<WriterHandle, StoreError> {
     let (tx, rx) = mpsc::channel(config.queue_depth.max(1));
-    let state = writer::Writer::new(
+    let state = sled_writer::Writer::new(
         tree,
         shared,
         config.max_batch.max(1),
@@ -372,29 +368,6 @@ fn wait_for_lock_release(path: &std::path::Path) {
     }
 }
 
-/// Timers due at `now_ms`, earliest first.
-pub(super) fn read_due_timers(
-    tree: &sled::Tree,
-    now_ms: u64,
-    limit: usize,
-) -> Result<Vec<Timer>, StoreError> {
-    let mut out = Vec::new();
-    for item in tree
-        .range(codec::TIMER_PREFIX.to_vec()..codec::timers_due_bound(now_ms))
-        .take(limit)
-    {
-        let (key, _) = item?;
-        let (expires_at_ms, decision_key) = codec::split_timer_key(&key)?;
-        let (app, user, scope) = codec::split_decision_key(&decision_key)?;
-        out.push(Timer {
-            expires_at_ms,
-            subject: Subject { app, user },
-            scope,
-        });
-    }
-    Ok(out)
-}
-
 impl Store for SledStore {
     fn app(&self, id: &AppId) -> Result<Option<Arc<App>>, StoreError> {
         let apps = self
@@ -509,7 +482,12 @@ impl Store for SledStore {
             loop {
                 let (n, done) = self
                     .exclusive(move |w| {
-                        maintenance::trim_audit_chunk(w, retention, now, maintenance::COMPACT_CHUNK)
+                        sled_maintenance::trim_audit_chunk(
+                            w,
+                            retention,
+                            now,
+                            sled_maintenance::COMPACT_CHUNK,
+                        )
                     })
                     .await?;
                 removed += n;
@@ -598,7 +576,12 @@ impl Store for SledStore {
             loop {
                 let (chunk, done) = self
                     .exclusive(move |w| {
-                        maintenance::compact_chunk(w, retention, now, maintenance::COMPACT_CHUNK)
+                        sled_maintenance::compact_chunk(
+                            w,
+                            retention,
+                            now,
+                            sled_maintenance::COMPACT_CHUNK,
+                        )
                     })
                     .await?;
                 total.removed += chunk.removed;
@@ -619,7 +602,7 @@ impl Store for SledStore {
     }
 
     fn verify(&self) -> BoxFuture<'_, Result<Verification, StoreError>> {
-        Box::pin(self.exclusive(maintenance::verify))
+        Box::pin(self.exclusive(sled_maintenance::verify))
     }
 
     fn submit(&self, job: Job) -> BoxFuture<'_, Result<Committed, TxnError>> {
@@ -729,4 +712,40 @@ impl Store for SledStore {
             Ok(())
         })
     }
+}
+
+#[cfg(test)]
+mod contract_tests {
+    use std::sync::Arc;
+
+    use super::{SledConfig, SledStore};
+    use crate::{
+        clock::SystemClock,
+        store::{
+            contract::{store_contract_tests, Backend},
+            Store,
+        },
+    };
+
+    /// sled stores under one temp dir, a directory per name.
+    struct Sled(tempfile::TempDir);
+
+    impl Backend for Sled {
+        fn open(&self, name: &str) -> Arc<dyn Store> {
+            let store = SledStore::open(&SledConfig {
+                path: self.0.path().join(name),
+                cache_capacity: 8 << 20,
+                max_batch: 64,
+                queue_depth: 256,
+                publish_capacity: 1024,
+                observer: None,
+                flush_on_commit: true,
+                clock: SystemClock::shared(),
+            })
+            .expect("the sled store opens");
+            Arc::new(store)
+        }
+    }
+
+    store_contract_tests!(Sled(tempfile::tempdir().unwrap()));
 }

@@ -7,7 +7,10 @@ use std::time::Duration;
 use consentd::pb::{self, grant_lifetime::Kind, watch_response};
 use tonic::{Code, Streaming};
 
-use crate::fixture::{android, assert_status, location_app, Client, TestDaemon};
+use crate::{
+    fixture::{android, assert_status, location_app, Client, TestDaemon},
+    support::export,
+};
 
 const LOC: &str = "scope.userLocation";
 const BG: &str = "scope.userLocationBackground";
@@ -384,18 +387,7 @@ async fn export_and_import_keep_lifetimes() {
     record(&c, "scope.bluetooth", pb::Answer::Allow, None)
         .await
         .unwrap();
-    let mut stream = c
-        .admin()
-        .export(pb::ExportRequest {
-            include_events: false,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut records = Vec::new();
-    while let Some(r) = stream.message().await.unwrap() {
-        records.push(r);
-    }
+    let records = export(&c.channel, false).await;
     let stored = |scope: &str| {
         records
             .iter()

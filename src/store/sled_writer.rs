@@ -11,8 +11,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     codec,
-    sled_read::{self, Overlay, Staged},
-    sled_store::{read_due_timers, Shared},
+    sled_read::{self, read_due_timers, Overlay, Staged},
+    sled_shared::Shared,
     AppWrite, Committed, Job, Published, StoreError, Timer, TxnError, View, WriteSet,
 };
 use crate::domain::{
@@ -166,7 +166,7 @@ impl Writer {
         }
         for (reply, result) in replies {
             let result = match &failure {
-                Some(e) => result.and_then(|_| Err(StoreError::Io(e.clone()).into())),
+                Some(e) => result.and_then(|_| Err(StoreError::from(e.clone()).into())),
                 None => result,
             };
             // A caller that went away no longer needs its answer; the write stands.
