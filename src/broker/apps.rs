@@ -78,7 +78,7 @@ impl Broker {
         let declarations = Declarations::parse(kind, raw)?;
         let audit = operator_entry(who, &id, action);
         self.write_app(audit, move |view| {
-            let current = view.app(&id)?.ok_or_else(|| DomainError::app_not_found(&id))?;
+            let current = view.registered_app(&id)?;
             if current.kind != kind {
                 return Err(DomainError::FailedPrecondition {
                     message: format!(
@@ -223,9 +223,7 @@ impl Broker {
                     }
                 }
                 for (subject, group) in users {
-                    let app = view
-                        .app(&subject.app)?
-                        .ok_or_else(|| DomainError::app_not_found(&subject.app))?;
+                    let app = view.registered_app(&subject.app)?;
                     let before = view
                         .subject(&subject.app, &subject.user, &StateQuery::decisions())?
                         .stored_decisions();
@@ -264,8 +262,7 @@ impl Broker {
         let (committed, revoked) = self
             .store
             .write(move |view: &dyn View| {
-                view.app(&id)?
-                    .ok_or_else(|| DomainError::app_not_found(&id))?;
+                view.registered_app(&id)?;
                 let mut changes = Vec::new();
                 for (user, decisions) in view.app_decisions(&id)? {
                     let subject = Subject {

@@ -146,9 +146,7 @@ impl Broker {
         let (committed, value) = self
             .store
             .write(move |view: &dyn View| {
-                let app = view
-                    .app(&subject.app)?
-                    .ok_or_else(|| DomainError::app_not_found(&subject.app))?;
+                let app = view.registered_app(&subject.app)?;
                 if app.declarations.privacy.is_none() {
                     return Err(DomainError::FailedPrecondition {
                         message: format!(
@@ -193,8 +191,7 @@ impl Broker {
         let (committed, ()) = self
             .store
             .write(move |view: &dyn View| {
-                view.app(&subject.app)?
-                    .ok_or_else(|| DomainError::app_not_found(&subject.app))?;
+                view.registered_app(&subject.app)?;
                 let state = view.subject(&subject.app, &subject.user, &StateQuery::decisions())?;
                 let ended = |l: &Lifetime| {
                     matches!(l, Lifetime::Session { session: s, .. } if *s == session)
@@ -277,9 +274,7 @@ impl Broker {
         let (committed, value) = self
             .store
             .write(move |view: &dyn View| {
-                let app = view
-                    .app(&subject.app)?
-                    .ok_or_else(|| DomainError::app_not_found(&subject.app))?;
+                let app = view.registered_app(&subject.app)?;
                 // Only an answer to a popup reads the privacy answer and the
                 // anti-nag state (settings changes and removals do not).
                 let answer = match w.audit {

@@ -216,8 +216,10 @@ impl Admin for AdminService {
             tokio::select! {
                 () = export(broker, include_events, tx.clone()) => {}
                 () = stop.cancelled() => {
+                    // Never wait for a client that stopped reading: shutdown
+                    // waits for this task.
                     let status = Status::unavailable("consentd is shutting down; export again");
-                    let _ = tx.send(Err(status)).await;
+                    let _ = tx.try_send(Err(status));
                 }
             }
         });

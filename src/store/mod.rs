@@ -63,6 +63,12 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// earlier jobs of the same group commit staged.
 pub trait View {
     fn app(&self, id: &AppId) -> Result<Option<Arc<App>>, StoreError>;
+    /// The app, or the job's refusal: NOT_FOUND.
+    fn registered_app(&self, id: &AppId) -> Result<Arc<App>, TxnError> {
+        Ok(self
+            .app(id)?
+            .ok_or_else(|| DomainError::app_not_found(id))?)
+    }
     /// What `query` asks for about (`app`, `user`), as stored (lapsed
     /// grants included), in one read.
     fn subject(
