@@ -5,13 +5,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{
-    access::{caller, refuse},
-    convert,
-};
+use super::{access::caller, convert};
 use crate::{
     broker::Broker,
-    domain::{AppId, Rpc, UserId},
+    domain::{AppId, UserId},
     pb::{self, admin_server::Admin, export_record::Record},
     store::{DecisionRow, Retention},
 };
@@ -308,9 +305,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::CompactRequest>,
     ) -> Result<Response<pb::CompactResponse>, Status> {
-        caller(&request)?
-            .may_span_all_apps(Rpc::Compact)
-            .map_err(refuse)?;
+        caller(&request)?.may_span_all_apps()?;
         let done = self.broker.compact(self.retention).await?;
         Ok(Response::new(pb::CompactResponse {
             removed_events: done.removed,
@@ -323,9 +318,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::VerifyRequest>,
     ) -> Result<Response<pb::VerifyResponse>, Status> {
-        caller(&request)?
-            .may_span_all_apps(Rpc::Verify)
-            .map_err(refuse)?;
+        caller(&request)?.may_span_all_apps()?;
         let v = self.broker.verify().await?;
         Ok(Response::new(pb::VerifyResponse {
             consistent: v.mismatches.is_empty(),
@@ -341,9 +334,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::ExportRequest>,
     ) -> Result<Response<Self::ExportStream>, Status> {
-        caller(&request)?
-            .may_span_all_apps(Rpc::Export)
-            .map_err(refuse)?;
+        caller(&request)?.may_span_all_apps()?;
         let (tx, rx) = mpsc::channel(256);
         // Ends when the export is done, the client stops reading, or the
         // daemon shuts down.
@@ -368,7 +359,7 @@ impl Admin for AdminService {
         request: Request<Streaming<pb::ExportRecord>>,
     ) -> Result<Response<pb::ImportResponse>, Status> {
         let who = caller(&request)?;
-        who.may_span_all_apps(Rpc::Import).map_err(refuse)?;
+        who.may_span_all_apps()?;
         let mut stream = request.into_inner();
         // The whole import is read and checked before the first write.
         let mut records = Vec::new();
