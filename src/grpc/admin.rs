@@ -15,8 +15,6 @@ use crate::{
 
 /// Decisions read per page while exporting.
 const EXPORT_PAGE: usize = 1024;
-/// Decisions per write job while importing (a user's rows never split).
-const IMPORT_BATCH: usize = 1024;
 
 pub struct AdminService {
     broker: Broker,
@@ -374,32 +372,8 @@ impl Admin for AdminService {
             Err(e) => Err(e.into()),
         })?;
         let (apps, decisions) = (plan.apps.len() as u64, plan.rows.len() as u64);
-        let mut changed = 0u64;
-        let mut revision = self.broker.revision();
-        for (id, kind, raw) in plan.apps {
-            revision = self.broker.upsert_app(id, kind, raw, &who).await?.revision;
-        }
-        let mut batch: Vec<DecisionRow> = Vec::new();
-        for row in plan.rows {
-            // Full batches are written only between users.
-            let new_user = batch
-                .last()
-                .is_some_and(|l| l.app != row.app || l.user != row.user);
-            if batch.len() >= IMPORT_BATCH && new_user {
-                let written = self
-                    .broker
-                    .import_decisions(std::mem::take(&mut batch), &who)
-                    .await?;
-                changed += written.value;
-                revision = written.revision;
-            }
-            batch.push(row);
-        }
-        if !batch.is_empty() {
-            let written = self.broker.import_decisions(batch, &who).await?;
-            changed += written.value;
-            revision = written.revision;
-        }
+        let written = self.broker.import(plan.apps, plan.rows, &who).await?;
+        let (changed, revision) = (written.value, written.revision);
         tracing::info!(apps, decisions, changed, "import done");
         Ok(Response::new(pb::ImportResponse {
             apps,
