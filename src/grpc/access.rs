@@ -17,6 +17,7 @@ use std::sync::Mutex;
 use tokio::sync::Semaphore;
 use tonic::Status;
 
+use super::convert::{ForSubject, Rejected};
 use crate::{
     auth::{Authenticator, Presentation},
     domain::{AppId, EventFilter, Principal, Rpc},
@@ -41,6 +42,25 @@ impl Caller {
     /// The call spans every app (operators' calls).
     pub fn may_span_all_apps(&self) -> Result<(), Status> {
         Ok(self.principal.may_span_all_apps(self.rpc)?)
+    }
+
+    /// A converted request, admitted once its app binding holds. A request
+    /// that failed to convert after its subject parsed is checked against
+    /// the binding first: a caller learns nothing about requests for apps
+    /// it may not touch.
+    pub fn admit<T: ForSubject>(&self, parsed: Result<T, Rejected>) -> Result<T, Status> {
+        match parsed {
+            Ok(call) => {
+                self.may_touch(&call.subject().app)?;
+                Ok(call)
+            }
+            Err(Rejected { subject, error }) => {
+                if let Some(s) = subject {
+                    self.may_touch(&s.app)?;
+                }
+                Err(error.into())
+            }
+        }
     }
 
     /// Narrows a Watch filter to the apps the caller is bound to.

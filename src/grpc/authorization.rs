@@ -12,14 +12,11 @@ use super::{
 use crate::{
     auth::Authenticator,
     broker::Broker,
-    domain::{gates::msg, Api, Scope, SessionId, SettingsUpdate},
+    domain::gates::msg,
     metrics::Metrics,
     pb::{self, authorization_server::Authorization},
     watch::Watcher,
 };
-
-/// Most scopes one BatchAuthorize may ask about.
-pub const MAX_BATCH_SCOPES: usize = 64;
 
 pub struct AuthorizationService {
     broker: Broker,
@@ -73,12 +70,10 @@ impl Authorization for AuthorizationService {
         request: Request<pb::AuthorizeRequest>,
     ) -> Result<Response<pb::AuthorizeResponse>, Status> {
         let who = caller(&request)?;
-        let r = request.into_inner();
-        let subject = convert::subject(&r.app_id, &r.user_id)?;
-        who.may_touch(&subject.app)?;
-        let scope = convert::scope("scope", &r.scope)?;
-        let client = convert::client(r.client)?;
-        let read = self.broker.authorize(&subject, scope, &client, &who)?;
+        let call: convert::AuthorizeCall = who.admit(request.into_inner().try_into())?;
+        let read = self
+            .broker
+            .authorize(&call.subject, call.scope, &call.client, &who)?;
         self.metrics.observe_verdict(&read.value);
         Ok(Response::new(pb::AuthorizeResponse {
             decision: Some(convert::decision(read.value)),
@@ -91,12 +86,10 @@ impl Authorization for AuthorizationService {
         request: Request<pb::AuthorizeRequest>,
     ) -> Result<Response<pb::ExplainResponse>, Status> {
         let who = caller(&request)?;
-        let r = request.into_inner();
-        let subject = convert::subject(&r.app_id, &r.user_id)?;
-        who.may_touch(&subject.app)?;
-        let scope = convert::scope("scope", &r.scope)?;
-        let client = convert::client(r.client)?;
-        let read = self.broker.explain(&subject, scope, &client)?;
+        let call: convert::AuthorizeCall = who.admit(request.into_inner().try_into())?;
+        let read = self
+            .broker
+            .explain(&call.subject, call.scope, &call.client)?;
         let (verdict, steps) = read.value;
         Ok(Response::new(pb::ExplainResponse {
             decision: Some(convert::decision(verdict)),
@@ -110,25 +103,10 @@ impl Authorization for AuthorizationService {
         request: Request<pb::BatchAuthorizeRequest>,
     ) -> Result<Response<pb::BatchAuthorizeResponse>, Status> {
         let who = caller(&request)?;
-        let r = request.into_inner();
-        let subject = convert::subject(&r.app_id, &r.user_id)?;
-        who.may_touch(&subject.app)?;
-        if r.scopes.is_empty() || r.scopes.len() > MAX_BATCH_SCOPES {
-            return Err(Status::invalid_argument(format!(
-                "scopes must hold 1 to {MAX_BATCH_SCOPES} scopes, not {}",
-                r.scopes.len()
-            )));
-        }
-        let scopes = r
-            .scopes
-            .iter()
-            .enumerate()
-            .map(|(i, s)| convert::scope(&format!("scopes[{i}]"), s))
-            .collect::<Result<Vec<Scope>, _>>()?;
-        let client = convert::client(r.client)?;
+        let call: convert::BatchAuthorizeCall = who.admit(request.into_inner().try_into())?;
         let read = self
             .broker
-            .batch_authorize(&subject, &scopes, &client, &who)?;
+            .batch_authorize(&call.subject, &call.scopes, &call.client, &who)?;
         read.value
             .iter()
             .for_each(|v| self.metrics.observe_verdict(v));
@@ -143,12 +121,10 @@ impl Authorization for AuthorizationService {
         request: Request<pb::CheckApiRequest>,
     ) -> Result<Response<pb::CheckApiResponse>, Status> {
         let who = caller(&request)?;
-        let r = request.into_inner();
-        let subject = convert::subject(&r.app_id, &r.user_id)?;
-        who.may_touch(&subject.app)?;
-        let api = Api::parse_field("api", &r.api)?;
-        let client = convert::client(r.client)?;
-        let read = self.broker.check_api(&subject, api, &client, &who)?;
+        let call: convert::CheckApiCall = who.admit(request.into_inner().try_into())?;
+        let read = self
+            .broker
+            .check_api(&call.subject, call.api, &call.client, &who)?;
         read.value
             .verdicts
             .iter()
@@ -168,16 +144,10 @@ impl Authorization for AuthorizationService {
         request: Request<pb::RecordDecisionRequest>,
     ) -> Result<Response<pb::RecordDecisionResponse>, Status> {
         let who = caller(&request)?;
-        let r = request.into_inner();
-        let subject = convert::subject(&r.app_id, &r.user_id)?;
-        who.may_touch(&subject.app)?;
-        let scope = convert::scope("scope", &r.scope)?;
-        let answer = convert::answer(r.answer)?;
-        let client = convert::client(r.client)?;
-        let lifetime = convert::lifetime(r.lifetime)?;
+        let c: convert::RecordCall = who.admit(request.into_inner().try_into())?;
         let written = self
             .broker
-            .record(&subject, scope, client.clone(), answer, lifetime, &who)
+            .record(&c.subject, c.scope, c.client, c.answer, c.lifetime, &who)
             .await?;
         Ok(Response::new(pb::RecordDecisionResponse {
             err_msg: written.value.err_msg,
@@ -192,10 +162,8 @@ impl Authorization for AuthorizationService {
         request: Request<pb::GetSettingRequest>,
     ) -> Result<Response<pb::GetSettingResponse>, Status> {
         let who = caller(&request)?;
-        let r = request.into_inner();
-        let subject = convert::subject(&r.app_id, &r.user_id)?;
-        who.may_touch(&subject.app)?;
-        let read = self.broker.get_setting(&subject)?;
+        let call: convert::SubjectCall = who.admit(request.into_inner().try_into())?;
+        let read = self.broker.get_setting(&call.subject)?;
         Ok(Response::new(pb::GetSettingResponse {
             auth_setting: convert::auth_setting(&read.value),
             err_msg: format!("getSetting:{}", msg::OK),
@@ -208,10 +176,8 @@ impl Authorization for AuthorizationService {
         request: Request<pb::OpenSettingRequest>,
     ) -> Result<Response<pb::OpenSettingResponse>, Status> {
         let who = caller(&request)?;
-        let r = request.into_inner();
-        let subject = convert::subject(&r.app_id, &r.user_id)?;
-        who.may_touch(&subject.app)?;
-        let read = self.broker.open_setting(&subject)?;
+        let call: convert::SubjectCall = who.admit(request.into_inner().try_into())?;
+        let read = self.broker.open_setting(&call.subject)?;
         Ok(Response::new(pb::OpenSettingResponse {
             items: read
                 .value
@@ -230,28 +196,10 @@ impl Authorization for AuthorizationService {
         request: Request<pb::UpdateSettingRequest>,
     ) -> Result<Response<pb::UpdateSettingResponse>, Status> {
         let who = caller(&request)?;
-        let r = request.into_inner();
-        let subject = convert::subject(&r.app_id, &r.user_id)?;
-        who.may_touch(&subject.app)?;
-        let mut toggles = std::collections::BTreeMap::new();
-        for (name, enabled) in &r.auth_setting {
-            toggles.insert(convert::scope("auth_setting", name)?, *enabled);
-        }
-        let location = convert::location_option(r.location)?;
-        let lifetime = convert::lifetime(r.lifetime)?;
-        if toggles.is_empty() && location.is_none() {
-            return Err(Status::invalid_argument(
-                "auth_setting and location are both empty: nothing to change",
-            ));
-        }
+        let call: convert::UpdateSettingCall = who.admit(request.into_inner().try_into())?;
         let written = self
             .broker
-            .update_setting(
-                &subject,
-                SettingsUpdate { toggles, location },
-                lifetime,
-                &who,
-            )
+            .update_setting(&call.subject, call.update, call.lifetime, &who)
             .await?;
         Ok(Response::new(pb::UpdateSettingResponse {
             auth_setting: convert::auth_setting(&written.value),
@@ -266,10 +214,8 @@ impl Authorization for AuthorizationService {
         request: Request<pb::RemoveAppRequest>,
     ) -> Result<Response<pb::RemoveAppResponse>, Status> {
         let who = caller(&request)?;
-        let r = request.into_inner();
-        let subject = convert::subject(&r.app_id, &r.user_id)?;
-        who.may_touch(&subject.app)?;
-        let written = self.broker.remove_app(&subject, &who).await?;
+        let call: convert::SubjectCall = who.admit(request.into_inner().try_into())?;
+        let written = self.broker.remove_app(&call.subject, &who).await?;
         Ok(Response::new(pb::RemoveAppResponse {
             changes: convert::changes(&written.events),
             revision: written.revision,
@@ -281,11 +227,11 @@ impl Authorization for AuthorizationService {
         request: Request<pb::EndSessionRequest>,
     ) -> Result<Response<pb::EndSessionResponse>, Status> {
         let who = caller(&request)?;
-        let r = request.into_inner();
-        let subject = convert::subject(&r.app_id, &r.user_id)?;
-        who.may_touch(&subject.app)?;
-        let session = SessionId::parse_field("session_id", &r.session_id)?;
-        let written = self.broker.end_session(&subject, session, &who).await?;
+        let call: convert::EndSessionCall = who.admit(request.into_inner().try_into())?;
+        let written = self
+            .broker
+            .end_session(&call.subject, call.session, &who)
+            .await?;
         Ok(Response::new(pb::EndSessionResponse {
             changes: convert::changes(&written.events),
             revision: written.revision,
@@ -297,10 +243,8 @@ impl Authorization for AuthorizationService {
         request: Request<pb::GetPrivacySettingRequest>,
     ) -> Result<Response<pb::GetPrivacySettingResponse>, Status> {
         let who = caller(&request)?;
-        let r = request.into_inner();
-        let subject = convert::subject(&r.app_id, &r.user_id)?;
-        who.may_touch(&subject.app)?;
-        let read = self.broker.get_privacy_setting(&subject)?;
+        let call: convert::SubjectCall = who.admit(request.into_inner().try_into())?;
+        let read = self.broker.get_privacy_setting(&call.subject)?;
         let (need_authorization, privacy_contract_name) = read.value;
         Ok(Response::new(pb::GetPrivacySettingResponse {
             need_authorization,
@@ -315,12 +259,10 @@ impl Authorization for AuthorizationService {
         request: Request<pb::RecordPrivacyDecisionRequest>,
     ) -> Result<Response<pb::RecordPrivacyDecisionResponse>, Status> {
         let who = caller(&request)?;
-        let r = request.into_inner();
-        let subject = convert::subject(&r.app_id, &r.user_id)?;
-        who.may_touch(&subject.app)?;
+        let call: convert::PrivacyAnswerCall = who.admit(request.into_inner().try_into())?;
         let read = self
             .broker
-            .record_privacy_decision(&subject, r.agree, &who)
+            .record_privacy_decision(&call.subject, call.agree, &who)
             .await?;
         let (need_authorization, version) = read.value;
         Ok(Response::new(pb::RecordPrivacyDecisionResponse {

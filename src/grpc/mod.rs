@@ -13,5 +13,6 @@ mod stream;
 pub use access::{AccessLayer, CallLimits};
 pub use admin::AdminService;
 pub use apps::AppsService;
-pub use authorization::{AuthorizationService, MAX_BATCH_SCOPES};
+pub use authorization::AuthorizationService;
+pub use convert::MAX_BATCH_SCOPES;
 pub use stream::WatchStream;
