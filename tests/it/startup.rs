@@ -417,3 +417,116 @@ fn logs_have_no_colour_off_a_terminal_and_follow_log_level() {
         "the auth-off warning stays: {stderr}"
     );
 }
+
+/// contrib/consentd.service with its `/usr/local/bin/consentd` replaced by
+/// the binary under test.
+fn unit_text() -> String {
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/consentd.service"),
+    )
+    .unwrap();
+    unit.replace("/usr/local/bin/consentd", env!("CARGO_BIN_EXE_consentd"))
+}
+
+fn unit_values<'a>(unit: &'a str, key: &str) -> Vec<&'a str> {
+    unit.lines()
+        .filter_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+        .collect()
+}
+
+/// The unit's ExecStart, as systemd runs it: the config comes from the
+/// credentials directory (readable by the transient user whatever the mode of
+/// /etc/consentd/consentd.toml), with the unit's environment, and readiness
+/// reaches the notify socket (Type=notify).
+#[test]
+fn the_systemd_unit_starts_consentd_from_its_credential_and_gets_ready() {
+    let unit = unit_text();
+    assert_eq!(unit_values(&unit, "Type"), ["notify"]);
+    let [credential] = unit_values(&unit, "LoadCredential")[..] else {
+        panic!("one LoadCredential= for the config: {unit}")
+    };
+    let (name, source) = credential.split_once(':').unwrap();
+    assert_eq!(source, "/etc/consentd/consentd.toml");
+    let [exec] = unit_values(&unit, "ExecStart")[..] else {
+        panic!("one ExecStart=")
+    };
+    assert!(
+        exec.contains(&format!("--config ${{CREDENTIALS_DIRECTORY}}/{name}")),
+        "{exec}"
+    );
+
+    let credentials = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/consentd.toml"),
+        credentials.path().join(name),
+    )
+    .unwrap();
+    let exec = exec.replace(
+        "${CREDENTIALS_DIRECTORY}",
+        credentials.path().to_str().unwrap(),
+    );
+    let mut words = exec.split_whitespace();
+    let dir = tempfile::tempdir().unwrap();
+    let notify = dir.path().join("notify");
+    let socket = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let mut command = Command::new(words.next().unwrap());
+    command.args(words);
+    for env in unit_values(&unit, "Environment") {
+        let (k, v) = env.split_once('=').unwrap();
+        command.env(k, v);
+    }
+    // The shipped config's ports and data dir, moved out of the way.
+    let mut child = command
+        .env("CONSENTD_LISTEN", "127.0.0.1:0")
+        .env("CONSENTD_METRICS_LISTEN", "127.0.0.1:0")
+        .env("CONSENTD_DATA_DIR", dir.path().join("data"))
+        .env("NOTIFY_SOCKET", &notify)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let got = socket
+        .recv(&mut buf)
+        .map(|n| String::from_utf8_lossy(&buf[..n]).into_owned());
+    let pid = child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        got.ok().as_deref().map(str::trim),
+        Some("READY=1"),
+        "{stderr}"
+    );
+    assert!(out.status.success(), "{stderr}");
+}
+
+/// `systemd-analyze verify` finds nothing to say about the unit. Ignored by
+/// plain `cargo test`: scripts/test runs it where systemd-analyze exists.
+#[test]
+#[ignore = "needs systemd-analyze: scripts/test runs it where available"]
+fn systemd_analyze_verifies_the_unit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("consentd.service");
+    std::fs::write(&path, unit_text()).unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let about_unit: Vec<&str> = stderr.lines().filter(|l| l.contains("consentd")).collect();
+    assert!(about_unit.is_empty(), "{stderr}");
+    // Documentation= names a file the install comment puts there.
+    let unit = unit_text();
+    for doc in unit_values(&unit, "Documentation") {
+        let file = doc.strip_prefix("file://").expect("a file:// URL");
+        assert!(
+            unit.contains(&format!("install -D -m 0644 README.md {file}")),
+            "{file} is installed by the comment"
+        );
+    }
+}
