@@ -479,7 +479,7 @@ fn the_systemd_unit_starts_consentd_from_its_credential_and_gets_ready() {
         command.env(k, v);
     }
     // The shipped config's ports and data dir, moved out of the way.
-    let mut child = command
+    let child = command
         .env("CONSENTD_LISTEN", "127.0.0.1:0")
         .env("CONSENTD_METRICS_LISTEN", "127.0.0.1:0")
         .env("CONSENTD_DATA_DIR", dir.path().join("data"))
