@@ -322,6 +322,9 @@ fn method_index(path: &str) -> usize {
         .unwrap_or(METHODS.len())
 }
 
+/// The response header carrying the daemon's version on every gRPC call.
+pub const VERSION_HEADER: &str = "consentd-version";
+
 /// A tower layer counting and timing every gRPC call by method and status.
 #[derive(Clone)]
 pub struct RpcLayer {
@@ -384,7 +387,14 @@ where
                 Err(_) => Some("TransportError".to_owned()),
             };
             metrics.observe_rpc(method, code.as_deref(), started.elapsed());
-            response
+            // Every response names the daemon's version (`consentctl version`).
+            response.map(|mut r| {
+                r.headers_mut().insert(
+                    VERSION_HEADER,
+                    http::HeaderValue::from_static(crate::VERSION),
+                );
+                r
+            })
         })
     }
 }

@@ -671,3 +671,205 @@ async fn guide(h: &TestDaemon, app_id: &str) -> Option<consentd::pb::PrivacyGuid
     let app = h.client().apps().get_app(request).await.unwrap();
     app.into_inner().app.unwrap().privacy
 }
+
+/// Runs consentctl with stdout read by a reader that has already gone away
+/// (`| head` that exited): the first write gets EPIPE.
+fn closed_stdout(args: &[&str]) -> (i32, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_consentctl"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_pipe_ends_quietly_not_in_a_panic() {
+    let (code, stderr) = closed_stdout(&["completions", "bash"]);
+    assert_eq!((code, stderr.as_str()), (0, ""), "completions");
+    let (code, stderr) = closed_stdout(&["token", "new"]);
+    assert_eq!((code, stderr.as_str()), (0, ""), "token new");
+
+    let h = TestDaemon::start().await;
+    let c = h.client();
+    c.register(crate::fixture::location_app("wxpipe")).await;
+    c.answer("wxpipe", "u1", "scope.camera", consentd::pb::Answer::Allow)
+        .await;
+    let addr = h.addr().to_string();
+    let (code, stderr) = closed_stdout(&["--addr", &addr, "scopes"]);
+    assert_eq!((code, stderr.as_str()), (0, ""), "a table");
+    // `watch --json | head -1`: the tail reads one event, then the reader
+    // leaves; the next event ends the tail cleanly.
+    let mut tail = Command::new(env!("CARGO_BIN_EXE_consentctl"))
+        .args(["--addr", &addr, "--json", "watch", "--from", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(tail.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.contains("wxpipe"), "{first}");
+    c.answer("wxpipe", "u2", "scope.camera", consentd::pb::Answer::Deny)
+        .await;
+    let out = tokio::task::spawn_blocking(move || tail.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_against_a_wrong_address_hints_and_backs_off_with_jitter() {
+    // A port nothing listens on.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut tail = Command::new(env!("CARGO_BIN_EXE_consentctl"))
+        .args(["--addr", &addr.to_string(), "watch"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = tail.stderr.take().unwrap();
+    let lines = tokio::task::spawn_blocking(move || {
+        BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .take(5)
+            .collect::<Vec<String>>()
+    })
+    .await
+    .unwrap();
+    tail.kill().unwrap();
+    tail.wait().unwrap();
+    let text = lines.join("\n");
+    assert!(
+        lines[1] == format!("hint: is consentd running at {addr}?"),
+        "the hint follows the first failure:\n{text}"
+    );
+    assert_eq!(text.matches("hint:").count(), 1, "once per outage:\n{text}");
+    // Delays grow from 0.2 s, each with its own jitter: not the fixed
+    // 0.2, 0.4, 0.8 s of a plain doubling.
+    let delays: Vec<f64> = lines
+        .iter()
+        .filter_map(|l| l.rsplit_once(" in ")?.1.strip_suffix('s')?.parse().ok())
+        .collect();
+    assert_eq!(delays.len(), 4, "{text}");
+    assert!(delays.iter().all(|d| (0.2..=10.0).contains(d)), "{text}");
+    assert_ne!(delays[..3], [0.2, 0.4, 0.8], "jittered:\n{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_health_and_the_connection_conventions() {
+    let h = TestDaemon::start().await;
+    let addr = h.addr().to_string();
+    let version = ctl(h.addr(), &["version"]).await;
+    assert_eq!(version.code, 0, "{}", version.stderr);
+    assert_eq!(
+        version.stdout,
+        format!("consentctl {v}\nconsentd   {v}\n", v = consentd::VERSION),
+    );
+    let health = ctl(h.addr(), &["--json", "health"]).await;
+    assert_eq!(
+        (health.code, health.json()["status"].as_str()),
+        (0, Some("SERVING"))
+    );
+    let unknown = ctl(h.addr(), &["health", "--service", "no.such.Service"]).await;
+    assert_eq!(unknown.code, 2, "NOT_FOUND is an error: {}", unknown.stderr);
+
+    // Every connection flag has a CONSENTCTL_ variable.
+    let out = Command::new(env!("CARGO_BIN_EXE_consentctl"))
+        .args(["--json", "health"])
+        .env("CONSENTCTL_ADDR", &addr)
+        .env("CONSENTCTL_TIMEOUT", "5")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let help = Command::new(env!("CARGO_BIN_EXE_consentctl"))
+        .args(["authorize", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    let connection = help
+        .split("Connection:")
+        .nth(1)
+        .expect("a Connection heading");
+    for flag in [
+        "addr",
+        "token",
+        "tls-ca",
+        "tls-cert",
+        "tls-key",
+        "tls-domain",
+        "timeout",
+    ] {
+        let env = format!("CONSENTCTL_{}", flag.to_uppercase().replace('-', "_"));
+        assert!(connection.contains(&format!("--{flag}")), "{flag}: {help}");
+        assert!(connection.contains(&env), "{env}: {help}");
+    }
+    assert!(
+        help.contains("<SCOPE>  The scope"),
+        "positionals are described: {help}"
+    );
+    // The offline commands show no connection flags.
+    for command in [&["completions", "--help"][..], &["token", "new", "--help"]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_consentctl"))
+            .args(command)
+            .output()
+            .unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && !help.contains("--addr"),
+            "{command:?}: {help}"
+        );
+    }
+    // --timeout 0 could never succeed.
+    let zero = ctl(h.addr(), &["--timeout", "0", "rules"]).await;
+    assert_eq!(zero.code, 2);
+    assert!(
+        zero.stderr.contains("0 would let no call finish"),
+        "{}",
+        zero.stderr
+    );
+    h.stop().await;
+}
+
+#[test]
+fn man_pages_come_from_the_same_definitions() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_consentctl"))
+        .arg("man")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let main = std::fs::read_to_string(dir.path().join("consentctl.1")).unwrap();
+    assert!(
+        main.contains("consentctl") && main.contains("authorize"),
+        "{main}"
+    );
+    let page = std::fs::read_to_string(dir.path().join("consentctl-authorize.1")).unwrap();
+    assert!(
+        page.contains("CONSENTCTL_ADDR") || page.contains("\\-\\-addr"),
+        "{page}"
+    );
+}

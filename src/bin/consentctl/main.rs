@@ -16,7 +16,6 @@ mod render;
 use std::{process::ExitCode, time::Duration};
 
 use anyhow::{Context as _, Result};
-use clap::Parser as _;
 use consentd::{
     client::{ClientChannel, ClientError, ConnectOptions},
     pb::{
@@ -30,8 +29,42 @@ use tonic::{Code, Status};
 
 use args::{AppArgs, AppsCommand, Cli, Command, TokenCommand};
 
+/// The clap command, with the connection flags hidden from the commands that
+/// talk to no daemon: each gets hidden local copies, which keep clap from
+/// propagating the global ones into it.
+fn command() -> clap::Command {
+    use clap::CommandFactory as _;
+    fn hide_connection(mut c: clap::Command, hidden: &[clap::Arg]) -> clap::Command {
+        for arg in hidden {
+            c = c.arg(arg.clone());
+        }
+        let names: Vec<String> = c
+            .get_subcommands()
+            .map(|s| s.get_name().to_owned())
+            .collect();
+        for name in names {
+            c = c.mut_subcommand(name, |sub| hide_connection(sub, hidden));
+        }
+        c
+    }
+    let mut cmd = Cli::command();
+    let hidden: Vec<clap::Arg> = cmd
+        .get_arguments()
+        .filter(|a| args::CONNECTION_ARGS.contains(&a.get_id().as_str()))
+        .map(|a| a.clone().global(false).hide(true))
+        .collect();
+    for name in ["completions", "man", "token"] {
+        cmd = cmd.mut_subcommand(name, |sub| hide_connection(sub, &hidden));
+    }
+    cmd
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    use clap::FromArgMatches as _;
+    let cli = match Cli::from_arg_matches(&command().get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -45,11 +78,28 @@ fn main() -> ExitCode {
     match runtime.block_on(run(&cli)) {
         Ok(Answer::Positive) => ExitCode::SUCCESS,
         Ok(Answer::Negative) => ExitCode::from(1),
+        // The reader went away (`| head -1`): nothing is wrong.
+        Err(e) if closed_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             report(&e, &cli);
             ExitCode::from(2)
         }
     }
+}
+
+fn closed_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Writes to stdout; an error (a closed pipe) ends the command.
+fn out(text: std::fmt::Arguments<'_>) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_fmt(text)?;
+    stdout.flush()
 }
 
 fn report(e: &anyhow::Error, cli: &Cli) {
@@ -77,7 +127,7 @@ fn hint(e: &anyhow::Error, cli: &Cli) -> Option<String> {
     }
     let status = e.downcast_ref::<Status>();
     match status.map(Status::code) {
-        Some(Code::Unauthenticated) if cli.token.is_some() => {
+        Some(Code::Unauthenticated) if cli.conn.token.is_some() => {
             return Some(
                 "consentd did not accept the bearer token (CONSENTCTL_TOKEN or --token)".into(),
             )
@@ -100,7 +150,7 @@ fn hint(e: &anyhow::Error, cli: &Cli) -> Option<String> {
             s.code() == Code::Unavailable
                 && (s.message().contains("transport error") || s.message().contains("connect"))
         });
-    unreachable.then(|| format!("is consentd running at {}?", cli.addr))
+    unreachable.then(|| format!("is consentd running at {}?", cli.conn.addr))
 }
 
 /// The cause of a failed TLS handshake; such failures hide below a generic
@@ -131,14 +181,15 @@ fn describe(e: &anyhow::Error) -> String {
 
 /// Streams (`stream`) get no per-call deadline.
 async fn connect(cli: &Cli, stream: bool) -> Result<ClientChannel> {
-    let timeout = Duration::from_secs(cli.timeout);
+    let c = &cli.conn;
+    let timeout = Duration::from_secs(c.timeout);
     let options = ConnectOptions {
-        addr: cli.addr.clone(),
-        token: cli.token.clone(),
-        tls_ca: cli.tls_ca.clone(),
-        tls_cert: cli.tls_cert.clone(),
-        tls_key: cli.tls_key.clone(),
-        tls_domain: cli.tls_domain.clone(),
+        addr: c.addr.clone(),
+        token: c.token.clone(),
+        tls_ca: c.tls_ca.clone(),
+        tls_cert: c.tls_cert.clone(),
+        tls_key: c.tls_key.clone(),
+        tls_domain: c.tls_domain.clone(),
         connect_timeout: Some(timeout),
         timeout: (!stream).then_some(timeout),
     };
@@ -175,14 +226,36 @@ fn answer_of(command: &Command, value: &Value) -> Answer {
 
 async fn run(cli: &Cli) -> Result<Answer> {
     if let Command::Completions { shell } = &cli.command {
-        use clap::CommandFactory as _;
-        clap_complete::generate(
-            *shell,
-            &mut Cli::command(),
-            "consentctl",
-            &mut std::io::stdout(),
-        );
+        // Into a buffer first: clap_complete panics on a failed write.
+        let mut script = Vec::new();
+        clap_complete::generate(*shell, &mut command(), "consentctl", &mut script);
+        out(format_args!("{}", String::from_utf8_lossy(&script)))?;
         return Ok(Answer::Positive);
+    }
+    if let Command::Man { dir } = &cli.command {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        clap_mangen::generate_to(command(), dir)
+            .with_context(|| format!("writing man pages into {}", dir.display()))?;
+        eprintln!("man pages written to {}", dir.display());
+        return Ok(Answer::Positive);
+    }
+    if let Command::Version = &cli.command {
+        out(format_args!("consentctl {}\n", consentd::VERSION))?;
+        let channel = connect(cli, false).await?;
+        let (daemon, _) = health(channel, "").await?;
+        out(format_args!("consentd   {daemon}\n"))?;
+        return Ok(Answer::Positive);
+    }
+    if let Command::Health { service } = &cli.command {
+        let channel = connect(cli, false).await?;
+        let (_, status) = health(channel, service.as_deref().unwrap_or("")).await?;
+        let value = json!({ "status": status });
+        render::print(&value, cli.json)?;
+        return Ok(if status == "SERVING" {
+            Answer::Positive
+        } else {
+            Answer::Negative
+        });
     }
     if let Command::Token(command) = &cli.command {
         token_command(command)?;
@@ -212,7 +285,7 @@ async fn run(cli: &Cli) -> Result<Answer> {
     if let Command::Import { file } = &cli.command {
         let r = dump::import(connect(cli, true).await?, file).await?;
         let value = json!({ "apps": r.apps, "decisions": r.decisions, "changed": r.changed, "revision": r.revision });
-        render::print(&value, cli.json);
+        render::print(&value, cli.json)?;
         return Ok(Answer::Positive);
     }
     let channel = connect(cli, false).await?;
@@ -450,12 +523,15 @@ async fn run(cli: &Cli) -> Result<Answer> {
         Command::Watch { .. }
         | Command::Token(_)
         | Command::Completions { .. }
+        | Command::Man { .. }
+        | Command::Version
+        | Command::Health { .. }
         | Command::Export { .. }
         | Command::Import { .. } => {
             anyhow::bail!("internal: not a unary call")
         }
     };
-    render::print(&value, cli.json);
+    render::print(&value, cli.json)?;
     Ok(answer_of(&cli.command, &value))
 }
 
@@ -602,7 +678,19 @@ async fn apps_command(
 /// A live tail: prints each event, remembers the last revision it covered
 /// (events and progress markers) and resumes from it after a disconnect.
 async fn watch(cli: &Cli, mut filter: pb::WatchRequest) -> Result<()> {
-    let mut backoff = Duration::from_millis(200);
+    use backon::BackoffBuilder as _;
+    // Exponential with jitter, so tails restarted together do not reconnect
+    // in step.
+    let delays = || {
+        backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(5))
+            .with_jitter()
+            .without_max_times()
+            .build()
+    };
+    let mut backoff = delays();
+    let mut hinted = false;
     loop {
         let stream = async {
             let channel = connect(cli, true).await?;
@@ -621,16 +709,20 @@ async fn watch(cli: &Cli, mut filter: pb::WatchRequest) -> Result<()> {
         .await;
         let failure = match stream {
             Ok(mut stream) => {
-                backoff = Duration::from_millis(200);
+                backoff = delays();
+                hinted = false;
                 loop {
                     match stream.next().await {
                         Some(Ok(item)) => match item.kind {
                             Some(Kind::Event(e)) => {
                                 filter.start_revision = Some(e.revision);
-                                if cli.json {
-                                    println!("{}", render::event(&e));
+                                let written = if cli.json {
+                                    out(format_args!("{}\n", render::event(&e)))
                                 } else {
-                                    println!("{}", render::event_line(&e));
+                                    out(format_args!("{}\n", render::event_line(&e)))
+                                };
+                                if let Err(e) = written {
+                                    return Err(e.into());
                                 }
                             }
                             Some(Kind::Progress(p)) => filter.start_revision = Some(p.revision),
@@ -655,17 +747,42 @@ async fn watch(cli: &Cli, mut filter: pb::WatchRequest) -> Result<()> {
         if !resumable {
             return Err(failure);
         }
+        let delay = backoff.next().unwrap_or(Duration::from_secs(5));
         eprintln!(
-            "watch: {}; resuming from revision {} in {:?}",
+            "watch: {}; resuming from revision {} in {:.1}s",
             describe(&failure),
             filter
                 .start_revision
                 .map_or("now".into(), |r| r.to_string()),
-            backoff
+            delay.as_secs_f64()
         );
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        // Once per outage, as the one-shot commands print it.
+        if let Some(hint) = hint(&failure, cli).filter(|_| !hinted) {
+            eprintln!("hint: {hint}");
+            hinted = true;
+        }
+        tokio::time::sleep(delay).await;
     }
+}
+
+/// The daemon's version (its `consentd-version` response header) and the
+/// health status of `service` ("" for the whole server).
+async fn health(channel: ClientChannel, service: &str) -> Result<(String, String)> {
+    use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient};
+    let response = HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await?;
+    let version = response
+        .metadata()
+        .get("consentd-version")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("unknown (the daemon sends no version)")
+        .to_owned();
+    let status = ServingStatus::try_from(response.into_inner().status)
+        .map_or_else(|_| "UNKNOWN".to_owned(), |s| s.as_str_name().to_owned());
+    Ok((version, status))
 }
 
 /// `token new` / `token hash`: the digest is what the daemon's credentials
@@ -679,7 +796,7 @@ fn token_command(command: &TokenCommand) -> Result<()> {
                 .and_then(|mut f| f.read_exact(&mut bytes))
                 .context("reading /dev/urandom")?;
             let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-            println!("token        = {token}");
+            out(format_args!("token        = {token}\n"))?;
             token
         }
         TokenCommand::Hash => {
@@ -696,6 +813,9 @@ fn token_command(command: &TokenCommand) -> Result<()> {
             token
         }
     };
-    println!("token_sha256 = \"{}\"", consentd::auth::hash_token(&token));
+    out(format_args!(
+        "token_sha256 = \"{}\"\n",
+        consentd::auth::hash_token(&token)
+    ))?;
     Ok(())
 }

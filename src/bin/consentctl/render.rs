@@ -207,13 +207,17 @@ pub fn rules(r: &pb::GetRulesResponse) -> Value {
     })
 }
 
-/// Prints a value: JSON on one line, or a readable table.
-pub fn print(value: &Value, as_json: bool) {
+/// Prints a value: JSON on one line, or a readable table. A write error (a
+/// closed pipe) is returned, never a panic.
+pub fn print(value: &Value, as_json: bool) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
     if as_json {
-        println!("{value}");
+        writeln!(stdout, "{value}")?;
     } else {
-        print!("{}", table(value, 0));
+        write!(stdout, "{}", table(value, 0))?;
     }
+    stdout.flush()
 }
 
 /// Key/value lines for objects; arrays of objects become aligned columns.
