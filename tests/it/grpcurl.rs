@@ -85,3 +85,40 @@ async fn list_describe_register_and_authorize() {
     );
     h.stop().await;
 }
+
+/// grpcurl 1.8.6 sends a unix socket's path as the HTTP/2 `:authority`;
+/// h2 (0.4, under tonic) refuses a malformed authority before any handler
+/// runs (`RST_STREAM PROTOCOL_ERROR`) and offers no switch to accept it. So
+/// the documented form passes `-authority localhost`; this test shows both,
+/// and tells when a newer h2 or grpcurl changes the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs grpcurl: scripts/test installs it and runs this"]
+async fn grpcurl_over_a_unix_socket_with_the_documented_authority() {
+    let grpcurl = grpcurl();
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("c.sock");
+    let path = sock.clone();
+    let h = TestDaemon::with(|c| c.listen.push(consentd::transport::ListenAddr::Unix(path))).await;
+    let run = |authority: bool| {
+        let mut command = std::process::Command::new(&grpcurl);
+        command.args(["-plaintext", "-unix"]);
+        if authority {
+            command.args(["-authority", "localhost"]);
+        }
+        command.arg(&sock).arg("list");
+        let out = command.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = run(true);
+    assert!(
+        ok && out.lines().any(|l| l == "consent.v1.Authorization"),
+        "{out}{err}"
+    );
+    let (ok, _, err) = run(false);
+    assert!(!ok && err.contains("PROTOCOL_ERROR"), "{err}");
+    h.stop().await;
+}
