@@ -873,3 +873,28 @@ fn man_pages_come_from_the_same_definitions() {
         "{page}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_scope_or_interface_suggests_the_near_one() {
+    let h = TestDaemon::start().await;
+    h.client()
+        .register(crate::fixture::location_app("wxnear"))
+        .await;
+    let scope = ctl(h.addr(), &["authorize", "wxnear", "u1", "camera"]).await;
+    assert_eq!(scope.code, 2);
+    assert!(
+        scope.stderr.contains(r#"did you mean "scope.camera"?"#)
+            && scope.stderr.contains("`consentctl scopes`"),
+        "{}",
+        scope.stderr
+    );
+    let api = ctl(h.addr(), &["check-api", "wxnear", "u1", "getLocation"]).await;
+    assert_eq!(api.code, 2);
+    assert!(
+        api.stderr.contains(r#"did you mean "wx.getLocation"?"#)
+            && api.stderr.contains("`consentctl scopes`"),
+        "{}",
+        api.stderr
+    );
+    h.stop().await;
+}
