@@ -511,7 +511,7 @@ where
                 // a broken transport.
                 Err(_) => Some(code_label(tonic::Code::Unavailable)),
             };
-            metrics.observe_rpc(method, code.as_deref(), started.elapsed());
+            metrics.observe_rpc(method, code, started.elapsed());
             // Every response names the daemon's version (`consentctl version`).
             response.map(|mut r| {
                 r.headers_mut().insert(
