@@ -898,3 +898,33 @@ async fn an_unknown_scope_or_interface_suggests_the_near_one() {
     );
     h.stop().await;
 }
+
+#[test]
+fn token_new_prints_256_random_bits_and_their_digest() {
+    let run = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_consentctl"))
+            .args(["token", "new"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let (a, b) = (run(), run());
+    let token = |text: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("token        = "))
+            .unwrap()
+            .to_owned()
+    };
+    let t = token(&a);
+    assert_eq!(t.len(), 64, "{a}");
+    assert!(t.bytes().all(|c| c.is_ascii_hexdigit()), "{a}");
+    assert_ne!(t, token(&b), "fresh randomness each time");
+    assert!(
+        a.contains(&format!(
+            "token_sha256 = \"{}\"",
+            consentd::auth::hash_token(&t)
+        )),
+        "{a}"
+    );
+}

@@ -790,12 +790,10 @@ async fn health(channel: ClientChannel, service: &str) -> Result<(String, String
 fn token_command(command: &TokenCommand) -> Result<()> {
     let token = match command {
         TokenCommand::New => {
-            use std::io::Read as _;
             let mut bytes = [0u8; 32];
-            std::fs::File::open("/dev/urandom")
-                .and_then(|mut f| f.read_exact(&mut bytes))
-                .context("reading /dev/urandom")?;
-            let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            getrandom::getrandom(&mut bytes)
+                .map_err(|e| anyhow::anyhow!("no randomness from the OS: {e}"))?;
+            let token = hex::encode(bytes);
             out(format_args!("token        = {token}\n"))?;
             token
         }
