@@ -928,3 +928,46 @@ fn token_new_prints_256_random_bits_and_their_digest() {
         "{a}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_fit_100_columns_and_hide_empty_rows() {
+    let h = TestDaemon::start().await;
+    h.client()
+        .register(crate::fixture::location_app("wxwide"))
+        .await;
+    for args in [
+        &["scopes"][..],
+        &["rules"],
+        &["check-api", "wxwide", "u1", "live-pusher"],
+        &["explain", "wxwide", "u1", "scope.userLocationBackground"],
+        &["apps", "list"],
+    ] {
+        let run = ctl(h.addr(), args).await;
+        assert!(run.code <= 1, "{args:?}: {}", run.stderr);
+        let widest = run
+            .stdout
+            .lines()
+            .map(|l| l.chars().count())
+            .max()
+            .unwrap_or(0);
+        assert!(widest <= 100, "{args:?}: {widest} columns:\n{}", run.stdout);
+        // No key without a value, no column without a value.
+        assert!(
+            run.stdout
+                .lines()
+                .all(|l| !l.trim_start().starts_with("rule ") && l.trim() != "rule"),
+            "{args:?}: an empty rule is shown:\n{}",
+            run.stdout
+        );
+    }
+    let scopes = ctl(h.addr(), &["scopes"]).await;
+    assert!(
+        scopes.stdout.contains("  scope.userLocation\n")
+            && scopes
+                .stdout
+                .contains("interfaces                wx.getLocation, "),
+        "{}",
+        scopes.stdout
+    );
+    h.stop().await;
+}
