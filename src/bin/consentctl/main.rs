@@ -2,7 +2,8 @@
 //!
 //! Exit codes: 0 success; 1 a negative answer (authorize, check-api and
 //! explain when the interface cannot run and no popup can fix it: DENIED,
-//! SETTINGS_REQUIRED, NOT_DECLARED, UNSUPPORTED; verify when inconsistent);
+//! SETTINGS_REQUIRED, NOT_DECLARED, UNSUPPORTED; verify when inconsistent;
+//! health when not serving); a closed stdout (`| head -1`) ends with 0;
 //! 2 an error (bad arguments, transport failure or a gRPC error status,
 //! printed with its code and message).
 //!
