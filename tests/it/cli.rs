@@ -17,6 +17,13 @@ struct Run {
     stderr: String,
 }
 
+/// A 64-bit number of the canonical JSON mapping (a string).
+fn num(v: &Value) -> u64 {
+    v.as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not a 64-bit number: {v}"))
+}
+
 impl Run {
     fn json(&self) -> Value {
         serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("{e}: {:?}", self.stdout))
@@ -62,12 +69,12 @@ async fn register_authorize_record_and_settings() {
     .await;
     assert_eq!(reg.code, 0, "{}", reg.stderr);
     let app = reg.json();
-    assert_eq!(app["app"]["kind"], "MINI_PROGRAM");
+    assert_eq!(app["app"]["kind"], "APP_KIND_MINI_PROGRAM");
     assert_eq!(
-        app["app"]["permission"]["scope.userLocation"],
+        app["app"]["permission"]["scope.userLocation"]["desc"],
         "to find shops"
     );
-    assert_eq!(app["app"]["required_private_infos"][0], "getLocation");
+    assert_eq!(app["app"]["requiredPrivateInfos"][0], "getLocation");
 
     let table = ctl(addr, &["apps", "get", "wxdemo"]).await;
     assert_eq!(table.code, 0);
@@ -85,10 +92,10 @@ async fn register_authorize_record_and_settings() {
     .await;
     assert_eq!(
         (
-            ask.json()["outcome"].as_str(),
-            ask.json()["prompt"]["app_desc"].as_str()
+            ask.json()["decision"]["outcome"].as_str(),
+            ask.json()["decision"]["prompt"]["appDesc"].as_str()
         ),
-        (Some("PROMPT"), Some("to find shops"))
+        (Some("OUTCOME_PROMPT"), Some("to find shops"))
     );
     let old = ctl(
         addr,
@@ -105,7 +112,10 @@ async fn register_authorize_record_and_settings() {
         ],
     )
     .await;
-    assert_eq!(old.json()["outcome"], "SETTINGS_REQUIRED");
+    assert_eq!(
+        old.json()["decision"]["outcome"],
+        "OUTCOME_SETTINGS_REQUIRED"
+    );
 
     let rec = ctl(
         addr,
@@ -119,8 +129,11 @@ async fn register_authorize_record_and_settings() {
         ],
     )
     .await;
-    assert_eq!(rec.json()["err_msg"], "authorize:ok");
-    assert_eq!(rec.json()["changes"][0]["new_state"], "GRANTED");
+    assert_eq!(rec.json()["errMsg"], "authorize:ok");
+    assert_eq!(
+        rec.json()["changes"][0]["newState"],
+        "DECISION_STATE_GRANTED"
+    );
     let check = ctl(
         addr,
         &["--json", "check-api", "wxdemo", "u1", "wx.getLocation"],
@@ -129,9 +142,9 @@ async fn register_authorize_record_and_settings() {
     assert_eq!(
         (
             check.json()["outcome"].as_str(),
-            check.json()["err_msg"].as_str()
+            check.json()["errMsg"].as_str()
         ),
-        (Some("GRANTED"), Some("getLocation:ok"))
+        (Some("OUTCOME_GRANTED"), Some("getLocation:ok"))
     );
 
     let up = ctl(
@@ -148,7 +161,7 @@ async fn register_authorize_record_and_settings() {
     .await;
     assert_eq!(up.code, 0, "{}", up.stderr);
     assert_eq!(
-        up.json()["auth_setting"],
+        up.json()["authSetting"],
         serde_json::json!({"scope.userLocation": true, "scope.userLocationBackground": true})
     );
     let settings = ctl(addr, &["settings", "wxdemo", "u1"]).await;
@@ -161,16 +174,16 @@ async fn register_authorize_record_and_settings() {
     );
     let page = ctl(addr, &["--json", "settings-page", "wxdemo", "u1"]).await;
     assert_eq!(
-        page.json()["items"][0]["location_option"],
-        "WHILE_USING_AND_AFTER_LEAVING"
+        page.json()["items"][0]["locationOption"],
+        "LOCATION_OPTION_WHILE_USING_AND_AFTER_LEAVING"
     );
 
     let scopes = ctl(addr, &["--json", "scopes", "--kind", "mini-game"]).await;
     assert_eq!(scopes.json()["scopes"].as_array().unwrap().len(), 10);
     let rules = ctl(addr, &["--json", "rules"]).await;
     assert_eq!(
-        rules.json()["popup_rules"][0]["platforms"],
-        serde_json::json!(["ANDROID", "IOS"])
+        rules.json()["popupRules"][0]["platforms"],
+        serde_json::json!(["PLATFORM_ANDROID", "PLATFORM_IOS"])
     );
     let verify = ctl(addr, &["--json", "verify"]).await;
     assert_eq!(verify.json()["consistent"], true);
@@ -252,7 +265,7 @@ async fn watch_tails_and_resumes_across_a_restart() {
             }
         }
     });
-    assert_eq!(next(&mut lines).await["revision"], 2);
+    assert_eq!(next(&mut lines).await["revision"], "2");
     h.take().shutdown().await.unwrap();
     // Same port again: the tail's retries reach the new daemon.
     h.start_again_at(addr).await;
@@ -262,11 +275,11 @@ async fn watch_tails_and_resumes_across_a_restart() {
     let event = next(&mut lines).await;
     assert_eq!(
         (
-            event["revision"].as_u64(),
-            event["user_id"].as_str(),
-            event["new_state"].as_str()
+            event["revision"].as_str(),
+            event["userId"].as_str(),
+            event["newState"].as_str()
         ),
-        (Some(3), Some("u2"), Some("DENIED"))
+        (Some("3"), Some("u2"), Some("DECISION_STATE_DENIED"))
     );
     tail.kill().unwrap();
     let mut stderr = String::new();
@@ -307,13 +320,13 @@ async fn registers_apps_from_their_app_json() {
     .await;
     assert_eq!(reg.code, 0, "{}", reg.stderr);
     let app = &reg.json()["app"];
-    assert_eq!(app["kind"], "MINI_PROGRAM");
+    assert_eq!(app["kind"], "APP_KIND_MINI_PROGRAM");
     assert_eq!(
-        app["permission"]["scope.userLocation"],
+        app["permission"]["scope.userLocation"]["desc"],
         "to show shops near you"
     );
     assert_eq!(
-        app["required_background_modes"],
+        app["requiredBackgroundModes"],
         serde_json::json!(["audio", "location"])
     );
 
@@ -336,10 +349,10 @@ async fn registers_apps_from_their_app_json() {
     .await;
     assert_eq!(again.code, 0, "{}", again.stderr);
     assert_eq!(
-        again.json()["app"]["required_private_infos"],
+        again.json()["app"]["requiredPrivateInfos"],
         serde_json::json!(["getFuzzyLocation"])
     );
-    assert!(again.json()["app"]["revision"].as_u64() > app["revision"].as_u64());
+    assert!(num(&again.json()["app"]["revision"]) > num(&app["revision"]));
 
     let game = write(
         "game.json",
@@ -350,7 +363,12 @@ async fn registers_apps_from_their_app_json() {
         &["--json", "apps", "register", "wxgame", "--game-json", &game],
     )
     .await;
-    assert_eq!(reg.json()["app"]["kind"], "MINI_GAME", "{}", reg.stderr);
+    assert_eq!(
+        reg.json()["app"]["kind"],
+        "APP_KIND_MINI_GAME",
+        "{}",
+        reg.stderr
+    );
 
     // Invalid files are refused before anything is sent, naming the app.json field.
     let cases = [
@@ -447,11 +465,10 @@ async fn explain_and_exit_codes() {
         explain.stderr
     );
     let steps = explain.json()["steps"].as_array().unwrap().clone();
+    // The canonical mapping leaves `passed: false` out.
     assert_eq!(steps.last().unwrap()["gate"], 5);
-    assert_eq!(steps.last().unwrap()["result"], "DECIDES");
-    assert!(steps[..steps.len() - 1]
-        .iter()
-        .all(|s| s["result"] == "pass"));
+    assert_eq!(steps.last().unwrap().get("passed"), None);
+    assert!(steps[..steps.len() - 1].iter().all(|s| s["passed"] == true));
     assert_eq!(
         explain.json()["decision"]["rule"],
         "background-location-popup"
@@ -533,7 +550,7 @@ async fn export_then_import_reproduces_every_answer() {
     assert_eq!(first.code, 0, "{}", first.stderr);
     assert_eq!(
         first.json(),
-        serde_json::json!({"apps": 2, "decisions": 20, "changed": 20, "revision": first.json()["revision"]})
+        serde_json::json!({"apps": "2", "decisions": "20", "changed": "20", "revision": first.json()["revision"]})
     );
     for (app, user) in &pairs {
         assert_eq!(
@@ -547,10 +564,10 @@ async fn export_then_import_reproduces_every_answer() {
     let again = ctl(target.addr(), &["--json", "import", dump_arg]).await;
     assert_eq!(
         (
-            again.json()["changed"].as_u64(),
+            again.json().get("changed"),
             again.json()["revision"].clone()
         ),
-        (Some(0), first.json()["revision"].clone())
+        (None, first.json()["revision"].clone())
     );
 
     // A damaged file is refused with the line it broke on.
@@ -598,13 +615,13 @@ async fn audit_and_lifetimes_from_the_shell() {
     )
     .await;
     assert!(
-        auth.stdout.contains("\"session_id\":\"s1\""),
+        auth.stdout.contains("\"sessionId\":\"s1\""),
         "{}",
         auth.stdout
     );
     let ended = ctl(addr, &["--json", "end-session", "wxcli", "u1", "s1"]).await;
     assert_eq!(ended.code, 0, "{}", ended.stderr);
-    assert_eq!(ended.json()["changes"][0]["cause"], "EXPIRED");
+    assert_eq!(ended.json()["changes"][0]["cause"], "CAUSE_EXPIRED");
 
     let audit = ctl(addr, &["--json", "audit", "wxcli", "--user", "u1"]).await;
     assert_eq!(audit.code, 0, "{}", audit.stderr);
@@ -614,7 +631,14 @@ async fn audit_and_lifetimes_from_the_shell() {
         .iter()
         .map(|r| r["action"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(actions, ["ANSWERED_ALLOW", "SESSION_ENDED", "EXPIRED"]);
+    assert_eq!(
+        actions,
+        [
+            "AUDIT_ACTION_ANSWERED_ALLOW",
+            "AUDIT_ACTION_SESSION_ENDED",
+            "AUDIT_ACTION_EXPIRED"
+        ]
+    );
     let table = ctl(addr, &["audit", "wxcli"]).await;
     assert!(
         table.stdout.contains("OPERATOR_REGISTER_APP") && table.stdout.contains("ANSWERED_ALLOW"),

@@ -122,3 +122,48 @@ async fn grpcurl_over_a_unix_socket_with_the_documented_authority() {
     assert!(!ok && err.contains("PROTOCOL_ERROR"), "{err}");
     h.stop().await;
 }
+
+/// `consentctl --json` prints what grpcurl prints for the same call: one
+/// spelling per value (`OUTCOME_PROMPT`, `errMsg`, revisions as strings).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs grpcurl: scripts/test installs it and runs this"]
+async fn consentctl_json_is_the_json_grpcurl_prints() {
+    let grpcurl = grpcurl();
+    let h = TestDaemon::start().await;
+    h.client()
+        .register(crate::fixture::location_app("wxsame"))
+        .await;
+    let addr = h.addr();
+    let ask = r#"{"app_id": "wxsame", "user_id": "u1", "scope": "scope.camera",
+        "client": {"platform": "PLATFORM_ANDROID", "host_version": "8.0.50", "sdk_version": "3.0.0"}}"#;
+    let (ok, from_grpcurl, err) = run_grpcurl(
+        grpcurl,
+        &["-d", ask],
+        addr,
+        &["consent.v1.Authorization/Authorize"],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_consentctl"))
+        .args([
+            "--addr",
+            &addr.to_string(),
+            "--json",
+            "authorize",
+            "wxsame",
+            "u1",
+            "scope.camera",
+        ])
+        .output()
+        .unwrap();
+    let from_consentctl = String::from_utf8_lossy(&out.stdout);
+    let parse = |s: &str| {
+        serde_json::from_str::<serde_json::Value>(s).unwrap_or_else(|e| panic!("{e}: {s}"))
+    };
+    assert_eq!(parse(&from_consentctl), parse(&from_grpcurl));
+    assert!(
+        from_consentctl.contains(r#""outcome":"OUTCOME_PROMPT""#),
+        "{from_consentctl}"
+    );
+    h.stop().await;
+}

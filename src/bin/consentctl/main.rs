@@ -11,6 +11,7 @@
 
 mod app_json;
 mod args;
+mod canonical;
 mod dump;
 mod render;
 
@@ -285,14 +286,21 @@ async fn run(cli: &Cli) -> Result<Answer> {
     }
     if let Command::Import { file } = &cli.command {
         let r = dump::import(connect(cli, true).await?, file).await?;
-        let value = json!({ "apps": r.apps, "decisions": r.decisions, "changed": r.changed, "revision": r.revision });
-        render::print(&value, cli.json)?;
+        if cli.json {
+            render::print(&canonical::json(&r, "ImportResponse")?, true)?;
+        } else {
+            let value = json!({ "apps": r.apps, "decisions": r.decisions, "changed": r.changed, "revision": r.revision });
+            render::print(&value, false)?;
+        }
         return Ok(Answer::Positive);
     }
     let channel = connect(cli, false).await?;
     let mut auth = AuthorizationClient::new(channel.clone());
     let mut apps = AppsClient::new(channel.clone());
     let mut admin = AdminClient::new(channel);
+    // What --json prints: the response in the canonical mapping; tables and
+    // the exit code read `value`.
+    let canonical: Option<Value>;
     let value: Value = match &cli.command {
         Command::Authorize {
             app,
@@ -302,6 +310,7 @@ async fn run(cli: &Cli) -> Result<Answer> {
         } => {
             let req = authorize_request(app, user, scope, client);
             let r = auth.authorize(req).await?.into_inner();
+            canonical = Some(canonical::json(&r, "AuthorizeResponse")?);
             with_revision(
                 r.decision.as_ref().map_or(Value::Null, render::decision),
                 r.revision,
@@ -315,6 +324,7 @@ async fn run(cli: &Cli) -> Result<Answer> {
         } => {
             let req = authorize_request(app, user, scope, client);
             let r = auth.explain(req).await?.into_inner();
+            canonical = Some(canonical::json(&r, "ExplainResponse")?);
             json!({
                 "steps": r.steps.iter().map(|s| json!({
                     "gate": s.gate,
@@ -338,6 +348,7 @@ async fn run(cli: &Cli) -> Result<Answer> {
                 client: Some(client.to_pb()),
             };
             let r = auth.batch_authorize(req).await?.into_inner();
+            canonical = Some(canonical::json(&r, "BatchAuthorizeResponse")?);
             json!({ "decisions": r.decisions.iter().map(render::decision).collect::<Vec<_>>(), "revision": r.revision })
         }
         Command::CheckApi {
@@ -353,6 +364,7 @@ async fn run(cli: &Cli) -> Result<Answer> {
                 client: Some(client.to_pb()),
             };
             let r = auth.check_api(req).await?.into_inner();
+            canonical = Some(canonical::json(&r, "CheckApiResponse")?);
             json!({
                 "api": r.api,
                 "outcome": render::outcome(r.outcome),
@@ -378,6 +390,7 @@ async fn run(cli: &Cli) -> Result<Answer> {
                 lifetime: lifetime.to_pb(),
             };
             let r = auth.record_decision(req).await?.into_inner();
+            canonical = Some(canonical::json(&r, "RecordDecisionResponse")?);
             json!({
                 "err_msg": r.err_msg,
                 "state": render::state(r.state),
@@ -393,6 +406,7 @@ async fn run(cli: &Cli) -> Result<Answer> {
                 })
                 .await?
                 .into_inner();
+            canonical = Some(canonical::json(&r, "GetSettingResponse")?);
             json!({ "auth_setting": render::auth_setting(&r.auth_setting), "err_msg": r.err_msg, "revision": r.revision })
         }
         Command::SettingsPage { app, user } => {
@@ -403,6 +417,7 @@ async fn run(cli: &Cli) -> Result<Answer> {
                 })
                 .await?
                 .into_inner();
+            canonical = Some(canonical::json(&r, "OpenSettingResponse")?);
             json!({
                 "items": r.items.iter().map(render::setting_item).collect::<Vec<_>>(),
                 "auth_setting": render::auth_setting(&r.auth_setting),
@@ -427,6 +442,7 @@ async fn run(cli: &Cli) -> Result<Answer> {
                 lifetime: lifetime.to_pb(),
             };
             let r = auth.update_setting(req).await?.into_inner();
+            canonical = Some(canonical::json(&r, "UpdateSettingResponse")?);
             json!({
                 "auth_setting": render::auth_setting(&r.auth_setting),
                 "changes": r.changes.iter().map(render::change).collect::<Vec<_>>(),
@@ -464,6 +480,7 @@ async fn run(cli: &Cli) -> Result<Answer> {
                 })
                 .await?
                 .into_inner();
+            canonical = Some(canonical::json(&r, "ListAuditResponse")?);
             json!({
                 "records": r.records.iter().map(render::audit_record).collect::<Vec<_>>(),
                 "next_page_token": r.next_page_token,
@@ -479,6 +496,7 @@ async fn run(cli: &Cli) -> Result<Answer> {
                 })
                 .await?
                 .into_inner();
+            canonical = Some(canonical::json(&r, "EndSessionResponse")?);
             json!({
                 "changes": r.changes.iter().map(render::change).collect::<Vec<_>>(),
                 "revision": r.revision,
@@ -492,26 +510,36 @@ async fn run(cli: &Cli) -> Result<Answer> {
                 })
                 .await?
                 .into_inner();
+            canonical = Some(canonical::json(&r, "RemoveAppResponse")?);
             json!({ "changes": r.changes.iter().map(render::change).collect::<Vec<_>>(), "revision": r.revision })
         }
-        Command::Apps(command) => apps_command(&mut apps, command).await?,
+        Command::Apps(command) => {
+            let (value, json) = apps_command(&mut apps, command).await?;
+            canonical = Some(json);
+            value
+        }
         Command::Scopes { kind } => {
             let kind = kind.map_or(pb::AppKind::Unspecified, |k| k.to_pb());
             let r = auth
                 .list_scopes(pb::ListScopesRequest { kind: kind.into() })
                 .await?
                 .into_inner();
+            canonical = Some(canonical::json(&r, "ListScopesResponse")?);
             json!({ "scopes": r.scopes.iter().map(render::scope).collect::<Vec<_>>(), "revision": r.revision })
         }
         Command::Rules => {
-            render::rules(&auth.get_rules(pb::GetRulesRequest {}).await?.into_inner())
+            let r = auth.get_rules(pb::GetRulesRequest {}).await?.into_inner();
+            canonical = Some(canonical::json(&r, "GetRulesResponse")?);
+            render::rules(&r)
         }
         Command::Compact => {
             let r = admin.compact(pb::CompactRequest {}).await?.into_inner();
+            canonical = Some(canonical::json(&r, "CompactResponse")?);
             json!({ "removed_events": r.removed_events, "compacted_through": r.compacted_through, "revision": r.revision })
         }
         Command::Verify => {
             let r = admin.verify(pb::VerifyRequest {}).await?.into_inner();
+            canonical = Some(canonical::json(&r, "VerifyResponse")?);
             json!({
                 "consistent": r.consistent,
                 "decisions": r.decisions,
@@ -532,7 +560,10 @@ async fn run(cli: &Cli) -> Result<Answer> {
             anyhow::bail!("internal: not a unary call")
         }
     };
-    render::print(&value, cli.json)?;
+    match canonical {
+        Some(json) if cli.json => render::print(&json, true)?,
+        _ => render::print(&value, cli.json)?,
+    }
     Ok(answer_of(&cli.command, &value))
 }
 
@@ -599,7 +630,7 @@ fn app_from_flags(a: &AppArgs, kind: pb::AppKind) -> pb::App {
 async fn apps_command(
     apps: &mut AppsClient<ClientChannel>,
     command: &AppsCommand,
-) -> Result<Value> {
+) -> Result<(Value, Value)> {
     Ok(match command {
         AppsCommand::Register(a) => {
             let (app, from_file) = app_request(a)?;
@@ -621,7 +652,10 @@ async fn apps_command(
                 }
                 other => other?.into_inner(),
             };
-            json!({ "app": r.app.as_ref().map_or(Value::Null, render::app), "revision": r.revision })
+            (
+                json!({ "app": r.app.as_ref().map_or(Value::Null, render::app), "revision": r.revision }),
+                canonical::json(&r, "RegisterAppResponse")?,
+            )
         }
         AppsCommand::Update(a) => {
             let r = apps
@@ -630,7 +664,10 @@ async fn apps_command(
                 })
                 .await?
                 .into_inner();
-            json!({ "app": r.app.as_ref().map_or(Value::Null, render::app), "revision": r.revision })
+            (
+                json!({ "app": r.app.as_ref().map_or(Value::Null, render::app), "revision": r.revision }),
+                canonical::json(&r, "UpdateAppResponse")?,
+            )
         }
         AppsCommand::Get { app } => {
             let r = apps
@@ -639,7 +676,10 @@ async fn apps_command(
                 })
                 .await?
                 .into_inner();
-            json!({ "app": r.app.as_ref().map_or(Value::Null, render::app), "revision": r.revision })
+            (
+                json!({ "app": r.app.as_ref().map_or(Value::Null, render::app), "revision": r.revision }),
+                canonical::json(&r, "GetAppResponse")?,
+            )
         }
         AppsCommand::List {
             page_size,
@@ -647,6 +687,7 @@ async fn apps_command(
             page_token,
         } => {
             let mut listed = Vec::new();
+            let mut all_apps = Vec::new();
             let mut token = page_token.clone();
             let (next, revision) = loop {
                 let r = apps
@@ -657,12 +698,21 @@ async fn apps_command(
                     .await?
                     .into_inner();
                 listed.extend(r.apps.iter().map(render::app));
+                all_apps.extend(r.apps);
                 if !*all || r.next_page_token.is_empty() {
                     break (r.next_page_token, r.revision);
                 }
                 token = r.next_page_token;
             };
-            json!({ "apps": listed, "next_page_token": next, "revision": revision })
+            let every = pb::ListAppsResponse {
+                apps: all_apps,
+                next_page_token: next.clone(),
+                revision,
+            };
+            (
+                json!({ "apps": listed, "next_page_token": next, "revision": revision }),
+                canonical::json(&every, "ListAppsResponse")?,
+            )
         }
         AppsCommand::Delete { app } => {
             let r = apps
@@ -671,7 +721,10 @@ async fn apps_command(
                 })
                 .await?
                 .into_inner();
-            json!({ "revoked_decisions": r.revoked_decisions, "revision": r.revision })
+            (
+                json!({ "revoked_decisions": r.revoked_decisions, "revision": r.revision }),
+                canonical::json(&r, "DeleteAppResponse")?,
+            )
         }
     })
 }
@@ -718,7 +771,7 @@ async fn watch(cli: &Cli, mut filter: pb::WatchRequest) -> Result<()> {
                             Some(Kind::Event(e)) => {
                                 filter.start_revision = Some(e.revision);
                                 let written = if cli.json {
-                                    out(format_args!("{}\n", render::event(&e)))
+                                    out(format_args!("{}\n", canonical::json(&e, "DecisionEvent")?))
                                 } else {
                                     out(format_args!("{}\n", render::event_line(&e)))
                                 };

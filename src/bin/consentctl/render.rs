@@ -112,19 +112,6 @@ pub fn change(c: &pb::DecisionChange) -> Value {
     })
 }
 
-pub fn event(e: &pb::DecisionEvent) -> Value {
-    json!({
-        "revision": e.revision,
-        "app_id": e.app_id,
-        "user_id": e.user_id,
-        "scope": e.scope,
-        "old_state": state(e.old_state),
-        "new_state": state(e.new_state),
-        "cause": cause(e.cause),
-        "time": time(&e.time),
-    })
-}
-
 /// One line per event for the live tail.
 pub fn event_line(e: &pb::DecisionEvent) -> String {
     format!(
