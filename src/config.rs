@@ -37,9 +37,16 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 8192;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
+    /// Text, coloured only when stderr is a terminal (and NO_COLOR is unset).
+    Auto,
+    /// Text without colour.
     Text,
+    /// One JSON object per line.
     Json,
 }
+
+/// The log filter when neither `--log-level` nor `RUST_LOG` sets one.
+pub const DEFAULT_LOG_LEVEL: &str = "info";
 
 /// The daemon's configuration.
 #[derive(Clone, Debug)]
@@ -63,6 +70,9 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     pub data_dir: PathBuf,
     pub log_format: LogFormat,
+    /// Log filter (`info`, `warn,consentd=debug`); `None`: `RUST_LOG`, else
+    /// [`DEFAULT_LOG_LEVEL`].
+    pub log_level: Option<String>,
     /// sled page cache, bytes.
     pub cache_capacity: u64,
     /// How long in-flight calls may take to finish on shutdown.
@@ -160,7 +170,8 @@ impl Default for Config {
             connections: ConnectionLimits::default(),
             metrics_listen: None,
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
-            log_format: LogFormat::Text,
+            log_format: LogFormat::Auto,
+            log_level: None,
             cache_capacity: DEFAULT_CACHE_CAPACITY,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
@@ -227,8 +238,14 @@ pub struct Args {
     /// Accept non-loopback listeners without credentials and TLS. Dangerous.
     #[arg(long, env = "CONSENTD_INSECURE")]
     pub insecure: bool,
-    /// Serve Prometheus metrics at http://ADDR/metrics [default: off].
-    #[arg(long, env = "CONSENTD_METRICS_LISTEN", value_name = "ADDR")]
+    /// Serve Prometheus metrics at http://ADDR/metrics (and /healthz,
+    /// /readyz): IP:PORT or localhost:PORT [default: off].
+    #[arg(
+        long,
+        env = "CONSENTD_METRICS_LISTEN",
+        value_name = "ADDR",
+        value_parser = crate::transport::parse_tcp_addr
+    )]
     pub metrics_listen: Option<SocketAddr>,
     /// Directory holding the store [default: ./consentd-data].
     #[arg(long, env = "CONSENTD_DATA_DIR", value_name = "DIR")]
@@ -236,9 +253,15 @@ pub struct Args {
     /// TOML configuration file.
     #[arg(long, env = "CONSENTD_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Log format [default: text]. The level comes from RUST_LOG (default info).
+    /// Log format: auto is text, coloured only when stderr is a terminal
+    /// [default: auto].
     #[arg(long, env = "CONSENTD_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Log level or filter: error, warn, info, debug, trace, or
+    /// per-module directives like warn,consentd=debug [default: RUST_LOG,
+    /// else info].
+    #[arg(long, env = "CONSENTD_LOG_LEVEL", value_name = "FILTER")]
+    pub log_level: Option<String>,
     /// sled page cache size in bytes [default: 134217728].
     #[arg(long, env = "CONSENTD_CACHE_CAPACITY", value_name = "BYTES")]
     pub cache_capacity: Option<u64>,
@@ -257,9 +280,11 @@ pub struct FileConfig {
     pub tls: Option<FileTls>,
     pub insecure: Option<bool>,
     pub limits: Option<FileLimits>,
+    #[serde(default, deserialize_with = "tcp_addr")]
     pub metrics_listen: Option<SocketAddr>,
     pub data_dir: Option<PathBuf>,
     pub log_format: Option<LogFormat>,
+    pub log_level: Option<String>,
     pub cache_capacity: Option<u64>,
     pub drain_timeout_secs: Option<u64>,
     pub max_concurrent_streams: Option<u32>,
@@ -274,6 +299,13 @@ pub struct FileConfig {
     pub privacy: Option<FilePrivacy>,
     pub audit: Option<FileAudit>,
     pub anti_nag: Option<FileAntiNag>,
+}
+
+/// An optional `IP:PORT` or `localhost:PORT`, with `--listen`'s message.
+fn tcp_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    Option::<String>::deserialize(d)?
+        .map(|s| crate::transport::parse_tcp_addr(&s).map_err(serde::de::Error::custom))
+        .transpose()
 }
 
 /// `[audit]`: 0 disables a limit.
@@ -512,6 +544,7 @@ impl Config {
             metrics_listen: args.metrics_listen.or(file.metrics_listen),
             data_dir: args.data_dir.or(file.data_dir).unwrap_or(d.data_dir),
             log_format: args.log_format.or(file.log_format).unwrap_or(d.log_format),
+            log_level: args.log_level.or(file.log_level),
             cache_capacity: args
                 .cache_capacity
                 .or(file.cache_capacity)

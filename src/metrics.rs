@@ -1,5 +1,11 @@
-//! Prometheus metrics: one registry per daemon (no global recorder), an RPC
-//! layer for the gRPC server, and a text endpoint on its own HTTP listener.
+//! Prometheus metrics: registries per daemon (no global recorder), an RPC
+//! layer for the gRPC server, and a text endpoint on its own HTTP listener
+//! (`/metrics`, `/healthz`, `/readyz`).
+//!
+//! gRPC calls follow the names dashboards for grpc-go and go-grpc-prometheus
+//! already use (`grpc_server_handled_total`, `grpc_server_handling_seconds`
+//! with `grpc_type`, `grpc_service`, `grpc_method`, `grpc_code`); the process
+//! metrics are the standard `process_*`; everything else is `consentd_*`.
 
 use std::{
     future::Future,
@@ -23,7 +29,10 @@ use crate::{
 
 /// Every metric the daemon exports.
 pub struct Metrics {
+    /// `consentd_*`.
     registry: Registry,
+    /// The conventional names: `grpc_server_*` and `process_*`.
+    standard: Registry,
     rpc_requests: IntCounterVec,
     rpc_seconds: HistogramVec,
     outcomes: IntCounterVec,
@@ -67,26 +76,54 @@ fn pow2_buckets(max: f64) -> Vec<f64> {
 impl Metrics {
     pub fn new() -> Result<Self, MetricsError> {
         let registry = Registry::new_custom(Some("consentd".into()), None)?;
+        let standard = Registry::new();
         macro_rules! register {
             ($metric:expr) => {{
+                register!(registry, $metric)
+            }};
+            ($registry:expr, $metric:expr) => {{
                 let m = $metric;
-                registry.register(Box::new(m.clone()))?;
+                $registry.register(Box::new(m.clone()))?;
                 m
             }};
         }
+        #[cfg(target_os = "linux")]
+        standard.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+        let build_info = register!(prometheus::IntGaugeVec::new(
+            Opts::new(
+                "build_info",
+                "1, labelled with the version and git revision consentd was built from"
+            ),
+            &["version", "revision"]
+        )?);
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("CONSENTD_GIT_REV")])
+            .set(1);
         Ok(Self {
-            rpc_requests: register!(IntCounterVec::new(
-                Opts::new("rpc_requests_total", "gRPC calls by method and status code"),
-                &["method", "code"]
-            )?),
-            rpc_seconds: register!(HistogramVec::new(
-                HistogramOpts::new(
-                    "rpc_duration_seconds",
-                    "gRPC call latency until the response head"
-                )
-                .buckets(prometheus::exponential_buckets(25e-6, 2.0, 16)?),
-                &["method"]
-            )?),
+            rpc_requests: register!(
+                standard,
+                IntCounterVec::new(
+                    Opts::new(
+                        "grpc_server_handled_total",
+                        "gRPC calls completed on the server, by method and status code"
+                    ),
+                    &["grpc_type", "grpc_service", "grpc_method", "grpc_code"]
+                )?
+            ),
+            rpc_seconds: register!(
+                standard,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "grpc_server_handling_seconds",
+                        "gRPC call latency until the response head (for streams: until \
+                         the stream starts)"
+                    )
+                    .buckets(prometheus::exponential_buckets(25e-6, 2.0, 16)?),
+                    &["grpc_type", "grpc_service", "grpc_method"]
+                )?
+            ),
             outcomes: register!(IntCounterVec::new(
                 Opts::new(
                     "outcomes_total",
@@ -149,6 +186,7 @@ impl Metrics {
                 .map(|_| OnceLock::new())
                 .collect(),
             registry,
+            standard,
         })
     }
 
@@ -157,23 +195,36 @@ impl Metrics {
     /// `None` for OK.
     pub fn observe_rpc(&self, method: usize, code: Option<&str>, elapsed: Duration) {
         let method = method.min(METHODS.len());
-        let label = METHODS.get(method).copied().unwrap_or(OTHER_METHOD);
+        let (path, kind) = METHODS.get(method).copied().unwrap_or(OTHER_METHOD);
+        let (service, name) = split_path(path);
         let handles = &self.methods[method];
         match code {
             None => handles
                 .ok
-                .get_or_init(|| self.rpc_requests.with_label_values(&[label, "Ok"]))
+                .get_or_init(|| {
+                    self.rpc_requests
+                        .with_label_values(&[kind, service, name, "OK"])
+                })
                 .inc(),
-            Some(code) => self.rpc_requests.with_label_values(&[label, code]).inc(),
+            Some(code) => self
+                .rpc_requests
+                .with_label_values(&[kind, service, name, code])
+                .inc(),
         }
         handles
             .seconds
-            .get_or_init(|| self.rpc_seconds.with_label_values(&[label]))
+            .get_or_init(|| self.rpc_seconds.with_label_values(&[kind, service, name]))
             .observe(elapsed.as_secs_f64());
     }
 
     pub fn observe_verdict(&self, v: &Verdict) {
-        let labels = || [v.scope.name(), v.outcome.name(), v.reason.name()];
+        let labels = || {
+            [
+                v.scope.name().to_owned(),
+                enum_label("OUTCOME_", v.outcome.name()),
+                enum_label("REASON_", v.reason.name()),
+            ]
+        };
         let (outcome, reason) = (v.outcome as usize, v.reason as usize);
         // A variant beyond the table (one added later) takes the slow path.
         let slot = (outcome < OUTCOME_SLOTS && reason < REASON_SLOTS)
@@ -205,7 +256,9 @@ impl Metrics {
             watch.catch_ups.load(Ordering::Relaxed),
         );
         let mut out = Vec::new();
-        match TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+        let mut families = self.standard.gather();
+        families.extend(self.registry.gather());
+        match TextEncoder::new().encode(&families, &mut out) {
             Ok(()) => String::from_utf8_lossy(&out).into_owned(),
             Err(e) => format!("# encoding metrics failed: {e}\n"),
         }
@@ -237,21 +290,40 @@ pub async fn serve(
     if !bound.ip().is_loopback() {
         tracing::warn!(%bound, "metrics are served on a non-loopback address without authentication");
     }
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let (metrics, store, watch) = (metrics.clone(), store.clone(), watch.clone());
-            async move {
-                (
-                    [(
-                        axum::http::header::CONTENT_TYPE,
-                        "text/plain; version=0.0.4",
-                    )],
-                    metrics.render(store.as_ref(), watch.stats()),
-                )
-            }
-        }),
-    );
+    let ready = stop.clone();
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let (metrics, store, watch) = (metrics.clone(), store.clone(), watch.clone());
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4",
+                        )],
+                        metrics.render(store.as_ref(), watch.stats()),
+                    )
+                }
+            }),
+        )
+        // Alive: the process answers.
+        .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+        // Ready: this endpoint starts once every gRPC listener is bound and
+        // the store is open; 503 once shutdown began.
+        .route(
+            "/readyz",
+            axum::routing::get(move || {
+                let shutting_down = ready.is_cancelled();
+                async move {
+                    if shutting_down {
+                        (http::StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+                    } else {
+                        (http::StatusCode::OK, "ready\n")
+                    }
+                }
+            }),
+        );
     let task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app)
             .with_graceful_shutdown(stop.cancelled_owned())
@@ -260,45 +332,96 @@ pub async fn serve(
             tracing::error!(error = %e, "metrics endpoint failed");
         }
     });
-    tracing::info!(addr = %bound, "metrics at /metrics");
+    tracing::info!(addr = %bound, "metrics at /metrics, /healthz, /readyz");
     Ok((bound, task))
 }
 
-/// The label of every served method; any other path is [`OTHER_METHOD`]
-/// (unbounded paths must not become labels).
-const METHODS: &[&str] = &[
-    "/consent.v1.Authorization/Authorize",
-    "/consent.v1.Authorization/BatchAuthorize",
-    "/consent.v1.Authorization/CheckApi",
-    "/consent.v1.Authorization/Explain",
-    "/consent.v1.Authorization/RecordDecision",
-    "/consent.v1.Authorization/GetSetting",
-    "/consent.v1.Authorization/OpenSetting",
-    "/consent.v1.Authorization/UpdateSetting",
-    "/consent.v1.Authorization/RemoveApp",
-    "/consent.v1.Authorization/ListScopes",
-    "/consent.v1.Authorization/GetRules",
-    "/consent.v1.Authorization/Watch",
-    "/consent.v1.Authorization/EndSession",
-    "/consent.v1.Authorization/GetPrivacySetting",
-    "/consent.v1.Authorization/RecordPrivacyDecision",
-    "/consent.v1.Authorization/ListAudit",
-    "/consent.v1.Apps/RegisterApp",
-    "/consent.v1.Apps/UpdateApp",
-    "/consent.v1.Apps/GetApp",
-    "/consent.v1.Apps/ListApps",
-    "/consent.v1.Apps/DeleteApp",
-    "/consent.v1.Admin/Compact",
-    "/consent.v1.Admin/Verify",
-    "/consent.v1.Admin/Export",
-    "/consent.v1.Admin/Import",
-    "/grpc.health.v1.Health/Check",
-    "/grpc.health.v1.Health/Watch",
-    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
-    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+/// Every served method's path and `grpc_type`; any other path is
+/// [`OTHER_METHOD`] (unbounded paths must not become labels).
+const METHODS: &[(&str, &str)] = &[
+    ("/consent.v1.Authorization/Authorize", "unary"),
+    ("/consent.v1.Authorization/BatchAuthorize", "unary"),
+    ("/consent.v1.Authorization/CheckApi", "unary"),
+    ("/consent.v1.Authorization/Explain", "unary"),
+    ("/consent.v1.Authorization/RecordDecision", "unary"),
+    ("/consent.v1.Authorization/GetSetting", "unary"),
+    ("/consent.v1.Authorization/OpenSetting", "unary"),
+    ("/consent.v1.Authorization/UpdateSetting", "unary"),
+    ("/consent.v1.Authorization/RemoveApp", "unary"),
+    ("/consent.v1.Authorization/ListScopes", "unary"),
+    ("/consent.v1.Authorization/GetRules", "unary"),
+    ("/consent.v1.Authorization/Watch", "server_stream"),
+    ("/consent.v1.Authorization/EndSession", "unary"),
+    ("/consent.v1.Authorization/GetPrivacySetting", "unary"),
+    ("/consent.v1.Authorization/RecordPrivacyDecision", "unary"),
+    ("/consent.v1.Authorization/ListAudit", "unary"),
+    ("/consent.v1.Apps/RegisterApp", "unary"),
+    ("/consent.v1.Apps/UpdateApp", "unary"),
+    ("/consent.v1.Apps/GetApp", "unary"),
+    ("/consent.v1.Apps/ListApps", "unary"),
+    ("/consent.v1.Apps/DeleteApp", "unary"),
+    ("/consent.v1.Admin/Compact", "unary"),
+    ("/consent.v1.Admin/Verify", "unary"),
+    ("/consent.v1.Admin/Export", "server_stream"),
+    ("/consent.v1.Admin/Import", "client_stream"),
+    ("/grpc.health.v1.Health/Check", "unary"),
+    ("/grpc.health.v1.Health/Watch", "server_stream"),
+    (
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        "bidi_stream",
+    ),
+    (
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        "bidi_stream",
+    ),
 ];
 
-const OTHER_METHOD: &str = "other";
+const OTHER_METHOD: (&str, &str) = ("/other/other", "unknown");
+
+/// `/pkg.Service/Method` -> (`pkg.Service`, `Method`).
+fn split_path(path: &str) -> (&str, &str) {
+    path.trim_start_matches('/')
+        .split_once('/')
+        .unwrap_or(("other", "other"))
+}
+
+/// A domain enum variant's name as the API spells it: `Granted` ->
+/// `OUTCOME_GRANTED`, `PopupAvailable` -> `REASON_POPUP_AVAILABLE`.
+fn enum_label(prefix: &str, variant: &str) -> String {
+    let mut out = String::from(prefix);
+    for (i, c) in variant.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
+}
+
+/// grpc-go's spelling of a status code (`codes.Code.String()`), which
+/// dashboards match on.
+fn code_label(code: tonic::Code) -> &'static str {
+    use tonic::Code as C;
+    match code {
+        C::Ok => "OK",
+        C::Cancelled => "Canceled",
+        C::Unknown => "Unknown",
+        C::InvalidArgument => "InvalidArgument",
+        C::DeadlineExceeded => "DeadlineExceeded",
+        C::NotFound => "NotFound",
+        C::AlreadyExists => "AlreadyExists",
+        C::PermissionDenied => "PermissionDenied",
+        C::ResourceExhausted => "ResourceExhausted",
+        C::FailedPrecondition => "FailedPrecondition",
+        C::Aborted => "Aborted",
+        C::OutOfRange => "OutOfRange",
+        C::Unimplemented => "Unimplemented",
+        C::Internal => "Internal",
+        C::Unavailable => "Unavailable",
+        C::DataLoss => "DataLoss",
+        C::Unauthenticated => "Unauthenticated",
+    }
+}
 
 /// Room per scope for every [`crate::domain::gates::Outcome`] and per
 /// outcome for every [`crate::domain::gates::Reason`].
@@ -318,9 +441,12 @@ struct MethodMetrics {
 fn method_index(path: &str) -> usize {
     METHODS
         .iter()
-        .position(|m| *m == path)
+        .position(|(m, _)| *m == path)
         .unwrap_or(METHODS.len())
 }
+
+/// The response header carrying the daemon's version on every gRPC call.
+pub const VERSION_HEADER: &str = "consentd-version";
 
 /// A tower layer counting and timing every gRPC call by method and status.
 #[derive(Clone)]
@@ -380,11 +506,20 @@ where
                     .get("grpc-status")
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.parse::<i32>().ok())
-                    .map(|c| format!("{:?}", tonic::Code::from(c))),
-                Err(_) => Some("TransportError".to_owned()),
+                    .map(|c| code_label(tonic::Code::from(c))),
+                // The call never got a status: counted as grpc-go counts
+                // a broken transport.
+                Err(_) => Some(code_label(tonic::Code::Unavailable)),
             };
-            metrics.observe_rpc(method, code.as_deref(), started.elapsed());
-            response
+            metrics.observe_rpc(method, code, started.elapsed());
+            // Every response names the daemon's version (`consentctl version`).
+            response.map(|mut r| {
+                r.headers_mut().insert(
+                    VERSION_HEADER,
+                    http::HeaderValue::from_static(crate::VERSION),
+                );
+                r
+            })
         })
     }
 }
@@ -393,7 +528,10 @@ where
 mod tests {
     use prost::Message as _;
 
-    use super::{method_index, Metrics, METHODS, OTHER_METHOD, OUTCOME_SLOTS, REASON_SLOTS};
+    use super::{
+        enum_label, method_index, split_path, Metrics, METHODS, OTHER_METHOD, OUTCOME_SLOTS,
+        REASON_SLOTS,
+    };
     use crate::domain::{
         gates::{Outcome, Reason, Verdict},
         DecisionState, Lifetime, Scope,
@@ -463,7 +601,20 @@ mod tests {
             }
         }
         for &(scope, outcome, reason, n) in &all {
-            let labels = [scope.name(), outcome.name(), reason.name()];
+            let labels = [
+                scope.name().to_owned(),
+                enum_label("OUTCOME_", outcome.name()),
+                enum_label("REASON_", reason.name()),
+            ];
+            // The labels are the API's names for the same values.
+            assert!(
+                crate::pb::Outcome::from_str_name(&labels[1]).is_some(),
+                "{labels:?}"
+            );
+            assert!(
+                crate::pb::Reason::from_str_name(&labels[2]).is_some(),
+                "{labels:?}"
+            );
             let counted = metrics.outcomes.with_label_values(&labels).get();
             assert_eq!(counted, n as u64, "{labels:?}");
         }
@@ -477,14 +628,24 @@ mod tests {
             for service in &file.service {
                 for method in &service.method {
                     let path = format!("/{}.{}/{}", file.package(), service.name(), method.name());
+                    let kind = match (method.client_streaming(), method.server_streaming()) {
+                        (false, false) => "unary",
+                        (false, true) => "server_stream",
+                        (true, false) => "client_stream",
+                        (true, true) => "bidi_stream",
+                    };
                     let label = METHODS.get(method_index(&path)).copied();
-                    assert_eq!(label, Some(path.as_str()), "add {path} to METHODS");
+                    assert_eq!(label, Some((path.as_str(), kind)), "add {path} to METHODS");
                     seen += 1;
                 }
             }
         }
         assert!(seen >= 19);
         assert_eq!(method_index("/evil/unbounded-1234"), METHODS.len());
-        assert_eq!(OTHER_METHOD, "other");
+        assert_eq!(split_path(OTHER_METHOD.0), ("other", "other"));
+        assert_eq!(
+            split_path("/consent.v1.Authorization/Authorize"),
+            ("consent.v1.Authorization", "Authorize")
+        );
     }
 }

@@ -44,8 +44,21 @@ pub enum ServerError {
     Serve(#[from] tonic::transport::Error),
     #[error(transparent)]
     Metrics(#[from] MetricsError),
+    #[error("another consentd holds this data dir {path}: stop it, or choose another --data-dir")]
+    DataDirInUse { path: String },
     #[error("internal: {0}")]
     Internal(String),
+}
+
+/// A data dir whose lock another process holds gets its own message. sled
+/// 0.34 reports the held lock only as an I/O error with this text.
+fn data_dir_in_use(e: StoreError) -> ServerError {
+    match e {
+        StoreError::Open { path, message } if message.contains("could not acquire lock") => {
+            ServerError::DataDirInUse { path }
+        }
+        e => e.into(),
+    }
 }
 
 /// A running daemon. Dropping it without [`Daemon::shutdown`] aborts its
@@ -118,7 +131,8 @@ impl Daemon {
         };
         let store = tokio::task::spawn_blocking(move || SledStore::open(&sled_config))
             .await
-            .map_err(|e| ServerError::Internal(format!("opening the store: {e}")))??;
+            .map_err(|e| ServerError::Internal(format!("opening the store: {e}")))?
+            .map_err(data_dir_in_use)?;
         let store: Arc<dyn Store> = Arc::new(store);
         let broker = Broker::new(store.clone(), config.rules.clone())
             .with_session_idle_timeout(config.grants.session_idle_timeout)

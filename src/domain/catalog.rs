@@ -273,13 +273,15 @@ impl Scope {
         raw.parse().map_err(|()| DomainError::InvalidArgument {
             field: field.to_owned(),
             message: format!(
-                "{field} {} is not a known scope; valid scopes: {}",
+                "{field} {} is not a known scope; valid scopes: {} (`consentctl scopes` lists \
+                 them){}",
                 super::quoted(raw),
                 CATALOG
                     .iter()
                     .map(|i| i.name)
                     .collect::<Vec<_>>()
-                    .join(", ")
+                    .join(", "),
+                did_you_mean(near(raw, CATALOG.iter().map(|i| i.name))),
             ),
         })
     }
@@ -301,6 +303,35 @@ impl fmt::Display for Scope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
     }
+}
+
+/// The name in `names` a mistyped `raw` most likely meant: the same name
+/// in another case, `raw` with the prefix it lacks (`camera` ->
+/// `scope.camera`, `getLocation` -> `wx.getLocation`), else the closest one
+/// within a small edit distance. `None` when nothing is near.
+pub fn near<'a>(raw: &str, names: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let lower = raw.to_ascii_lowercase();
+    let mut best: Option<(usize, &'a str)> = None;
+    for name in names {
+        let name_lower = name.to_ascii_lowercase();
+        let tail = name_lower.rsplit('.').next().unwrap_or(&name_lower);
+        let distance = if name_lower == lower || tail == lower {
+            0
+        } else {
+            strsim::levenshtein(&lower, &name_lower)
+        };
+        if best.is_none_or(|(d, _)| distance < d) {
+            best = Some((distance, name));
+        }
+    }
+    // At most a third of the part after the prefix (`camera` of
+    // `scope.camera`) mistyped.
+    best.filter(|(d, name)| *d <= (name.rsplit('.').next().unwrap_or(name).len() / 3).max(1))
+        .map(|(_, name)| name)
+}
+
+fn did_you_mean(name: Option<&str>) -> String {
+    name.map_or_else(String::new, |n| format!("; did you mean \"{n}\"?"))
 }
 
 /// A gated interface (`wx.getLocation`) or component (`camera`) and the
@@ -328,8 +359,13 @@ impl Api {
             None => Err(DomainError::InvalidArgument {
                 field: field.to_owned(),
                 message: format!(
-                    "{field} {} is not a gated interface; see ListScopes for the catalog",
-                    super::quoted(raw)
+                    "{field} {} is not a gated interface; `consentctl scopes` (ListScopes) \
+                     lists them{}",
+                    super::quoted(raw),
+                    did_you_mean(near(
+                        raw,
+                        CATALOG.iter().flat_map(|i| i.interfaces.iter().copied())
+                    )),
                 ),
             }),
         }
@@ -359,6 +395,26 @@ impl Api {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_near_name_is_suggested() {
+        let scopes = || CATALOG.iter().map(|i| i.name);
+        assert_eq!(near("camera", scopes()), Some("scope.camera"));
+        assert_eq!(near("scope.camra", scopes()), Some("scope.camera"));
+        assert_eq!(near("SCOPE.RECORD", scopes()), Some("scope.record"));
+        assert_eq!(near("scope.nope", scopes()), None);
+        let apis = || CATALOG.iter().flat_map(|i| i.interfaces.iter().copied());
+        assert_eq!(near("getLocation", apis()), Some("wx.getLocation"));
+        assert_eq!(near("wx.getLocaton", apis()), Some("wx.getLocation"));
+        assert_eq!(near("wx.nothingLikeIt", apis()), None);
+        let err = Scope::parse_field("scope", "camera")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("did you mean \"scope.camera\"?") && err.contains("`consentctl scopes`"),
+            "{err}"
+        );
+    }
     use super::*;
 
     #[test]

@@ -67,10 +67,34 @@ impl std::str::FromStr for ListenAddr {
             }
             return Ok(ListenAddr::Unix(PathBuf::from(path)));
         }
-        s.parse().map(ListenAddr::Tcp).map_err(|_| {
-            format!("{s:?} is neither an IP address with a port (127.0.0.1:50051, [::1]:50051) nor unix:/path")
-        })
+        parse_tcp_addr(s)
+            .map(ListenAddr::Tcp)
+            .map_err(|e| format!("{e}, nor unix:/path"))
     }
+}
+
+/// A TCP address to listen on: `IP:PORT`, or `localhost:PORT` (the IPv4
+/// loopback, 127.0.0.1). Other host names are refused rather than resolved:
+/// a name can stand for several addresses, a listener is one. The error
+/// says what was expected, with an example built from the input.
+pub fn parse_tcp_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = s.parse() {
+        return Ok(addr);
+    }
+    if let Some(port) = s.strip_prefix("localhost:") {
+        if let Ok(port) = port.parse::<u16>() {
+            return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+        }
+    }
+    let example = match s.parse::<u16>() {
+        Ok(port) => {
+            format!("127.0.0.1:{port} to listen on loopback, 0.0.0.0:{port} on every interface")
+        }
+        Err(_) => "127.0.0.1:50051, [::1]:50051, localhost:50051".to_owned(),
+    };
+    Err(format!(
+        "{s:?} is not an IP address with a port (e.g. {example})"
+    ))
 }
 
 impl fmt::Display for ListenAddr {
@@ -473,10 +497,17 @@ mod tests {
             .parse::<ListenAddr>()
             .unwrap_err()
             .contains("socket path"));
-        assert!("localhost:1"
+        assert_eq!(
+            "localhost:50055".parse::<ListenAddr>(),
+            Ok(ListenAddr::Tcp("127.0.0.1:50055".parse().unwrap()))
+        );
+        assert!("example.com:1"
             .parse::<ListenAddr>()
             .unwrap_err()
-            .contains("neither"));
+            .contains("not an IP address with a port"));
+        assert!(parse_tcp_addr("9464")
+            .unwrap_err()
+            .contains("127.0.0.1:9464"));
         assert_eq!(ListenAddr::Unix("/x".into()).to_string(), "unix:/x");
     }
 }

@@ -63,7 +63,19 @@ pub fn bind(path: &Path, mode: u32) -> Result<(UnixListener, SocketFile), Transp
     std::fs::DirBuilder::new()
         .mode(0o700)
         .create(&private)
-        .map_err(|e| socket_error(path, format!("creating {}: {e}", private.display())))?;
+        .map_err(|e| {
+            let dir = path.parent().unwrap_or(Path::new("."));
+            // Name the directory the operator chose, not the private one
+            // made inside it.
+            if e.kind() == std::io::ErrorKind::NotFound {
+                socket_error(path, format!("directory {} does not exist", dir.display()))
+            } else {
+                socket_error(
+                    path,
+                    format!("cannot create a socket in {}: {e}", dir.display()),
+                )
+            }
+        })?;
     let temp = private.join("sock");
     let placed = UnixListener::bind(&temp)
         .map_err(|e| socket_error(path, format!("bind: {e}")))

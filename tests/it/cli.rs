@@ -17,6 +17,13 @@ struct Run {
     stderr: String,
 }
 
+/// A 64-bit number of the canonical JSON mapping (a string).
+fn num(v: &Value) -> u64 {
+    v.as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not a 64-bit number: {v}"))
+}
+
 impl Run {
     fn json(&self) -> Value {
         serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("{e}: {:?}", self.stdout))
@@ -62,12 +69,12 @@ async fn register_authorize_record_and_settings() {
     .await;
     assert_eq!(reg.code, 0, "{}", reg.stderr);
     let app = reg.json();
-    assert_eq!(app["app"]["kind"], "MINI_PROGRAM");
+    assert_eq!(app["app"]["kind"], "APP_KIND_MINI_PROGRAM");
     assert_eq!(
-        app["app"]["permission"]["scope.userLocation"],
+        app["app"]["permission"]["scope.userLocation"]["desc"],
         "to find shops"
     );
-    assert_eq!(app["app"]["required_private_infos"][0], "getLocation");
+    assert_eq!(app["app"]["requiredPrivateInfos"][0], "getLocation");
 
     let table = ctl(addr, &["apps", "get", "wxdemo"]).await;
     assert_eq!(table.code, 0);
@@ -85,10 +92,10 @@ async fn register_authorize_record_and_settings() {
     .await;
     assert_eq!(
         (
-            ask.json()["outcome"].as_str(),
-            ask.json()["prompt"]["app_desc"].as_str()
+            ask.json()["decision"]["outcome"].as_str(),
+            ask.json()["decision"]["prompt"]["appDesc"].as_str()
         ),
-        (Some("PROMPT"), Some("to find shops"))
+        (Some("OUTCOME_PROMPT"), Some("to find shops"))
     );
     let old = ctl(
         addr,
@@ -105,7 +112,10 @@ async fn register_authorize_record_and_settings() {
         ],
     )
     .await;
-    assert_eq!(old.json()["outcome"], "SETTINGS_REQUIRED");
+    assert_eq!(
+        old.json()["decision"]["outcome"],
+        "OUTCOME_SETTINGS_REQUIRED"
+    );
 
     let rec = ctl(
         addr,
@@ -119,8 +129,11 @@ async fn register_authorize_record_and_settings() {
         ],
     )
     .await;
-    assert_eq!(rec.json()["err_msg"], "authorize:ok");
-    assert_eq!(rec.json()["changes"][0]["new_state"], "GRANTED");
+    assert_eq!(rec.json()["errMsg"], "authorize:ok");
+    assert_eq!(
+        rec.json()["changes"][0]["newState"],
+        "DECISION_STATE_GRANTED"
+    );
     let check = ctl(
         addr,
         &["--json", "check-api", "wxdemo", "u1", "wx.getLocation"],
@@ -129,9 +142,9 @@ async fn register_authorize_record_and_settings() {
     assert_eq!(
         (
             check.json()["outcome"].as_str(),
-            check.json()["err_msg"].as_str()
+            check.json()["errMsg"].as_str()
         ),
-        (Some("GRANTED"), Some("getLocation:ok"))
+        (Some("OUTCOME_GRANTED"), Some("getLocation:ok"))
     );
 
     let up = ctl(
@@ -148,7 +161,7 @@ async fn register_authorize_record_and_settings() {
     .await;
     assert_eq!(up.code, 0, "{}", up.stderr);
     assert_eq!(
-        up.json()["auth_setting"],
+        up.json()["authSetting"],
         serde_json::json!({"scope.userLocation": true, "scope.userLocationBackground": true})
     );
     let settings = ctl(addr, &["settings", "wxdemo", "u1"]).await;
@@ -161,16 +174,16 @@ async fn register_authorize_record_and_settings() {
     );
     let page = ctl(addr, &["--json", "settings-page", "wxdemo", "u1"]).await;
     assert_eq!(
-        page.json()["items"][0]["location_option"],
-        "WHILE_USING_AND_AFTER_LEAVING"
+        page.json()["items"][0]["locationOption"],
+        "LOCATION_OPTION_WHILE_USING_AND_AFTER_LEAVING"
     );
 
     let scopes = ctl(addr, &["--json", "scopes", "--kind", "mini-game"]).await;
     assert_eq!(scopes.json()["scopes"].as_array().unwrap().len(), 10);
     let rules = ctl(addr, &["--json", "rules"]).await;
     assert_eq!(
-        rules.json()["popup_rules"][0]["platforms"],
-        serde_json::json!(["ANDROID", "IOS"])
+        rules.json()["popupRules"][0]["platforms"],
+        serde_json::json!(["PLATFORM_ANDROID", "PLATFORM_IOS"])
     );
     let verify = ctl(addr, &["--json", "verify"]).await;
     assert_eq!(verify.json()["consistent"], true);
@@ -252,7 +265,7 @@ async fn watch_tails_and_resumes_across_a_restart() {
             }
         }
     });
-    assert_eq!(next(&mut lines).await["revision"], 2);
+    assert_eq!(next(&mut lines).await["revision"], "2");
     h.take().shutdown().await.unwrap();
     // Same port again: the tail's retries reach the new daemon.
     h.start_again_at(addr).await;
@@ -262,11 +275,11 @@ async fn watch_tails_and_resumes_across_a_restart() {
     let event = next(&mut lines).await;
     assert_eq!(
         (
-            event["revision"].as_u64(),
-            event["user_id"].as_str(),
-            event["new_state"].as_str()
+            event["revision"].as_str(),
+            event["userId"].as_str(),
+            event["newState"].as_str()
         ),
-        (Some(3), Some("u2"), Some("DENIED"))
+        (Some("3"), Some("u2"), Some("DECISION_STATE_DENIED"))
     );
     tail.kill().unwrap();
     let mut stderr = String::new();
@@ -307,13 +320,13 @@ async fn registers_apps_from_their_app_json() {
     .await;
     assert_eq!(reg.code, 0, "{}", reg.stderr);
     let app = &reg.json()["app"];
-    assert_eq!(app["kind"], "MINI_PROGRAM");
+    assert_eq!(app["kind"], "APP_KIND_MINI_PROGRAM");
     assert_eq!(
-        app["permission"]["scope.userLocation"],
+        app["permission"]["scope.userLocation"]["desc"],
         "to show shops near you"
     );
     assert_eq!(
-        app["required_background_modes"],
+        app["requiredBackgroundModes"],
         serde_json::json!(["audio", "location"])
     );
 
@@ -336,10 +349,10 @@ async fn registers_apps_from_their_app_json() {
     .await;
     assert_eq!(again.code, 0, "{}", again.stderr);
     assert_eq!(
-        again.json()["app"]["required_private_infos"],
+        again.json()["app"]["requiredPrivateInfos"],
         serde_json::json!(["getFuzzyLocation"])
     );
-    assert!(again.json()["app"]["revision"].as_u64() > app["revision"].as_u64());
+    assert!(num(&again.json()["app"]["revision"]) > num(&app["revision"]));
 
     let game = write(
         "game.json",
@@ -350,7 +363,12 @@ async fn registers_apps_from_their_app_json() {
         &["--json", "apps", "register", "wxgame", "--game-json", &game],
     )
     .await;
-    assert_eq!(reg.json()["app"]["kind"], "MINI_GAME", "{}", reg.stderr);
+    assert_eq!(
+        reg.json()["app"]["kind"],
+        "APP_KIND_MINI_GAME",
+        "{}",
+        reg.stderr
+    );
 
     // Invalid files are refused before anything is sent, naming the app.json field.
     let cases = [
@@ -447,11 +465,10 @@ async fn explain_and_exit_codes() {
         explain.stderr
     );
     let steps = explain.json()["steps"].as_array().unwrap().clone();
+    // The canonical mapping leaves `passed: false` out.
     assert_eq!(steps.last().unwrap()["gate"], 5);
-    assert_eq!(steps.last().unwrap()["result"], "DECIDES");
-    assert!(steps[..steps.len() - 1]
-        .iter()
-        .all(|s| s["result"] == "pass"));
+    assert_eq!(steps.last().unwrap().get("passed"), None);
+    assert!(steps[..steps.len() - 1].iter().all(|s| s["passed"] == true));
     assert_eq!(
         explain.json()["decision"]["rule"],
         "background-location-popup"
@@ -533,7 +550,7 @@ async fn export_then_import_reproduces_every_answer() {
     assert_eq!(first.code, 0, "{}", first.stderr);
     assert_eq!(
         first.json(),
-        serde_json::json!({"apps": 2, "decisions": 20, "changed": 20, "revision": first.json()["revision"]})
+        serde_json::json!({"apps": "2", "decisions": "20", "changed": "20", "revision": first.json()["revision"]})
     );
     for (app, user) in &pairs {
         assert_eq!(
@@ -547,10 +564,10 @@ async fn export_then_import_reproduces_every_answer() {
     let again = ctl(target.addr(), &["--json", "import", dump_arg]).await;
     assert_eq!(
         (
-            again.json()["changed"].as_u64(),
+            again.json().get("changed"),
             again.json()["revision"].clone()
         ),
-        (Some(0), first.json()["revision"].clone())
+        (None, first.json()["revision"].clone())
     );
 
     // A damaged file is refused with the line it broke on.
@@ -598,13 +615,13 @@ async fn audit_and_lifetimes_from_the_shell() {
     )
     .await;
     assert!(
-        auth.stdout.contains("\"session_id\":\"s1\""),
+        auth.stdout.contains("\"sessionId\":\"s1\""),
         "{}",
         auth.stdout
     );
     let ended = ctl(addr, &["--json", "end-session", "wxcli", "u1", "s1"]).await;
     assert_eq!(ended.code, 0, "{}", ended.stderr);
-    assert_eq!(ended.json()["changes"][0]["cause"], "EXPIRED");
+    assert_eq!(ended.json()["changes"][0]["cause"], "CAUSE_EXPIRED");
 
     let audit = ctl(addr, &["--json", "audit", "wxcli", "--user", "u1"]).await;
     assert_eq!(audit.code, 0, "{}", audit.stderr);
@@ -614,7 +631,14 @@ async fn audit_and_lifetimes_from_the_shell() {
         .iter()
         .map(|r| r["action"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(actions, ["ANSWERED_ALLOW", "SESSION_ENDED", "EXPIRED"]);
+    assert_eq!(
+        actions,
+        [
+            "AUDIT_ACTION_ANSWERED_ALLOW",
+            "AUDIT_ACTION_SESSION_ENDED",
+            "AUDIT_ACTION_EXPIRED"
+        ]
+    );
     let table = ctl(addr, &["audit", "wxcli"]).await;
     assert!(
         table.stdout.contains("OPERATOR_REGISTER_APP") && table.stdout.contains("ANSWERED_ALLOW"),
@@ -670,4 +694,304 @@ async fn guide(h: &TestDaemon, app_id: &str) -> Option<consentd::pb::PrivacyGuid
     };
     let app = h.client().apps().get_app(request).await.unwrap();
     app.into_inner().app.unwrap().privacy
+}
+
+/// Runs consentctl with stdout read by a reader that has already gone away
+/// (`| head` that exited): the first write gets EPIPE.
+fn closed_stdout(args: &[&str]) -> (i32, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_consentctl"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_pipe_ends_quietly_not_in_a_panic() {
+    let (code, stderr) = closed_stdout(&["completions", "bash"]);
+    assert_eq!((code, stderr.as_str()), (0, ""), "completions");
+    let (code, stderr) = closed_stdout(&["token", "new"]);
+    assert_eq!((code, stderr.as_str()), (0, ""), "token new");
+
+    let h = TestDaemon::start().await;
+    let c = h.client();
+    c.register(crate::fixture::location_app("wxpipe")).await;
+    c.answer("wxpipe", "u1", "scope.camera", consentd::pb::Answer::Allow)
+        .await;
+    let addr = h.addr().to_string();
+    let (code, stderr) = closed_stdout(&["--addr", &addr, "scopes"]);
+    assert_eq!((code, stderr.as_str()), (0, ""), "a table");
+    // `watch --json | head -1`: the tail reads one event, then the reader
+    // leaves; the next event ends the tail cleanly.
+    let mut tail = Command::new(env!("CARGO_BIN_EXE_consentctl"))
+        .args(["--addr", &addr, "--json", "watch", "--from", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(tail.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.contains("wxpipe"), "{first}");
+    c.answer("wxpipe", "u2", "scope.camera", consentd::pb::Answer::Deny)
+        .await;
+    let out = tokio::task::spawn_blocking(move || tail.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_against_a_wrong_address_hints_and_backs_off_with_jitter() {
+    // A port nothing listens on.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut tail = Command::new(env!("CARGO_BIN_EXE_consentctl"))
+        .args(["--addr", &addr.to_string(), "watch"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = tail.stderr.take().unwrap();
+    let lines = tokio::task::spawn_blocking(move || {
+        BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .take(5)
+            .collect::<Vec<String>>()
+    })
+    .await
+    .unwrap();
+    tail.kill().unwrap();
+    tail.wait().unwrap();
+    let text = lines.join("\n");
+    assert!(
+        lines[1] == format!("hint: is consentd running at {addr}?"),
+        "the hint follows the first failure:\n{text}"
+    );
+    assert_eq!(text.matches("hint:").count(), 1, "once per outage:\n{text}");
+    // Delays grow from 0.2 s, each with its own jitter: not the fixed
+    // 0.2, 0.4, 0.8 s of a plain doubling.
+    let delays: Vec<f64> = lines
+        .iter()
+        .filter_map(|l| l.rsplit_once(" in ")?.1.strip_suffix('s')?.parse().ok())
+        .collect();
+    assert_eq!(delays.len(), 4, "{text}");
+    assert!(delays.iter().all(|d| (0.2..=10.0).contains(d)), "{text}");
+    assert_ne!(delays[..3], [0.2, 0.4, 0.8], "jittered:\n{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_health_and_the_connection_conventions() {
+    let h = TestDaemon::start().await;
+    let addr = h.addr().to_string();
+    let version = ctl(h.addr(), &["version"]).await;
+    assert_eq!(version.code, 0, "{}", version.stderr);
+    assert_eq!(
+        version.stdout,
+        format!("consentctl {v}\nconsentd   {v}\n", v = consentd::VERSION),
+    );
+    let health = ctl(h.addr(), &["--json", "health"]).await;
+    assert_eq!(
+        (health.code, health.json()["status"].as_str()),
+        (0, Some("SERVING"))
+    );
+    let unknown = ctl(h.addr(), &["health", "--service", "no.such.Service"]).await;
+    assert_eq!(unknown.code, 2, "NOT_FOUND is an error: {}", unknown.stderr);
+
+    // Every connection flag has a CONSENTCTL_ variable.
+    let out = Command::new(env!("CARGO_BIN_EXE_consentctl"))
+        .args(["--json", "health"])
+        .env("CONSENTCTL_ADDR", &addr)
+        .env("CONSENTCTL_TIMEOUT", "5")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let help = Command::new(env!("CARGO_BIN_EXE_consentctl"))
+        .args(["authorize", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    let connection = help
+        .split("Connection:")
+        .nth(1)
+        .expect("a Connection heading");
+    for flag in [
+        "addr",
+        "token",
+        "tls-ca",
+        "tls-cert",
+        "tls-key",
+        "tls-domain",
+        "timeout",
+    ] {
+        let env = format!("CONSENTCTL_{}", flag.to_uppercase().replace('-', "_"));
+        assert!(connection.contains(&format!("--{flag}")), "{flag}: {help}");
+        assert!(connection.contains(&env), "{env}: {help}");
+    }
+    assert!(
+        help.contains("<SCOPE>  The scope"),
+        "positionals are described: {help}"
+    );
+    // The offline commands show no connection flags.
+    for command in [&["completions", "--help"][..], &["token", "new", "--help"]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_consentctl"))
+            .args(command)
+            .output()
+            .unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && !help.contains("--addr"),
+            "{command:?}: {help}"
+        );
+    }
+    // --timeout 0 could never succeed.
+    let zero = ctl(h.addr(), &["--timeout", "0", "rules"]).await;
+    assert_eq!(zero.code, 2);
+    assert!(
+        zero.stderr.contains("0 would let no call finish"),
+        "{}",
+        zero.stderr
+    );
+    h.stop().await;
+}
+
+#[test]
+fn man_pages_come_from_the_same_definitions() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_consentctl"))
+        .arg("man")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let main = std::fs::read_to_string(dir.path().join("consentctl.1")).unwrap();
+    assert!(
+        main.contains("consentctl") && main.contains("authorize"),
+        "{main}"
+    );
+    let page = std::fs::read_to_string(dir.path().join("consentctl-authorize.1")).unwrap();
+    assert!(
+        page.contains("CONSENTCTL_ADDR") || page.contains("\\-\\-addr"),
+        "{page}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_scope_or_interface_suggests_the_near_one() {
+    let h = TestDaemon::start().await;
+    h.client()
+        .register(crate::fixture::location_app("wxnear"))
+        .await;
+    let scope = ctl(h.addr(), &["authorize", "wxnear", "u1", "camera"]).await;
+    assert_eq!(scope.code, 2);
+    assert!(
+        scope.stderr.contains(r#"did you mean "scope.camera"?"#)
+            && scope.stderr.contains("`consentctl scopes`"),
+        "{}",
+        scope.stderr
+    );
+    let api = ctl(h.addr(), &["check-api", "wxnear", "u1", "getLocation"]).await;
+    assert_eq!(api.code, 2);
+    assert!(
+        api.stderr.contains(r#"did you mean "wx.getLocation"?"#)
+            && api.stderr.contains("`consentctl scopes`"),
+        "{}",
+        api.stderr
+    );
+    h.stop().await;
+}
+
+#[test]
+fn token_new_prints_256_random_bits_and_their_digest() {
+    let run = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_consentctl"))
+            .args(["token", "new"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let (a, b) = (run(), run());
+    let token = |text: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("token        = "))
+            .unwrap()
+            .to_owned()
+    };
+    let t = token(&a);
+    assert_eq!(t.len(), 64, "{a}");
+    assert!(t.bytes().all(|c| c.is_ascii_hexdigit()), "{a}");
+    assert_ne!(t, token(&b), "fresh randomness each time");
+    assert!(
+        a.contains(&format!(
+            "token_sha256 = \"{}\"",
+            consentd::auth::hash_token(&t)
+        )),
+        "{a}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_fit_100_columns_and_hide_empty_rows() {
+    let h = TestDaemon::start().await;
+    h.client()
+        .register(crate::fixture::location_app("wxwide"))
+        .await;
+    for args in [
+        &["scopes"][..],
+        &["rules"],
+        &["check-api", "wxwide", "u1", "live-pusher"],
+        &["explain", "wxwide", "u1", "scope.userLocationBackground"],
+        &["apps", "list"],
+    ] {
+        let run = ctl(h.addr(), args).await;
+        assert!(run.code <= 1, "{args:?}: {}", run.stderr);
+        let widest = run
+            .stdout
+            .lines()
+            .map(|l| l.chars().count())
+            .max()
+            .unwrap_or(0);
+        assert!(widest <= 100, "{args:?}: {widest} columns:\n{}", run.stdout);
+        // No key without a value, no column without a value.
+        assert!(
+            run.stdout
+                .lines()
+                .all(|l| !l.trim_start().starts_with("rule ") && l.trim() != "rule"),
+            "{args:?}: an empty rule is shown:\n{}",
+            run.stdout
+        );
+    }
+    let scopes = ctl(h.addr(), &["scopes"]).await;
+    assert!(
+        scopes.stdout.contains("  scope.userLocation\n")
+            && scopes
+                .stdout
+                .contains("interfaces                wx.getLocation, "),
+        "{}",
+        scopes.stdout
+    );
+    h.stop().await;
 }

@@ -34,49 +34,169 @@ fn commands(markdown: &str) -> Vec<String> {
     out
 }
 
+/// Runs every command of `file` in order against a fresh daemon (grpcurl
+/// and consentctl standing in for their spelled-out invocations), each in
+/// `sh -e`, and compares what they print with the transcript in
+/// `tests/it/docs/<file>.out`. `CONSENTD_BLESS=1` rewrites the transcript
+/// (review its diff before committing).
 async fn run_doc(file: &str) {
-    let Some(grpcurl) = grpcurl() else { return };
+    let grpcurl = grpcurl();
     let h = TestDaemon::start().await;
-    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(file)).unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join(file)).unwrap();
     let commands = commands(&text);
     assert!(commands.len() > 5, "{file} has its commands");
     let addr = h.addr().to_string();
+    let mut transcript = String::new();
     for command in commands {
-        // Streams the docs leave to Ctrl-C get a deadline here.
+        // README streams left to Ctrl-C get a deadline here, and its end.
         let deadline = if command.contains("/Watch") && !command.contains("-max-time") {
             "-max-time 2 "
         } else {
             ""
         };
-        let shell = command.replace("127.0.0.1:50051", &addr).replacen(
-            "grpcurl ",
-            &format!("{} {deadline}", grpcurl.display()),
-            1,
-        );
+        let mut shell = command
+            .replace("127.0.0.1:50051", &addr)
+            .replace(
+                "cargo run --release --bin consentctl --",
+                env!("CARGO_BIN_EXE_consentctl"),
+            )
+            .replacen("grpcurl ", &format!("{} {deadline}", grpcurl.display()), 1);
+        if !deadline.is_empty() {
+            shell = format!("{} || [ $? -eq 68 ]", shell.trim_end());
+        }
+        let daemon = format!("http://{addr}");
         let output = tokio::task::spawn_blocking(move || {
             std::process::Command::new("sh")
-                .arg("-c")
+                .arg("-ec")
                 .arg(&shell)
+                .env("CONSENTCTL_ADDR", daemon)
                 .output()
                 .unwrap()
         })
         .await
         .unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
-        let ok = output.status.success()
-            || (command.contains("/Watch") && stderr.contains("DeadlineExceeded"));
-        assert!(ok, "{file}: `{command}` failed:\n{stderr}");
+        assert!(
+            output.status.success(),
+            "{file}: `{command}` failed ({}):\n{stderr}",
+            output.status
+        );
+        transcript.push_str(&format!("$ {}", command.trim_start()));
+        transcript.push_str(&normalize(&String::from_utf8_lossy(&output.stdout)));
+        transcript.push('\n');
     }
     h.stop().await;
+    let golden = root
+        .join("tests/it/docs")
+        .join(format!("{file}.out").replace('/', "_"));
+    if std::env::var_os("CONSENTD_BLESS").is_some() {
+        std::fs::create_dir_all(golden.parent().unwrap()).unwrap();
+        std::fs::write(&golden, &transcript).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&golden)
+        .unwrap_or_else(|e| panic!("{}: {e} (CONSENTD_BLESS=1 writes it)", golden.display()));
+    if transcript != expected {
+        let first = transcript
+            .lines()
+            .zip(expected.lines())
+            .position(|(a, b)| a != b)
+            .unwrap_or_else(|| transcript.lines().count().min(expected.lines().count()));
+        let context = |t: &str| {
+            t.lines()
+                .skip(first.saturating_sub(3))
+                .take(8)
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        panic!(
+            "{file}: the output differs from {} at line {}:\n--- expected\n{}\n--- got\n{}\n\
+             (if the change is intended: CONSENTD_BLESS=1, then review the diff)",
+            golden.display(),
+            first + 1,
+            context(&expected),
+            context(&transcript)
+        );
+    }
+}
+
+/// What may differ between runs: times become `<time>`; a stream's idle
+/// progress markers (their count depends on timing) are left out.
+fn normalize(stdout: &str) -> String {
+    let masked = mask_times(stdout);
+    let trimmed = masked.trim_start();
+    if !trimmed.starts_with('{') {
+        return masked;
+    }
+    let mut out = String::new();
+    for value in serde_json::Deserializer::from_str(trimmed).into_iter::<serde_json::Value>() {
+        match value {
+            Ok(v) if v.get("progress").is_some() => {}
+            Ok(v) => {
+                out.push_str(&serde_json::to_string_pretty(&v).unwrap());
+                out.push('\n');
+            }
+            // Not a stream of JSON objects: compare the text.
+            Err(_) => return masked,
+        }
+    }
+    out
+}
+
+/// Replaces RFC 3339 UTC times (`2026-11-24T00:19:10.629Z`) with `<time>`.
+fn mask_times(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let date = bytes.len() >= i + 20
+            && bytes[i..i + 10].iter().enumerate().all(|(k, b)| {
+                if k == 4 || k == 7 {
+                    *b == b'-'
+                } else {
+                    b.is_ascii_digit()
+                }
+            })
+            && bytes[i + 10] == b'T';
+        if date {
+            if let Some(len) = bytes[i + 11..].iter().take(24).position(|b| *b == b'Z') {
+                out.push_str("<time>");
+                i += 11 + len + 1;
+                continue;
+            }
+        }
+        let ch = text[i..].chars().next().unwrap();
+        out.push(ch);
+        i += ch.len_utf8();
+    }
+    out
+}
+
+#[test]
+fn times_are_masked_and_progress_markers_dropped() {
+    assert_eq!(
+        mask_times("at 2026-11-24T00:19:10.629Z and 2026-11-24T00:19:10Z."),
+        "at <time> and <time>."
+    );
+    assert_eq!(
+        normalize(
+            "{\n  \"progress\": {\"revision\": \"3\"}\n}\n{\"event\": {\"revision\": \"3\"}}\n"
+        ),
+        "{\n  \"event\": {\n    \"revision\": \"3\"\n  }\n}\n"
+    );
+    assert_eq!(normalize("consent.v1.Admin\n"), "consent.v1.Admin\n");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs grpcurl: scripts/test installs it and runs this"]
 async fn the_grpcurl_cookbook_runs_verbatim() {
     run_doc("docs/grpcurl.md").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_readme_session_runs_verbatim() {
+#[ignore = "needs grpcurl: scripts/test installs it and runs this"]
+async fn the_readme_grpcurl_session_runs_verbatim() {
     run_doc("README.md").await;
 }
 

@@ -4,8 +4,9 @@
 use crate::fixture::{grpcurl, run_grpcurl, TestDaemon};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs grpcurl: scripts/test installs it and runs this"]
 async fn list_describe_register_and_authorize() {
-    let Some(grpcurl) = grpcurl() else { return };
+    let grpcurl = grpcurl();
     let h = TestDaemon::start().await;
     let addr = h.addr();
     let call = |data: &str, method: &str| {
@@ -81,6 +82,88 @@ async fn list_describe_register_and_authorize() {
         err.contains("Code: InvalidArgument")
             && err.contains(r#"scope "scope.nope" is not a known scope"#),
         "{err}"
+    );
+    h.stop().await;
+}
+
+/// grpcurl 1.8.6 sends a unix socket's path as the HTTP/2 `:authority`;
+/// h2 (0.4, under tonic) refuses a malformed authority before any handler
+/// runs (`RST_STREAM PROTOCOL_ERROR`) and offers no switch to accept it. So
+/// the documented form passes `-authority localhost`; this test shows both,
+/// and tells when a newer h2 or grpcurl changes the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs grpcurl: scripts/test installs it and runs this"]
+async fn grpcurl_over_a_unix_socket_with_the_documented_authority() {
+    let grpcurl = grpcurl();
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("c.sock");
+    let path = sock.clone();
+    let h = TestDaemon::with(|c| c.listen.push(consentd::transport::ListenAddr::Unix(path))).await;
+    let run = |authority: bool| {
+        let mut command = std::process::Command::new(&grpcurl);
+        command.args(["-plaintext", "-unix"]);
+        if authority {
+            command.args(["-authority", "localhost"]);
+        }
+        command.arg(&sock).arg("list");
+        let out = command.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = run(true);
+    assert!(
+        ok && out.lines().any(|l| l == "consent.v1.Authorization"),
+        "{out}{err}"
+    );
+    let (ok, _, err) = run(false);
+    assert!(!ok && err.contains("PROTOCOL_ERROR"), "{err}");
+    h.stop().await;
+}
+
+/// `consentctl --json` prints what grpcurl prints for the same call: one
+/// spelling per value (`OUTCOME_PROMPT`, `errMsg`, revisions as strings).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs grpcurl: scripts/test installs it and runs this"]
+async fn consentctl_json_is_the_json_grpcurl_prints() {
+    let grpcurl = grpcurl();
+    let h = TestDaemon::start().await;
+    h.client()
+        .register(crate::fixture::location_app("wxsame"))
+        .await;
+    let addr = h.addr();
+    let ask = r#"{"app_id": "wxsame", "user_id": "u1", "scope": "scope.camera",
+        "client": {"platform": "PLATFORM_ANDROID", "host_version": "8.0.50", "sdk_version": "3.0.0"}}"#;
+    let (ok, from_grpcurl, err) = run_grpcurl(
+        grpcurl,
+        &["-d", ask],
+        addr,
+        &["consent.v1.Authorization/Authorize"],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_consentctl"))
+        .args([
+            "--addr",
+            &addr.to_string(),
+            "--json",
+            "authorize",
+            "wxsame",
+            "u1",
+            "scope.camera",
+        ])
+        .output()
+        .unwrap();
+    let from_consentctl = String::from_utf8_lossy(&out.stdout);
+    let parse = |s: &str| {
+        serde_json::from_str::<serde_json::Value>(s).unwrap_or_else(|e| panic!("{e}: {s}"))
+    };
+    assert_eq!(parse(&from_consentctl), parse(&from_grpcurl));
+    assert!(
+        from_consentctl.contains(r#""outcome":"OUTCOME_PROMPT""#),
+        "{from_consentctl}"
     );
     h.stop().await;
 }

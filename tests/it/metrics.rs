@@ -8,14 +8,30 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use crate::fixture::{android, location_app, TestDaemon};
 
 pub async fn scrape(addr: SocketAddr) -> String {
+    let (status, body) = get(addr, "/metrics").await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// `GET path` over HTTP/1.1: (status, body).
+pub async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
-    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: consentd\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
+    conn.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: consentd\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
     let mut response = String::new();
     conn.read_to_string(&mut response).await.unwrap();
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    response.split_once("\r\n\r\n").unwrap().1.to_owned()
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (
+        status,
+        response.split_once("\r\n\r\n").unwrap().1.to_owned(),
+    )
 }
 
 /// The value of the sample whose name and labels start with `series`.
@@ -35,13 +51,12 @@ async fn counters_move_with_calls() {
     c.register(location_app("wxloc")).await;
     c.decision("wxloc", "u", "scope.camera").await;
     let before = scrape(addr).await;
-    let authorize =
-        r#"consentd_rpc_requests_total{code="Ok",method="/consent.v1.Authorization/Authorize"}"#;
+    let authorize = r#"grpc_server_handled_total{grpc_code="OK",grpc_method="Authorize",grpc_service="consent.v1.Authorization",grpc_type="unary"}"#;
     assert_eq!(value(&before, authorize), 1.0, "{before}");
     assert_eq!(
         value(
             &before,
-            r#"consentd_outcomes_total{outcome="Prompt",reason="PopupAvailable",scope="scope.camera"}"#
+            r#"consentd_outcomes_total{outcome="OUTCOME_PROMPT",reason="REASON_POPUP_AVAILABLE",scope="scope.camera"}"#
         ),
         1.0
     );
@@ -60,14 +75,14 @@ async fn counters_move_with_calls() {
     assert_eq!(
         value(
             &after,
-            r#"consentd_rpc_requests_total{code="NotFound",method="/consent.v1.Authorization/Authorize"}"#
+            r#"grpc_server_handled_total{grpc_code="NotFound",grpc_method="Authorize",grpc_service="consent.v1.Authorization",grpc_type="unary"}"#
         ),
         1.0
     );
     assert_eq!(
         value(
             &after,
-            r#"consentd_outcomes_total{outcome="Granted",reason="StoredGrant",scope="scope.camera"}"#
+            r#"consentd_outcomes_total{outcome="OUTCOME_GRANTED",reason="REASON_STORED_GRANT",scope="scope.camera"}"#
         ),
         2.0
     );
@@ -86,7 +101,7 @@ async fn counters_move_with_calls() {
     assert!(
         value(
             &after,
-            r#"consentd_rpc_duration_seconds_count{method="/consent.v1.Authorization/RecordDecision"}"#
+            r#"grpc_server_handling_seconds_count{grpc_method="RecordDecision",grpc_service="consent.v1.Authorization",grpc_type="unary"}"#
         ) >= 1.0
     );
     h.stop().await;
@@ -96,5 +111,62 @@ async fn counters_move_with_calls() {
 async fn metrics_are_off_by_default() {
     let h = TestDaemon::start().await;
     assert!(h.daemon().metrics_addr().is_none());
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conventional_names_probes_and_every_metric_documented() {
+    let h = TestDaemon::with(|c| c.metrics_listen = Some("127.0.0.1:0".parse().unwrap())).await;
+    let addr = h.daemon().metrics_addr().expect("metrics endpoint on");
+    let c = h.client();
+    c.register(location_app("wxdoc")).await;
+    c.decision("wxdoc", "u", "scope.camera").await;
+    let _watch = c.watch(pb::WatchRequest::default()).await.unwrap();
+    assert_eq!(get(addr, "/healthz").await, (200, "ok\n".to_owned()));
+    assert_eq!(get(addr, "/readyz").await, (200, "ready\n".to_owned()));
+    let text = scrape(addr).await;
+    assert!(
+        value(&text, "process_resident_memory_bytes ") > 0.0,
+        "{text}"
+    );
+    assert!(value(&text, "process_open_fds ") > 0.0, "{text}");
+    assert_eq!(
+        value(
+            &text,
+            &format!(
+                r#"consentd_build_info{{revision="{}",version="{}"}}"#,
+                consentd::VERSION
+                    .split_once(" (")
+                    .unwrap()
+                    .1
+                    .trim_end_matches(')'),
+                env!("CARGO_PKG_VERSION")
+            )
+        ),
+        1.0,
+        "{text}"
+    );
+    assert!(
+        value(
+            &text,
+            r#"grpc_server_handling_seconds_count{grpc_method="RegisterApp",grpc_service="consent.v1.Apps",grpc_type="unary"}"#
+        ) >= 1.0,
+        "{text}"
+    );
+    let docs = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/metrics.md"),
+    )
+    .unwrap();
+    let exported: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next())
+        .collect();
+    assert!(exported.len() > 20, "{text}");
+    for name in exported {
+        assert!(
+            docs.contains(&format!("`{name}`")),
+            "{name} is missing from docs/metrics.md"
+        );
+    }
     h.stop().await;
 }

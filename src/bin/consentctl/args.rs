@@ -10,13 +10,28 @@ use consentd::pb;
     about = "A command-line client for consentd."
 )]
 pub struct Cli {
+    /// Print JSON instead of tables (one object per response; JSON lines for watch).
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(flatten)]
+    pub conn: Connection,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How to reach the daemon: every flag also reads a `CONSENTCTL_*`
+/// environment variable. The commands that talk to no daemon (completions,
+/// man, token) do not show them.
+#[derive(Args, Debug)]
+#[command(next_help_heading = "Connection")]
+pub struct Connection {
     /// The daemon's address: host:port, http://host:port, https://host:port
     /// or unix:/path/to/socket. A bare host:port uses TLS when a --tls-*
     /// option is given.
     #[arg(
         long,
         global = true,
-        env = "CONSENTD_ADDR",
+        env = "CONSENTCTL_ADDR",
         default_value = "http://127.0.0.1:50051"
     )]
     pub addr: String,
@@ -32,49 +47,84 @@ pub struct Cli {
     )]
     pub token: Option<String>,
     /// PEM file with the CA certificate(s) that verify the daemon's certificate (TLS).
-    #[arg(long, global = true, value_name = "PEM")]
+    #[arg(long, global = true, env = "CONSENTCTL_TLS_CA", value_name = "PEM")]
     pub tls_ca: Option<std::path::PathBuf>,
     /// PEM client certificate for mutual TLS (needs --tls-key).
-    #[arg(long, global = true, value_name = "PEM")]
+    #[arg(long, global = true, env = "CONSENTCTL_TLS_CERT", value_name = "PEM")]
     pub tls_cert: Option<std::path::PathBuf>,
     /// PEM private key of --tls-cert.
-    #[arg(long, global = true, value_name = "PEM")]
+    #[arg(long, global = true, env = "CONSENTCTL_TLS_KEY", value_name = "PEM")]
     pub tls_key: Option<std::path::PathBuf>,
     /// Verify the daemon's certificate against NAME instead of the address's host.
-    #[arg(long, global = true, value_name = "NAME")]
+    #[arg(
+        long,
+        global = true,
+        env = "CONSENTCTL_TLS_DOMAIN",
+        value_name = "NAME"
+    )]
     pub tls_domain: Option<String>,
-    /// Print JSON instead of tables (one object per response; JSON lines for watch).
-    #[arg(long, global = true)]
-    pub json: bool,
-    /// Seconds to wait for each call (not for watch streams).
-    #[arg(long, global = true, default_value_t = 10)]
+    /// Seconds to wait for each call (not for watch streams); at least 1.
+    #[arg(
+        long,
+        global = true,
+        env = "CONSENTCTL_TIMEOUT",
+        value_name = "SECS",
+        default_value_t = 10,
+        value_parser = parse_timeout
+    )]
     pub timeout: u64,
-    #[command(subcommand)]
-    pub command: Command,
+}
+
+/// The connection flags' argument ids, hidden from the offline commands.
+pub const CONNECTION_ARGS: [&str; 7] = [
+    "addr",
+    "token",
+    "tls_ca",
+    "tls_cert",
+    "tls_key",
+    "tls_domain",
+    "timeout",
+];
+
+fn parse_timeout(raw: &str) -> Result<u64, String> {
+    match raw.parse::<u64>() {
+        Ok(0) => Err("0 would let no call finish: give at least 1 (seconds)".into()),
+        Ok(secs) => Ok(secs),
+        Err(_) => Err(format!("expected a whole number of seconds, got {raw:?}")),
+    }
 }
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// wx.authorize: what happens if SCOPE is requested now.
     Authorize {
+        /// The app id (AppID of the mini program or game).
         app: String,
+        /// The user id (openid).
         user: String,
+        /// The scope, e.g. scope.camera (see `consentctl scopes`).
         scope: String,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Authorize's answer with the gate-by-gate reasoning behind it.
     Explain {
+        /// The app id (AppID of the mini program or game).
         app: String,
+        /// The user id (openid).
         user: String,
+        /// The scope, e.g. scope.camera (see `consentctl scopes`).
         scope: String,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Authorize several scopes of one user at once.
     BatchAuthorize {
+        /// The app id (AppID of the mini program or game).
         app: String,
+        /// The user id (openid).
         user: String,
+        /// The scopes, e.g. scope.camera scope.record.
         #[arg(required = true)]
         scopes: Vec<String>,
         #[command(flatten)]
@@ -82,17 +132,24 @@ pub enum Command {
     },
     /// Whether a gated interface (wx.getLocation, camera, ...) may run now.
     CheckApi {
+        /// The app id (AppID of the mini program or game).
         app: String,
+        /// The user id (openid).
         user: String,
+        /// The interface, e.g. wx.getLocation or camera.
         api: String,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Record the user's answer to a popup.
     Record {
+        /// The app id (AppID of the mini program or game).
         app: String,
+        /// The user id (openid).
         user: String,
+        /// The scope, e.g. scope.camera (see `consentctl scopes`).
         scope: String,
+        /// The popup answer.
         answer: AnswerArg,
         #[command(flatten)]
         client: ClientArgs,
@@ -100,12 +157,24 @@ pub enum Command {
         lifetime: LifetimeArgs,
     },
     /// wx.getSetting: the decided scopes of a user.
-    Settings { app: String, user: String },
+    Settings {
+        /// The app id (AppID of the mini program or game).
+        app: String,
+        /// The user id (openid).
+        user: String,
+    },
     /// The settings page (wx.openSetting).
-    SettingsPage { app: String, user: String },
+    SettingsPage {
+        /// The app id (AppID of the mini program or game).
+        app: String,
+        /// The user id (openid).
+        user: String,
+    },
     /// Change the settings page; prints the new authSetting.
     UpdateSettings {
+        /// The app id (AppID of the mini program or game).
         app: String,
+        /// The user id (openid).
         user: String,
         /// SCOPE=true|false; repeatable.
         #[arg(long = "set", value_name = "SCOPE=BOOL", value_parser = parse_toggle)]
@@ -117,9 +186,15 @@ pub enum Command {
         lifetime: LifetimeArgs,
     },
     /// The user deleted the mini program: forget their decisions.
-    RemoveApp { app: String, user: String },
+    RemoveApp {
+        /// The app id (AppID of the mini program or game).
+        app: String,
+        /// The user id (openid).
+        user: String,
+    },
     /// The consent audit trail of an app, oldest first.
     Audit {
+        /// The app id (AppID of the mini program or game).
         app: String,
         /// Only this user.
         #[arg(long)]
@@ -139,8 +214,11 @@ pub enum Command {
     },
     /// The runtime session ended: its one-time grants lapse.
     EndSession {
+        /// The app id (AppID of the mini program or game).
         app: String,
+        /// The user id (openid).
         user: String,
+        /// The runtime session id given to one-time grants.
         session: String,
     },
     /// Register and inspect apps.
@@ -185,7 +263,23 @@ pub enum Command {
     /// Load apps and decisions from an export (idempotent; counts are checked).
     Import { file: std::path::PathBuf },
     /// Print a shell completion script.
-    Completions { shell: clap_complete::Shell },
+    Completions {
+        /// The shell: bash, elvish, fish, powershell or zsh.
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (consentctl.1 and one per command) into DIR.
+    Man {
+        /// The directory to write into (created if missing).
+        dir: std::path::PathBuf,
+    },
+    /// The client's version and the daemon's (from a health check).
+    Version,
+    /// Whether the daemon serves (grpc.health.v1); exit 1 when it does not.
+    Health {
+        /// One service, e.g. consent.v1.Authorization [default: the server].
+        #[arg(long)]
+        service: Option<String>,
+    },
     /// Make bearer tokens and their digests for the credentials file
     /// (offline: talks to no daemon).
     #[command(subcommand)]
@@ -207,6 +301,7 @@ pub enum AppsCommand {
     /// Replace an app's declarations.
     Update(AppArgs),
     Get {
+        /// The app id (AppID of the mini program or game).
         app: String,
     },
     List {
@@ -220,12 +315,14 @@ pub enum AppsCommand {
     },
     /// Delete an app and every user's decisions for it.
     Delete {
+        /// The app id (AppID of the mini program or game).
         app: String,
     },
 }
 
 #[derive(Args, Debug)]
 pub struct AppArgs {
+    /// The app id (AppID of the mini program or game).
     pub app: String,
     #[arg(long, required_unless_present_any = ["app_json", "game_json"], conflicts_with_all = ["app_json", "game_json"])]
     pub kind: Option<KindArg>,

@@ -2,7 +2,8 @@
 //!
 //! Exit codes: 0 success; 1 a negative answer (authorize, check-api and
 //! explain when the interface cannot run and no popup can fix it: DENIED,
-//! SETTINGS_REQUIRED, NOT_DECLARED, UNSUPPORTED; verify when inconsistent);
+//! SETTINGS_REQUIRED, NOT_DECLARED, UNSUPPORTED; verify when inconsistent;
+//! health when not serving); a closed stdout (`| head -1`) ends with 0;
 //! 2 an error (bad arguments, transport failure or a gRPC error status,
 //! printed with its code and message).
 //!
@@ -10,13 +11,13 @@
 
 mod app_json;
 mod args;
+mod canonical;
 mod dump;
 mod render;
 
 use std::{process::ExitCode, time::Duration};
 
 use anyhow::{Context as _, Result};
-use clap::Parser as _;
 use consentd::{
     client::{ClientChannel, ClientError, ConnectOptions},
     pb::{
@@ -30,8 +31,42 @@ use tonic::{Code, Status};
 
 use args::{AppArgs, AppsCommand, Cli, Command, TokenCommand};
 
+/// The clap command, with the connection flags hidden from the commands that
+/// talk to no daemon: each gets hidden local copies, which keep clap from
+/// propagating the global ones into it.
+fn command() -> clap::Command {
+    use clap::CommandFactory as _;
+    fn hide_connection(mut c: clap::Command, hidden: &[clap::Arg]) -> clap::Command {
+        for arg in hidden {
+            c = c.arg(arg.clone());
+        }
+        let names: Vec<String> = c
+            .get_subcommands()
+            .map(|s| s.get_name().to_owned())
+            .collect();
+        for name in names {
+            c = c.mut_subcommand(name, |sub| hide_connection(sub, hidden));
+        }
+        c
+    }
+    let mut cmd = Cli::command();
+    let hidden: Vec<clap::Arg> = cmd
+        .get_arguments()
+        .filter(|a| args::CONNECTION_ARGS.contains(&a.get_id().as_str()))
+        .map(|a| a.clone().global(false).hide(true))
+        .collect();
+    for name in ["completions", "man", "token"] {
+        cmd = cmd.mut_subcommand(name, |sub| hide_connection(sub, &hidden));
+    }
+    cmd
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    use clap::FromArgMatches as _;
+    let cli = match Cli::from_arg_matches(&command().get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -45,11 +80,28 @@ fn main() -> ExitCode {
     match runtime.block_on(run(&cli)) {
         Ok(Answer::Positive) => ExitCode::SUCCESS,
         Ok(Answer::Negative) => ExitCode::from(1),
+        // The reader went away (`| head -1`): nothing is wrong.
+        Err(e) if closed_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             report(&e, &cli);
             ExitCode::from(2)
         }
     }
+}
+
+fn closed_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Writes to stdout; an error (a closed pipe) ends the command.
+fn out(text: std::fmt::Arguments<'_>) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_fmt(text)?;
+    stdout.flush()
 }
 
 fn report(e: &anyhow::Error, cli: &Cli) {
@@ -77,7 +129,7 @@ fn hint(e: &anyhow::Error, cli: &Cli) -> Option<String> {
     }
     let status = e.downcast_ref::<Status>();
     match status.map(Status::code) {
-        Some(Code::Unauthenticated) if cli.token.is_some() => {
+        Some(Code::Unauthenticated) if cli.conn.token.is_some() => {
             return Some(
                 "consentd did not accept the bearer token (CONSENTCTL_TOKEN or --token)".into(),
             )
@@ -100,7 +152,7 @@ fn hint(e: &anyhow::Error, cli: &Cli) -> Option<String> {
             s.code() == Code::Unavailable
                 && (s.message().contains("transport error") || s.message().contains("connect"))
         });
-    unreachable.then(|| format!("is consentd running at {}?", cli.addr))
+    unreachable.then(|| format!("is consentd running at {}?", cli.conn.addr))
 }
 
 /// The cause of a failed TLS handshake; such failures hide below a generic
@@ -131,14 +183,15 @@ fn describe(e: &anyhow::Error) -> String {
 
 /// Streams (`stream`) get no per-call deadline.
 async fn connect(cli: &Cli, stream: bool) -> Result<ClientChannel> {
-    let timeout = Duration::from_secs(cli.timeout);
+    let c = &cli.conn;
+    let timeout = Duration::from_secs(c.timeout);
     let options = ConnectOptions {
-        addr: cli.addr.clone(),
-        token: cli.token.clone(),
-        tls_ca: cli.tls_ca.clone(),
-        tls_cert: cli.tls_cert.clone(),
-        tls_key: cli.tls_key.clone(),
-        tls_domain: cli.tls_domain.clone(),
+        addr: c.addr.clone(),
+        token: c.token.clone(),
+        tls_ca: c.tls_ca.clone(),
+        tls_cert: c.tls_cert.clone(),
+        tls_key: c.tls_key.clone(),
+        tls_domain: c.tls_domain.clone(),
         connect_timeout: Some(timeout),
         timeout: (!stream).then_some(timeout),
     };
@@ -175,14 +228,36 @@ fn answer_of(command: &Command, value: &Value) -> Answer {
 
 async fn run(cli: &Cli) -> Result<Answer> {
     if let Command::Completions { shell } = &cli.command {
-        use clap::CommandFactory as _;
-        clap_complete::generate(
-            *shell,
-            &mut Cli::command(),
-            "consentctl",
-            &mut std::io::stdout(),
-        );
+        // Into a buffer first: clap_complete panics on a failed write.
+        let mut script = Vec::new();
+        clap_complete::generate(*shell, &mut command(), "consentctl", &mut script);
+        out(format_args!("{}", String::from_utf8_lossy(&script)))?;
         return Ok(Answer::Positive);
+    }
+    if let Command::Man { dir } = &cli.command {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        clap_mangen::generate_to(command(), dir)
+            .with_context(|| format!("writing man pages into {}", dir.display()))?;
+        eprintln!("man pages written to {}", dir.display());
+        return Ok(Answer::Positive);
+    }
+    if let Command::Version = &cli.command {
+        out(format_args!("consentctl {}\n", consentd::VERSION))?;
+        let channel = connect(cli, false).await?;
+        let (daemon, _) = health(channel, "").await?;
+        out(format_args!("consentd   {daemon}\n"))?;
+        return Ok(Answer::Positive);
+    }
+    if let Command::Health { service } = &cli.command {
+        let channel = connect(cli, false).await?;
+        let (_, status) = health(channel, service.as_deref().unwrap_or("")).await?;
+        let value = json!({ "status": status });
+        render::print(&value, cli.json)?;
+        return Ok(if status == "SERVING" {
+            Answer::Positive
+        } else {
+            Answer::Negative
+        });
     }
     if let Command::Token(command) = &cli.command {
         token_command(command)?;
@@ -211,14 +286,21 @@ async fn run(cli: &Cli) -> Result<Answer> {
     }
     if let Command::Import { file } = &cli.command {
         let r = dump::import(connect(cli, true).await?, file).await?;
-        let value = json!({ "apps": r.apps, "decisions": r.decisions, "changed": r.changed, "revision": r.revision });
-        render::print(&value, cli.json);
+        if cli.json {
+            render::print(&canonical::json(&r, "ImportResponse")?, true)?;
+        } else {
+            let value = json!({ "apps": r.apps, "decisions": r.decisions, "changed": r.changed, "revision": r.revision });
+            render::print(&value, false)?;
+        }
         return Ok(Answer::Positive);
     }
     let channel = connect(cli, false).await?;
     let mut auth = AuthorizationClient::new(channel.clone());
     let mut apps = AppsClient::new(channel.clone());
     let mut admin = AdminClient::new(channel);
+    // What --json prints: the response in the canonical mapping; tables and
+    // the exit code read `value`.
+    let canonical: Option<Value>;
     let value: Value = match &cli.command {
         Command::Authorize {
             app,
@@ -228,6 +310,7 @@ async fn run(cli: &Cli) -> Result<Answer> {
         } => {
             let req = authorize_request(app, user, scope, client);
             let r = auth.authorize(req).await?.into_inner();
+            canonical = Some(canonical::json(&r, "AuthorizeResponse")?);
             with_revision(
                 r.decision.as_ref().map_or(Value::Null, render::decision),
                 r.revision,
@@ -241,6 +324,7 @@ async fn run(cli: &Cli) -> Result<Answer> {
         } => {
             let req = authorize_request(app, user, scope, client);
             let r = auth.explain(req).await?.into_inner();
+            canonical = Some(canonical::json(&r, "ExplainResponse")?);
             json!({
                 "steps": r.steps.iter().map(|s| json!({
                     "gate": s.gate,
@@ -264,6 +348,7 @@ async fn run(cli: &Cli) -> Result<Answer> {
                 client: Some(client.to_pb()),
             };
             let r = auth.batch_authorize(req).await?.into_inner();
+            canonical = Some(canonical::json(&r, "BatchAuthorizeResponse")?);
             json!({ "decisions": r.decisions.iter().map(render::decision).collect::<Vec<_>>(), "revision": r.revision })
         }
         Command::CheckApi {
@@ -279,6 +364,7 @@ async fn run(cli: &Cli) -> Result<Answer> {
                 client: Some(client.to_pb()),
             };
             let r = auth.check_api(req).await?.into_inner();
+            canonical = Some(canonical::json(&r, "CheckApiResponse")?);
             json!({
                 "api": r.api,
                 "outcome": render::outcome(r.outcome),
@@ -304,6 +390,7 @@ async fn run(cli: &Cli) -> Result<Answer> {
                 lifetime: lifetime.to_pb(),
             };
             let r = auth.record_decision(req).await?.into_inner();
+            canonical = Some(canonical::json(&r, "RecordDecisionResponse")?);
             json!({
                 "err_msg": r.err_msg,
                 "state": render::state(r.state),
@@ -319,6 +406,7 @@ async fn run(cli: &Cli) -> Result<Answer> {
                 })
                 .await?
                 .into_inner();
+            canonical = Some(canonical::json(&r, "GetSettingResponse")?);
             json!({ "auth_setting": render::auth_setting(&r.auth_setting), "err_msg": r.err_msg, "revision": r.revision })
         }
         Command::SettingsPage { app, user } => {
@@ -329,6 +417,7 @@ async fn run(cli: &Cli) -> Result<Answer> {
                 })
                 .await?
                 .into_inner();
+            canonical = Some(canonical::json(&r, "OpenSettingResponse")?);
             json!({
                 "items": r.items.iter().map(render::setting_item).collect::<Vec<_>>(),
                 "auth_setting": render::auth_setting(&r.auth_setting),
@@ -353,6 +442,7 @@ async fn run(cli: &Cli) -> Result<Answer> {
                 lifetime: lifetime.to_pb(),
             };
             let r = auth.update_setting(req).await?.into_inner();
+            canonical = Some(canonical::json(&r, "UpdateSettingResponse")?);
             json!({
                 "auth_setting": render::auth_setting(&r.auth_setting),
                 "changes": r.changes.iter().map(render::change).collect::<Vec<_>>(),
@@ -390,6 +480,7 @@ async fn run(cli: &Cli) -> Result<Answer> {
                 })
                 .await?
                 .into_inner();
+            canonical = Some(canonical::json(&r, "ListAuditResponse")?);
             json!({
                 "records": r.records.iter().map(render::audit_record).collect::<Vec<_>>(),
                 "next_page_token": r.next_page_token,
@@ -405,6 +496,7 @@ async fn run(cli: &Cli) -> Result<Answer> {
                 })
                 .await?
                 .into_inner();
+            canonical = Some(canonical::json(&r, "EndSessionResponse")?);
             json!({
                 "changes": r.changes.iter().map(render::change).collect::<Vec<_>>(),
                 "revision": r.revision,
@@ -418,26 +510,36 @@ async fn run(cli: &Cli) -> Result<Answer> {
                 })
                 .await?
                 .into_inner();
+            canonical = Some(canonical::json(&r, "RemoveAppResponse")?);
             json!({ "changes": r.changes.iter().map(render::change).collect::<Vec<_>>(), "revision": r.revision })
         }
-        Command::Apps(command) => apps_command(&mut apps, command).await?,
+        Command::Apps(command) => {
+            let (value, json) = apps_command(&mut apps, command).await?;
+            canonical = Some(json);
+            value
+        }
         Command::Scopes { kind } => {
             let kind = kind.map_or(pb::AppKind::Unspecified, |k| k.to_pb());
             let r = auth
                 .list_scopes(pb::ListScopesRequest { kind: kind.into() })
                 .await?
                 .into_inner();
+            canonical = Some(canonical::json(&r, "ListScopesResponse")?);
             json!({ "scopes": r.scopes.iter().map(render::scope).collect::<Vec<_>>(), "revision": r.revision })
         }
         Command::Rules => {
-            render::rules(&auth.get_rules(pb::GetRulesRequest {}).await?.into_inner())
+            let r = auth.get_rules(pb::GetRulesRequest {}).await?.into_inner();
+            canonical = Some(canonical::json(&r, "GetRulesResponse")?);
+            render::rules(&r)
         }
         Command::Compact => {
             let r = admin.compact(pb::CompactRequest {}).await?.into_inner();
+            canonical = Some(canonical::json(&r, "CompactResponse")?);
             json!({ "removed_events": r.removed_events, "compacted_through": r.compacted_through, "revision": r.revision })
         }
         Command::Verify => {
             let r = admin.verify(pb::VerifyRequest {}).await?.into_inner();
+            canonical = Some(canonical::json(&r, "VerifyResponse")?);
             json!({
                 "consistent": r.consistent,
                 "decisions": r.decisions,
@@ -450,12 +552,18 @@ async fn run(cli: &Cli) -> Result<Answer> {
         Command::Watch { .. }
         | Command::Token(_)
         | Command::Completions { .. }
+        | Command::Man { .. }
+        | Command::Version
+        | Command::Health { .. }
         | Command::Export { .. }
         | Command::Import { .. } => {
             anyhow::bail!("internal: not a unary call")
         }
     };
-    render::print(&value, cli.json);
+    match canonical {
+        Some(json) if cli.json => render::print(&json, true)?,
+        _ => render::print(&value, cli.json)?,
+    }
     Ok(answer_of(&cli.command, &value))
 }
 
@@ -522,7 +630,7 @@ fn app_from_flags(a: &AppArgs, kind: pb::AppKind) -> pb::App {
 async fn apps_command(
     apps: &mut AppsClient<ClientChannel>,
     command: &AppsCommand,
-) -> Result<Value> {
+) -> Result<(Value, Value)> {
     Ok(match command {
         AppsCommand::Register(a) => {
             let (app, from_file) = app_request(a)?;
@@ -544,7 +652,10 @@ async fn apps_command(
                 }
                 other => other?.into_inner(),
             };
-            json!({ "app": r.app.as_ref().map_or(Value::Null, render::app), "revision": r.revision })
+            (
+                json!({ "app": r.app.as_ref().map_or(Value::Null, render::app), "revision": r.revision }),
+                canonical::json(&r, "RegisterAppResponse")?,
+            )
         }
         AppsCommand::Update(a) => {
             let r = apps
@@ -553,7 +664,10 @@ async fn apps_command(
                 })
                 .await?
                 .into_inner();
-            json!({ "app": r.app.as_ref().map_or(Value::Null, render::app), "revision": r.revision })
+            (
+                json!({ "app": r.app.as_ref().map_or(Value::Null, render::app), "revision": r.revision }),
+                canonical::json(&r, "UpdateAppResponse")?,
+            )
         }
         AppsCommand::Get { app } => {
             let r = apps
@@ -562,7 +676,10 @@ async fn apps_command(
                 })
                 .await?
                 .into_inner();
-            json!({ "app": r.app.as_ref().map_or(Value::Null, render::app), "revision": r.revision })
+            (
+                json!({ "app": r.app.as_ref().map_or(Value::Null, render::app), "revision": r.revision }),
+                canonical::json(&r, "GetAppResponse")?,
+            )
         }
         AppsCommand::List {
             page_size,
@@ -570,6 +687,7 @@ async fn apps_command(
             page_token,
         } => {
             let mut listed = Vec::new();
+            let mut all_apps = Vec::new();
             let mut token = page_token.clone();
             let (next, revision) = loop {
                 let r = apps
@@ -580,12 +698,21 @@ async fn apps_command(
                     .await?
                     .into_inner();
                 listed.extend(r.apps.iter().map(render::app));
+                all_apps.extend(r.apps);
                 if !*all || r.next_page_token.is_empty() {
                     break (r.next_page_token, r.revision);
                 }
                 token = r.next_page_token;
             };
-            json!({ "apps": listed, "next_page_token": next, "revision": revision })
+            let every = pb::ListAppsResponse {
+                apps: all_apps,
+                next_page_token: next.clone(),
+                revision,
+            };
+            (
+                json!({ "apps": listed, "next_page_token": next, "revision": revision }),
+                canonical::json(&every, "ListAppsResponse")?,
+            )
         }
         AppsCommand::Delete { app } => {
             let r = apps
@@ -594,7 +721,10 @@ async fn apps_command(
                 })
                 .await?
                 .into_inner();
-            json!({ "revoked_decisions": r.revoked_decisions, "revision": r.revision })
+            (
+                json!({ "revoked_decisions": r.revoked_decisions, "revision": r.revision }),
+                canonical::json(&r, "DeleteAppResponse")?,
+            )
         }
     })
 }
@@ -602,7 +732,19 @@ async fn apps_command(
 /// A live tail: prints each event, remembers the last revision it covered
 /// (events and progress markers) and resumes from it after a disconnect.
 async fn watch(cli: &Cli, mut filter: pb::WatchRequest) -> Result<()> {
-    let mut backoff = Duration::from_millis(200);
+    use backon::BackoffBuilder as _;
+    // Exponential with jitter, so tails restarted together do not reconnect
+    // in step.
+    let delays = || {
+        backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(5))
+            .with_jitter()
+            .without_max_times()
+            .build()
+    };
+    let mut backoff = delays();
+    let mut hinted = false;
     loop {
         let stream = async {
             let channel = connect(cli, true).await?;
@@ -621,16 +763,20 @@ async fn watch(cli: &Cli, mut filter: pb::WatchRequest) -> Result<()> {
         .await;
         let failure = match stream {
             Ok(mut stream) => {
-                backoff = Duration::from_millis(200);
+                backoff = delays();
+                hinted = false;
                 loop {
                     match stream.next().await {
                         Some(Ok(item)) => match item.kind {
                             Some(Kind::Event(e)) => {
                                 filter.start_revision = Some(e.revision);
-                                if cli.json {
-                                    println!("{}", render::event(&e));
+                                let written = if cli.json {
+                                    out(format_args!("{}\n", canonical::json(&e, "DecisionEvent")?))
                                 } else {
-                                    println!("{}", render::event_line(&e));
+                                    out(format_args!("{}\n", render::event_line(&e)))
+                                };
+                                if let Err(e) = written {
+                                    return Err(e.into());
                                 }
                             }
                             Some(Kind::Progress(p)) => filter.start_revision = Some(p.revision),
@@ -655,17 +801,42 @@ async fn watch(cli: &Cli, mut filter: pb::WatchRequest) -> Result<()> {
         if !resumable {
             return Err(failure);
         }
+        let delay = backoff.next().unwrap_or(Duration::from_secs(5));
         eprintln!(
-            "watch: {}; resuming from revision {} in {:?}",
+            "watch: {}; resuming from revision {} in {:.1}s",
             describe(&failure),
             filter
                 .start_revision
                 .map_or("now".into(), |r| r.to_string()),
-            backoff
+            delay.as_secs_f64()
         );
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        // Once per outage, as the one-shot commands print it.
+        if let Some(hint) = hint(&failure, cli).filter(|_| !hinted) {
+            eprintln!("hint: {hint}");
+            hinted = true;
+        }
+        tokio::time::sleep(delay).await;
     }
+}
+
+/// The daemon's version (its `consentd-version` response header) and the
+/// health status of `service` ("" for the whole server).
+async fn health(channel: ClientChannel, service: &str) -> Result<(String, String)> {
+    use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient};
+    let response = HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await?;
+    let version = response
+        .metadata()
+        .get("consentd-version")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("unknown (the daemon sends no version)")
+        .to_owned();
+    let status = ServingStatus::try_from(response.into_inner().status)
+        .map_or_else(|_| "UNKNOWN".to_owned(), |s| s.as_str_name().to_owned());
+    Ok((version, status))
 }
 
 /// `token new` / `token hash`: the digest is what the daemon's credentials
@@ -673,13 +844,11 @@ async fn watch(cli: &Cli, mut filter: pb::WatchRequest) -> Result<()> {
 fn token_command(command: &TokenCommand) -> Result<()> {
     let token = match command {
         TokenCommand::New => {
-            use std::io::Read as _;
             let mut bytes = [0u8; 32];
-            std::fs::File::open("/dev/urandom")
-                .and_then(|mut f| f.read_exact(&mut bytes))
-                .context("reading /dev/urandom")?;
-            let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-            println!("token        = {token}");
+            getrandom::getrandom(&mut bytes)
+                .map_err(|e| anyhow::anyhow!("no randomness from the OS: {e}"))?;
+            let token = hex::encode(bytes);
+            out(format_args!("token        = {token}\n"))?;
             token
         }
         TokenCommand::Hash => {
@@ -696,6 +865,9 @@ fn token_command(command: &TokenCommand) -> Result<()> {
             token
         }
     };
-    println!("token_sha256 = \"{}\"", consentd::auth::hash_token(&token));
+    out(format_args!(
+        "token_sha256 = \"{}\"\n",
+        consentd::auth::hash_token(&token)
+    ))?;
     Ok(())
 }

@@ -112,19 +112,6 @@ pub fn change(c: &pb::DecisionChange) -> Value {
     })
 }
 
-pub fn event(e: &pb::DecisionEvent) -> Value {
-    json!({
-        "revision": e.revision,
-        "app_id": e.app_id,
-        "user_id": e.user_id,
-        "scope": e.scope,
-        "old_state": state(e.old_state),
-        "new_state": state(e.new_state),
-        "cause": cause(e.cause),
-        "time": time(&e.time),
-    })
-}
-
 /// One line per event for the live tail.
 pub fn event_line(e: &pb::DecisionEvent) -> String {
     format!(
@@ -207,23 +194,32 @@ pub fn rules(r: &pb::GetRulesResponse) -> Value {
     })
 }
 
-/// Prints a value: JSON on one line, or a readable table.
-pub fn print(value: &Value, as_json: bool) {
+/// Prints a value: JSON on one line, or a readable table. A write error (a
+/// closed pipe) is returned, never a panic.
+pub fn print(value: &Value, as_json: bool) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
     if as_json {
-        println!("{value}");
+        writeln!(stdout, "{value}")?;
     } else {
-        print!("{}", table(value, 0));
+        write!(stdout, "{}", table(value, 0))?;
     }
+    stdout.flush()
 }
 
+/// Widest table printed (columns wrap their text to fit).
+const MAX_WIDTH: u16 = 100;
+
 /// Key/value lines for objects; arrays of objects become aligned columns.
+/// Empty values (no text, no items) are left out.
 fn table(value: &Value, indent: usize) -> String {
     let pad = " ".repeat(indent);
     match value {
         Value::Object(map) => {
-            let width = map.keys().map(String::len).max().unwrap_or(0);
+            let shown: Vec<(&String, &Value)> = map.iter().filter(|(_, v)| !is_empty(v)).collect();
+            let width = shown.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
             let mut out = String::new();
-            for (k, v) in map {
+            for (k, v) in shown {
                 match v {
                     Value::Object(_) | Value::Array(_) if !is_flat(v) => {
                         out.push_str(&format!("{pad}{k}:\n{}", table(v, indent + 2)));
@@ -240,6 +236,16 @@ fn table(value: &Value, indent: usize) -> String {
     }
 }
 
+fn is_empty(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::String(s) => s.is_empty(),
+        Value::Array(items) => items.is_empty(),
+        Value::Object(map) => map.is_empty(),
+        _ => false,
+    }
+}
+
 fn is_flat(v: &Value) -> bool {
     match v {
         Value::Array(items) => items.iter().all(|i| !i.is_object() && !i.is_array()),
@@ -248,11 +254,15 @@ fn is_flat(v: &Value) -> bool {
     }
 }
 
+/// Rows of objects as aligned columns (comfy-table, no borders); columns
+/// empty in every row are left out. Rows too wide for [`MAX_WIDTH`] are
+/// printed as records instead: the first field as a heading, then the
+/// others as key/value lines, values wrapped to fit.
 fn columns(rows: &[Value], pad: &str) -> String {
     let mut headers: Vec<&str> = Vec::new();
     for row in rows {
-        for k in row.as_object().into_iter().flat_map(|m| m.keys()) {
-            if !headers.contains(&k.as_str()) {
+        for (k, v) in row.as_object().into_iter().flat_map(|m| m.iter()) {
+            if !headers.contains(&k.as_str()) && !is_empty(v) {
                 headers.push(k);
             }
         }
@@ -266,29 +276,60 @@ fn columns(rows: &[Value], pad: &str) -> String {
                 .collect()
         })
         .collect();
-    let widths: Vec<usize> = headers
-        .iter()
-        .enumerate()
-        .map(|(i, h)| {
-            cells
-                .iter()
-                .map(|row| row[i].chars().count())
-                .chain([h.len()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let line = |items: Vec<String>| {
-        let joined: Vec<String> = items
+    let width = |i: usize| {
+        cells
             .iter()
-            .zip(&widths)
-            .map(|(s, w)| format!("{s:<w$}"))
-            .collect();
-        format!("{pad}{}\n", joined.join("  ").trim_end())
+            .map(|row| row[i].chars().count())
+            .chain([headers[i].len()])
+            .max()
+            .unwrap_or(0)
     };
-    let mut out = line(headers.iter().map(|h| h.to_uppercase()).collect());
+    let natural: usize = (0..headers.len()).map(|i| width(i) + 2).sum::<usize>() + pad.len();
+    let avail = usize::from(MAX_WIDTH).saturating_sub(pad.len());
+    if natural <= usize::from(MAX_WIDTH) {
+        let header: Vec<String> = headers.iter().map(|h| h.to_uppercase()).collect();
+        return render_table(header, cells, avail, pad);
+    }
+    let mut out = String::new();
     for row in cells {
-        out.push_str(&line(row));
+        let (first, rest) = row.split_first().expect("a row has a first field");
+        out.push_str(&format!("{pad}{first}\n"));
+        let pairs = headers[1..]
+            .iter()
+            .zip(rest)
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, v)| vec![(*k).to_owned(), v.clone()])
+            .collect();
+        out.push_str(&render_table(
+            Vec::new(),
+            pairs,
+            avail - 2,
+            &format!("{pad}  "),
+        ));
+    }
+    out
+}
+
+/// A borderless table at most `width` wide, each line after `pad`.
+fn render_table(header: Vec<String>, rows: Vec<Vec<String>>, width: usize, pad: &str) -> String {
+    use comfy_table::{presets::NOTHING, ContentArrangement, Table};
+    let mut t = Table::new();
+    t.load_preset(NOTHING)
+        .set_content_arrangement(ContentArrangement::Dynamic)
+        .set_width(u16::try_from(width).unwrap_or(MAX_WIDTH));
+    if !header.is_empty() {
+        t.set_header(header);
+    }
+    for row in rows {
+        t.add_row(row);
+    }
+    // comfy-table pads each cell with one space on both sides.
+    let mut out = String::new();
+    for line in t.lines() {
+        out.push_str(&format!(
+            "{pad}{}\n",
+            line.get(1..).unwrap_or("").trim_end()
+        ));
     }
     out
 }
