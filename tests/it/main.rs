@@ -8,6 +8,7 @@ mod catalog;
 mod churn;
 mod cli;
 mod crash;
+mod crash_support;
 mod disk;
 mod docs;
 mod fixture;
