@@ -8,6 +8,7 @@
 //! durable. Concurrent jobs share one commit and one flush (group commit).
 
 mod codec;
+mod durability;
 mod maintenance;
 mod sled_store;
 mod writer;
