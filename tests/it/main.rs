@@ -9,7 +9,6 @@ mod churn;
 mod cli;
 mod crash;
 mod crash_support;
-mod disk;
 mod docs;
 mod fixture;
 mod gates;
