@@ -447,6 +447,7 @@ fn bulk_load_slice(args: &[String]) {
             publish_capacity: 16,
             observer: None,
             flush_on_commit: false,
+            clock: consentd::clock::SystemClock::shared(),
         })
         .unwrap();
         let store: Arc<dyn Store> = Arc::new(store);
@@ -483,11 +484,12 @@ fn bulk_load_slice(args: &[String]) {
                         new: DecisionState::Granted,
                         cause: Cause::Popup,
                     };
-                    (
-                        app.clone(),
-                        UserId::parse(&format!("u{i}")).unwrap(),
-                        change,
-                    )
+                    let user = UserId::parse(&format!("u{i}")).unwrap();
+                    let subject = consentd::domain::Subject {
+                        app: app.clone(),
+                        user,
+                    };
+                    (subject, change)
                 })
                 .collect();
             store

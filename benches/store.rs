@@ -84,6 +84,7 @@ async fn durable(concurrency: usize) -> f64 {
             publish_capacity: 1024,
             observer: None,
             flush_on_commit: true,
+            clock: consentd::clock::SystemClock::shared(),
         })
         .unwrap(),
     );
@@ -105,7 +106,7 @@ async fn durable(concurrency: usize) -> f64 {
                     store
                         .submit(Box::new(move |_view| {
                             Ok(WriteSet {
-                                changes: vec![(app, user, change)],
+                                changes: vec![(consentd::domain::Subject { app, user }, change)],
                                 ..WriteSet::default()
                             })
                         }))

@@ -19,6 +19,7 @@
 pub mod auth;
 pub mod broker;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod grpc;

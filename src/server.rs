@@ -12,6 +12,7 @@ use tonic::transport::Server;
 use crate::{
     auth::{Authenticator, CredentialsError},
     broker::Broker,
+    clock::{SharedClock, SystemClock},
     config::Config,
     grpc::{AccessLayer, AdminService, AppsService, AuthorizationService},
     metrics::{self, Metrics, MetricsError, RpcLayer},
@@ -54,6 +55,8 @@ pub struct Daemon {
     auth: Arc<Authenticator>,
     tls: Option<Arc<Tls>>,
     listeners: TaskTracker,
+    /// Export streams in progress.
+    exports: TaskTracker,
     store: Arc<dyn Store>,
     watcher: Arc<Watcher>,
     health: tonic_health::server::HealthReporter,
@@ -70,6 +73,15 @@ impl Daemon {
     /// Opens the store, binds `config.listen` and starts serving. Returns
     /// once every listener is bound.
     pub async fn start(config: Config) -> Result<Daemon, ServerError> {
+        Self::start_with_clock(config, SystemClock::shared()).await
+    }
+
+    /// [`Daemon::start`] with the clock every time-dependent rule reads
+    /// (tests move a [`crate::clock::ManualClock`] instead of sleeping).
+    pub async fn start_with_clock(
+        config: Config,
+        clock: SharedClock,
+    ) -> Result<Daemon, ServerError> {
         config.check_exposure()?;
         if config.insecure {
             for addr in &config.listen {
@@ -102,6 +114,7 @@ impl Daemon {
             publish_capacity: config.publish_capacity,
             observer: Some(metrics.clone()),
             flush_on_commit: config.flush_on_commit,
+            clock: clock.clone(),
         };
         let store = tokio::task::spawn_blocking(move || SledStore::open(&sled_config))
             .await
@@ -111,7 +124,8 @@ impl Daemon {
             .with_session_idle_timeout(config.grants.session_idle_timeout)
             .with_privacy_gap(config.grants.privacy_disagree_gap)
             .with_nag_policy(config.anti_nag)
-            .with_prompt_audit(config.audit.record_prompts);
+            .with_prompt_audit(config.audit.record_prompts)
+            .with_clock(clock.clone());
         let watcher = Arc::new(Watcher::new(store.clone(), config.watch.clone()));
 
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -126,6 +140,8 @@ impl Daemon {
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         };
 
+        let stop = CancellationToken::new();
+        let exports = TaskTracker::new();
         let max_message = config.max_message_bytes;
         let router = Server::builder()
             .layer(RpcLayer::new(metrics.clone()))
@@ -152,12 +168,15 @@ impl Daemon {
                     .max_decoding_message_size(max_message),
             )
             .add_service(
-                AdminServer::new(AdminService::new(broker.clone(), config.retention))
-                    .max_decoding_message_size(max_message),
+                AdminServer::new(AdminService::new(
+                    broker.clone(),
+                    config.retention,
+                    exports.clone(),
+                    stop.clone(),
+                ))
+                .max_decoding_message_size(max_message),
             );
 
-        let expiry_broker = broker;
-        let stop = CancellationToken::new();
         let listener_tasks = TaskTracker::new();
         let incoming = transport::accept_all(listeners, tls.clone(), stop.clone(), &listener_tasks);
         listener_tasks.close();
@@ -171,7 +190,7 @@ impl Daemon {
             router.serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned()),
         );
         let compactor = tokio::spawn(compact_periodically(
-            store.clone(),
+            broker.clone(),
             config.retention,
             config.audit.retention,
             config.compaction_interval,
@@ -179,7 +198,8 @@ impl Daemon {
         ));
         let recovery = tokio::spawn(recover_when_possible(store.clone(), stop.clone()));
         let expiry = tokio::spawn(expire_grants(
-            expiry_broker,
+            broker,
+            clock,
             config.grants.expiry_check_interval,
             stop.clone(),
         ));
@@ -204,6 +224,7 @@ impl Daemon {
             auth,
             tls,
             listeners: listener_tasks,
+            exports,
             store,
             watcher,
             health,
@@ -296,6 +317,9 @@ impl Daemon {
         }
         // The accept loops ended with `stop`; their unix sockets are gone.
         self.listeners.wait().await;
+        // Exports end with `stop` too (with UNAVAILABLE to their client).
+        self.exports.close();
+        self.exports.wait().await;
         for (name, task) in [
             ("compaction", self.compactor.take()),
             ("recovery", self.recovery.take()),
@@ -351,7 +375,12 @@ async fn recover_when_possible(store: Arc<dyn Store>, stop: CancellationToken) {
 /// timers come due (checked every `every`; the first check runs at once,
 /// so grants that lapsed while the daemon was down lapse right after a
 /// start), and writes the buffered prompt audit records.
-async fn expire_grants(broker: Broker, every: Duration, stop: CancellationToken) {
+async fn expire_grants(
+    broker: Broker,
+    clock: SharedClock,
+    every: Duration,
+    stop: CancellationToken,
+) {
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -364,8 +393,8 @@ async fn expire_grants(broker: Broker, every: Duration, stop: CancellationToken)
         }
         broker.flush_prompt_audit();
         loop {
-            let now = crate::broker::now_ms();
-            match broker.store().next_timer() {
+            let now = clock.now_ms();
+            match broker.next_lapse() {
                 Ok(Some(at)) if at <= now => {}
                 Ok(_) => break,
                 Err(e) => {
@@ -393,7 +422,7 @@ async fn expire_grants(broker: Broker, every: Duration, stop: CancellationToken)
 
 /// Trims the event log and the audit trail every `every` until `stop`.
 async fn compact_periodically(
-    store: Arc<dyn Store>,
+    broker: Broker,
     retention: Retention,
     audit_retention: Retention,
     every: Duration,
@@ -409,7 +438,7 @@ async fn compact_periodically(
         }
         tokio::select! {
             () = stop.cancelled() => return,
-            result = store.compact(retention) => {
+            result = broker.compact(retention) => {
                 if let Err(e) = result {
                     tracing::error!(error = %e, "compaction failed; will retry");
                 }
@@ -417,7 +446,7 @@ async fn compact_periodically(
         }
         tokio::select! {
             () = stop.cancelled() => return,
-            result = store.trim_audit(audit_retention) => {
+            result = broker.trim_audit(audit_retention) => {
                 if let Err(e) = result {
                     tracing::error!(error = %e, "trimming the audit trail failed; will retry");
                 }

@@ -2,6 +2,13 @@
 
 use super::{AppId, DomainError, Scope, SessionId, UserId};
 
+/// One (app, user) pair: the subject of every decision.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Subject {
+    pub app: AppId,
+    pub user: UserId,
+}
+
 /// The stored decision for one (app, user, scope).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum DecisionState {

@@ -192,7 +192,7 @@ pub fn explain(
 
 /// The gates, telling `note` about each check (lazily, so evaluation
 /// without an explanation formats nothing).
-fn walk(
+pub(super) fn walk(
     app: &App,
     scope: Scope,
     target: Target<'_>,

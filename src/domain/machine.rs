@@ -10,10 +10,10 @@
 use std::collections::BTreeMap;
 
 use super::{
-    gates::{self, msg, Outcome, Verdict},
+    gates::{self, msg, Outcome, Reason, Verdict},
     rules::Target,
-    App, Cause, Change, Client, Decision, DecisionRecords, DecisionState, DomainError, Lifetime,
-    RuleSet, Scope, UserDecisions,
+    App, Cause, Change, Decision, DecisionRecords, DecisionState, DomainError, Lifetime, Scope,
+    UserDecisions,
 };
 
 /// The user's answer to a popup.
@@ -68,17 +68,16 @@ fn push(
     }
 }
 
-/// Plans the popup answer for `scope`. The Authorize gates are evaluated
-/// first: only a popup this client could have shown can be answered; a
-/// repeated answer that matches the stored decision changes nothing.
+/// Plans the popup answer for the scope `verdict` is about. `verdict` is
+/// what [`super::authorize`] answers this client now: only a popup it could
+/// have shown can be answered; a repeated answer that matches the stored
+/// decision changes nothing.
 pub fn plan_answer(
-    app: &App,
+    verdict: &Verdict,
     decisions: &UserDecisions,
-    scope: Scope,
-    client: &Client,
-    rules: &RuleSet,
     answer: Answer,
 ) -> Result<AnswerPlan, DomainError> {
+    let scope = verdict.scope;
     let background = scope == Scope::UserLocationBackground;
     if answer == Answer::AllowWhileUsing && !background {
         return Err(DomainError::InvalidArgument {
@@ -89,14 +88,6 @@ pub fn plan_answer(
             ),
         });
     }
-    let verdict = gates::evaluate(
-        app,
-        scope,
-        Target::Authorize,
-        client,
-        state(decisions, scope),
-        rules,
-    );
     let err = |suffix: &str| format!("{}:{suffix}", gates::err_prefix(Target::Authorize));
     let mut changes = Vec::new();
     let err_msg = match (verdict.outcome, answer) {
@@ -142,24 +133,40 @@ pub fn plan_answer(
         (Outcome::Prompt, Answer::Cancel) => err(msg::AUTH_CANCEL),
         (Outcome::Granted, Answer::Allow) => err(msg::OK),
         (Outcome::Denied, Answer::Deny) => err(msg::AUTH_DENY),
-        (outcome, answer) => return Err(no_popup(scope, &verdict, outcome, answer)),
+        (_, answer) => return Err(no_popup(verdict, answer)),
     };
     Ok(AnswerPlan { changes, err_msg })
 }
 
-fn no_popup(scope: Scope, verdict: &Verdict, outcome: Outcome, answer: Answer) -> DomainError {
-    let why =
-        match outcome {
-            Outcome::Granted => "it is already GRANTED; change it on the settings page".to_owned(),
-            Outcome::Denied => "it is already DENIED; change it on the settings page".to_owned(),
-            other => {
-                format!(
-            "this client gets outcome {other:?} ({:?}{}), so no popup could have been shown",
+fn no_popup(verdict: &Verdict, answer: Answer) -> DomainError {
+    let scope = verdict.scope;
+    let why = match (verdict.outcome, verdict.reason) {
+        (Outcome::Granted, _) => "it is already GRANTED; change it on the settings page".to_owned(),
+        (Outcome::Denied, _) => "it is already DENIED; change it on the settings page".to_owned(),
+        (
+            outcome,
+            reason @ (Reason::PrivacyNotDeclared
+            | Reason::PrivacyAgreementNeeded
+            | Reason::PrivacyDisagreed),
+        ) => format!(
+            "the privacy gate answers {} ({}), so no popup could have been shown",
+            outcome.name(),
+            reason.name()
+        ),
+        (Outcome::Embargoed, _) => format!(
+            "the anti-nag policy answers EMBARGOED until {} ms, so no popup could have been shown",
+            verdict.embargo_until_ms.unwrap_or_default()
+        ),
+        (outcome, _) => format!(
+            "this client gets outcome {outcome:?} ({:?}{}), so no popup could have been shown",
             verdict.reason,
-            verdict.rule.as_deref().map(|r| format!(", rule {r}")).unwrap_or_default()
-        )
-            }
-        };
+            verdict
+                .rule
+                .as_deref()
+                .map(|r| format!(", rule {r}"))
+                .unwrap_or_default()
+        ),
+    };
     precondition(format!(
         "cannot record answer {answer:?} for {scope}: {why}"
     ))
@@ -495,8 +502,52 @@ pub fn plan_lapse(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{AppId, AppKind, Declarations, Platform, RawDeclarations};
+    use crate::domain::{
+        authorize::{authorize, Policy, Question, SubjectState},
+        AppId, AppKind, Client, Declarations, Platform, RawDeclarations, RuleSet,
+    };
     use DecisionState::{Denied as D, Granted as G, NotDetermined as N};
+
+    /// A popup answer planned from the verdict the pipeline gives now.
+    fn plan(
+        app: &App,
+        decisions: &UserDecisions,
+        scope: Scope,
+        client: &Client,
+        rules: &RuleSet,
+        answer: Answer,
+    ) -> Result<AnswerPlan, DomainError> {
+        let state = SubjectState {
+            records: decisions
+                .iter()
+                .map(|(&s, &state)| {
+                    let d = Decision {
+                        state,
+                        cause: Cause::Popup,
+                        updated_at_ms: 0,
+                        revision: 1,
+                        lifetime: Lifetime::Permanent,
+                    };
+                    (s, d)
+                })
+                .collect(),
+            ..SubjectState::default()
+        };
+        let policy = Policy {
+            nag: None,
+            privacy_gap_ms: 0,
+        };
+        let q = Question {
+            app,
+            state: &state,
+            target: Target::Authorize,
+            client,
+            rules,
+            policy: &policy,
+            now_ms: 0,
+        };
+        plan_answer(&authorize(&q, scope), decisions, answer)
+    }
     use Scope::{Camera, UserLocation as Fg, UserLocationBackground as Bg};
 
     fn app(background: bool) -> App {
@@ -632,7 +683,7 @@ mod tests {
         ];
         for (i, (scope, before, answer, want)) in cases.into_iter().enumerate() {
             let before = decisions(before);
-            let got = plan_answer(
+            let got = plan(
                 &app(true),
                 &before,
                 scope,
@@ -658,7 +709,7 @@ mod tests {
             host_version: "7.9.99".parse().unwrap(),
             ..new_client()
         };
-        let err = plan_answer(
+        let err = plan(
             &app(true),
             &decisions(&[]),
             Bg,

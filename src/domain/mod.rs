@@ -7,6 +7,7 @@
 pub mod access;
 pub mod app;
 pub mod audit;
+pub mod authorize;
 pub mod catalog;
 pub mod decision;
 mod error;
@@ -23,10 +24,11 @@ pub use app::{App, AppKind, Declarations, RawDeclarations};
 pub use audit::{
     AuditAction, AuditEntry, AuditQuery, AuditRecord, NagPolicy, NagState, OperatorAction,
 };
+pub use authorize::{ApiVerdict, Policy, Question, StateQuery, SubjectState};
 pub use catalog::{Api, Availability, LocationKind, Scope, ScopeInfo, CATALOG};
 pub use decision::{
     Cause, Change, Decision, DecisionRecords, DecisionState, Event, EventFilter, Lifetime,
-    LifetimeRequest, UserDecisions,
+    LifetimeRequest, Subject, UserDecisions,
 };
 pub use error::{quoted, DomainError};
 pub use gates::{Outcome, Prompt, Reason, Verdict};

@@ -7,7 +7,6 @@ use std::{collections::BTreeSet, fmt, str::FromStr};
 
 use super::{
     gates::{err_prefix, Outcome, Reason, Verdict},
-    machine::Answer,
     rules::Target,
     App, DecisionState, DomainError, Lifetime, Scope,
 };
@@ -216,29 +215,6 @@ pub fn gate(
             "",
             0,
         )),
-    }
-}
-
-/// A popup answer is refused while the privacy gate decides for its scope:
-/// no popup could have been shown.
-pub fn check_answer(
-    app: &App,
-    scope: Scope,
-    answer: Answer,
-    stored: DecisionState,
-    state: Option<&PrivacyState>,
-    now_ms: u64,
-    gap_ms: u64,
-) -> Result<(), DomainError> {
-    match gate(app, scope, Target::Authorize, stored, state, now_ms, gap_ms) {
-        None => Ok(()),
-        Some(v) => Err(DomainError::FailedPrecondition {
-            message: format!(
-                "cannot record answer {answer:?} for {scope}: the privacy gate answers {} ({}), so no popup could have been shown",
-                v.outcome.name(),
-                v.reason.name()
-            ),
-        }),
     }
 }
 

@@ -1,9 +1,8 @@
 //! `consent.v1.Admin`: log maintenance, export and import, for operators.
 
-use std::sync::Arc;
-
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{
@@ -14,7 +13,7 @@ use crate::{
     broker::{Actor, Broker},
     domain::{AppId, Rpc, UserId},
     pb::{self, admin_server::Admin, export_record::Record},
-    store::{DecisionRow, Retention, Store},
+    store::{DecisionRow, Retention},
 };
 
 /// Decisions read per page while exporting.
@@ -25,15 +24,25 @@ const IMPORT_BATCH: usize = 1024;
 pub struct AdminService {
     broker: Broker,
     retention: Retention,
+    /// Owns the export tasks (the daemon waits for them on shutdown).
+    exports: TaskTracker,
+    /// Ends exports in progress at shutdown.
+    stop: CancellationToken,
 }
 
 impl AdminService {
-    pub fn new(broker: Broker, retention: Retention) -> Self {
-        Self { broker, retention }
-    }
-
-    fn store(&self) -> &Arc<dyn Store> {
-        self.broker.store()
+    pub fn new(
+        broker: Broker,
+        retention: Retention,
+        exports: TaskTracker,
+        stop: CancellationToken,
+    ) -> Self {
+        Self {
+            broker,
+            retention,
+            exports,
+            stop,
+        }
     }
 }
 
@@ -53,9 +62,8 @@ async fn export(
     include_events: bool,
     tx: mpsc::Sender<Result<pb::ExportRecord, Status>>,
 ) {
-    let store = broker.store().clone();
     let header = pb::ExportHeader {
-        revision: store.revision(),
+        revision: broker.revision(),
         format: EXPORT_FORMAT,
     };
     let result: Result<(), Status> = async {
@@ -67,7 +75,7 @@ async fn export(
         send(Record::Header(header)).await?;
         let mut after = None;
         loop {
-            let apps = store.apps(after.as_ref(), EXPORT_PAGE)?;
+            let apps = broker.apps_after(after.as_ref(), EXPORT_PAGE)?;
             for app in &apps {
                 send(Record::App(convert::app(app))).await?;
             }
@@ -97,9 +105,9 @@ async fn export(
             after = rows.last().cloned();
         }
         if include_events {
-            let mut after = store.compacted_through();
+            let mut after = broker.compacted_through();
             loop {
-                let events = store.events_after(after, EXPORT_PAGE)?;
+                let events = broker.events_after(after, EXPORT_PAGE)?;
                 for e in &events {
                     send(Record::Event(convert::event(e))).await?;
                 }
@@ -166,11 +174,11 @@ impl Admin for AdminService {
         caller(&request)?
             .may_span_all_apps(Rpc::Compact)
             .map_err(refuse)?;
-        let done = self.store().compact(self.retention).await?;
+        let done = self.broker.compact(self.retention).await?;
         Ok(Response::new(pb::CompactResponse {
             removed_events: done.removed,
             compacted_through: done.compacted_through,
-            revision: self.store().revision(),
+            revision: self.broker.revision(),
         }))
     }
 
@@ -181,7 +189,7 @@ impl Admin for AdminService {
         caller(&request)?
             .may_span_all_apps(Rpc::Verify)
             .map_err(refuse)?;
-        let v = self.store().verify().await?;
+        let v = self.broker.verify().await?;
         Ok(Response::new(pb::VerifyResponse {
             consistent: v.mismatches.is_empty(),
             decisions: v.decisions,
@@ -200,12 +208,19 @@ impl Admin for AdminService {
             .may_span_all_apps(Rpc::Export)
             .map_err(refuse)?;
         let (tx, rx) = mpsc::channel(256);
-        // Ends when the export is done or the client stops reading.
-        tokio::spawn(export(
-            self.broker.clone(),
-            request.into_inner().include_events,
-            tx,
-        ));
+        // Ends when the export is done, the client stops reading, or the
+        // daemon shuts down.
+        let (broker, stop) = (self.broker.clone(), self.stop.clone());
+        let include_events = request.into_inner().include_events;
+        self.exports.spawn(async move {
+            tokio::select! {
+                () = export(broker, include_events, tx.clone()) => {}
+                () = stop.cancelled() => {
+                    let status = Status::unavailable("consentd is shutting down; export again");
+                    let _ = tx.send(Err(status)).await;
+                }
+            }
+        });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -219,7 +234,7 @@ impl Admin for AdminService {
         let mut stream = request.into_inner();
         let (mut apps, mut decisions, mut changed) = (0u64, 0u64, 0u64);
         let mut batch: Vec<DecisionRow> = Vec::new();
-        let mut revision = self.store().revision();
+        let mut revision = self.broker.revision();
         while let Some(item) = stream.message().await? {
             match item.record {
                 Some(Record::App(app)) => {

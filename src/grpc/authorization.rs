@@ -389,7 +389,7 @@ impl Authorization for AuthorizationService {
     ) -> Result<Response<pb::GetRulesResponse>, Status> {
         Ok(Response::new(convert::rules(
             self.broker.rules(),
-            self.broker.store().revision(),
+            self.broker.revision(),
         )))
     }
 }

@@ -46,10 +46,8 @@ pub fn bounded(mut message: String) -> String {
 
 fn store_code(e: &StoreError) -> Code {
     match e {
-        StoreError::Io(sled::Error::Io(io)) if io.kind() == std::io::ErrorKind::StorageFull => {
-            Code::ResourceExhausted
-        }
-        StoreError::Closed | StoreError::Io(_) => Code::Unavailable,
+        StoreError::Full(_) => Code::ResourceExhausted,
+        StoreError::Closed | StoreError::Unavailable(_) => Code::Unavailable,
         StoreError::Open { .. }
         | StoreError::Format { .. }
         | StoreError::Corrupt(_)

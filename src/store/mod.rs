@@ -1,29 +1,60 @@
 //! Storage: decisions, apps and the event log behind a small trait.
 //!
 //! Writes are *jobs*: a closure that reads the current state through a
-//! [`View`] and returns a [`WriteSet`]. The store runs jobs one at a time on
-//! its single writer, so a job's reads and its writes are atomic with
-//! respect to every other write, gives every change a revision, appends one
-//! event per decision change, and acknowledges only once the change is
-//! durable. Concurrent jobs share one commit and one flush (group commit).
+//! [`View`] and returns a [`WriteSet`]. The store runs jobs one at a time,
+//! so a job's reads and its writes are atomic with respect to every other
+//! write. Concurrent jobs may share one commit and one flush (group commit).
+//!
+//! # The contract every backend keeps
+//! [`contract`] checks each point through the [`Store`] trait alone, for any
+//! backend given as a factory; a new backend runs the same tests.
+//! 1. **Atomic job.** A job's write set is applied whole or not at all; a
+//!    job that fails (or panics) writes nothing and takes no revision.
+//! 2. **A revision per change.** Every decision change, app write and
+//!    privacy answer takes the next revision of one strictly increasing
+//!    sequence that never goes back, across restarts and failures.
+//!    [`Committed::revision`] is the job's last one (the current revision
+//!    when the job changed nothing).
+//! 3. **One event per decision change**, in revision order, with the old
+//!    state, the new state and the cause: the log is a chain of states.
+//! 4. **Acknowledged only once durable.** [`Store::submit`] resolves after
+//!    the change survives a restart of the store (and, for the sled
+//!    backend, a crash of the process).
+//! 5. **Contiguous published groups.** Committed groups reach
+//!    [`Store::subscribe`] in order, each one's `prev_revision` the previous
+//!    one's `revision`, so a subscriber tells a gap (it lagged: read
+//!    [`Store::events_after`]) from a duplicate.
+//! 6. **Reads see committed data.** [`Store::revision`] is read first by
+//!    callers, and every read after it reflects at least that revision; a
+//!    job's [`View`] also sees what earlier jobs of its group wrote.
+//! 7. **Retention and OUT_OF_RANGE.** [`Store::compact`] trims events beyond
+//!    the retention into the checkpoint and raises
+//!    [`Store::compacted_through`]; events at or below it are gone from
+//!    [`Store::events_after`], so a reader resuming there must be told
+//!    OUT_OF_RANGE, never served a silent gap. [`Store::verify`] holds:
+//!    checkpoint + retained log == stored decisions.
 
-mod codec;
-mod durability;
-mod maintenance;
+#[cfg(test)]
+pub(crate) mod contract;
+mod sled_codec;
+mod sled_durability;
+mod sled_maintenance;
+mod sled_read;
+mod sled_shared;
 mod sled_store;
-mod writer;
+mod sled_writer;
 
 use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use tokio::sync::broadcast;
 
-pub use codec::FORMAT_VERSION;
-pub use maintenance::DEFAULT_RETENTION;
+use sled_codec as codec;
+pub use sled_codec::FORMAT_VERSION;
 pub use sled_store::{SledConfig, SledStore};
 
 use crate::domain::{
-    App, AppId, AuditEntry, AuditQuery, AuditRecord, Change, Decision, DecisionRecords,
-    DomainError, Event, Lifetime, NagState, PrivacyState, Scope, UserDecisions, UserId,
+    App, AppId, AuditEntry, AuditQuery, AuditRecord, Change, DomainError, Event, Lifetime,
+    NagState, PrivacyState, Scope, StateQuery, Subject, SubjectState, UserDecisions, UserId,
 };
 
 /// A boxed future, so the trait stays object-safe.
@@ -33,14 +64,14 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// earlier jobs of the same group commit staged.
 pub trait View {
     fn app(&self, id: &AppId) -> Result<Option<Arc<App>>, StoreError>;
-    /// The stored states, lapsed grants included (as stored).
-    fn decisions(&self, app: &AppId, user: &UserId) -> Result<UserDecisions, StoreError>;
-    /// The stored decisions with their lifetimes.
-    fn records(&self, app: &AppId, user: &UserId) -> Result<DecisionRecords, StoreError>;
-    /// The user's answer to the app's privacy guide.
-    fn privacy(&self, app: &AppId, user: &UserId) -> Result<Option<PrivacyState>, StoreError>;
-    fn nag(&self, app: &AppId, user: &UserId, scope: Scope)
-        -> Result<Option<NagState>, StoreError>;
+    /// What `query` asks for about (`app`, `user`), as stored (lapsed
+    /// grants included), in one read.
+    fn subject(
+        &self,
+        app: &AppId,
+        user: &UserId,
+        query: &StateQuery,
+    ) -> Result<SubjectState, StoreError>;
     /// Timers due at `now_ms`, earliest first, at most `limit`.
     fn due_timers(&self, now_ms: u64, limit: usize) -> Result<Vec<Timer>, StoreError>;
     /// Every user's decisions for `app` (for deleting an app).
@@ -51,28 +82,28 @@ pub trait View {
 #[derive(Debug, Default)]
 pub struct WriteSet {
     pub app: Option<AppWrite>,
-    pub changes: Vec<(AppId, UserId, Change)>,
+    pub changes: Vec<(Subject, Change)>,
     /// The lifetime of every grant among `changes` (denials and
     /// revocations are permanent). A timed one also gets a timer.
     pub lifetime: Lifetime,
     /// Timers that came due and were handled (or found stale): removed.
     pub cleared_timers: Vec<Timer>,
     /// Per-decision lifetimes that override `lifetime` (imports).
-    pub lifetimes: std::collections::BTreeMap<(AppId, UserId, Scope), Lifetime>,
+    pub lifetimes: std::collections::BTreeMap<(Subject, Scope), Lifetime>,
     /// A privacy-guide answer to store (`Some`) or forget (`None`). It takes
     /// a revision but is not a decision: no event.
-    pub privacy: Option<(AppId, UserId, Option<PrivacyState>)>,
+    pub privacy: Option<(Subject, Option<PrivacyState>)>,
     /// Audit records, committed with the changes they describe.
     pub audit: Vec<AuditEntry>,
     /// An anti-nag state to store (`Some`) or forget (`None`).
-    pub nag: Option<(AppId, UserId, Scope, Option<NagState>)>,
+    pub nag: Option<(Subject, Scope, Option<NagState>)>,
     /// Forget everything kept per (app, user) besides decisions: the privacy
     /// answer and anti-nag state (the user deleted the mini program).
-    pub forget: Option<(AppId, UserId)>,
+    pub forget: Option<Subject>,
     /// One-time grants in use whose deadline moves later (ignored unless the
     /// stored grant is still granted for the same session with an earlier
     /// deadline): not a change of state, so no event and no revision.
-    pub extend: Vec<(AppId, UserId, Scope, Lifetime)>,
+    pub extend: Vec<(Subject, Scope, Lifetime)>,
 }
 
 /// A timed or one-time grant's timer: when it comes due, the grant lapses
@@ -80,8 +111,7 @@ pub struct WriteSet {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Timer {
     pub expires_at_ms: u64,
-    pub app: AppId,
-    pub user: UserId,
+    pub subject: Subject,
     pub scope: Scope,
 }
 
@@ -138,6 +168,12 @@ impl Retention {
             || cutoff.is_some_and(|cutoff| time_ms < cutoff)
     }
 }
+
+/// The default retention: the last million events, at most 30 days old.
+pub const DEFAULT_RETENTION: Retention = Retention {
+    max_events: Some(1_000_000),
+    max_age: Some(Duration::from_secs(30 * 24 * 3600)),
+};
 
 /// What a compaction did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -209,19 +245,14 @@ pub trait Store: Send + Sync + 'static {
         after: Option<&DecisionRow>,
         limit: usize,
     ) -> Result<Vec<DecisionRow>, StoreError>;
-    fn decision(
+    /// What `query` asks for about (`app`, `user`), as stored (lapsed
+    /// grants included), in one read: every verdict reads through this.
+    fn subject(
         &self,
         app: &AppId,
         user: &UserId,
-        scope: Scope,
-    ) -> Result<Option<Decision>, StoreError>;
-    /// The stored decisions with their lifetimes.
-    fn records(&self, app: &AppId, user: &UserId) -> Result<DecisionRecords, StoreError>;
-    /// The user's answer to the app's privacy guide.
-    fn privacy(&self, app: &AppId, user: &UserId) -> Result<Option<PrivacyState>, StoreError>;
-    /// The anti-nag state of one scope.
-    fn nag(&self, app: &AppId, user: &UserId, scope: Scope)
-        -> Result<Option<NagState>, StoreError>;
+        query: &StateQuery,
+    ) -> Result<SubjectState, StoreError>;
     /// One page of an app's audit records, oldest first, matching `query`.
     /// Returns the page and the sequence number to continue after, when
     /// more may follow.
@@ -249,9 +280,9 @@ pub trait Store: Send + Sync + 'static {
     fn verify(&self) -> BoxFuture<'_, Result<Verification, StoreError>>;
     /// Runs `job` on the writer; resolves once its changes are durable.
     fn submit(&self, job: Job) -> BoxFuture<'_, Result<Committed, TxnError>>;
-    /// After a failed write (sled keeps failing once it has hit an I/O error,
-    /// e.g. a full disk): if the data dir has room again, reopens the store
-    /// in place and resumes writing. Returns whether it reopened. Reads go on
+    /// After a failed write (a backend may keep failing once it has hit an
+    /// I/O error, e.g. a full disk): if there is room again, reopens the
+    /// store in place and resumes writing. Returns whether it reopened. Reads go on
     /// meanwhile, except for the moment of the reopen.
     fn recover(&self) -> BoxFuture<'_, Result<bool, StoreError>>;
     /// Stops the writer after the jobs already queued and flushes. Later
@@ -282,15 +313,23 @@ impl dyn Store {
     }
 }
 
-/// A storage failure.
+/// A storage failure, classified by the backend so that callers (and the
+/// gRPC edge) never look at a backend's own error type.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot open the data dir {path}: {source}")]
-    Open { path: String, source: sled::Error },
+    /// The store could not be opened (missing permissions, locked by
+    /// another process, not a directory, ...).
+    #[error("cannot open the data dir {path}: {message}")]
+    Open { path: String, message: String },
     #[error("data dir {path}: {message}")]
     Format { path: String, message: String },
+    /// A read or write failed; the store may work again later (a backend
+    /// that cannot recover by itself is reopened, see [`Store::recover`]).
     #[error("storage I/O failed: {0}")]
-    Io(#[from] sled::Error),
+    Unavailable(String),
+    /// No room left for writes.
+    #[error("storage I/O failed: {0}")]
+    Full(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("the store is shutting down")]

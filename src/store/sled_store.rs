@@ -15,15 +15,34 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::{
     codec::{self, FORMAT_KEY, FORMAT_VERSION, REVISION_KEY},
-    durability::Durability,
-    maintenance,
-    writer::{self, Request},
+    sled_durability::Durability,
+    sled_maintenance, sled_read,
+    sled_shared::Shared,
+    sled_writer::{self, Request},
     AuditPage, BoxFuture, CommitObserver, Committed, Compaction, DecisionRow, Job, Published,
-    Retention, Store, StoreError, StoreStats, Timer, TxnError, Verification,
+    Retention, Store, StoreError, StoreStats, TxnError, Verification,
 };
-use crate::domain::{
-    App, AppId, AuditQuery, Decision, DecisionRecords, Event, NagState, PrivacyState, Scope, UserId,
+use crate::{
+    clock::SharedClock,
+    domain::{App, AppId, AuditQuery, Event, StateQuery, SubjectState, UserId},
 };
+
+/// sled's errors, classified: a full disk, an I/O failure (sled then keeps
+/// failing until reopened), corruption, or a bug.
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        match &e {
+            sled::Error::Io(io) if io.kind() == std::io::ErrorKind::StorageFull => {
+                StoreError::Full(e.to_string())
+            }
+            sled::Error::Io(_) => StoreError::Unavailable(e.to_string()),
+            sled::Error::Corruption { .. } => StoreError::Corrupt(e.to_string()),
+            sled::Error::CollectionNotFound(_)
+            | sled::Error::Unsupported(_)
+            | sled::Error::ReportableBug(_) => StoreError::Internal(e.to_string()),
+        }
+    }
+}
 
 /// Tuning of the sled backend.
 #[derive(Clone, Debug)]
@@ -42,33 +61,14 @@ pub struct SledConfig {
     /// Flush every group commit before acknowledging it. `false` acknowledges
     /// writes that a crash may lose: for measuring what durability costs only.
     pub flush_on_commit: bool,
+    /// Event and record times, retention by age.
+    pub clock: SharedClock,
 }
 
 impl std::fmt::Debug for dyn CommitObserver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("CommitObserver")
     }
-}
-
-/// Apps by id: every registration, kept in memory (apps are few and read
-/// on every call).
-pub(super) type AppIndex = RwLock<BTreeMap<AppId, Arc<App>>>;
-
-/// State shared by the readers and the writer.
-pub(super) struct Shared {
-    pub apps: AppIndex,
-    /// The last durable (published) revision.
-    pub revision: AtomicU64,
-    pub compacted_through: AtomicU64,
-    /// Event keys present in the log.
-    pub event_count: AtomicU64,
-    pub published: broadcast::Sender<Arc<Published>>,
-    pub observer: Option<Arc<dyn CommitObserver>>,
-    /// The last audit sequence number committed.
-    pub audit_seq: AtomicU64,
-    /// Set by the writer when sled failed a write: sled keeps failing after
-    /// that until it is reopened (see [`Store::recover`]).
-    pub failed: AtomicBool,
 }
 
 /// The sled-backed [`Store`].
@@ -100,6 +100,7 @@ impl SledStore {
             published,
             observer: config.observer.clone(),
             failed: AtomicBool::new(false),
+            clock: config.clock.clone(),
         });
         if !config.flush_on_commit {
             tracing::warn!("flush_on_commit is off: acknowledged writes may be lost in a crash");
@@ -137,7 +138,7 @@ impl SledStore {
     /// Runs `task` on the writer between two group commits.
     async fn exclusive<T: Send + 'static>(
         &self,
-        task: impl FnOnce(&writer::Writer) -> Result<T, StoreError> + Send + 'static,
+        task: impl FnOnce(&sled_writer::Writer) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let (reply, rx) = oneshot::channel();
         let request = Request::Exclusive(Box::new(move |w| {
@@ -163,9 +164,9 @@ struct Loaded {
 /// Opens sled at `config.path`, checks the format and reads the state back.
 fn open_handles(config: &SledConfig) -> Result<(sled::Db, sled::Tree, Loaded), StoreError> {
     let path = config.path.display().to_string();
-    let open_err = |source| StoreError::Open {
+    let open_err = |source: sled::Error| StoreError::Open {
         path: path.clone(),
-        source,
+        message: source.to_string(),
     };
     std::fs::create_dir_all(&config.path).map_err(|e| open_err(e.into()))?;
     // A store that was there before must still carry our format marker
@@ -236,9 +237,9 @@ fn start_writer(
         .transpose()
         .map_err(|e| StoreError::Open {
             path: config.path.display().to_string(),
-            source: e.into(),
+            message: format!("opening sled's log file for fdatasync: {e}"),
         })?;
-    let state = writer::Writer::new(tree, shared, config.max_batch.max(1), durability);
+    let state = sled_writer::Writer::new(tree, shared, config.max_batch.max(1), durability);
     let thread = std::thread::Builder::new()
         .name("consentd-writer".into())
         .spawn(move || state.run(rx))
@@ -354,45 +355,6 @@ fn wait_for_lock_release(path: &std::path::Path) {
     }
 }
 
-pub(super) fn read_records(
-    tree: &sled::Tree,
-    app: &AppId,
-    user: &UserId,
-) -> Result<DecisionRecords, StoreError> {
-    let prefix = codec::user_decisions_prefix(app, user);
-    let mut out = DecisionRecords::new();
-    for item in tree.scan_prefix(&prefix) {
-        let (key, value) = item?;
-        let scope = codec::decode_scope(&key[prefix.len()..])?;
-        out.insert(scope, codec::decode_decision(&value)?);
-    }
-    Ok(out)
-}
-
-/// Timers due at `now_ms`, earliest first.
-pub(super) fn read_due_timers(
-    tree: &sled::Tree,
-    now_ms: u64,
-    limit: usize,
-) -> Result<Vec<Timer>, StoreError> {
-    let mut out = Vec::new();
-    for item in tree
-        .range(codec::TIMER_PREFIX.to_vec()..codec::timers_due_bound(now_ms))
-        .take(limit)
-    {
-        let (key, _) = item?;
-        let (expires_at_ms, decision_key) = codec::split_timer_key(&key)?;
-        let (app, user, scope) = codec::split_decision_key(&decision_key)?;
-        out.push(Timer {
-            expires_at_ms,
-            app,
-            user,
-            scope,
-        });
-    }
-    Ok(out)
-}
-
 impl Store for SledStore {
     fn app(&self, id: &AppId) -> Result<Option<Arc<App>>, StoreError> {
         let apps = self
@@ -418,16 +380,13 @@ impl Store for SledStore {
             .collect())
     }
 
-    fn decision(
+    fn subject(
         &self,
         app: &AppId,
         user: &UserId,
-        scope: Scope,
-    ) -> Result<Option<Decision>, StoreError> {
-        self.tree()?
-            .get(codec::decision_key(app, user, scope))?
-            .map(|raw| codec::decode_decision(&raw))
-            .transpose()
+        query: &StateQuery,
+    ) -> Result<SubjectState, StoreError> {
+        sled_read::subject(&self.tree()?, app, user, query)
     }
 
     fn decisions_after(
@@ -471,29 +430,6 @@ impl Store for SledStore {
         Ok(out)
     }
 
-    fn records(&self, app: &AppId, user: &UserId) -> Result<DecisionRecords, StoreError> {
-        read_records(&self.tree()?, app, user)
-    }
-
-    fn privacy(&self, app: &AppId, user: &UserId) -> Result<Option<PrivacyState>, StoreError> {
-        self.tree()?
-            .get(codec::privacy_key(app, user))?
-            .map(|raw| codec::decode_privacy(&raw))
-            .transpose()
-    }
-
-    fn nag(
-        &self,
-        app: &AppId,
-        user: &UserId,
-        scope: Scope,
-    ) -> Result<Option<NagState>, StoreError> {
-        self.tree()?
-            .get(codec::nag_key(app, user, scope))?
-            .map(|raw| codec::decode_nag(&raw))
-            .transpose()
-    }
-
     fn audit(&self, app: &AppId, query: &AuditQuery) -> Result<AuditPage, StoreError> {
         let tree = self.tree()?;
         let prefix = codec::audit_index_prefix(app);
@@ -528,12 +464,17 @@ impl Store for SledStore {
 
     fn trim_audit(&self, retention: Retention) -> BoxFuture<'_, Result<u64, StoreError>> {
         Box::pin(async move {
-            let now = writer::now_ms();
+            let now = self.shared.clock.now_ms();
             let mut removed = 0;
             loop {
                 let (n, done) = self
                     .exclusive(move |w| {
-                        maintenance::trim_audit_chunk(w, retention, now, maintenance::COMPACT_CHUNK)
+                        sled_maintenance::trim_audit_chunk(
+                            w,
+                            retention,
+                            now,
+                            sled_maintenance::COMPACT_CHUNK,
+                        )
                     })
                     .await?;
                 removed += n;
@@ -613,7 +554,7 @@ impl Store for SledStore {
 
     fn compact(&self, retention: Retention) -> BoxFuture<'_, Result<Compaction, StoreError>> {
         Box::pin(async move {
-            let now = writer::now_ms();
+            let now = self.shared.clock.now_ms();
             let mut total = Compaction {
                 removed: 0,
                 compacted_through: self.compacted_through(),
@@ -622,7 +563,12 @@ impl Store for SledStore {
             loop {
                 let (chunk, done) = self
                     .exclusive(move |w| {
-                        maintenance::compact_chunk(w, retention, now, maintenance::COMPACT_CHUNK)
+                        sled_maintenance::compact_chunk(
+                            w,
+                            retention,
+                            now,
+                            sled_maintenance::COMPACT_CHUNK,
+                        )
                     })
                     .await?;
                 total.removed += chunk.removed;
@@ -643,7 +589,7 @@ impl Store for SledStore {
     }
 
     fn verify(&self) -> BoxFuture<'_, Result<Verification, StoreError>> {
-        Box::pin(self.exclusive(maintenance::verify))
+        Box::pin(self.exclusive(sled_maintenance::verify))
     }
 
     fn submit(&self, job: Job) -> BoxFuture<'_, Result<Committed, TxnError>> {
@@ -753,4 +699,40 @@ impl Store for SledStore {
             Ok(())
         })
     }
+}
+
+#[cfg(test)]
+mod contract_tests {
+    use std::sync::Arc;
+
+    use super::{SledConfig, SledStore};
+    use crate::{
+        clock::SystemClock,
+        store::{
+            contract::{store_contract_tests, Backend},
+            Store,
+        },
+    };
+
+    /// sled stores under one temp dir, a directory per name.
+    struct Sled(tempfile::TempDir);
+
+    impl Backend for Sled {
+        fn open(&self, name: &str) -> Arc<dyn Store> {
+            let store = SledStore::open(&SledConfig {
+                path: self.0.path().join(name),
+                cache_capacity: 8 << 20,
+                max_batch: 64,
+                queue_depth: 256,
+                publish_capacity: 1024,
+                observer: None,
+                flush_on_commit: true,
+                clock: SystemClock::shared(),
+            })
+            .expect("the sled store opens");
+            Arc::new(store)
+        }
+    }
+
+    store_contract_tests!(Sled(tempfile::tempdir().unwrap()));
 }

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use super::{Item, Subscription, WatchConfig, WatchError, Watcher};
 use crate::{
-    domain::{AppId, Cause, Change, DecisionState, Event, EventFilter, Scope, UserId},
+    domain::{AppId, Cause, Change, DecisionState, Event, EventFilter, Scope, Subject, UserId},
     store::{SledConfig, SledStore, Store, WriteSet},
 };
 
@@ -22,6 +22,7 @@ fn open(dir: &tempfile::TempDir, publish_capacity: usize) -> Arc<dyn Store> {
         publish_capacity,
         observer: None,
         flush_on_commit: false,
+        clock: crate::clock::SystemClock::shared(),
     })
     .unwrap();
     Arc::new(store)
@@ -39,7 +40,7 @@ async fn grant(store: &Arc<dyn Store>, app: &str, user: &str) -> u64 {
     store
         .submit(Box::new(move |_| {
             Ok(WriteSet {
-                changes: vec![(app, user, change)],
+                changes: vec![(Subject { app, user }, change)],
                 ..WriteSet::default()
             })
         }))

@@ -393,7 +393,8 @@ async fn anti_nag_embargoes_prompts_after_repeated_cancels_only_when_on() {
     );
     off.stop().await;
 
-    let on = daemon(|c| {
+    let on = TestDaemon::with_manual_clock(|c| {
+        c.grants.expiry_check_interval = Duration::from_millis(50);
         c.anti_nag = Some(consentd::domain::NagPolicy {
             max_cancels: 2,
             embargo_ms: 800,
@@ -431,7 +432,26 @@ async fn anti_nag_embargoes_prompts_after_repeated_cancels_only_when_on() {
         Code::FailedPrecondition,
         "anti-nag",
     );
-    tokio::time::sleep(Duration::from_millis(900)).await;
+    // Explain runs the same pipeline: it sees the embargo too.
+    let explained = c
+        .auth()
+        .explain(pb::AuthorizeRequest {
+            app_id: "wxnag".into(),
+            user_id: "u1".into(),
+            scope: "scope.camera".into(),
+            client: Some(android()),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        explained.decision,
+        Some(d.clone()),
+        "Explain agrees with Authorize"
+    );
+    let last = explained.steps.last().unwrap();
+    assert!(!last.passed && last.check.contains("anti-nag"), "{last:?}");
+    on.advance(Duration::from_millis(900));
     assert_eq!(
         c.decision("wxnag", "u1", "scope.camera").await.outcome,
         pb::Outcome::Prompt as i32
@@ -452,9 +472,21 @@ async fn anti_nag_embargoes_prompts_after_repeated_cancels_only_when_on() {
     );
     c.answer("wxnag", "u1", "scope.camera", pb::Answer::Allow)
         .await;
-    let trail = wait_for(&c, "wxnag", 6).await;
-    assert!(actions(&trail)
-        .iter()
-        .any(|a| a.0 == "PROMPT_SUPPRESSED" && a.2 == "scope.camera"));
+    // Prompt records are written by the housekeeping tick, after the
+    // answers: wait until the tick has run since the last read.
+    let suppressed = |t: &pb::ListAuditResponse| {
+        actions(t)
+            .iter()
+            .any(|a| a.0 == "PROMPT_SUPPRESSED" && a.2 == "scope.camera")
+    };
+    let mut trail = wait_for(&c, "wxnag", 6).await;
+    for _ in 0..200 {
+        if suppressed(&trail) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        trail = list(&c, query("wxnag")).await;
+    }
+    assert!(suppressed(&trail));
     on.stop().await;
 }

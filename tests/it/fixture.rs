@@ -1,9 +1,10 @@
 //! The fixture layer: a real daemon on `127.0.0.1:0` over a temp data dir,
 //! and a thin client with helpers for the calls tests make most.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use consentd::{
+    clock::{ManualClock, SharedClock, SystemClock},
     config::Config,
     pb::{
         self, admin_client::AdminClient, apps_client::AppsClient,
@@ -11,8 +12,10 @@ use consentd::{
     },
     server::Daemon,
 };
-use tempfile::TempDir;
 use tonic::{transport::Channel, Code, Streaming};
+
+pub use crate::support::{android, bare_app, client_info, connect};
+use crate::support::{authorize_req, check_req, loopback_config, record_req, Served};
 
 /// Tests that load the machine heavily (thousands of streams, dozens of
 /// writers, child daemons under load) take turns: CI has two cores.
@@ -23,19 +26,15 @@ pub async fn heavy() -> tokio::sync::MutexGuard<'static, ()> {
 
 /// A running daemon that owns its data dir; stop it with [`TestDaemon::stop`].
 pub struct TestDaemon {
-    _dir: TempDir,
-    config: Config,
-    daemon: Option<Daemon>,
+    served: Served,
     channel: Channel,
+    /// Set when the test moves time itself ([`TestDaemon::with_manual_clock`]).
+    manual: Option<Arc<ManualClock>>,
 }
 
 /// Test settings: ephemeral port, fast progress markers, no surprise compaction.
 pub fn test_config(data_dir: PathBuf) -> Config {
-    let mut config = Config {
-        listen: vec!["127.0.0.1:0".parse().unwrap()],
-        data_dir,
-        ..Config::default()
-    };
+    let mut config = loopback_config(data_dir);
     config.watch.progress_interval = Duration::from_millis(100);
     config.compaction_interval = Duration::from_secs(3600);
     config
@@ -47,43 +46,63 @@ impl TestDaemon {
     }
 
     pub async fn with(tweak: impl FnOnce(&mut Config)) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = test_config(dir.path().join("data"));
-        tweak(&mut config);
-        let daemon = Daemon::start(config.clone()).await.unwrap();
-        let channel = connect(daemon.local_addr().unwrap()).await;
+        Self::with_clock(tweak, None).await
+    }
+
+    /// Like [`TestDaemon::with`], on a clock that moves only when the test
+    /// calls [`TestDaemon::advance`] (it starts at the system time): grant
+    /// lapses, embargoes and privacy gaps without sleeping.
+    pub async fn with_manual_clock(tweak: impl FnOnce(&mut Config)) -> Self {
+        Self::with_clock(tweak, Some(ManualClock::starting_now())).await
+    }
+
+    async fn with_clock(tweak: impl FnOnce(&mut Config), manual: Option<Arc<ManualClock>>) -> Self {
+        let clock: SharedClock = match &manual {
+            Some(m) => m.clone(),
+            None => SystemClock::shared(),
+        };
+        let served = Served::start_with_clock(test_config, tweak, clock).await;
+        let channel = connect(served.addr()).await;
         Self {
-            _dir: dir,
-            config,
-            daemon: Some(daemon),
+            served,
             channel,
+            manual,
         }
+    }
+
+    /// Unix milliseconds now, by the daemon's clock.
+    pub fn now_ms(&self) -> u64 {
+        self.served.clock().now_ms()
+    }
+
+    /// Moves the daemon's manual clock forward by `by`.
+    pub fn advance(&self, by: Duration) {
+        self.manual
+            .as_ref()
+            .expect("advance needs TestDaemon::with_manual_clock")
+            .advance(by);
     }
 
     /// Like [`TestDaemon::with`], for daemons a plain TCP client cannot
     /// reach (TLS, unix sockets): the fixture's channel connects lazily.
     pub async fn with_unconnected(tweak: impl FnOnce(&mut Config)) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = test_config(dir.path().join("data"));
-        tweak(&mut config);
-        let daemon = Daemon::start(config.clone()).await.unwrap();
-        let channel = Channel::from_shared(format!("http://{}", daemon.local_addr().unwrap()))
+        let served = Served::start(test_config, tweak).await;
+        let channel = Channel::from_shared(format!("http://{}", served.addr()))
             .unwrap()
             .connect_lazy();
         Self {
-            _dir: dir,
-            config,
-            daemon: Some(daemon),
+            served,
             channel,
+            manual: None,
         }
     }
 
     pub fn daemon(&self) -> &Daemon {
-        self.daemon.as_ref().expect("daemon running")
+        self.served.daemon()
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.daemon().local_addr().unwrap()
+        self.served.addr()
     }
 
     pub fn client(&self) -> Client {
@@ -94,54 +113,30 @@ impl TestDaemon {
 
     /// Takes the daemon out, e.g. to shut it down concurrently.
     pub fn take(&mut self) -> Daemon {
-        self.daemon.take().expect("daemon running")
+        self.served.take()
     }
 
     /// Starts a daemon on the same data dir (after [`TestDaemon::take`] or a stop).
     pub async fn start_again(&mut self) {
-        let daemon = Daemon::start(self.config.clone()).await.unwrap();
-        self.channel = connect(daemon.local_addr().unwrap()).await;
-        self.daemon = Some(daemon);
+        let addr = self.served.start_again().await;
+        self.channel = connect(addr).await;
     }
 
     /// Like [`TestDaemon::start_again`], on a given address (e.g. the old port).
     pub async fn start_again_at(&mut self, addr: SocketAddr) {
-        self.config.listen = vec![consentd::transport::ListenAddr::Tcp(addr)];
+        self.served.config_mut().listen = vec![consentd::transport::ListenAddr::Tcp(addr)];
         self.start_again().await;
     }
 
     /// Graceful shutdown, then a new daemon on the same data dir.
     pub async fn restart(&mut self) {
-        self.take().shutdown().await.unwrap();
+        self.served.shutdown().await;
         self.start_again().await;
     }
 
-    pub async fn stop(mut self) {
-        if let Some(d) = self.daemon.take() {
-            d.shutdown().await.unwrap();
-        }
+    pub async fn stop(self) {
+        self.served.stop().await;
     }
-}
-
-pub async fn connect(addr: SocketAddr) -> Channel {
-    Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
-}
-
-pub fn client_info(platform: pb::Platform, host: &str, sdk: &str) -> pb::ClientInfo {
-    pb::ClientInfo {
-        platform: platform.into(),
-        host_version: host.into(),
-        sdk_version: sdk.into(),
-    }
-}
-
-/// A current Android client: every popup exists.
-pub fn android() -> pb::ClientInfo {
-    client_info(pb::Platform::Android, "8.0.5", "3.0.0")
 }
 
 /// A mini program declaring everything location needs.
@@ -162,15 +157,6 @@ pub fn location_app(id: &str) -> pb::App {
             "startLocationUpdate".into(),
             "startLocationUpdateBackground".into(),
         ],
-        ..Default::default()
-    }
-}
-
-/// An app with no declarations.
-pub fn bare_app(id: &str, kind: pb::AppKind) -> pb::App {
-    pb::App {
-        app_id: id.into(),
-        kind: kind.into(),
         ..Default::default()
     }
 }
@@ -225,12 +211,7 @@ impl Client {
         scope: &str,
         client: pb::ClientInfo,
     ) -> Result<pb::AuthorizeResponse, tonic::Status> {
-        let req = pb::AuthorizeRequest {
-            app_id: app.into(),
-            user_id: user.into(),
-            scope: scope.into(),
-            client: Some(client),
-        };
+        let req = authorize_req(app, user, scope, client);
         self.auth().authorize(req).await.map(|r| r.into_inner())
     }
 
@@ -282,12 +263,7 @@ impl Client {
         api: &str,
         client: pb::ClientInfo,
     ) -> Result<pb::CheckApiResponse, tonic::Status> {
-        let req = pb::CheckApiRequest {
-            app_id: app.into(),
-            user_id: user.into(),
-            api: api.into(),
-            client: Some(client),
-        };
+        let req = check_req(app, user, api, client);
         self.auth().check_api(req).await.map(|r| r.into_inner())
     }
 
@@ -299,14 +275,7 @@ impl Client {
         answer: pb::Answer,
         client: pb::ClientInfo,
     ) -> Result<pb::RecordDecisionResponse, tonic::Status> {
-        let req = pb::RecordDecisionRequest {
-            lifetime: None,
-            app_id: app.into(),
-            user_id: user.into(),
-            scope: scope.into(),
-            answer: answer.into(),
-            client: Some(client),
-        };
+        let req = record_req(app, user, scope, answer, client);
         self.auth()
             .record_decision(req)
             .await

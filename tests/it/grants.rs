@@ -2,22 +2,18 @@
 //! changes; lapses recorded by consentd itself as EXPIRED events, in order
 //! and resumable, driven by a timer index that survives restarts.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use consentd::pb::{self, grant_lifetime::Kind, watch_response};
 use tonic::{Code, Streaming};
 
-use crate::fixture::{android, assert_status, location_app, Client, TestDaemon};
+use crate::{
+    fixture::{android, assert_status, location_app, Client, TestDaemon},
+    support::export,
+};
 
 const LOC: &str = "scope.userLocation";
 const BG: &str = "scope.userLocationBackground";
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
 
 fn until(ms: u64) -> Option<pb::GrantLifetime> {
     Some(pb::GrantLifetime {
@@ -57,8 +53,10 @@ async fn record(
         .map(|r| r.into_inner())
 }
 
+/// A daemon on a manual clock (time moves only by `h.advance`), with the
+/// app `wxshop` registered.
 async fn daemon(tweak: impl FnOnce(&mut consentd::config::Config)) -> TestDaemon {
-    let h = TestDaemon::with(|c| {
+    let h = TestDaemon::with_manual_clock(|c| {
         c.grants.expiry_check_interval = Duration::from_millis(50);
         tweak(c);
     })
@@ -105,7 +103,7 @@ async fn a_timed_grant_lapses_into_an_expired_event_and_prompts_again() {
         })
         .await
         .unwrap();
-    let deadline = now_ms() + 1500;
+    let deadline = h.now_ms() + 1500;
     let granted = record(&c, LOC, pb::Answer::Allow, until(deadline))
         .await
         .unwrap();
@@ -115,10 +113,18 @@ async fn a_timed_grant_lapses_into_an_expired_event_and_prompts_again() {
     assert_eq!(ms_of(d.expires_at.as_ref().unwrap()), deadline);
     assert!(d.session_id.is_empty());
 
-    let events = next_events(&mut watch, 2).await;
+    let mut events = next_events(&mut watch, 1).await;
     assert_eq!(events[0].cause, pb::Cause::Popup as i32);
+    h.advance(Duration::from_millis(1499));
+    assert_eq!(
+        c.decision("wxshop", "u1", LOC).await.outcome,
+        pb::Outcome::Granted as i32,
+        "not before its time"
+    );
+    h.advance(Duration::from_millis(1));
+    events.extend(next_events(&mut watch, 1).await);
     expired(&events[1], LOC);
-    assert!(now_ms() >= deadline, "not before its time");
+    assert!(h.now_ms() >= deadline, "not before its time");
     assert!(events[1].revision > events[0].revision);
 
     let d = c.decision("wxshop", "u1", LOC).await;
@@ -134,10 +140,10 @@ async fn reads_see_a_lapse_at_once_and_the_next_write_records_it_first() {
     // The expiry task only runs at start: the lapse is up to readers and writers.
     let h = daemon(|c| c.grants.expiry_check_interval = Duration::from_secs(3600)).await;
     let c = h.client();
-    record(&c, LOC, pb::Answer::Allow, until(now_ms() + 300))
+    record(&c, LOC, pb::Answer::Allow, until(h.now_ms() + 300))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    h.advance(Duration::from_millis(400));
     let before = c.revision().await;
     assert_eq!(
         c.decision("wxshop", "u1", LOC).await.outcome,
@@ -229,6 +235,7 @@ async fn one_time_grants_end_with_their_session_or_the_idle_timeout() {
         })
         .await
         .unwrap();
+    h.advance(Duration::from_millis(1200));
     expired(&next_events(&mut watch, 1).await[0], "scope.record");
     let setting = c.setting("wxshop", "u1").await.auth_setting;
     assert_eq!(setting.get("scope.bluetooth"), Some(&true));
@@ -241,11 +248,11 @@ async fn a_lapse_missed_while_down_is_applied_promptly_after_a_restart() {
     let mut h = daemon(|_| {}).await;
     let c = h.client();
     let start = c.revision().await;
-    record(&c, LOC, pb::Answer::Allow, until(now_ms() + 600))
+    record(&c, LOC, pb::Answer::Allow, until(h.now_ms() + 600))
         .await
         .unwrap();
     h.take().shutdown().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(900)).await;
+    h.advance(Duration::from_millis(900));
     let restarted = std::time::Instant::now();
     h.start_again().await;
     let c = h.client();
@@ -273,7 +280,7 @@ async fn a_lapsing_location_grant_takes_background_location_with_it() {
     let c = h.client();
     let start = c.revision().await;
     // Location for a second; background, later, for good.
-    record(&c, LOC, pb::Answer::Allow, until(now_ms() + 1000))
+    record(&c, LOC, pb::Answer::Allow, until(h.now_ms() + 1000))
         .await
         .unwrap();
     record(&c, BG, pb::Answer::Allow, None).await.unwrap();
@@ -284,6 +291,7 @@ async fn a_lapsing_location_grant_takes_background_location_with_it() {
         })
         .await
         .unwrap();
+    h.advance(Duration::from_millis(1000));
     let events = next_events(&mut watch, 4).await;
     expired(&events[2], BG);
     expired(&events[3], LOC);
@@ -300,7 +308,7 @@ async fn settings_changes_carry_lifetimes_and_bad_lifetimes_are_refused() {
         &c,
         "scope.camera",
         pb::Answer::Deny,
-        until(now_ms() + 60_000),
+        until(h.now_ms() + 60_000),
     )
     .await
     .unwrap();
@@ -309,7 +317,7 @@ async fn settings_changes_carry_lifetimes_and_bad_lifetimes_are_refused() {
     assert_eq!(d.outcome, pb::Outcome::Denied as i32);
     assert!(d.expires_at.is_none());
 
-    let deadline = now_ms() + 60_000;
+    let deadline = h.now_ms() + 60_000;
     let updated = c
         .update(pb::UpdateSettingRequest {
             app_id: "wxshop".into(),
@@ -329,7 +337,7 @@ async fn settings_changes_carry_lifetimes_and_bad_lifetimes_are_refused() {
             &c,
             "scope.record",
             pb::Answer::Allow,
-            until(now_ms() - 1000),
+            until(h.now_ms() - 1000),
         )
         .await,
         Code::InvalidArgument,
@@ -369,7 +377,7 @@ async fn settings_changes_carry_lifetimes_and_bad_lifetimes_are_refused() {
 async fn export_and_import_keep_lifetimes() {
     let h = daemon(|_| {}).await;
     let c = h.client();
-    let deadline = now_ms() + 3_600_000;
+    let deadline = h.now_ms() + 3_600_000;
     record(&c, "scope.camera", pb::Answer::Allow, until(deadline))
         .await
         .unwrap();
@@ -379,18 +387,7 @@ async fn export_and_import_keep_lifetimes() {
     record(&c, "scope.bluetooth", pb::Answer::Allow, None)
         .await
         .unwrap();
-    let mut stream = c
-        .admin()
-        .export(pb::ExportRequest {
-            include_events: false,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut records = Vec::new();
-    while let Some(r) = stream.message().await.unwrap() {
-        records.push(r);
-    }
+    let records = export(&c.channel, false).await;
     let stored = |scope: &str| {
         records
             .iter()
@@ -477,12 +474,24 @@ async fn a_one_time_grant_in_use_stays_alive_and_lapses_once_idle() {
     );
     // Used every 300 ms for 3 s: far past the idle timeout, never idle.
     for _ in 0..10 {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        h.advance(Duration::from_millis(300));
+        let d = c.decision("wxshop", "u1", "scope.camera").await;
         assert_eq!(
-            c.decision("wxshop", "u1", "scope.camera").await.outcome,
+            d.outcome,
             pb::Outcome::Granted as i32,
             "a grant in use must not lapse"
         );
+        // A read renews a grant with under half its idle timeout left,
+        // without waiting: let the renewal land before time moves on.
+        let mut deadline = ms_of(d.expires_at.as_ref().unwrap());
+        for _ in 0..200 {
+            if deadline >= h.now_ms() + 600 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            let d = c.decision("wxshop", "u1", "scope.camera").await;
+            deadline = ms_of(d.expires_at.as_ref().unwrap());
+        }
     }
     let later = ms_of(
         c.decision("wxshop", "u1", "scope.camera")
@@ -504,6 +513,7 @@ async fn a_one_time_grant_in_use_stays_alive_and_lapses_once_idle() {
         })
         .await
         .unwrap();
+    h.advance(Duration::from_millis(1200));
     expired(&next_events(&mut watch, 1).await[0], "scope.camera");
     assert!(c.assert_consistent().await.consistent);
     h.stop().await;
@@ -514,7 +524,7 @@ async fn background_reads_as_lapsed_with_location_before_the_lapse_is_recorded()
     // The expiry task runs only at start: the lapse is up to readers.
     let h = daemon(|c| c.grants.expiry_check_interval = Duration::from_secs(3600)).await;
     let c = h.client();
-    record(&c, LOC, pb::Answer::Allow, until(now_ms() + 300))
+    record(&c, LOC, pb::Answer::Allow, until(h.now_ms() + 300))
         .await
         .unwrap();
     record(&c, BG, pb::Answer::Allow, None).await.unwrap();
@@ -522,7 +532,7 @@ async fn background_reads_as_lapsed_with_location_before_the_lapse_is_recorded()
         c.decision("wxshop", "u1", BG).await.outcome,
         pb::Outcome::Granted as i32
     );
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    h.advance(Duration::from_millis(400));
     assert_ne!(
         c.decision("wxshop", "u1", BG).await.outcome,
         pb::Outcome::Granted as i32,

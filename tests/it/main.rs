@@ -24,12 +24,15 @@ mod security;
 mod security_process;
 mod settings;
 mod startup;
+mod support;
 mod versions;
 mod watch;
 
 // The independent spec suite, written from SPEC.md by a second author. It has
-// its own fixture (`util`) on purpose: sharing no helpers with the tests above,
-// a misreading in one is not copied into the other.
+// its own fixture (`util`) and assertions on purpose: sharing no expectations
+// with the tests above, a misreading in one is not copied into the other. Both
+// fixtures share only mechanics (`support`: starting a daemon, connecting,
+// building requests, collecting an Export).
 mod spec_apps;
 mod spec_bad_input;
 mod spec_beyond;

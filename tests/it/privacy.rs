@@ -84,8 +84,10 @@ async fn apps_without_a_guide_behave_as_before() {
 
 #[tokio::test]
 async fn the_gate_from_undeclared_to_agreed_and_again_when_the_guide_grows() {
-    let mut h =
-        TestDaemon::with(|c| c.grants.privacy_disagree_gap = Duration::from_millis(700)).await;
+    let mut h = TestDaemon::with_manual_clock(|c| {
+        c.grants.privacy_disagree_gap = Duration::from_millis(700)
+    })
+    .await;
     let c = h.client();
     let registered = c.register(guided_app("wxguide", &["location"])).await;
     assert_eq!(registered.app.unwrap().privacy.unwrap().version, 1);
@@ -126,7 +128,7 @@ async fn the_gate_from_undeclared_to_agreed_and_again_when_the_guide_grows() {
         "authorize:fail privacy permission is not authorized",
         104,
     );
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    h.advance(Duration::from_millis(800));
     assert_decision(
         &c.decision("wxguide", "u1", LOC).await,
         pb::Outcome::PrivacyRequired,

@@ -8,26 +8,27 @@ use consentd::{
     config::Config,
     pb::{
         self, apps_client::AppsClient, authorization_client::AuthorizationClient, Answer, AppKind,
-        LocationOption, Platform,
+        LocationOption,
     },
-    server::Daemon,
 };
-use tempfile::TempDir;
 use tonic::{transport::Channel, Code, Status};
 use tonic_health::pb::health_client::HealthClient;
+
+use crate::support::{
+    authorize_req, check_req, connect, loopback_config, record_req, update_req, Served,
+};
+// The spec suite's names for the shared request builders.
+pub use crate::support::{android, bare_app as app, client_info as client, Declare};
 
 pub type Rpc<T> = Result<T, Status>;
 
 /// A running daemon that owns its data dir. Dropping it aborts the daemon;
 /// [`TestDaemon::stop`] shuts it down gracefully.
 pub struct TestDaemon {
-    // Field order matters: the daemon goes before its data dir is removed.
-    daemon: Option<Daemon>,
+    served: Served,
     pub auth: AuthorizationClient<Channel>,
     pub apps: AppsClient<Channel>,
     channel: Channel,
-    config: Config,
-    _dir: TempDir,
 }
 
 impl TestDaemon {
@@ -38,11 +39,7 @@ impl TestDaemon {
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.daemon
-            .as_ref()
-            .expect("daemon running")
-            .local_addr()
-            .unwrap()
+        self.served.addr()
     }
 
     pub fn health(&self) -> HealthClient<Channel> {
@@ -52,21 +49,20 @@ impl TestDaemon {
     /// Graceful shutdown, then a new daemon on the same data dir (and a new
     /// port), with fresh clients.
     pub async fn restart(&mut self) {
-        let old = self.daemon.take().expect("daemon running");
-        old.shutdown().await.expect("graceful shutdown");
-        let daemon = Daemon::start(self.config.clone())
-            .await
-            .expect("daemon restarts on the same data dir");
-        self.channel = connect(daemon.local_addr().unwrap()).await;
-        self.auth = AuthorizationClient::new(self.channel.clone());
-        self.apps = AppsClient::new(self.channel.clone());
-        self.daemon = Some(daemon);
+        self.served.shutdown().await;
+        self.start_again().await;
     }
 
-    pub async fn stop(mut self) {
-        if let Some(daemon) = self.daemon.take() {
-            daemon.shutdown().await.expect("graceful shutdown");
-        }
+    /// A daemon on the same data dir, with fresh clients.
+    async fn start_again(&mut self) {
+        let addr = self.served.start_again().await;
+        self.channel = connect(addr).await;
+        self.auth = AuthorizationClient::new(self.channel.clone());
+        self.apps = AppsClient::new(self.channel.clone());
+    }
+
+    pub async fn stop(self) {
+        self.served.stop().await;
     }
 
     // --- Apps -----------------------------------------------------------
@@ -107,12 +103,7 @@ impl TestDaemon {
         scope: &str,
         client: pb::ClientInfo,
     ) -> Rpc<pb::AuthorizeResponse> {
-        let req = pb::AuthorizeRequest {
-            app_id: app.into(),
-            user_id: user.into(),
-            scope: scope.into(),
-            client: Some(client),
-        };
+        let req = authorize_req(app, user, scope, client);
         Ok(self.auth.clone().authorize(req).await?.into_inner())
     }
 
@@ -142,12 +133,7 @@ impl TestDaemon {
         api: &str,
         client: pb::ClientInfo,
     ) -> Rpc<pb::CheckApiResponse> {
-        let req = pb::CheckApiRequest {
-            app_id: app.into(),
-            user_id: user.into(),
-            api: api.into(),
-            client: Some(client),
-        };
+        let req = check_req(app, user, api, client);
         Ok(self.auth.clone().check_api(req).await?.into_inner())
     }
 
@@ -159,14 +145,7 @@ impl TestDaemon {
         answer: Answer,
         client: pb::ClientInfo,
     ) -> Rpc<pb::RecordDecisionResponse> {
-        let req = pb::RecordDecisionRequest {
-            lifetime: None,
-            app_id: app.into(),
-            user_id: user.into(),
-            scope: scope.into(),
-            answer: answer.into(),
-            client: Some(client),
-        };
+        let req = record_req(app, user, scope, answer, client);
         Ok(self.auth.clone().record_decision(req).await?.into_inner())
     }
 
@@ -218,13 +197,7 @@ impl TestDaemon {
         toggles: &[(&str, bool)],
         location: LocationOption,
     ) -> Rpc<pb::UpdateSettingResponse> {
-        let req = pb::UpdateSettingRequest {
-            lifetime: None,
-            app_id: app.into(),
-            user_id: user.into(),
-            auth_setting: toggles.iter().map(|(s, on)| (s.to_string(), *on)).collect(),
-            location: location.into(),
-        };
+        let req = update_req(app, user, toggles, location);
         Ok(self.auth.clone().update_setting(req).await?.into_inner())
     }
 
@@ -261,67 +234,7 @@ impl TestDaemon {
     }
 }
 
-pub async fn connect(addr: SocketAddr) -> Channel {
-    Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .expect("connect to the daemon")
-}
-
 // --- Request builders ---------------------------------------------------
-
-pub fn client(platform: Platform, host_version: &str, sdk_version: &str) -> pb::ClientInfo {
-    pb::ClientInfo {
-        platform: platform.into(),
-        host_version: host_version.into(),
-        sdk_version: sdk_version.into(),
-    }
-}
-
-/// A current Android client: every popup exists, every minimum is met.
-pub fn android() -> pb::ClientInfo {
-    client(Platform::Android, "8.0.5", "3.0.0")
-}
-
-/// An app without declarations.
-pub fn app(app_id: &str, kind: AppKind) -> pb::App {
-    pb::App {
-        app_id: app_id.into(),
-        kind: kind.into(),
-        ..Default::default()
-    }
-}
-
-/// Declarations, chained onto [`app`].
-pub trait Declare: Sized {
-    /// A `permission` desc for `scope`.
-    fn desc(self, scope: &str, desc: &str) -> Self;
-    fn background_modes(self, modes: &[&str]) -> Self;
-    fn private_infos(self, infos: &[&str]) -> Self;
-}
-
-impl Declare for pb::App {
-    fn desc(mut self, scope: &str, desc: &str) -> Self {
-        self.permission.insert(
-            scope.into(),
-            pb::PermissionDesc {
-                desc: desc.to_string(),
-            },
-        );
-        self
-    }
-
-    fn background_modes(mut self, modes: &[&str]) -> Self {
-        self.required_background_modes = modes.iter().map(|m| m.to_string()).collect();
-        self
-    }
-
-    fn private_infos(mut self, infos: &[&str]) -> Self {
-        self.required_private_infos = infos.iter().map(|i| i.to_string()).collect();
-        self
-    }
-}
 
 pub const LOCATION: &str = "scope.userLocation";
 pub const FUZZY: &str = "scope.userFuzzyLocation";
@@ -478,38 +391,22 @@ impl TestDaemon {
     /// Like [`TestDaemon::start`], with `configure` applied to the config
     /// first (timings, policies; the listener and data dir stay the fixture's).
     pub async fn start_with(configure: impl FnOnce(&mut Config)) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mut config = Config {
-            listen: vec!["127.0.0.1:0".parse().unwrap()],
-            data_dir: dir.path().join("data"),
-            ..Config::default()
-        };
-        configure(&mut config);
-        let daemon = Daemon::start(config.clone()).await.expect("daemon starts");
-        let channel = connect(daemon.local_addr().unwrap()).await;
+        let served = Served::start(loopback_config, configure).await;
+        let channel = connect(served.addr()).await;
         Self {
-            daemon: Some(daemon),
+            served,
             auth: AuthorizationClient::new(channel.clone()),
             apps: AppsClient::new(channel.clone()),
             channel,
-            config,
-            _dir: dir,
         }
     }
 
     /// Graceful shutdown, `down` with no daemon running, then a new daemon
     /// on the same data dir with fresh clients.
     pub async fn restart_after(&mut self, down: std::time::Duration) {
-        let old = self.daemon.take().expect("daemon running");
-        old.shutdown().await.expect("graceful shutdown");
+        self.served.shutdown().await;
         tokio::time::sleep(down).await;
-        let daemon = Daemon::start(self.config.clone())
-            .await
-            .expect("daemon restarts on the same data dir");
-        self.channel = connect(daemon.local_addr().unwrap()).await;
-        self.auth = AuthorizationClient::new(self.channel.clone());
-        self.apps = AppsClient::new(self.channel.clone());
-        self.daemon = Some(daemon);
+        self.start_again().await;
     }
 
     /// The connection the fixture's clients share (for clients with

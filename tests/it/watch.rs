@@ -10,7 +10,10 @@ use consentd::{
 use tokio_stream::StreamExt as _;
 use tonic::{transport::Channel, Code, Streaming};
 
-use crate::fixture::{connect, grpcurl, location_app, run_grpcurl, Client, TestDaemon};
+use crate::{
+    fixture::{connect, grpcurl, location_app, run_grpcurl, Client, TestDaemon},
+    support::{key_of_change, key_of_event, EventKey as Key},
+};
 
 /// A daemon with two location apps registered.
 async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestDaemon {
@@ -30,33 +33,6 @@ fn from(revision: u64) -> pb::WatchRequest {
         start_revision: Some(revision),
         ..Default::default()
     }
-}
-
-/// What a test compares: (revision, app, user, scope, old, new, cause).
-type Key = (u64, String, String, String, i32, i32, i32);
-
-fn key_of_event(e: &pb::DecisionEvent) -> Key {
-    (
-        e.revision,
-        e.app_id.clone(),
-        e.user_id.clone(),
-        e.scope.clone(),
-        e.old_state,
-        e.new_state,
-        e.cause,
-    )
-}
-
-fn key_of_change(app: &str, user: &str, c: &pb::DecisionChange) -> Key {
-    (
-        c.revision,
-        app.into(),
-        user.into(),
-        c.scope.clone(),
-        c.old_state,
-        c.new_state,
-        c.cause,
-    )
 }
 
 /// Grants then forgets scope.camera for users u{range} of `app`; returns the log it made.

@@ -15,9 +15,12 @@ use libtest_mimic::{Arguments, Failed, Trial};
 #[allow(dead_code)]
 #[path = "../it/crash_support.rs"]
 mod crash_support;
-#[allow(dead_code)]
+#[allow(dead_code, unused_imports)]
 #[path = "../it/fixture.rs"]
 mod fixture;
+#[allow(dead_code)]
+#[path = "../it/support.rs"]
+mod support;
 
 mod disk;
 mod lazyfs;

@@ -2,10 +2,10 @@
 //! events into the checkpoint (`b/` keys), verification checks
 //! checkpoint + log == decisions.
 
-use std::{collections::BTreeMap, sync::atomic::Ordering, time::Duration};
+use std::{collections::BTreeMap, sync::atomic::Ordering};
 
 use super::{
-    codec, writer::Writer, Compaction, Retention, StoreError, Verification, MAX_MISMATCHES,
+    codec, sled_writer::Writer, Compaction, Retention, StoreError, Verification, MAX_MISMATCHES,
 };
 use crate::domain::DecisionState;
 
@@ -238,9 +238,3 @@ pub fn verify(w: &Writer) -> Result<Verification, StoreError> {
 fn describe(tail: &[u8]) -> String {
     String::from_utf8_lossy(tail).replace('\0', " ")
 }
-
-/// The default retention: the last million events, at most 30 days old.
-pub const DEFAULT_RETENTION: Retention = Retention {
-    max_events: Some(1_000_000),
-    max_age: Some(Duration::from_secs(30 * 24 * 3600)),
-};

@@ -5,20 +5,20 @@ use std::{
     collections::BTreeMap,
     panic::{catch_unwind, AssertUnwindSafe},
     sync::{atomic::Ordering, Arc},
-    time::{SystemTime, UNIX_EPOCH},
 };
 
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
     codec,
-    durability::Durability,
-    sled_store::{read_due_timers, read_records, Shared},
+    sled_durability::Durability,
+    sled_read::{self, read_due_timers, Overlay, Staged},
+    sled_shared::Shared,
     AppWrite, Committed, Job, Published, StoreError, Timer, TxnError, View, WriteSet,
 };
 use crate::domain::{
-    App, AppId, AuditRecord, Decision, DecisionRecords, DecisionState, Event, Lifetime, NagState,
-    PrivacyState, Scope, UserDecisions, UserId,
+    App, AppId, AuditRecord, Decision, DecisionState, Event, Lifetime, StateQuery, Subject,
+    SubjectState, UserDecisions, UserId,
 };
 
 pub(super) enum Request {
@@ -40,9 +40,6 @@ pub(super) struct Writer {
     /// acknowledged (`flush_on_commit`): sled's flush, then an `fdatasync`.
     durability: Option<Durability>,
 }
-
-/// Raw key -> new value (None = removed), staged by earlier jobs of a group.
-type Overlay = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 
 /// What one group commit has staged so far.
 struct Group {
@@ -116,7 +113,7 @@ impl Writer {
             audit_seq: self.shared.audit_seq.load(Ordering::Acquire),
             dirty: false,
         };
-        let now = now_ms();
+        let now = self.shared.clock.now_ms();
         let mut replies = Vec::with_capacity(pending.len());
         for (job, reply) in pending.drain(..) {
             let view = GroupView {
@@ -177,7 +174,7 @@ impl Writer {
         }
         for (reply, result) in replies {
             let result = match &failure {
-                Some(e) => result.and_then(|_| Err(StoreError::Io(e.clone()).into())),
+                Some(e) => result.and_then(|_| Err(StoreError::from(e.clone()).into())),
                 None => result,
             };
             // A caller that went away no longer needs its answer; the write stands.
@@ -271,13 +268,13 @@ impl Writer {
             None => {}
         }
 
-        if let Some((app, user)) = set.forget {
+        if let Some(Subject { app, user }) = set.forget {
             put(group, codec::privacy_key(&app, &user), None);
             for key in self.keys_under(group, &codec::user_nag_prefix(&app, &user))? {
                 put(group, key, None);
             }
         }
-        if let Some((app, user, answer)) = set.privacy {
+        if let Some((Subject { app, user }, answer)) = set.privacy {
             committed.revision = next(group)?;
             put(
                 group,
@@ -286,16 +283,16 @@ impl Writer {
             );
         }
         for timer in &set.cleared_timers {
-            let key = codec::decision_key(&timer.app, &timer.user, timer.scope);
+            let key = codec::decision_key(&timer.subject.app, &timer.subject.user, timer.scope);
             put(group, codec::timer_key(timer.expires_at_ms, &key), None);
         }
-        for (app, user, change) in set.changes {
+        for (subject, change) in set.changes {
             let revision = next(group)?;
-            let key = codec::decision_key(&app, &user, change.scope);
+            let key = codec::decision_key(&subject.app, &subject.user, change.scope);
             let lifetime = match change.new {
                 DecisionState::Granted => set
                     .lifetimes
-                    .get(&(app.clone(), user.clone(), change.scope))
+                    .get(&(subject.clone(), change.scope))
                     .unwrap_or(&set.lifetime)
                     .clone(),
                 _ => Lifetime::Permanent,
@@ -316,8 +313,8 @@ impl Writer {
             put(group, key, value);
             let event = Event {
                 revision,
-                app,
-                user,
+                app: subject.app,
+                user: subject.user,
                 scope: change.scope,
                 old: change.old,
                 new: change.new,
@@ -333,8 +330,8 @@ impl Writer {
             committed.events.push(event);
             committed.revision = revision;
         }
-        for (app, user, scope, lifetime) in set.extend {
-            let key = codec::decision_key(&app, &user, scope);
+        for (subject, scope, lifetime) in set.extend {
+            let key = codec::decision_key(&subject.app, &subject.user, scope);
             let Some(raw) = self.staged_or_stored_in(group, &key)? else {
                 continue;
             };
@@ -352,10 +349,10 @@ impl Writer {
             decision.lifetime = lifetime;
             put(group, key, Some(codec::encode_decision(&decision)));
         }
-        if let Some((app, user, scope, state)) = set.nag {
+        if let Some((subject, scope, state)) = set.nag {
             put(
                 group,
-                codec::nag_key(&app, &user, scope),
+                codec::nag_key(&subject.app, &subject.user, scope),
                 state.as_ref().map(codec::encode_nag),
             );
         }
@@ -423,10 +420,6 @@ struct GroupView<'a> {
 }
 
 impl GroupView<'_> {
-    fn staged_or_stored(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        staged_or_stored(&self.writer.tree, self.overlay, key)
-    }
-
     /// Applies staged entries under `prefix` on top of committed decisions.
     fn overlay_decisions(
         &self,
@@ -449,39 +442,17 @@ impl GroupView<'_> {
 }
 
 impl View for GroupView<'_> {
-    fn records(&self, app: &AppId, user: &UserId) -> Result<DecisionRecords, StoreError> {
-        let mut out = read_records(&self.writer.tree, app, user)?;
-        let prefix = codec::user_decisions_prefix(app, user);
-        for (key, value) in self.overlay.range(prefix.clone()..) {
-            if !key.starts_with(&prefix) {
-                break;
-            }
-            let scope = codec::decode_scope(&key[prefix.len()..])?;
-            match value {
-                Some(raw) => out.insert(scope, codec::decode_decision(raw)?),
-                None => out.remove(&scope),
-            };
-        }
-        Ok(out)
-    }
-
-    fn privacy(&self, app: &AppId, user: &UserId) -> Result<Option<PrivacyState>, StoreError> {
-        self.staged_or_stored(&codec::privacy_key(app, user))?
-            .as_deref()
-            .map(codec::decode_privacy)
-            .transpose()
-    }
-
-    fn nag(
+    fn subject(
         &self,
         app: &AppId,
         user: &UserId,
-        scope: Scope,
-    ) -> Result<Option<NagState>, StoreError> {
-        self.staged_or_stored(&codec::nag_key(app, user, scope))?
-            .as_deref()
-            .map(codec::decode_nag)
-            .transpose()
+        query: &StateQuery,
+    ) -> Result<SubjectState, StoreError> {
+        let staged = Staged {
+            tree: &self.writer.tree,
+            overlay: self.overlay,
+        };
+        sled_read::subject(&staged, app, user, query)
     }
 
     fn due_timers(&self, now_ms: u64, limit: usize) -> Result<Vec<Timer>, StoreError> {
@@ -489,7 +460,7 @@ impl View for GroupView<'_> {
         // cleared one is checked against the decision by the job anyway.
         let mut timers = read_due_timers(&self.writer.tree, now_ms, limit)?;
         timers.retain(|t| {
-            let key = codec::decision_key(&t.app, &t.user, t.scope);
+            let key = codec::decision_key(&t.subject.app, &t.subject.user, t.scope);
             !matches!(
                 self.overlay.get(&codec::timer_key(t.expires_at_ms, &key)),
                 Some(None)
@@ -512,14 +483,6 @@ impl View for GroupView<'_> {
             .read()
             .map_err(|_| StoreError::Internal("app index poisoned".into()))?;
         Ok(apps.get(id).cloned())
-    }
-
-    fn decisions(&self, app: &AppId, user: &UserId) -> Result<UserDecisions, StoreError> {
-        Ok(self
-            .records(app, user)?
-            .into_iter()
-            .map(|(scope, d)| (scope, d.state))
-            .collect())
     }
 
     fn app_decisions(&self, app: &AppId) -> Result<Vec<(UserId, UserDecisions)>, StoreError> {
@@ -557,10 +520,4 @@ fn staged_or_stored(
         Some(staged) => Ok(staged.clone()),
         None => Ok(tree.get(key)?.map(|v| v.to_vec())),
     }
-}
-
-pub(super) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

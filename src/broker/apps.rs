@@ -1,0 +1,291 @@
+//! App registrations and imports: each a write job that the domain
+//! validates against the current state.
+
+use std::sync::Arc;
+
+use super::{
+    operator_entry, page_size, written, Actor, AppPage, Broker, BrokerError, Read, Written,
+};
+use crate::{
+    domain::{
+        machine, privacy, App, AppId, AppKind, AuditEntry, Cause, Declarations, DomainError,
+        Lifetime, OperatorAction, RawDeclarations, StateQuery, Subject,
+    },
+    store::{AppWrite, DecisionRow, TxnError, View, WriteSet},
+};
+
+impl Broker {
+    /// Registers a new app.
+    pub async fn register_app(
+        &self,
+        id: AppId,
+        kind: AppKind,
+        raw: RawDeclarations,
+        actor: &Actor,
+    ) -> Result<Read<Arc<App>>, BrokerError> {
+        self.register_app_as(id, kind, raw, actor, OperatorAction::RegisterApp)
+            .await
+    }
+
+    async fn register_app_as(
+        &self,
+        id: AppId,
+        kind: AppKind,
+        raw: RawDeclarations,
+        actor: &Actor,
+        action: OperatorAction,
+    ) -> Result<Read<Arc<App>>, BrokerError> {
+        let declarations = Declarations::parse(kind, raw)?;
+        let audit = operator_entry(actor, &id, action);
+        self.write_app(audit, move |view| {
+            if view.app(&id)?.is_some() {
+                return Err(DomainError::AlreadyExists {
+                    message: format!("app {:?} is already registered", id.as_str()),
+                }
+                .into());
+            }
+            let privacy_version = privacy::next_version(None, 0, declarations.privacy.as_ref());
+            Ok(App {
+                id,
+                kind,
+                declarations,
+                revision: 0,
+                updated_at_ms: 0,
+                privacy_version,
+            })
+        })
+        .await
+    }
+
+    /// Replaces an app's declarations; its kind cannot change.
+    pub async fn update_app(
+        &self,
+        id: AppId,
+        kind: AppKind,
+        raw: RawDeclarations,
+        actor: &Actor,
+    ) -> Result<Read<Arc<App>>, BrokerError> {
+        self.update_app_as(id, kind, raw, actor, OperatorAction::UpdateApp)
+            .await
+    }
+
+    async fn update_app_as(
+        &self,
+        id: AppId,
+        kind: AppKind,
+        raw: RawDeclarations,
+        actor: &Actor,
+        action: OperatorAction,
+    ) -> Result<Read<Arc<App>>, BrokerError> {
+        let declarations = Declarations::parse(kind, raw)?;
+        let audit = operator_entry(actor, &id, action);
+        self.write_app(audit, move |view| {
+            let current = view.app(&id)?.ok_or_else(|| DomainError::app_not_found(&id))?;
+            if current.kind != kind {
+                return Err(DomainError::FailedPrecondition {
+                    message: format!(
+                        "app {:?} is registered as {:?}; the kind cannot change (delete and register it again)",
+                        id.as_str(),
+                        current.kind
+                    ),
+                }
+                .into());
+            }
+            let privacy_version = privacy::next_version(
+                current.declarations.privacy.as_ref(),
+                current.privacy_version,
+                declarations.privacy.as_ref(),
+            );
+            Ok(App { id, kind, declarations, revision: 0, updated_at_ms: 0, privacy_version })
+        })
+        .await
+    }
+
+    async fn write_app<F>(&self, audit: AuditEntry, make: F) -> Result<Read<Arc<App>>, BrokerError>
+    where
+        F: FnOnce(&dyn View) -> Result<App, TxnError> + Send + 'static,
+    {
+        let committed = self
+            .store
+            .submit(Box::new(move |view| {
+                Ok(WriteSet {
+                    app: Some(AppWrite::Put(make(view)?)),
+                    audit: vec![audit],
+                    ..WriteSet::default()
+                })
+            }))
+            .await?;
+        let app = committed
+            .app
+            .ok_or_else(|| BrokerError::Internal("app write returned no app".into()))?;
+        Ok(Read {
+            value: app,
+            revision: committed.revision,
+        })
+    }
+
+    pub fn get_app(&self, id: &AppId) -> Result<Read<Arc<App>>, BrokerError> {
+        let revision = self.store.revision();
+        Ok(Read {
+            value: self.app(id)?,
+            revision,
+        })
+    }
+
+    /// One page of apps in id order; the token is the last id of the page.
+    pub fn list_apps(
+        &self,
+        after: Option<&AppId>,
+        requested: usize,
+    ) -> Result<Read<AppPage>, BrokerError> {
+        let revision = self.store.revision();
+        let size = page_size(requested);
+        // One extra tells whether another page follows.
+        let mut apps = self.store.apps(after, size + 1)?;
+        let next = (apps.len() > size).then(|| {
+            apps.truncate(size);
+            apps.last().map(|a| a.id.clone())
+        });
+        Ok(Read {
+            value: AppPage {
+                apps,
+                next: next.flatten(),
+            },
+            revision,
+        })
+    }
+
+    /// Registers an app, or replaces the declarations of one with the same
+    /// id and kind (imports).
+    pub async fn upsert_app(
+        &self,
+        id: AppId,
+        kind: AppKind,
+        raw: RawDeclarations,
+        actor: &Actor,
+    ) -> Result<Read<Arc<App>>, BrokerError> {
+        let declarations = Declarations::parse(kind, raw.clone())?;
+        let revision = self.store.revision();
+        if let Some(current) = self.store.app(&id)? {
+            if current.kind == kind && current.declarations == declarations {
+                return Ok(Read {
+                    value: current,
+                    revision,
+                });
+            }
+        }
+        match self
+            .register_app_as(id.clone(), kind, raw.clone(), actor, OperatorAction::Import)
+            .await
+        {
+            Err(BrokerError::Domain(DomainError::AlreadyExists { .. })) => {
+                self.update_app_as(id, kind, raw, actor, OperatorAction::Import)
+                    .await
+            }
+            other => other,
+        }
+    }
+
+    /// Sets stored decisions (imports): rows already in place change nothing,
+    /// each differing one is an OPERATOR event. A user's rows are planned
+    /// together; the result must keep background => location granted.
+    pub async fn import_decisions(
+        &self,
+        rows: Vec<DecisionRow>,
+        actor: &Actor,
+    ) -> Result<Written<u64>, BrokerError> {
+        let mut apps: Vec<&AppId> = rows.iter().map(|r| &r.app).collect();
+        apps.dedup();
+        let audit: Vec<AuditEntry> = apps
+            .into_iter()
+            .map(|app| operator_entry(actor, app, OperatorAction::Import))
+            .collect();
+        let (committed, changed) = self
+            .store
+            .write(move |view: &dyn View| {
+                let mut changes = Vec::new();
+                let mut lifetimes = std::collections::BTreeMap::new();
+                // Each user is planned once, with all of its rows in this
+                // batch, even if they were not adjacent: planning a user twice
+                // against the same committed state would break the log chain.
+                let mut users: Vec<(Subject, Vec<&DecisionRow>)> = Vec::new();
+                let mut index: std::collections::HashMap<Subject, usize> =
+                    std::collections::HashMap::new();
+                for row in &rows {
+                    let key = Subject {
+                        app: row.app.clone(),
+                        user: row.user.clone(),
+                    };
+                    match index.get(&key) {
+                        Some(&i) => users[i].1.push(row),
+                        None => {
+                            index.insert(key.clone(), users.len());
+                            users.push((key, vec![row]));
+                        }
+                    }
+                }
+                for (subject, group) in users {
+                    let app = view
+                        .app(&subject.app)?
+                        .ok_or_else(|| DomainError::app_not_found(&subject.app))?;
+                    let before = view
+                        .subject(&subject.app, &subject.user, &StateQuery::decisions())?
+                        .stored_decisions();
+                    let wanted: Vec<_> = group.iter().map(|r| (r.scope, r.state)).collect();
+                    for change in machine::plan_import(&app, &subject.user, &before, &wanted)? {
+                        changes.push((subject.clone(), change));
+                    }
+                    for r in group {
+                        if r.lifetime != Lifetime::Permanent {
+                            lifetimes.insert((subject.clone(), r.scope), r.lifetime.clone());
+                        }
+                    }
+                }
+                let changed = changes.len() as u64;
+                Ok((
+                    WriteSet {
+                        changes,
+                        lifetimes,
+                        audit,
+                        ..WriteSet::default()
+                    },
+                    changed,
+                ))
+            })
+            .await?;
+        Ok(written(committed, changed))
+    }
+
+    /// Deletes an app and every user's decisions for it.
+    pub async fn delete_app(&self, id: AppId, actor: &Actor) -> Result<Written<u64>, BrokerError> {
+        let audit = operator_entry(actor, &id, OperatorAction::DeleteApp);
+        let (committed, revoked) = self
+            .store
+            .write(move |view: &dyn View| {
+                view.app(&id)?
+                    .ok_or_else(|| DomainError::app_not_found(&id))?;
+                let mut changes = Vec::new();
+                for (user, decisions) in view.app_decisions(&id)? {
+                    let subject = Subject {
+                        app: id.clone(),
+                        user,
+                    };
+                    for change in machine::plan_forget(&decisions, Cause::Operator) {
+                        changes.push((subject.clone(), change));
+                    }
+                }
+                let revoked = changes.len() as u64;
+                Ok((
+                    WriteSet {
+                        app: Some(AppWrite::Delete(id)),
+                        changes,
+                        audit: vec![audit],
+                        ..WriteSet::default()
+                    },
+                    revoked,
+                ))
+            })
+            .await?;
+        Ok(written(committed, revoked))
+    }
+}

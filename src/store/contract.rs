@@ -1,0 +1,412 @@
+//! The backend-independent checks of the [`Store`] contract (see the
+//! module docs of `store`). Each check takes a [`Backend`], a factory that
+//! opens (and reopens) a store by name, and uses the trait alone; a backend
+//! runs them all with `store_contract_tests!(factory)`.
+
+use std::{sync::Arc, time::Duration};
+
+use super::{Retention, Store, StoreError, TxnError, WriteSet};
+use crate::domain::{
+    AppId, Cause, Change, DecisionState, DomainError, Event, NagState, PrivacyState, Scope,
+    StateQuery, Subject, UserId,
+};
+
+/// Opens stores for the contract checks.
+pub(crate) trait Backend {
+    /// Opens the store called `name`, creating it the first time; opening
+    /// the same name again (after [`Store::close`]) finds what was
+    /// acknowledged before.
+    fn open(&self, name: &str) -> Arc<dyn Store>;
+}
+
+/// Expands to one `#[tokio::test]` per contract check, each on a store
+/// from `$backend` (an expression that makes a fresh [`Backend`]).
+macro_rules! store_contract_tests {
+    ($backend:expr) => {
+        $crate::store::contract::store_contract_tests!(@each $backend;
+            a_failed_or_panicking_job_writes_nothing,
+            every_change_takes_the_next_revision_and_one_event,
+            acknowledged_writes_survive_a_reopen,
+            published_groups_are_contiguous,
+            a_job_sees_what_earlier_jobs_of_its_group_wrote,
+            compaction_trims_into_the_checkpoint_and_raises_the_horizon,
+            subject_reads_what_the_query_asks_for,
+        );
+    };
+    (@each $backend:expr; $($check:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $check() {
+                let backend = $backend;
+                $crate::store::contract::$check(&backend).await;
+            }
+        )*
+    };
+}
+pub(crate) use store_contract_tests;
+
+fn subject(user: &str) -> Subject {
+    Subject {
+        app: AppId::parse("wxcontract").unwrap(),
+        user: UserId::parse(user).unwrap(),
+    }
+}
+
+fn change(scope: Scope, old: DecisionState, new: DecisionState) -> Change {
+    Change {
+        scope,
+        old,
+        new,
+        cause: Cause::Popup,
+    }
+}
+
+fn changes(set: Vec<(Subject, Change)>) -> WriteSet {
+    WriteSet {
+        changes: set,
+        ..WriteSet::default()
+    }
+}
+
+async fn submit(store: &Arc<dyn Store>, set: WriteSet) -> super::Committed {
+    store
+        .submit(Box::new(move |_| Ok(set)))
+        .await
+        .expect("the write commits")
+}
+
+fn all_events(store: &Arc<dyn Store>, after: u64) -> Vec<Event> {
+    store.events_after(after, 10_000).expect("events read")
+}
+
+/// 1. Atomic job: a refused or panicking job writes nothing and takes no
+///    revision, even between two jobs that commit in the same group.
+pub(crate) async fn a_failed_or_panicking_job_writes_nothing(backend: &impl Backend) {
+    let store = backend.open("atomic");
+    let before = store.revision();
+    let u = subject("u");
+    let ok = |scope| {
+        let u = u.clone();
+        Box::new(move |_: &dyn super::View| {
+            Ok(changes(vec![(
+                u,
+                change(scope, DecisionState::NotDetermined, DecisionState::Granted),
+            )]))
+        })
+    };
+    let refused = Box::new(|_: &dyn super::View| -> Result<WriteSet, TxnError> {
+        Err(DomainError::FailedPrecondition {
+            message: "refused by the job".into(),
+        }
+        .into())
+    });
+    let panics = Box::new(|_: &dyn super::View| -> Result<WriteSet, TxnError> {
+        panic!("a job that panics")
+    });
+    let (a, b, c, d) = tokio::join!(
+        store.submit(ok(Scope::Camera)),
+        store.submit(refused),
+        store.submit(panics),
+        store.submit(ok(Scope::Record)),
+    );
+    assert!(matches!(b, Err(TxnError::Rejected(_))), "{b:?}");
+    assert!(
+        matches!(c, Err(TxnError::Store(StoreError::Internal(_)))),
+        "{c:?}"
+    );
+    let (a, d) = (a.unwrap(), d.unwrap());
+    let mut revisions = vec![a.revision, d.revision];
+    revisions.sort_unstable();
+    assert_eq!(
+        revisions,
+        [before + 1, before + 2],
+        "no revision went to a failed job"
+    );
+    let events = all_events(&store, before);
+    assert_eq!(events.len(), 2, "{events:?}");
+    store.close().await.unwrap();
+}
+
+/// 2 and 3. A revision per change, one event per decision change (in
+///    order, with old, new and cause), the current revision for a job that
+///    changes nothing.
+pub(crate) async fn every_change_takes_the_next_revision_and_one_event(backend: &impl Backend) {
+    let store = backend.open("revisions");
+    let start = store.revision();
+    let u = subject("u");
+    let (n, g, d) = (
+        DecisionState::NotDetermined,
+        DecisionState::Granted,
+        DecisionState::Denied,
+    );
+    let planned = vec![
+        (u.clone(), change(Scope::UserLocation, n, g)),
+        (u.clone(), change(Scope::UserLocationBackground, n, g)),
+        (
+            u.clone(),
+            Change {
+                cause: Cause::Settings,
+                ..change(Scope::Camera, n, d)
+            },
+        ),
+    ];
+    let committed = submit(&store, changes(planned.clone())).await;
+    assert_eq!(committed.revision, start + 3);
+    assert_eq!(store.revision(), start + 3);
+    let events = all_events(&store, start);
+    assert_eq!(
+        events, committed.events,
+        "the log holds what was acknowledged"
+    );
+    for (i, (e, (s, c))) in events.iter().zip(&planned).enumerate() {
+        assert_eq!(e.revision, start + 1 + i as u64);
+        assert_eq!((&e.app, &e.user), (&s.app, &s.user));
+        assert_eq!(
+            (e.scope, e.old, e.new, e.cause),
+            (c.scope, c.old, c.new, c.cause)
+        );
+    }
+    // A privacy answer takes a revision but is no decision: no event.
+    let privacy = WriteSet {
+        privacy: Some((
+            u.clone(),
+            Some(PrivacyState {
+                agreed: true,
+                version: 1,
+                at_ms: 0,
+            }),
+        )),
+        ..WriteSet::default()
+    };
+    assert_eq!(submit(&store, privacy).await.revision, start + 4);
+    assert_eq!(all_events(&store, start).len(), 3);
+    // Nothing changed: the current revision, no event.
+    let nothing = submit(&store, WriteSet::default()).await;
+    assert_eq!(nothing.revision, start + 4);
+    assert!(nothing.events.is_empty());
+    store.close().await.unwrap();
+}
+
+/// 4. Acknowledged writes are there after a reopen, and revisions go on
+///    from where they were.
+pub(crate) async fn acknowledged_writes_survive_a_reopen(backend: &impl Backend) {
+    let store = backend.open("durable");
+    let u = subject("u");
+    let g = DecisionState::Granted;
+    let committed = submit(
+        &store,
+        changes(vec![(
+            u.clone(),
+            change(Scope::Camera, DecisionState::NotDetermined, g),
+        )]),
+    )
+    .await;
+    store.close().await.unwrap();
+    assert!(
+        matches!(
+            store.submit(Box::new(|_| Ok(WriteSet::default()))).await,
+            Err(TxnError::Store(StoreError::Closed))
+        ),
+        "a closed store refuses writes"
+    );
+    drop(store);
+
+    let store = backend.open("durable");
+    assert_eq!(store.revision(), committed.revision);
+    let state = store
+        .subject(&u.app, &u.user, &StateQuery::decisions())
+        .unwrap();
+    assert_eq!(state.records.get(&Scope::Camera).map(|d| d.state), Some(g));
+    assert_eq!(all_events(&store, 0), committed.events);
+    let next = submit(
+        &store,
+        changes(vec![(u, change(Scope::Camera, g, DecisionState::Denied))]),
+    )
+    .await;
+    assert_eq!(
+        next.revision,
+        committed.revision + 1,
+        "revisions never go back"
+    );
+    store.close().await.unwrap();
+}
+
+/// 5. Committed groups are published in order and contiguous.
+pub(crate) async fn published_groups_are_contiguous(backend: &impl Backend) {
+    let store = backend.open("groups");
+    let mut rx = store.subscribe();
+    let start = store.revision();
+    const WRITES: u64 = 64;
+    let writes = (0..WRITES).map(|i| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let u = subject(&format!("u{i}"));
+            let c = change(
+                Scope::Camera,
+                DecisionState::NotDetermined,
+                DecisionState::Granted,
+            );
+            submit(&store, changes(vec![(u, c)])).await
+        })
+    });
+    for w in writes.collect::<Vec<_>>() {
+        w.await.unwrap();
+    }
+    let mut last = start;
+    let mut seen = Vec::new();
+    while last < start + WRITES {
+        let group = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("every group is published")
+            .expect("the subscriber keeps up with 64 groups");
+        assert_eq!(group.prev_revision, last, "groups are contiguous");
+        assert!(group.revision >= group.prev_revision);
+        seen.extend(group.events.iter().map(|e| e.revision));
+        last = group.revision;
+    }
+    assert_eq!(seen, (start + 1..=start + WRITES).collect::<Vec<_>>());
+    store.close().await.unwrap();
+}
+
+/// 6. A job reads what earlier jobs wrote, also within one group commit:
+///    32 concurrent flips of one decision make a chain of states.
+pub(crate) async fn a_job_sees_what_earlier_jobs_of_its_group_wrote(backend: &impl Backend) {
+    let store = backend.open("serial");
+    let start = store.revision();
+    let flips = (0..32).map(|_| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .submit(Box::new(|view| {
+                    let u = subject("u");
+                    let state = view.subject(&u.app, &u.user, &StateQuery::decisions())?;
+                    let old = state
+                        .records
+                        .get(&Scope::Camera)
+                        .map_or(DecisionState::NotDetermined, |d| d.state);
+                    let new = match old {
+                        DecisionState::Granted => DecisionState::Denied,
+                        _ => DecisionState::Granted,
+                    };
+                    Ok(changes(vec![(u, change(Scope::Camera, old, new))]))
+                }))
+                .await
+                .unwrap()
+        })
+    });
+    for f in flips.collect::<Vec<_>>() {
+        f.await.unwrap();
+    }
+    let events = all_events(&store, start);
+    assert_eq!(events.len(), 32);
+    let mut state = DecisionState::NotDetermined;
+    for e in &events {
+        assert_eq!(e.old, state, "each job saw the one before: {e:?}");
+        state = e.new;
+    }
+    store.close().await.unwrap();
+}
+
+/// 7. Compaction trims events beyond the retention into the checkpoint and
+///    raises the horizon; verification still holds.
+pub(crate) async fn compaction_trims_into_the_checkpoint_and_raises_the_horizon(
+    backend: &impl Backend,
+) {
+    let store = backend.open("retention");
+    let start = store.revision();
+    let mut state = DecisionState::NotDetermined;
+    for i in 0..10 {
+        let new = if i % 2 == 0 {
+            DecisionState::Granted
+        } else {
+            DecisionState::Denied
+        };
+        submit(
+            &store,
+            changes(vec![(subject("u"), change(Scope::Camera, state, new))]),
+        )
+        .await;
+        state = new;
+    }
+    let retention = Retention {
+        max_events: Some(3),
+        max_age: None,
+    };
+    let done = store.compact(retention).await.unwrap();
+    assert_eq!(done.compacted_through, start + 7);
+    assert_eq!(store.compacted_through(), start + 7);
+    let kept = all_events(&store, 0);
+    assert_eq!(
+        kept.iter().map(|e| e.revision).collect::<Vec<_>>(),
+        [start + 8, start + 9, start + 10],
+        "nothing at or below the horizon is served"
+    );
+    let v = store.verify().await.unwrap();
+    assert!(v.mismatches.is_empty(), "{:?}", v.mismatches);
+    assert_eq!(v.retained_events, 3);
+    assert_eq!(v.decisions, 1);
+    store.close().await.unwrap();
+}
+
+/// Reads: one call returns what the query asks for, and only that.
+pub(crate) async fn subject_reads_what_the_query_asks_for(backend: &impl Backend) {
+    let store = backend.open("subject");
+    let u = subject("u");
+    let (n, g) = (DecisionState::NotDetermined, DecisionState::Granted);
+    let nag = NagState {
+        cancels: 1,
+        embargo_until_ms: 0,
+    };
+    let answer = PrivacyState {
+        agreed: false,
+        version: 2,
+        at_ms: 5,
+    };
+    submit(
+        &store,
+        WriteSet {
+            changes: vec![
+                (u.clone(), change(Scope::Camera, n, g)),
+                (u.clone(), change(Scope::Record, n, g)),
+            ],
+            privacy: Some((u.clone(), Some(answer))),
+            nag: Some((u.clone(), Scope::Bluetooth, Some(nag))),
+            ..WriteSet::default()
+        },
+    )
+    .await;
+    let everything = StateQuery {
+        scopes: None,
+        privacy: true,
+        nag: true,
+    };
+    let all = store.subject(&u.app, &u.user, &everything).unwrap();
+    assert_eq!(
+        all.records.keys().copied().collect::<Vec<_>>(),
+        [Scope::Record, Scope::Camera]
+            .into_iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(all.privacy, Some(answer));
+    assert_eq!(all.nag.get(&Scope::Bluetooth), Some(&nag));
+
+    let one = StateQuery {
+        scopes: Some(vec![Scope::Camera]),
+        privacy: false,
+        nag: false,
+    };
+    let camera = store.subject(&u.app, &u.user, &one).unwrap();
+    assert_eq!(
+        camera.records.keys().copied().collect::<Vec<_>>(),
+        [Scope::Camera]
+    );
+    assert_eq!(camera.privacy, None, "not asked for");
+    assert!(camera.nag.is_empty(), "not asked for");
+    let other = store
+        .subject(&u.app, &UserId::parse("v").unwrap(), &everything)
+        .unwrap();
+    assert_eq!(other, Default::default(), "another user has nothing");
+    store.close().await.unwrap();
+}
