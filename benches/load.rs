@@ -9,7 +9,9 @@
 //! Results: a table on stdout and `target/bench-load.json`.
 //!
 //! `cargo test` runs this suite as a smoke test (the target has `test =
-//! true`): the dev-profile daemon, a tenth of the durations, a 3,000-decision
+//! true`; the first line printed says which run this is: `cargo bench`
+//! passes `--bench`, `cargo test` does not, `BENCH_MODE=full|smoke`
+//! overrides): the dev-profile daemon, a tenth of the durations, a 3,000-decision
 //! scale store loaded in three slices, results in `bench-load-smoke.json`
 //! under cargo's test scratch dir, and it fails unless every scenario made
 //! calls without errors and every watch event reached every subscriber.
@@ -113,11 +115,22 @@ impl Run {
     }
 }
 
-/// Under `cargo test`: a smoke run that checks the harness, not a benchmark.
-const SMOKE: bool = cfg!(test);
+/// Whether this is a smoke run that checks the harness (`cargo test`), not a
+/// benchmark. `cfg!(test)` cannot tell: with `test = true` the target is
+/// built with it under `cargo bench` too. `cargo bench` passes `--bench`;
+/// `cargo test` does not. `BENCH_MODE=full|smoke` overrides either way.
+fn smoke() -> bool {
+    static SMOKE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SMOKE.get_or_init(|| match std::env::var("BENCH_MODE").as_deref() {
+        Ok("full") => false,
+        Ok("smoke") => true,
+        Ok(other) => panic!("BENCH_MODE must be full or smoke, not {other:?}"),
+        Err(_) => !std::env::args().any(|a| a == "--bench"),
+    })
+}
 
 fn secs(var: &str, default: f64) -> Duration {
-    let default = if SMOKE { default / 10.0 } else { default };
+    let default = if smoke() { default / 10.0 } else { default };
     Duration::from_secs_f64(
         std::env::var(var)
             .ok()
@@ -403,12 +416,12 @@ async fn fan_out(
 /// bulk path. sled 0.34 keeps the memory of a long run of large batches
 /// (about 6 GB of RSS per million decisions here, flushed or not, and not
 /// given back when the store is closed), so each slice of
-/// [`BULK_SLICE`] decisions is written by a child process of its own
+/// [`bulk_slice`] decisions is written by a child process of its own
 /// (this binary with `--bulk-load`), whose memory goes when it exits.
 fn bulk_preload(dir: &Path, n: usize) -> Duration {
     let started = Instant::now();
-    for start in (0..n.max(1)).step_by(BULK_SLICE) {
-        let end = (start + BULK_SLICE).min(n);
+    for start in (0..n.max(1)).step_by(bulk_slice()) {
+        let end = (start + bulk_slice()).min(n);
         let status = std::process::Command::new(std::env::current_exe().unwrap())
             .arg("--bulk-load")
             .arg(dir)
@@ -425,7 +438,13 @@ fn bulk_preload(dir: &Path, n: usize) -> Duration {
 }
 
 /// Decisions per bulk-load child process.
-const BULK_SLICE: usize = if SMOKE { 1_000 } else { 1_000_000 };
+fn bulk_slice() -> usize {
+    if smoke() {
+        1_000
+    } else {
+        1_000_000
+    }
+}
 
 /// The `--bulk-load DIR START END` child: registers the app on the first
 /// slice, then writes users START..END in 20,000-change write jobs.
@@ -538,7 +557,7 @@ fn main() {
         bulk_load_slice(&args[at + 1..]);
         return;
     }
-    if SMOKE {
+    if smoke() {
         // Test-harness arguments: a listing (cargo-nextest asks for one)
         // shows no tests, and a name filter that does not match this suite
         // skips its 30 seconds.
@@ -554,6 +573,14 @@ fn main() {
         {
             return;
         }
+    }
+    if smoke() {
+        println!(
+            "load bench: SMOKE run (checks the harness; a tenth of every duration, a 3,000-decision \
+             scale store; not a benchmark: run `cargo bench --bench load` for figures)"
+        );
+    } else {
+        println!("load bench: FULL run");
     }
     let only: Option<Vec<String>> = std::env::var("BENCH_ONLY")
         .ok()
@@ -576,7 +603,7 @@ fn main() {
         let mut rows = Vec::new();
         let mut results = Vec::new();
         let mut report = |name: &str, run: &Run, ceiling: Option<f64>| {
-            if SMOKE {
+            if smoke() {
                 assert!(run.calls > 0 && run.errors == 0, "{name}: {} calls, {} errors", run.calls, run.errors);
             }
             rows.push(run.row(name, ceiling));
@@ -646,7 +673,7 @@ fn main() {
             for (subs, rate) in [(1, 1000), (100, 1000), (1000, 100)] {
                 let bare = fan_out(&echo, subs, rate, "wxbench0").await;
                 let ours = fan_out(&daemon, subs, rate, "wxbench0").await;
-                if SMOKE {
+                if smoke() {
                     assert!(ours.1 > 0 && ours.0 == ours.1, "watch {subs} x {rate}: consentd delivered {} of {}", ours.0, ours.1);
                     assert_eq!(bare.0, bare.1, "watch {subs} x {rate}: the bare fan-out");
                 }
@@ -688,7 +715,7 @@ fn main() {
         let mut scale = Vec::new();
         if wants("scale") {
             let sizes: Vec<usize> = std::env::var("BENCH_SCALE")
-                .unwrap_or_else(|_| if SMOKE { "3000" } else { "10000,1000000" }.into())
+                .unwrap_or_else(|_| if smoke() { "3000" } else { "10000,1000000" }.into())
                 .split(',')
                 .filter_map(|s| s.trim().parse().ok())
                 .collect();
@@ -746,7 +773,7 @@ fn main() {
         let out = json!({ "runs": results, "watch": fanouts, "scale": scale });
         // The smoke run's file goes to cargo's scratch dir for tests, wherever
         // the target dir is.
-        let path = if SMOKE {
+        let path = if smoke() {
             Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-load-smoke.json")
         } else {
             Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-load.json")

@@ -3,13 +3,11 @@
 
 use std::sync::Arc;
 
-use super::{
-    operator_entry, page_size, written, Actor, AppPage, Broker, BrokerError, Read, Written,
-};
+use super::{operator_entry, page_size, written, AppPage, Broker, BrokerError, Read, Written};
 use crate::{
     domain::{
         machine, privacy, App, AppId, AppKind, AuditEntry, Cause, Declarations, DomainError,
-        Lifetime, OperatorAction, RawDeclarations, StateQuery, Subject,
+        Lifetime, OperatorAction, Principal, RawDeclarations, StateQuery, Subject,
     },
     store::{AppWrite, DecisionRow, TxnError, View, WriteSet},
 };
@@ -21,9 +19,9 @@ impl Broker {
         id: AppId,
         kind: AppKind,
         raw: RawDeclarations,
-        actor: &Actor,
+        who: &Principal,
     ) -> Result<Read<Arc<App>>, BrokerError> {
-        self.register_app_as(id, kind, raw, actor, OperatorAction::RegisterApp)
+        self.register_app_as(id, kind, raw, who, OperatorAction::RegisterApp)
             .await
     }
 
@@ -32,11 +30,11 @@ impl Broker {
         id: AppId,
         kind: AppKind,
         raw: RawDeclarations,
-        actor: &Actor,
+        who: &Principal,
         action: OperatorAction,
     ) -> Result<Read<Arc<App>>, BrokerError> {
         let declarations = Declarations::parse(kind, raw)?;
-        let audit = operator_entry(actor, &id, action);
+        let audit = operator_entry(who, &id, action);
         self.write_app(audit, move |view| {
             if view.app(&id)?.is_some() {
                 return Err(DomainError::AlreadyExists {
@@ -63,9 +61,9 @@ impl Broker {
         id: AppId,
         kind: AppKind,
         raw: RawDeclarations,
-        actor: &Actor,
+        who: &Principal,
     ) -> Result<Read<Arc<App>>, BrokerError> {
-        self.update_app_as(id, kind, raw, actor, OperatorAction::UpdateApp)
+        self.update_app_as(id, kind, raw, who, OperatorAction::UpdateApp)
             .await
     }
 
@@ -74,13 +72,13 @@ impl Broker {
         id: AppId,
         kind: AppKind,
         raw: RawDeclarations,
-        actor: &Actor,
+        who: &Principal,
         action: OperatorAction,
     ) -> Result<Read<Arc<App>>, BrokerError> {
         let declarations = Declarations::parse(kind, raw)?;
-        let audit = operator_entry(actor, &id, action);
+        let audit = operator_entry(who, &id, action);
         self.write_app(audit, move |view| {
-            let current = view.app(&id)?.ok_or_else(|| DomainError::app_not_found(&id))?;
+            let current = view.registered_app(&id)?;
             if current.kind != kind {
                 return Err(DomainError::FailedPrecondition {
                     message: format!(
@@ -162,7 +160,7 @@ impl Broker {
         id: AppId,
         kind: AppKind,
         raw: RawDeclarations,
-        actor: &Actor,
+        who: &Principal,
     ) -> Result<Read<Arc<App>>, BrokerError> {
         let declarations = Declarations::parse(kind, raw.clone())?;
         let revision = self.store.revision();
@@ -175,11 +173,11 @@ impl Broker {
             }
         }
         match self
-            .register_app_as(id.clone(), kind, raw.clone(), actor, OperatorAction::Import)
+            .register_app_as(id.clone(), kind, raw.clone(), who, OperatorAction::Import)
             .await
         {
             Err(BrokerError::Domain(DomainError::AlreadyExists { .. })) => {
-                self.update_app_as(id, kind, raw, actor, OperatorAction::Import)
+                self.update_app_as(id, kind, raw, who, OperatorAction::Import)
                     .await
             }
             other => other,
@@ -192,13 +190,13 @@ impl Broker {
     pub async fn import_decisions(
         &self,
         rows: Vec<DecisionRow>,
-        actor: &Actor,
+        who: &Principal,
     ) -> Result<Written<u64>, BrokerError> {
         let mut apps: Vec<&AppId> = rows.iter().map(|r| &r.app).collect();
         apps.dedup();
         let audit: Vec<AuditEntry> = apps
             .into_iter()
-            .map(|app| operator_entry(actor, app, OperatorAction::Import))
+            .map(|app| operator_entry(who, app, OperatorAction::Import))
             .collect();
         let (committed, changed) = self
             .store
@@ -225,9 +223,7 @@ impl Broker {
                     }
                 }
                 for (subject, group) in users {
-                    let app = view
-                        .app(&subject.app)?
-                        .ok_or_else(|| DomainError::app_not_found(&subject.app))?;
+                    let app = view.registered_app(&subject.app)?;
                     let before = view
                         .subject(&subject.app, &subject.user, &StateQuery::decisions())?
                         .stored_decisions();
@@ -257,13 +253,16 @@ impl Broker {
     }
 
     /// Deletes an app and every user's decisions for it.
-    pub async fn delete_app(&self, id: AppId, actor: &Actor) -> Result<Written<u64>, BrokerError> {
-        let audit = operator_entry(actor, &id, OperatorAction::DeleteApp);
+    pub async fn delete_app(
+        &self,
+        id: AppId,
+        who: &Principal,
+    ) -> Result<Written<u64>, BrokerError> {
+        let audit = operator_entry(who, &id, OperatorAction::DeleteApp);
         let (committed, revoked) = self
             .store
             .write(move |view: &dyn View| {
-                view.app(&id)?
-                    .ok_or_else(|| DomainError::app_not_found(&id))?;
+                view.registered_app(&id)?;
                 let mut changes = Vec::new();
                 for (user, decisions) in view.app_decisions(&id)? {
                     let subject = Subject {
@@ -275,10 +274,14 @@ impl Broker {
                     }
                 }
                 let revoked = changes.len() as u64;
+                // Users' privacy answers and anti-nag state go with the
+                // registration.
+                let forget = view.subjects_with_user_state(&id)?;
                 Ok((
                     WriteSet {
                         app: Some(AppWrite::Delete(id)),
                         changes,
+                        forget,
                         audit: vec![audit],
                         ..WriteSet::default()
                     },

@@ -9,7 +9,7 @@ use crate::{
         machine::{self, Answer, SettingsUpdate},
         privacy::{self, PrivacyState},
         App, AuditAction, AuditEntry, Cause, Change, Client, DomainError, Lifetime,
-        LifetimeRequest, NagState, Scope, SessionId, StateQuery, SubjectState, Target,
+        LifetimeRequest, NagState, Principal, Scope, SessionId, StateQuery, SubjectState, Target,
         UserDecisions,
     },
     store::{View, WriteSet},
@@ -37,8 +37,9 @@ impl Broker {
         client: Client,
         answer: Answer,
         lifetime: LifetimeRequest,
-        actor: &Actor,
+        who: &Principal,
     ) -> Result<Written<Recorded>, BrokerError> {
+        let actor = Actor::new(&who.name, Some(client.clone()));
         let rules = self.rules.clone();
         let policy = self.policy;
         let lifetime = lifetime.resolve(self.now_ms(), self.session_idle_ms)?;
@@ -88,8 +89,9 @@ impl Broker {
         s: &Subject,
         update: SettingsUpdate,
         lifetime: LifetimeRequest,
-        actor: &Actor,
+        who: &Principal,
     ) -> Result<Written<std::collections::BTreeMap<Scope, bool>>, BrokerError> {
+        let actor = Actor::new(&who.name, None);
         let lifetime = lifetime.resolve(self.now_ms(), self.session_idle_ms)?;
         let w = DecisionWrite {
             lifetime,
@@ -109,7 +111,12 @@ impl Broker {
     }
 
     /// The user deleted the mini program: forget every decision.
-    pub async fn remove_app(&self, s: &Subject, actor: &Actor) -> Result<Written<()>, BrokerError> {
+    pub async fn remove_app(
+        &self,
+        s: &Subject,
+        who: &Principal,
+    ) -> Result<Written<()>, BrokerError> {
+        let actor = Actor::new(&who.name, None);
         // The privacy answer and anti-nag state go too: deleting the mini
         // program forgets them.
         let w = DecisionWrite {
@@ -130,17 +137,16 @@ impl Broker {
         &self,
         s: &Subject,
         agree: bool,
-        actor: &Actor,
+        who: &Principal,
     ) -> Result<Read<(bool, u64)>, BrokerError> {
+        let actor = Actor::new(&who.name, None);
         let subject = s.clone();
         let audit = vec![actor.entry(s, None, AuditAction::PrivacyAnswered { agreed: agree })];
         let clock = self.clock.clone();
         let (committed, value) = self
             .store
             .write(move |view: &dyn View| {
-                let app = view
-                    .app(&subject.app)?
-                    .ok_or_else(|| DomainError::app_not_found(&subject.app))?;
+                let app = view.registered_app(&subject.app)?;
                 if app.declarations.privacy.is_none() {
                     return Err(DomainError::FailedPrecondition {
                         message: format!(
@@ -177,16 +183,15 @@ impl Broker {
         &self,
         s: &Subject,
         session: SessionId,
-        actor: &Actor,
+        who: &Principal,
     ) -> Result<Written<()>, BrokerError> {
         let subject = s.clone();
-        let actor = actor.clone();
+        let actor = Actor::new(&who.name, None);
         let clock = self.clock.clone();
         let (committed, ()) = self
             .store
             .write(move |view: &dyn View| {
-                view.app(&subject.app)?
-                    .ok_or_else(|| DomainError::app_not_found(&subject.app))?;
+                view.registered_app(&subject.app)?;
                 let state = view.subject(&subject.app, &subject.user, &StateQuery::decisions())?;
                 let ended = |l: &Lifetime| {
                     matches!(l, Lifetime::Session { session: s, .. } if *s == session)
@@ -269,9 +274,7 @@ impl Broker {
         let (committed, value) = self
             .store
             .write(move |view: &dyn View| {
-                let app = view
-                    .app(&subject.app)?
-                    .ok_or_else(|| DomainError::app_not_found(&subject.app))?;
+                let app = view.registered_app(&subject.app)?;
                 // Only an answer to a popup reads the privacy answer and the
                 // anti-nag state (settings changes and removals do not).
                 let answer = match w.audit {
@@ -307,7 +310,11 @@ impl Broker {
                 push_lapses(&Actor::system(), &subject, lapses, &mut changes, &mut audit);
                 audit.extend(w.audit.entries(&w.actor, &subject, &planned));
                 changes.extend(planned.into_iter().map(|c| (subject.clone(), c)));
-                let forget = w.forget_user_state.then(|| subject.clone());
+                let forget = if w.forget_user_state {
+                    vec![subject.clone()]
+                } else {
+                    Vec::new()
+                };
                 Ok((
                     WriteSet {
                         changes,

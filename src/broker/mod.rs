@@ -20,7 +20,7 @@ mod trail;
 use std::{collections::BTreeMap, sync::Arc};
 
 pub use error::BrokerError;
-pub use trail::Actor;
+use trail::Actor;
 use trail::PromptLog;
 
 pub use crate::domain::{ApiVerdict, Subject};
@@ -212,13 +212,17 @@ fn written<T>(committed: Committed, value: T) -> Written<T> {
 }
 
 /// An operator action's audit record (about an app, no user).
-fn operator_entry(actor: &Actor, app: &AppId, action: crate::domain::OperatorAction) -> AuditEntry {
+fn operator_entry(
+    who: &crate::domain::Principal,
+    app: &AppId,
+    action: crate::domain::OperatorAction,
+) -> AuditEntry {
     AuditEntry {
         app: app.clone(),
         user: None,
         scope: None,
         action: crate::domain::AuditAction::Operator(action),
-        principal: actor.principal.clone(),
+        principal: who.name.clone(),
         client: None,
     }
 }

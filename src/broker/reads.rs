@@ -12,10 +12,11 @@ use crate::{
     domain::{
         authorize::{self, Question},
         gates::Step,
-        machine, privacy, Api, AppKind, AuditAction, AuditQuery, Availability, Client, Outcome,
-        Role, Scope, ScopeInfo, Target, Verdict, CATALOG,
+        machine, privacy, Api, AppKind, AuditAction, AuditQuery, Availability, Client,
+        DecisionState, Lifetime, Outcome, Principal, Role, Scope, ScopeInfo, StateQuery, Target,
+        Verdict, CATALOG,
     },
-    store::{AuditPage, WriteSet},
+    store::{AuditPage, View, WriteSet},
 };
 
 impl Broker {
@@ -25,7 +26,7 @@ impl Broker {
         s: &Subject,
         scope: Scope,
         client: &Client,
-        who: (&str, Role),
+        who: &Principal,
     ) -> Result<Read<Verdict>, BrokerError> {
         let revision = self.store.revision();
         let app = self.app(&s.app)?;
@@ -64,7 +65,7 @@ impl Broker {
         s: &Subject,
         scopes: &[Scope],
         client: &Client,
-        who: (&str, Role),
+        who: &Principal,
     ) -> Result<Read<Vec<Verdict>>, BrokerError> {
         let revision = self.store.revision();
         let app = self.app(&s.app)?;
@@ -88,7 +89,7 @@ impl Broker {
         s: &Subject,
         api: Api,
         client: &Client,
-        who: (&str, Role),
+        who: &Principal,
     ) -> Result<Read<ApiVerdict>, BrokerError> {
         let revision = self.store.revision();
         let app = self.app(&s.app)?;
@@ -133,11 +134,11 @@ impl Broker {
         &self,
         s: &Subject,
         verdicts: &[Verdict],
-        (principal, role): (&str, Role),
+        who: &Principal,
         client: &Client,
         now: u64,
     ) {
-        if role == Role::Observer {
+        if who.role == Role::Observer {
             return;
         }
         let mut extend = Vec::new();
@@ -154,12 +155,7 @@ impl Broker {
             extend.push((s.clone(), v.scope, renewed));
         }
         if !extend.is_empty() {
-            let n = extend.len();
-            let set = WriteSet {
-                extend,
-                ..WriteSet::default()
-            };
-            self.submit_detached(set, "could not extend a one-time grant in use", n);
+            self.renew(extend);
         }
         if !self.audit_prompts {
             return;
@@ -176,10 +172,38 @@ impl Broker {
             // window: repeats and every other answer allocate nothing for it.
             let key = trail::prompt_key(s, v.scope, &action);
             let entry =
-                || Actor::new(principal, Some(client.clone())).entry(s, Some(v.scope), action);
+                || Actor::new(&who.name, Some(client.clone())).entry(s, Some(v.scope), action);
             if let Some(batch) = self.prompt_log.push(key, now, entry) {
                 self.write_prompts(batch);
             }
+        }
+    }
+
+    /// Renews one-time grants in use, without waiting: a job that checks
+    /// each against the stored grant (it may have changed since the read)
+    /// with [`Lifetime::extends`], and writes only the renewals that hold.
+    fn renew(&self, wanted: Vec<(Subject, Scope, Lifetime)>) {
+        let n = wanted.len();
+        let clock = self.clock.clone();
+        let job = Box::new(move |view: &dyn View| {
+            let now_ms = clock.now_ms();
+            let mut renew = Vec::new();
+            for (s, scope, lifetime) in wanted {
+                let state = view.subject(&s.app, &s.user, &StateQuery::decisions())?;
+                let current = state.records.get(&scope);
+                if current.is_some_and(|d| {
+                    d.state == DecisionState::Granted && lifetime.extends(&d.lifetime, now_ms)
+                }) {
+                    renew.push((s, scope, lifetime));
+                }
+            }
+            Ok(WriteSet {
+                renew,
+                ..WriteSet::default()
+            })
+        });
+        if let Err(e) = self.store.submit_detached(job) {
+            tracing::warn!(error = %e, grants = n, "could not extend a one-time grant in use");
         }
     }
 

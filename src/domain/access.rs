@@ -65,6 +65,48 @@ impl Rpc {
         Rpc::Import,
     ];
 
+    /// The gRPC service and method of each RPC, as the proto names them
+    /// (package `consent.v1`): the one table the access layer, metrics and
+    /// handlers read.
+    pub const fn service_method(self) -> (&'static str, &'static str) {
+        match self {
+            Rpc::Authorize => ("Authorization", "Authorize"),
+            Rpc::BatchAuthorize => ("Authorization", "BatchAuthorize"),
+            Rpc::CheckApi => ("Authorization", "CheckApi"),
+            Rpc::Explain => ("Authorization", "Explain"),
+            Rpc::RecordDecision => ("Authorization", "RecordDecision"),
+            Rpc::GetSetting => ("Authorization", "GetSetting"),
+            Rpc::OpenSetting => ("Authorization", "OpenSetting"),
+            Rpc::UpdateSetting => ("Authorization", "UpdateSetting"),
+            Rpc::RemoveApp => ("Authorization", "RemoveApp"),
+            Rpc::ListScopes => ("Authorization", "ListScopes"),
+            Rpc::GetRules => ("Authorization", "GetRules"),
+            Rpc::Watch => ("Authorization", "Watch"),
+            Rpc::EndSession => ("Authorization", "EndSession"),
+            Rpc::GetPrivacySetting => ("Authorization", "GetPrivacySetting"),
+            Rpc::RecordPrivacyDecision => ("Authorization", "RecordPrivacyDecision"),
+            Rpc::ListAudit => ("Authorization", "ListAudit"),
+            Rpc::RegisterApp => ("Apps", "RegisterApp"),
+            Rpc::UpdateApp => ("Apps", "UpdateApp"),
+            Rpc::GetApp => ("Apps", "GetApp"),
+            Rpc::ListApps => ("Apps", "ListApps"),
+            Rpc::DeleteApp => ("Apps", "DeleteApp"),
+            Rpc::Compact => ("Admin", "Compact"),
+            Rpc::Verify => ("Admin", "Verify"),
+            Rpc::Export => ("Admin", "Export"),
+            Rpc::Import => ("Admin", "Import"),
+        }
+    }
+
+    /// The RPC a request path (`/consent.v1.<Service>/<Method>`) names;
+    /// `None` for any other path (health, reflection, unknown methods).
+    pub fn from_path(path: &str) -> Option<Rpc> {
+        let (service, method) = path.strip_prefix("/consent.v1.")?.split_once('/')?;
+        Rpc::ALL
+            .into_iter()
+            .find(|rpc| rpc.service_method() == (service, method))
+    }
+
     /// Calls that change nothing.
     pub fn is_read_only(self) -> bool {
         matches!(
@@ -281,6 +323,26 @@ impl Principal {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_rpc_has_one_path_and_back() {
+        let mut paths = std::collections::BTreeSet::new();
+        for rpc in Rpc::ALL {
+            let (service, method) = rpc.service_method();
+            let path = format!("/consent.v1.{service}/{method}");
+            assert_eq!(Rpc::from_path(&path), Some(rpc), "{path}");
+            assert_eq!(method, rpc.to_string(), "the method is the RPC's name");
+            assert!(paths.insert(path), "one path per RPC");
+        }
+        for other in [
+            "/grpc.health.v1.Health/Check",
+            "/consent.v1.Authorization/Nope",
+            "/consent.v1.Authorization",
+            "/consent.v2.Authorization/Authorize",
+        ] {
+            assert_eq!(Rpc::from_path(other), None, "{other}");
+        }
+    }
+
     use super::*;
 
     fn app(s: &str) -> AppId {

@@ -10,7 +10,7 @@ use super::{
     convert,
 };
 use crate::{
-    broker::{Actor, Broker},
+    broker::Broker,
     domain::{AppId, Rpc, UserId},
     pb::{self, admin_server::Admin, export_record::Record},
     store::{DecisionRow, Retention},
@@ -216,8 +216,10 @@ impl Admin for AdminService {
             tokio::select! {
                 () = export(broker, include_events, tx.clone()) => {}
                 () = stop.cancelled() => {
+                    // Never wait for a client that stopped reading: shutdown
+                    // waits for this task.
                     let status = Status::unavailable("consentd is shutting down; export again");
-                    let _ = tx.send(Err(status)).await;
+                    let _ = tx.try_send(Err(status));
                 }
             }
         });
@@ -230,7 +232,6 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::ImportResponse>, Status> {
         let who = caller(&request)?;
         who.may_span_all_apps(Rpc::Import).map_err(refuse)?;
-        let actor = Actor::new(&who.name, None);
         let mut stream = request.into_inner();
         let (mut apps, mut decisions, mut changed) = (0u64, 0u64, 0u64);
         let mut batch: Vec<DecisionRow> = Vec::new();
@@ -239,11 +240,7 @@ impl Admin for AdminService {
             match item.record {
                 Some(Record::App(app)) => {
                     let (id, kind, raw) = convert::app_request(Some(app))?;
-                    revision = self
-                        .broker
-                        .upsert_app(id, kind, raw, &actor)
-                        .await?
-                        .revision;
+                    revision = self.broker.upsert_app(id, kind, raw, &who).await?.revision;
                     apps += 1;
                 }
                 Some(Record::Decision(d)) => {
@@ -268,7 +265,7 @@ impl Admin for AdminService {
                     if batch.len() >= IMPORT_BATCH && new_user {
                         let written = self
                             .broker
-                            .import_decisions(std::mem::take(&mut batch), &actor)
+                            .import_decisions(std::mem::take(&mut batch), &who)
                             .await?;
                         changed += written.value;
                         revision = written.revision;
@@ -286,7 +283,7 @@ impl Admin for AdminService {
             }
         }
         if !batch.is_empty() {
-            let written = self.broker.import_decisions(batch, &actor).await?;
+            let written = self.broker.import_decisions(batch, &who).await?;
             changed += written.value;
             revision = written.revision;
         }

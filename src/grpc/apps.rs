@@ -7,7 +7,7 @@ use super::{
     convert,
 };
 use crate::{
-    broker::{Actor, Broker},
+    broker::Broker,
     domain::{AppId, Rpc},
     pb::{self, apps_server::Apps},
 };
@@ -31,8 +31,7 @@ impl Apps for AppsService {
         let who = caller(&request)?;
         let (id, kind, raw) = convert::app_request(request.into_inner().app)?;
         who.may_touch(Rpc::RegisterApp, &id).map_err(refuse)?;
-        let actor = Actor::new(&who.name, None);
-        let read = self.broker.register_app(id, kind, raw, &actor).await?;
+        let read = self.broker.register_app(id, kind, raw, &who).await?;
         Ok(Response::new(pb::RegisterAppResponse {
             app: Some(convert::app(&read.value)),
             revision: read.revision,
@@ -46,8 +45,7 @@ impl Apps for AppsService {
         let who = caller(&request)?;
         let (id, kind, raw) = convert::app_request(request.into_inner().app)?;
         who.may_touch(Rpc::UpdateApp, &id).map_err(refuse)?;
-        let actor = Actor::new(&who.name, None);
-        let read = self.broker.update_app(id, kind, raw, &actor).await?;
+        let read = self.broker.update_app(id, kind, raw, &who).await?;
         Ok(Response::new(pb::UpdateAppResponse {
             app: Some(convert::app(&read.value)),
             revision: read.revision,
@@ -97,10 +95,7 @@ impl Apps for AppsService {
         let who = caller(&request)?;
         let id = AppId::parse(&request.into_inner().app_id)?;
         who.may_touch(Rpc::DeleteApp, &id).map_err(refuse)?;
-        let written = self
-            .broker
-            .delete_app(id, &Actor::new(&who.name, None))
-            .await?;
+        let written = self.broker.delete_app(id, &who).await?;
         Ok(Response::new(pb::DeleteAppResponse {
             revoked_decisions: written.value,
             revision: written.revision,

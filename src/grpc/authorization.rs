@@ -11,7 +11,7 @@ use super::{
 };
 use crate::{
     auth::Authenticator,
-    broker::{Actor, Broker},
+    broker::Broker,
     domain::{gates::msg, Api, Rpc, Scope, SessionId, SettingsUpdate},
     metrics::Metrics,
     pb::{self, authorization_server::Authorization},
@@ -77,9 +77,7 @@ impl Authorization for AuthorizationService {
             .map_err(refuse)?;
         let scope = convert::scope("scope", &r.scope)?;
         let client = convert::client(r.client)?;
-        let read = self
-            .broker
-            .authorize(&subject, scope, &client, (&who.name, who.role))?;
+        let read = self.broker.authorize(&subject, scope, &client, &who)?;
         self.metrics.observe_verdict(&read.value);
         Ok(Response::new(pb::AuthorizeResponse {
             decision: Some(convert::decision(read.value)),
@@ -128,9 +126,9 @@ impl Authorization for AuthorizationService {
             .map(|(i, s)| convert::scope(&format!("scopes[{i}]"), s))
             .collect::<Result<Vec<Scope>, _>>()?;
         let client = convert::client(r.client)?;
-        let read =
-            self.broker
-                .batch_authorize(&subject, &scopes, &client, (&who.name, who.role))?;
+        let read = self
+            .broker
+            .batch_authorize(&subject, &scopes, &client, &who)?;
         read.value
             .iter()
             .for_each(|v| self.metrics.observe_verdict(v));
@@ -150,9 +148,7 @@ impl Authorization for AuthorizationService {
         who.may_touch(Rpc::CheckApi, &subject.app).map_err(refuse)?;
         let api = Api::parse_field("api", &r.api)?;
         let client = convert::client(r.client)?;
-        let read = self
-            .broker
-            .check_api(&subject, api, &client, (&who.name, who.role))?;
+        let read = self.broker.check_api(&subject, api, &client, &who)?;
         read.value
             .verdicts
             .iter()
@@ -182,14 +178,7 @@ impl Authorization for AuthorizationService {
         let lifetime = convert::lifetime(r.lifetime)?;
         let written = self
             .broker
-            .record(
-                &subject,
-                scope,
-                client.clone(),
-                answer,
-                lifetime,
-                &Actor::new(&who.name, Some(client)),
-            )
+            .record(&subject, scope, client.clone(), answer, lifetime, &who)
             .await?;
         Ok(Response::new(pb::RecordDecisionResponse {
             err_msg: written.value.err_msg,
@@ -265,7 +254,7 @@ impl Authorization for AuthorizationService {
                 &subject,
                 SettingsUpdate { toggles, location },
                 lifetime,
-                &Actor::new(&who.name, None),
+                &who,
             )
             .await?;
         Ok(Response::new(pb::UpdateSettingResponse {
@@ -285,10 +274,7 @@ impl Authorization for AuthorizationService {
         let subject = convert::subject(&r.app_id, &r.user_id)?;
         who.may_touch(Rpc::RemoveApp, &subject.app)
             .map_err(refuse)?;
-        let written = self
-            .broker
-            .remove_app(&subject, &Actor::new(&who.name, None))
-            .await?;
+        let written = self.broker.remove_app(&subject, &who).await?;
         Ok(Response::new(pb::RemoveAppResponse {
             changes: convert::changes(&written.events),
             revision: written.revision,
@@ -305,10 +291,7 @@ impl Authorization for AuthorizationService {
         who.may_touch(Rpc::EndSession, &subject.app)
             .map_err(refuse)?;
         let session = SessionId::parse_field("session_id", &r.session_id)?;
-        let written = self
-            .broker
-            .end_session(&subject, session, &Actor::new(&who.name, None))
-            .await?;
+        let written = self.broker.end_session(&subject, session, &who).await?;
         Ok(Response::new(pb::EndSessionResponse {
             changes: convert::changes(&written.events),
             revision: written.revision,
@@ -345,7 +328,7 @@ impl Authorization for AuthorizationService {
             .map_err(refuse)?;
         let read = self
             .broker
-            .record_privacy_decision(&subject, r.agree, &Actor::new(&who.name, None))
+            .record_privacy_decision(&subject, r.agree, &who)
             .await?;
         let (need_authorization, version) = read.value;
         Ok(Response::new(pb::RecordPrivacyDecisionResponse {

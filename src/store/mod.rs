@@ -64,6 +64,12 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// earlier jobs of the same group commit staged.
 pub trait View {
     fn app(&self, id: &AppId) -> Result<Option<Arc<App>>, StoreError>;
+    /// The app, or the job's refusal: NOT_FOUND.
+    fn registered_app(&self, id: &AppId) -> Result<Arc<App>, TxnError> {
+        Ok(self
+            .app(id)?
+            .ok_or_else(|| DomainError::app_not_found(id))?)
+    }
     /// What `query` asks for about (`app`, `user`), as stored (lapsed
     /// grants included), in one read.
     fn subject(
@@ -76,6 +82,8 @@ pub trait View {
     fn due_timers(&self, now_ms: u64, limit: usize) -> Result<Vec<Timer>, StoreError>;
     /// Every user's decisions for `app` (for deleting an app).
     fn app_decisions(&self, app: &AppId) -> Result<Vec<(UserId, UserDecisions)>, StoreError>;
+    /// The users of `app` with a privacy answer or an anti-nag state.
+    fn subjects_with_user_state(&self, app: &AppId) -> Result<Vec<Subject>, StoreError>;
 }
 
 /// What a job writes. Decision changes become events, in order.
@@ -97,13 +105,12 @@ pub struct WriteSet {
     pub audit: Vec<AuditEntry>,
     /// An anti-nag state to store (`Some`) or forget (`None`).
     pub nag: Option<(Subject, Scope, Option<NagState>)>,
-    /// Forget everything kept per (app, user) besides decisions: the privacy
-    /// answer and anti-nag state (the user deleted the mini program).
-    pub forget: Option<Subject>,
-    /// One-time grants in use whose deadline moves later (ignored unless the
-    /// stored grant is still granted for the same session with an earlier
-    /// deadline): not a change of state, so no event and no revision.
-    pub extend: Vec<(Subject, Scope, Lifetime)>,
+    /// Subjects whose privacy answer and anti-nag states are removed.
+    pub forget: Vec<Subject>,
+    /// Stored grants whose lifetime becomes the one given (one-time grants
+    /// in use, renewed): not a change of state, so no event and no
+    /// revision. A decision that is gone by now is left alone.
+    pub renew: Vec<(Subject, Scope, Lifetime)>,
 }
 
 /// A timed or one-time grant's timer: when it comes due, the grant lapses

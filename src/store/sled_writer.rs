@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{
     codec,
     sled_durability::Durability,
-    sled_read::{self, read_due_timers, Overlay, Staged},
+    sled_read::{self, read_due_timers, Kv, Overlay, Staged},
     sled_shared::Shared,
     AppWrite, Committed, Job, Published, StoreError, Timer, TxnError, View, WriteSet,
 };
@@ -254,13 +254,6 @@ impl Writer {
             }
             Some(AppWrite::Delete(id)) => {
                 next(group)?;
-                // Users' privacy answers and anti-nag state go with the
-                // registration.
-                for prefix in [codec::app_privacy_prefix(&id), codec::app_nag_prefix(&id)] {
-                    for key in self.keys_under(group, &prefix)? {
-                        put(group, key, None);
-                    }
-                }
                 put(group, codec::app_key(&id), None);
                 group.apps.push((id, None));
                 committed.revision = group.revision;
@@ -268,7 +261,7 @@ impl Writer {
             None => {}
         }
 
-        if let Some(Subject { app, user }) = set.forget {
+        for Subject { app, user } in set.forget {
             put(group, codec::privacy_key(&app, &user), None);
             for key in self.keys_under(group, &codec::user_nag_prefix(&app, &user))? {
                 put(group, key, None);
@@ -330,18 +323,12 @@ impl Writer {
             committed.events.push(event);
             committed.revision = revision;
         }
-        for (subject, scope, lifetime) in set.extend {
+        for (subject, scope, lifetime) in set.renew {
             let key = codec::decision_key(&subject.app, &subject.user, scope);
             let Some(raw) = self.staged_or_stored_in(group, &key)? else {
                 continue;
             };
             let mut decision = codec::decode_decision(&raw)?;
-            // The decision may have changed since the read that asked for this.
-            if decision.state != DecisionState::Granted
-                || !lifetime.extends(&decision.lifetime, now)
-            {
-                continue;
-            }
             if let Some(at) = lifetime.expires_at_ms() {
                 // The old timer goes stale: it no longer matches the decision.
                 put(group, codec::timer_key(at, &key), Some(Vec::new()));
@@ -483,6 +470,39 @@ impl View for GroupView<'_> {
             .read()
             .map_err(|_| StoreError::Internal("app index poisoned".into()))?;
         Ok(apps.get(id).cloned())
+    }
+
+    fn subjects_with_user_state(&self, app: &AppId) -> Result<Vec<Subject>, StoreError> {
+        let staged = Staged {
+            tree: &self.writer.tree,
+            overlay: self.overlay,
+        };
+        let mut users = std::collections::BTreeSet::new();
+        for prefix in [codec::app_privacy_prefix(app), codec::app_nag_prefix(app)] {
+            staged.scan(&prefix, &mut |key, _| {
+                let tail = &key[prefix.len()..];
+                // privacy: `<user>`; anti-nag: `<user>\0<scope>`.
+                let user = tail.split(|b| *b == 0).next().unwrap_or(tail);
+                let user = std::str::from_utf8(user)
+                    .ok()
+                    .and_then(|u| UserId::parse(u).ok())
+                    .ok_or_else(|| {
+                        StoreError::Corrupt(format!(
+                            "bad user in key {:?}",
+                            String::from_utf8_lossy(key)
+                        ))
+                    })?;
+                users.insert(user);
+                Ok(())
+            })?;
+        }
+        Ok(users
+            .into_iter()
+            .map(|user| Subject {
+                app: app.clone(),
+                user,
+            })
+            .collect())
     }
 
     fn app_decisions(&self, app: &AppId) -> Result<Vec<(UserId, UserDecisions)>, StoreError> {

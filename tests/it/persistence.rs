@@ -202,3 +202,54 @@ async fn shutdown_releases_the_data_dir_even_past_the_drain_timeout() {
     }
     h.stop().await;
 }
+
+/// An export whose client stopped reading does not hold up a shutdown: the
+/// export task is the daemon's, and it ends (with UNAVAILABLE for the
+/// client) when the daemon stops.
+#[tokio::test]
+async fn a_stalled_export_ends_with_the_daemon() {
+    let mut h = TestDaemon::with(|c| c.drain_timeout = std::time::Duration::from_millis(300)).await;
+    let c = h.client();
+    c.register(location_app("wxloc")).await;
+    // More rows than the export's buffer holds, so its task blocks on the
+    // client that never reads.
+    let rows: Vec<pb::ExportRecord> = (0..2_000)
+        .map(|i| pb::ExportRecord {
+            record: Some(pb::export_record::Record::Decision(pb::StoredDecision {
+                app_id: "wxloc".into(),
+                user_id: format!("u{i}"),
+                scope: "scope.camera".into(),
+                state: pb::DecisionState::Granted.into(),
+                ..Default::default()
+            })),
+        })
+        .collect();
+    c.admin().import(tokio_stream::iter(rows)).await.unwrap();
+    let mut stream = c
+        .admin()
+        .export(pb::ExportRequest {
+            include_events: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(stream.message().await.unwrap().is_some(), "the header");
+    let daemon = h.take();
+    tokio::time::timeout(std::time::Duration::from_secs(10), daemon.shutdown())
+        .await
+        .expect("shutdown does not wait for the stalled export")
+        .unwrap();
+    // What the client reads next ends in an error, never a silent end.
+    let mut ended = None;
+    for _ in 0..5_000 {
+        match stream.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => break,
+            Err(status) => {
+                ended = Some(status);
+                break;
+            }
+        }
+    }
+    assert!(ended.is_some(), "the stalled export ended without an error");
+}
