@@ -9,7 +9,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use crate::{
     domain::NagPolicy,
     grpc::CallLimits,
-    transport::{ListenAddr, TlsFiles},
+    transport::{ConnectionLimits, ListenAddr, TlsFiles},
 };
 
 use serde::Deserialize;
@@ -57,6 +57,8 @@ pub struct Config {
     /// Largest request message, bytes.
     pub max_message_bytes: usize,
     pub limits: CallLimits,
+    /// Connection caps and deadlines (`[limits]`).
+    pub connections: ConnectionLimits,
     /// Prometheus endpoint (`GET /metrics`); off when `None`.
     pub metrics_listen: Option<SocketAddr>,
     pub data_dir: PathBuf,
@@ -149,7 +151,13 @@ impl Default for Config {
             limits: CallLimits {
                 request_timeout: DEFAULT_REQUEST_TIMEOUT,
                 max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+                max_in_flight_per_principal:
+                    crate::grpc::access::DEFAULT_MAX_IN_FLIGHT_PER_PRINCIPAL,
+                max_watch_streams_per_principal:
+                    crate::grpc::access::DEFAULT_MAX_WATCH_STREAMS_PER_PRINCIPAL,
+                message_timeout: crate::grpc::access::DEFAULT_MESSAGE_TIMEOUT,
             },
+            connections: ConnectionLimits::default(),
             metrics_listen: None,
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             log_format: LogFormat::Text,
@@ -325,6 +333,13 @@ pub struct FileLimits {
     pub request_timeout_secs: Option<u64>,
     pub max_in_flight: Option<usize>,
     pub max_watch_streams: Option<u64>,
+    pub max_in_flight_per_principal: Option<usize>,
+    pub max_watch_streams_per_principal: Option<usize>,
+    pub message_timeout_secs: Option<u64>,
+    pub max_connections: Option<usize>,
+    pub max_connections_per_source: Option<usize>,
+    pub first_request_timeout_secs: Option<u64>,
+    pub idle_connection_timeout_secs: Option<u64>,
 }
 
 /// `[watch]`.
@@ -465,6 +480,33 @@ impl Config {
                     max_in_flight: l
                         .and_then(|l| l.max_in_flight)
                         .unwrap_or(d.limits.max_in_flight),
+                    max_in_flight_per_principal: l
+                        .and_then(|l| l.max_in_flight_per_principal)
+                        .unwrap_or(d.limits.max_in_flight_per_principal),
+                    max_watch_streams_per_principal: l
+                        .and_then(|l| l.max_watch_streams_per_principal)
+                        .unwrap_or(d.limits.max_watch_streams_per_principal),
+                    message_timeout: l
+                        .and_then(|l| l.message_timeout_secs)
+                        .map_or(d.limits.message_timeout, Duration::from_secs),
+                }
+            },
+            connections: {
+                let l = file.limits.as_ref();
+                let dc = d.connections.clone();
+                ConnectionLimits {
+                    max_connections: l
+                        .and_then(|l| l.max_connections)
+                        .unwrap_or(dc.max_connections),
+                    max_per_source: l
+                        .and_then(|l| l.max_connections_per_source)
+                        .unwrap_or(dc.max_per_source),
+                    first_request_timeout: l
+                        .and_then(|l| l.first_request_timeout_secs)
+                        .map_or(dc.first_request_timeout, Duration::from_secs),
+                    idle_timeout: l
+                        .and_then(|l| l.idle_connection_timeout_secs)
+                        .map_or(dc.idle_timeout, Duration::from_secs),
                 }
             },
             metrics_listen: args.metrics_listen.or(file.metrics_listen),
@@ -573,6 +615,34 @@ impl Config {
             ("limits.max_in_flight", config.limits.max_in_flight == 0),
             ("limits.max_watch_streams", config.watch.max_streams == 0),
             (
+                "limits.max_in_flight_per_principal",
+                config.limits.max_in_flight_per_principal == 0,
+            ),
+            (
+                "limits.max_watch_streams_per_principal",
+                config.limits.max_watch_streams_per_principal == 0,
+            ),
+            (
+                "limits.message_timeout_secs",
+                config.limits.message_timeout.is_zero(),
+            ),
+            (
+                "limits.max_connections",
+                config.connections.max_connections == 0,
+            ),
+            (
+                "limits.max_connections_per_source",
+                config.connections.max_per_source == 0,
+            ),
+            (
+                "limits.first_request_timeout_secs",
+                config.connections.first_request_timeout.is_zero(),
+            ),
+            (
+                "limits.idle_connection_timeout_secs",
+                config.connections.idle_timeout.is_zero(),
+            ),
+            (
                 "grants.session_idle_timeout_secs",
                 config.grants.session_idle_timeout.is_zero(),
             ),
@@ -614,6 +684,24 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "tls client_ca needs a credentials file: client certificates map to principals through cert_subject".into(),
             ));
+        }
+        if self.credentials.is_none() && !self.insecure {
+            let shared = self.listen.iter().any(|a| matches!(a, ListenAddr::Unix(_)))
+                && self.unix_socket_mode & 0o077 != 0;
+            if shared {
+                return Err(ConfigError::Invalid(format!(
+                    "refusing unix_socket_mode {:o} without credentials: group and other users \
+                     would all be operators; set credentials, use 0o600, or pass --insecure to \
+                     accept the risk",
+                    self.unix_socket_mode
+                )));
+            }
+            if let Some(addr) = self.metrics_listen.filter(|a| !a.ip().is_loopback()) {
+                return Err(ConfigError::Invalid(format!(
+                    "refusing to serve metrics on {addr} without credentials: listen on loopback, \
+                     set credentials, or pass --insecure to accept the risk"
+                )));
+            }
         }
         let exposed = self.listen.iter().find_map(|a| match a {
             ListenAddr::Tcp(addr) if !addr.ip().is_loopback() => Some(*addr),
@@ -792,6 +880,18 @@ mod tests {
                 "needs a credentials file",
             ),
             ("unix_socket_mode = 0o1777", "not a file mode"),
+            (
+                "listen = 'unix:/run/c.sock'\nunix_socket_mode = 0o666",
+                "refusing unix_socket_mode 666 without credentials",
+            ),
+            (
+                "listen = 'unix:/run/c.sock'\nunix_socket_mode = 0o660",
+                "group and other users would all be operators",
+            ),
+            (
+                "metrics_listen = '0.0.0.0:9464'",
+                "refusing to serve metrics on 0.0.0.0:9464 without credentials",
+            ),
             ("[limits]\nmax_message_bytes = 0", "must be positive"),
         ] {
             let err = Config::resolve(Args::default(), file(text))
@@ -804,6 +904,23 @@ mod tests {
             ..Args::default()
         };
         assert!(Config::resolve(insecure, file("listen = '0.0.0.0:1'")).is_ok());
+        // With credentials (or --insecure), shared sockets and exposed
+        // metrics are the operator's choice.
+        for text in [
+            "credentials = '/c.toml'\nlisten = 'unix:/s'\nunix_socket_mode = 0o660\nmetrics_listen = '0.0.0.0:9464'",
+            "listen = 'unix:/s'\nunix_socket_mode = 0o600\nmetrics_listen = '127.0.0.1:9464'",
+        ] {
+            assert!(Config::resolve(Args::default(), file(text)).is_ok(), "{text}");
+        }
+        let insecure = Args {
+            insecure: true,
+            ..Args::default()
+        };
+        assert!(Config::resolve(
+            insecure,
+            file("listen = 'unix:/s'\nunix_socket_mode = 0o666")
+        )
+        .is_ok());
         // Loopback and unix sockets need nothing.
         assert!(Config::resolve(Args::default(), file("listen = ['[::1]:1', 'unix:/s']")).is_ok());
     }
@@ -835,6 +952,18 @@ mod tests {
         assert_eq!(c.limits.request_timeout, Duration::from_secs(10));
         assert_eq!(c.max_message_bytes, 262_144);
         assert_eq!(c.watch.max_streams, 5000);
+        assert_eq!(c.limits.max_in_flight_per_principal, 512);
+        assert_eq!(c.limits.max_watch_streams_per_principal, 1000);
+        assert_eq!(c.limits.message_timeout, Duration::from_secs(5));
+        assert_eq!(
+            c.connections,
+            ConnectionLimits {
+                max_connections: 4096,
+                max_per_source: 256,
+                first_request_timeout: Duration::from_secs(10),
+                idle_timeout: Duration::from_secs(300),
+            }
+        );
         assert!(!c.insecure);
     }
 

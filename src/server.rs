@@ -145,7 +145,11 @@ impl Daemon {
         let max_message = config.max_message_bytes;
         let router = Server::builder()
             .layer(RpcLayer::new(metrics.clone()))
-            .layer(AccessLayer::new(auth.clone(), &config.limits))
+            .layer(AccessLayer::new(
+                auth.clone(),
+                &config.limits,
+                config.watch.max_streams,
+            ))
             .max_concurrent_streams(config.max_concurrent_streams)
             .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -178,7 +182,13 @@ impl Daemon {
             );
 
         let listener_tasks = TaskTracker::new();
-        let incoming = transport::accept_all(listeners, tls.clone(), stop.clone(), &listener_tasks);
+        let incoming = transport::accept_all(
+            listeners,
+            tls.clone(),
+            &config.connections,
+            stop.clone(),
+            &listener_tasks,
+        );
         listener_tasks.close();
         let metrics_endpoint = match config.metrics_listen {
             Some(addr) => Some(

@@ -5,11 +5,12 @@
 //! name = "shop-runtime"
 //! role = "runtime"                 # operator | runtime | settings | observer
 //! apps = ["wx1234567890abcdef"]    # ["*"] for every app (not for runtime)
-//! token_sha256 = "9f86d081..."     # hex SHA-256 of the token; or a list
-//! cert_subject = "shop-runtime"    # client certificate CN (mTLS); optional
+//! token_sha256 = "<64 hex digits>" # hex SHA-256 of the token; or a list
+//! cert_subject = "shop-runtime"    # client certificate URI/DNS SAN or CN (mTLS); optional
 //! ```
 //!
-//! Tokens are never stored: only their SHA-256 digest. A presented token is
+//! Digests of well-known or very short tokens are refused (see
+//! `weak_digests`). Tokens are never stored: only their SHA-256 digest. A presented token is
 //! hashed and compared with every digest in constant time.
 
 use std::{
@@ -82,6 +83,11 @@ pub fn hash_token(token: &str) -> String {
         .collect()
 }
 
+/// The SHA-256 of a token.
+pub(super) fn digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
 fn digest_from_hex(hex: &str) -> Option<[u8; 32]> {
     if hex.len() != 64 || !hex.is_ascii() {
         return None;
@@ -120,6 +126,7 @@ impl Credentials {
         let mut tokens: Vec<([u8; 32], Arc<Principal>)> = Vec::new();
         let mut subjects = HashMap::new();
         let mut names = BTreeSet::new();
+        let weak = weak_digests();
         for (i, p) in file.principal.iter().enumerate() {
             let at = format!("principal[{i}] ({:?})", p.name);
             let invalid = |m: String| ParseError::Invalid(format!("{at}: {m}"));
@@ -152,6 +159,14 @@ impl Credentials {
                         hex.chars().count()
                     ))
                 })?;
+                if weak.contains(&digest) {
+                    return Err(invalid(
+                        "a token_sha256 value is the digest of a well-known or very short token \
+                         (a placeholder, a dictionary word, 2 characters or fewer): make a real \
+                         one with `consentctl token new`"
+                            .into(),
+                    ));
+                }
                 if tokens.iter().any(|(d, _)| *d == digest) {
                     return Err(invalid("a token digest is used twice".into()));
                 }
@@ -188,28 +203,108 @@ impl Credentials {
     /// Hashes the token and compares it with every digest in constant time
     /// (no early exit), so timing tells nothing about which digest matched.
     pub fn by_token(&self, token: &str) -> Option<Arc<Principal>> {
-        let presented: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        self.by_digest(&digest(token))
+    }
+
+    /// Like [`Credentials::by_token`], for a token already hashed.
+    pub fn by_digest(&self, presented: &[u8; 32]) -> Option<Arc<Principal>> {
         let mut found = None;
         for (digest, principal) in &self.tokens {
-            if bool::from(digest.ct_eq(&presented)) {
+            if bool::from(digest.ct_eq(presented)) {
                 found = Some(principal);
             }
         }
         found.cloned()
     }
 
-    /// Whether the file defines exactly this principal (name, role, apps).
-    pub fn contains(&self, principal: &Principal) -> bool {
-        self.tokens
-            .iter()
-            .map(|(_, p)| p)
-            .chain(self.subjects.values())
-            .any(|p| **p == *principal)
-    }
-
     pub fn by_cert_subject(&self, subject: &str) -> Option<Arc<Principal>> {
         self.subjects.get(subject).cloned()
     }
+}
+
+/// Tokens anyone would guess first: placeholders and words seen in examples
+/// and tutorials, alone and with a digit appended.
+const WEAK_WORDS: &[&str] = &[
+    "test",
+    "testing",
+    "tester",
+    "bar",
+    "foo",
+    "foobar",
+    "baz",
+    "qux",
+    "password",
+    "passwd",
+    "pass",
+    "secret",
+    "token",
+    "changeme",
+    "change-me",
+    "example",
+    "admin",
+    "root",
+    "operator",
+    "runtime",
+    "settings",
+    "observer",
+    "ops",
+    "letmein",
+    "qwerty",
+    "dummy",
+    "default",
+    "demo",
+    "guest",
+    "user",
+    "consentd",
+    "consent",
+    "hello",
+    "abc",
+    "abcd",
+    "abcdef",
+    "xyz",
+    "1234",
+    "12345",
+    "123456",
+    "1234567",
+    "12345678",
+    "123456789",
+    "1234567890",
+    "0000",
+    "00000000",
+    "todo",
+    "fixme",
+    "placeholder",
+    "sample",
+    "local",
+    "localhost",
+    "dev",
+    "debug",
+];
+
+/// Digests of the tokens [`WEAK_WORDS`] describes, and of every token of
+/// two printable ASCII characters or fewer: a file holding one of these was
+/// copied from an example or typed by hand, and would let anyone in.
+fn weak_digests() -> std::collections::HashSet<[u8; 32]> {
+    let mut candidates: Vec<String> = Vec::new();
+    for word in WEAK_WORDS {
+        candidates.push((*word).to_owned());
+        candidates.push(word.to_uppercase());
+        for digit in '0'..='9' {
+            candidates.push(format!("{word}{digit}"));
+        }
+    }
+    let printable = (b' '..=b'~').map(char::from);
+    candidates.push(String::new());
+    for a in printable.clone() {
+        candidates.push(a.to_string());
+        for b in printable.clone() {
+            candidates.push(format!("{a}{b}"));
+        }
+    }
+    candidates
+        .iter()
+        .map(|t| Sha256::digest(t.as_bytes()).into())
+        .collect()
 }
 
 enum ParseError {
@@ -289,14 +384,42 @@ mod tests {
     }
 
     #[test]
-    fn the_example_file_loads() {
+    fn the_example_file_loads_only_once_its_placeholders_are_replaced() {
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/contrib/credentials.example.toml"
         );
-        let c = Credentials::load(Path::new(path)).unwrap();
+        let err = Credentials::load(Path::new(path)).unwrap_err().to_string();
+        assert!(err.contains("not 64 hex digits"), "{err}");
+        assert!(err.contains("shop-runtime"), "{err}");
+        let text = std::fs::read_to_string(path).unwrap();
+        assert!(!text.contains("install as is"), "{text}");
+        let mut filled = text.clone();
+        for (i, placeholder) in [
+            "REPLACE-with-the-digest-of-the-current-token",
+            "REPLACE-with-the-digest-of-the-next-token",
+            "REPLACE-with-the-digest-from-consentctl-token-new",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            assert!(filled.contains(placeholder), "{placeholder}");
+            filled = filled.replace(
+                placeholder,
+                &hash_token(&format!("fresh-token-{i}-0123456789abcdef")),
+            );
+        }
+        assert!(!filled.contains("REPLACE"), "every placeholder is known");
+        let c = parse(&filled).unwrap();
         assert_eq!(c.len(), 4);
-        assert_eq!(c.by_token("test").unwrap().name, "shop-runtime");
+        assert_eq!(
+            c.by_token("fresh-token-0-0123456789abcdef").unwrap().name,
+            "shop-runtime"
+        );
+        assert_eq!(
+            c.by_token("fresh-token-2-0123456789abcdef").unwrap().name,
+            "settings-page"
+        );
         assert_eq!(
             c.by_cert_subject("consentd-ops").unwrap().role,
             Role::Operator
@@ -305,6 +428,45 @@ mod tests {
             c.by_cert_subject("consentd-dashboards").unwrap().apps,
             AppBinding::All
         );
+    }
+
+    #[test]
+    fn digests_of_well_known_or_short_tokens_are_refused() {
+        let started = std::time::Instant::now();
+        // The digests the old example file shipped, and other guesses.
+        for token in [
+            "test",
+            "test2",
+            "bar",
+            "",
+            "x",
+            "Q!",
+            "password1",
+            "CHANGEME",
+            "secret",
+        ] {
+            let text = format!(
+                "[[principal]]\nname='a'\nrole='operator'\ntoken_sha256=['{}', '{}']",
+                hash_token("a-real-token-0123456789abcdef"),
+                hash_token(token)
+            );
+            let err = parse(&text).unwrap_err();
+            assert!(
+                err.contains("well-known or very short token"),
+                "{token:?}: {err}"
+            );
+            assert!(err.contains("consentctl token new"), "{err}");
+        }
+        // Three characters and up, not in the list: accepted.
+        for token in ["q7z", "a-real-token-0123456789abcdef"] {
+            let text = format!(
+                "[[principal]]\nname='a'\nrole='operator'\ntoken_sha256='{}'",
+                hash_token(token)
+            );
+            assert!(parse(&text).is_ok(), "{token}");
+        }
+        // The check is cheap enough to run on every load and reload.
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
     }
 
     #[test]
@@ -333,7 +495,7 @@ mod tests {
 
     #[test]
     fn bad_files_name_the_problem() {
-        let h = hash_token("x");
+        let h = hash_token("x-0123456789abcdef");
         for (text, needle) in [
             (format!("[[principal]]\nname='a'\nrole='root'\ntoken_sha256='{h}'"), "unknown role"),
             (format!("[[principal]]\nname='a'\nrole='runtime'\ntoken_sha256='{h}'"), "must be bound"),

@@ -11,13 +11,16 @@ use std::{
     time::Duration,
 };
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use tokio::sync::Semaphore;
 use tonic::Status;
 
 use crate::{
-    auth::{Authenticator, Presented},
+    auth::{Authenticator, Presentation},
     domain::{Denied, Principal, Rpc},
-    transport::PeerInfo,
+    transport::{LogLimiter, PeerInfo, RequestGuard},
 };
 
 /// The RPC a request path names; `None` for health, reflection and unknown
@@ -68,10 +71,9 @@ pub fn caller<T>(request: &tonic::Request<T>) -> Result<Arc<Principal>, Status> 
         .ok_or_else(|| Status::internal("the access layer did not run for this call"))
 }
 
-/// Logs a refusal with the principal (never a credential) and makes the
-/// status.
+/// Makes the status of a refusal; the access layer logs it (rate limited)
+/// with the principal and the peer, never a credential.
 pub fn refuse(denied: Denied) -> Status {
-    tracing::warn!(error = %denied, "permission denied");
     Status::permission_denied(denied.to_string())
 }
 
@@ -82,23 +84,127 @@ pub struct CallLimits {
     pub request_timeout: Duration,
     /// Calls in flight over every connection; more get RESOURCE_EXHAUSTED.
     pub max_in_flight: usize,
+    /// Calls in flight of one non-operator principal.
+    pub max_in_flight_per_principal: usize,
+    /// Watch streams of one non-operator principal.
+    pub max_watch_streams_per_principal: usize,
+    /// A request message must arrive within this (for Import: each
+    /// message within this of the one before).
+    pub message_timeout: Duration,
+}
+
+/// Defaults of the per-principal quotas and the message deadline.
+pub const DEFAULT_MAX_IN_FLIGHT_PER_PRINCIPAL: usize = 2048;
+pub const DEFAULT_MAX_WATCH_STREAMS_PER_PRINCIPAL: usize = 2500;
+pub const DEFAULT_MESSAGE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The share of a cap only operators may use: an eighth, at least one.
+pub fn operator_reserve(cap: usize) -> usize {
+    (cap / 8).max(1)
+}
+
+/// Slots of one kind (calls in flight, Watch streams) held by non-operator
+/// principals: together at most the cap less the operators' reserve, each
+/// at most its quota. Operators take only the global caps.
+struct Pool {
+    what: &'static str,
+    shared: usize,
+    per_principal: usize,
+    held: Mutex<(usize, HashMap<String, usize>)>,
+}
+
+impl Pool {
+    fn new(what: &'static str, cap: usize, per_principal: usize) -> Arc<Self> {
+        let shared = cap.saturating_sub(operator_reserve(cap)).max(1);
+        Arc::new(Self {
+            what,
+            shared,
+            per_principal: per_principal.min(shared).max(1),
+            held: Mutex::default(),
+        })
+    }
+
+    fn take(self: &Arc<Self>, principal: &Principal) -> Result<Option<Quota>, Status> {
+        if principal.role == crate::domain::Role::Operator {
+            return Ok(None);
+        }
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let mine = held.1.get(&principal.name).copied().unwrap_or(0);
+        if mine >= self.per_principal {
+            return Err(Status::resource_exhausted(format!(
+                "principal {:?} has {mine} {} open, its quota; retry with backoff",
+                principal.name, self.what
+            )));
+        }
+        if held.0 >= self.shared {
+            return Err(Status::resource_exhausted(format!(
+                "server busy: {} {} are open, all but the operators' reserve; retry with backoff",
+                held.0, self.what
+            )));
+        }
+        held.0 += 1;
+        *held.1.entry(principal.name.clone()).or_default() += 1;
+        Ok(Some(Quota {
+            pool: self.clone(),
+            name: principal.name.clone(),
+        }))
+    }
+}
+
+/// One slot of a [`Pool`], given back on drop.
+struct Quota {
+    pool: Arc<Pool>,
+    name: String,
+}
+
+impl Drop for Quota {
+    fn drop(&mut self) {
+        let mut held = self.pool.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.0 -= 1;
+        if let Some(n) = held.1.get_mut(&self.name) {
+            *n -= 1;
+            if *n == 0 {
+                held.1.remove(&self.name);
+            }
+        }
+    }
 }
 
 #[derive(Clone)]
 pub struct AccessLayer {
     auth: Arc<Authenticator>,
     timeout: Duration,
+    message_timeout: Duration,
     in_flight: Arc<Semaphore>,
     max_in_flight: usize,
+    calls: Arc<Pool>,
+    streams: Arc<Pool>,
+    /// Rate limit of the refusal log lines.
+    log: Arc<LogLimiter>,
 }
 
 impl AccessLayer {
-    pub fn new(auth: Arc<Authenticator>, limits: &CallLimits) -> Self {
+    /// `max_watch_streams` is the watcher's global cap, of which the
+    /// operators' reserve is kept from other principals.
+    pub fn new(auth: Arc<Authenticator>, limits: &CallLimits, max_watch_streams: u64) -> Self {
+        let max_streams = usize::try_from(max_watch_streams).unwrap_or(usize::MAX);
         Self {
             auth,
             timeout: limits.request_timeout,
+            message_timeout: limits.message_timeout,
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
             max_in_flight: limits.max_in_flight,
+            calls: Pool::new(
+                "calls in flight",
+                limits.max_in_flight,
+                limits.max_in_flight_per_principal,
+            ),
+            streams: Pool::new(
+                "watch streams",
+                max_streams,
+                limits.max_watch_streams_per_principal,
+            ),
+            log: Arc::new(LogLimiter::default()),
         }
     }
 }
@@ -120,98 +226,288 @@ pub struct AccessService<S> {
     layer: AccessLayer,
 }
 
-fn presented<B>(request: &http::Request<B>) -> Result<Presented<'_>, crate::auth::AuthError> {
-    if let Some(value) = request.headers().get(http::header::AUTHORIZATION) {
-        let value = value
-            .to_str()
-            .map_err(|_| crate::auth::AuthError::Malformed)?;
-        let (scheme, token) = value
-            .split_once(' ')
-            .ok_or(crate::auth::AuthError::Malformed)?;
-        if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
-            return Err(crate::auth::AuthError::Malformed);
+fn presented<B>(request: &http::Request<B>) -> Result<Presentation, crate::auth::AuthError> {
+    let token = match request.headers().get(http::header::AUTHORIZATION) {
+        None => None,
+        Some(value) => {
+            let value = value
+                .to_str()
+                .map_err(|_| crate::auth::AuthError::Malformed)?;
+            let (scheme, token) = value
+                .split_once(' ')
+                .ok_or(crate::auth::AuthError::Malformed)?;
+            if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+                return Err(crate::auth::AuthError::Malformed);
+            }
+            Some(token.trim())
         }
-        return Ok(Presented::Token(token.trim()));
-    }
-    match request
+    };
+    let cert = request
         .extensions()
         .get::<PeerInfo>()
-        .and_then(|p| p.cert_subject.as_deref())
-    {
-        Some(subject) => Ok(Presented::CertSubject(subject)),
-        None => Ok(Presented::Nothing),
-    }
+        .and_then(|p| p.cert.clone());
+    Ok(Presentation::new(token, cert))
+}
+
+/// What the caller of a request presented (for streams that must
+/// authenticate it again after a reload).
+pub fn presentation<T>(request: &tonic::Request<T>) -> Presentation {
+    request
+        .extensions()
+        .get::<Presentation>()
+        .cloned()
+        .unwrap_or_default()
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-impl<S, B, R> tower::Service<http::Request<B>> for AccessService<S>
+/// What a call holds until its response body ends: its place among the
+/// connection's open requests (for the idle timer) and its quota slots.
+#[derive(Default)]
+struct Held {
+    _request: Option<RequestGuard>,
+    _call: Option<Quota>,
+    _stream: Option<Quota>,
+}
+
+/// A response body that keeps [`Held`] until it is dropped.
+struct HeldBody<B> {
+    inner: Pin<Box<B>>,
+    _held: Held,
+}
+
+impl<B> http_body::Body for HeldBody<B>
 where
-    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    B: http_body::Body,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        self.inner.as_mut().poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A request body that fails with DEADLINE_EXCEEDED when the client stops
+/// sending: the whole message within `limit`, or (client streams) each
+/// frame within `limit` of the one before.
+struct DeadlineBody {
+    inner: tonic::body::Body,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    limit: Duration,
+    per_frame: bool,
+    rpc: Rpc,
+}
+
+impl http_body::Body for DeadlineBody {
+    type Data = tonic::codegen::Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if self.per_frame {
+                    let next = tokio::time::Instant::now() + self.limit;
+                    self.sleep.as_mut().reset(next);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Pending => match self.sleep.as_mut().poll(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(()) => Poll::Ready(Some(Err(Status::deadline_exceeded(format!(
+                    "the {} request message did not arrive within {:?} (limits.message_timeout_secs)",
+                    self.rpc, self.limit
+                ))))),
+            },
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The gRPC status code of a trailers-only response, if it is one.
+fn status_code<B>(response: &http::Response<B>) -> Option<tonic::Code> {
+    response
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .map(tonic::Code::from)
+}
+
+impl<S, R> tower::Service<http::Request<tonic::body::Body>> for AccessService<S>
+where
+    S: tower::Service<http::Request<tonic::body::Body>, Response = http::Response<R>>,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
-    R: Default + Send + 'static,
+    R: http_body::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+    R::Error: Into<tonic::codegen::StdError>,
 {
-    type Response = S::Response;
+    type Response = http::Response<tonic::body::Body>;
     type Error = S::Error;
-    type Future = BoxFuture<Result<S::Response, S::Error>>;
+    type Future = BoxFuture<Result<Self::Response, S::Error>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        let Some(rpc) = rpc_for_path(request.uri().path()) else {
-            return Box::pin(self.inner.call(request));
+    fn call(&mut self, mut request: http::Request<tonic::body::Body>) -> Self::Future {
+        let peer = request.extensions().get::<PeerInfo>().cloned();
+        let rpc = rpc_for_path(request.uri().path());
+        // Only calls of the API keep a connection open past its idle
+        // timeout: health and reflection need no credentials, so a health
+        // Watch must not pin a connection. They count as activity when
+        // they start.
+        let mut held = Held {
+            _request: peer
+                .as_ref()
+                .map(|p| p.activity.begin())
+                .filter(|_| rpc.is_some()),
+            ..Held::default()
         };
-        let reject = |status: Status| -> Self::Future {
-            Box::pin(std::future::ready(Ok(status.into_http())))
+        let Some(rpc) = rpc else {
+            let response = self.inner.call(request);
+            return Box::pin(async move {
+                Ok(response.await?.map(|body| {
+                    tonic::body::Body::new(HeldBody {
+                        inner: Box::pin(body),
+                        _held: held,
+                    })
+                }))
+            });
+        };
+        let shown_peer = peer
+            .as_ref()
+            .map_or_else(|| "unknown peer".to_owned(), ToString::to_string);
+        let log = self.layer.log.clone();
+        let reject = move |status: Status, held: Held| -> Self::Future {
+            let response = status.into_http::<tonic::body::Body>();
+            drop(held);
+            Box::pin(std::future::ready(Ok(response)))
         };
         let auth = &self.layer.auth;
         let presented = if auth.is_on() {
             presented(&request)
         } else {
-            Ok(Presented::Nothing)
+            Ok(Presentation::default())
         };
-        let principal = match presented.and_then(|p| auth.authenticate(p)) {
-            Ok(p) => p,
+        let principal = match presented.and_then(|p| auth.authenticate(&p).map(|a| (a, p))) {
+            Ok((principal, presented)) => {
+                request.extensions_mut().insert(presented);
+                principal
+            }
             Err(error) => {
-                let peer = request.extensions().get::<PeerInfo>();
-                let peer = peer.map_or_else(|| "unknown peer".to_owned(), ToString::to_string);
-                tracing::warn!(%rpc, %peer, %error, "unauthenticated call refused");
-                return reject(Status::unauthenticated(error.to_string()));
+                if let Some(suppressed) = log.admit() {
+                    tracing::warn!(%rpc, peer = %shown_peer, %error, suppressed, "unauthenticated call refused");
+                }
+                return reject(Status::unauthenticated(error.to_string()), held);
             }
         };
-        if let Err(denied) = principal.may_call(rpc) {
-            return reject(refuse(denied));
-        }
-        let Ok(permit) = self.layer.in_flight.clone().try_acquire_owned() else {
-            tracing::warn!(%rpc, limit = self.layer.max_in_flight, "call refused: too many in flight");
-            return reject(Status::resource_exhausted(format!(
-                "server busy: {} calls in flight; retry with backoff",
-                self.layer.max_in_flight
-            )));
+        let name = principal.name.clone();
+        let denied = |status: &Status| {
+            if let Some(suppressed) = log.admit() {
+                tracing::warn!(%rpc, principal = %name, peer = %shown_peer, error = %status.message(), suppressed, "permission denied");
+            }
         };
+        if let Err(refused) = principal.may_call(rpc) {
+            let status = refuse(refused);
+            denied(&status);
+            return reject(status, held);
+        }
+        let busy = |status: Status| {
+            if let Some(suppressed) = log.admit() {
+                tracing::warn!(%rpc, principal = %name, peer = %shown_peer, error = %status.message(), suppressed, "call refused: limit reached");
+            }
+            status
+        };
+        let permit = match self.layer.in_flight.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                let status = busy(Status::resource_exhausted(format!(
+                    "server busy: {} calls in flight; retry with backoff",
+                    self.layer.max_in_flight
+                )));
+                return reject(status, held);
+            }
+        };
+        let call_quota = match self.layer.calls.take(&principal) {
+            Ok(q) => q,
+            Err(status) => return reject(busy(status), held),
+        };
+        if rpc == Rpc::Watch {
+            match self.layer.streams.take(&principal) {
+                Ok(q) => held._stream = q,
+                Err(status) => return reject(busy(status), held),
+            }
+        }
         request.extensions_mut().insert(Caller(principal));
+        let limit = self.layer.message_timeout;
+        let request = request.map(|body| {
+            tonic::body::Body::new(DeadlineBody {
+                inner: body,
+                sleep: Box::pin(tokio::time::sleep(limit)),
+                limit,
+                per_frame: rpc == Rpc::Import,
+                rpc,
+            })
+        });
         let response = self.inner.call(request);
         // A client stream (Import) is read inside the call: only the
-        // stream's own limits bound it.
+        // message deadline (per message) bounds it.
         let timeout = (rpc != Rpc::Import).then_some(self.layer.timeout);
         Box::pin(async move {
             let _permit = permit;
-            match timeout {
-                None => response.await,
+            let _call_quota = call_quota;
+            let response = match timeout {
+                None => response.await?,
                 Some(limit) => match tokio::time::timeout(limit, response).await {
-                    Ok(result) => result,
+                    Ok(result) => result?,
                     Err(_) => {
-                        tracing::warn!(%rpc, ?limit, "call exceeded the request timeout");
-                        Ok(Status::deadline_exceeded(format!(
+                        if let Some(suppressed) = log.admit() {
+                            tracing::warn!(%rpc, principal = %name, peer = %shown_peer, ?limit, suppressed, "call exceeded the request timeout");
+                        }
+                        return Ok(Status::deadline_exceeded(format!(
                             "{rpc} did not finish within the server's request timeout of {limit:?}"
                         ))
-                        .into_http())
+                        .into_http());
                     }
                 },
+            };
+            if status_code(&response) == Some(tonic::Code::PermissionDenied) {
+                if let Some(suppressed) = log.admit() {
+                    let message = Status::from_header_map(response.headers())
+                        .map(|s| s.message().to_owned())
+                        .unwrap_or_default();
+                    tracing::warn!(%rpc, principal = %name, peer = %shown_peer, error = %message, suppressed, "permission denied");
+                }
             }
+            Ok(response.map(|body| {
+                tonic::body::Body::new(HeldBody {
+                    inner: Box::pin(body),
+                    _held: held,
+                })
+            }))
         })
     }
 }
@@ -227,21 +523,28 @@ mod tests {
     fn stuck(
         limits: CallLimits,
     ) -> impl tower::Service<
-        http::Request<()>,
+        http::Request<tonic::body::Body>,
         Response = http::Response<tonic::body::Body>,
         Error = std::convert::Infallible,
         Future = BoxFuture<Result<http::Response<tonic::body::Body>, std::convert::Infallible>>,
     > {
-        let never = tower::service_fn(|_req: http::Request<()>| {
+        let never = tower::service_fn(|_req: http::Request<tonic::body::Body>| {
             std::future::pending::<
                 Result<http::Response<tonic::body::Body>, std::convert::Infallible>,
             >()
         });
-        AccessLayer::new(Arc::new(Authenticator::off()), &limits).layer(never)
+        AccessLayer::new(Arc::new(Authenticator::off()), &limits, 100).layer(never)
     }
 
-    fn request(path: &str) -> http::Request<()> {
-        http::Request::builder().uri(path).body(()).unwrap()
+    fn limits() -> CallLimits {
+        crate::config::Config::default().limits
+    }
+
+    fn request(path: &str) -> http::Request<tonic::body::Body> {
+        http::Request::builder()
+            .uri(path)
+            .body(tonic::body::Body::empty())
+            .unwrap()
     }
 
     fn grpc_status(response: &http::Response<tonic::body::Body>) -> Status {
@@ -253,6 +556,7 @@ mod tests {
         let limits = CallLimits {
             request_timeout: Duration::from_secs(5),
             max_in_flight: 10,
+            ..limits()
         };
         let mut service = stuck(limits);
         let response = service
@@ -279,6 +583,7 @@ mod tests {
         let limits = CallLimits {
             request_timeout: Duration::from_secs(5),
             max_in_flight: 2,
+            ..limits()
         };
         let mut service = stuck(limits);
         let first = service.call(request("/consent.v1.Authorization/Authorize"));

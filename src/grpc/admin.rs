@@ -160,6 +160,143 @@ fn stored_decision(d: pb::StoredDecision) -> Result<DecisionRow, Status> {
     })
 }
 
+/// The end of the range a protobuf `Timestamp` may hold
+/// (10000-01-01T00:00:00Z), in Unix milliseconds: later grant expiries are
+/// refused, not stored as grants that never lapse.
+const MAX_TIMESTAMP_MS: u64 = 253_402_300_800_000;
+
+/// An import, checked as a whole: what to write, in order.
+struct ImportPlan {
+    apps: Vec<(
+        AppId,
+        crate::domain::AppKind,
+        crate::domain::RawDeclarations,
+    )>,
+    /// Sorted by (app, user, scope), one row per key.
+    rows: Vec<DecisionRow>,
+}
+
+/// Checks every record of an import before anything is written: each row
+/// parses, its app is in the import or registered (`registered`), a grant's
+/// scope is declared by that app, a grant's expiry is within the Timestamp
+/// range, and no two rows for one (app, user, scope) disagree (identical
+/// repeats are kept once); an app appears once, or again identically.
+fn validate_import(
+    records: Vec<Record>,
+    registered: impl Fn(&AppId) -> Result<Option<crate::domain::Declarations>, Status>,
+) -> Result<ImportPlan, Status> {
+    use std::collections::{btree_map::Entry, BTreeMap, HashMap};
+
+    use crate::domain::{DecisionState, Declarations, Lifetime, LocationKind, Scope};
+    let mut apps = Vec::new();
+    let mut declared: HashMap<AppId, (crate::domain::AppKind, Declarations)> = HashMap::new();
+    let mut rows: BTreeMap<(AppId, UserId, Scope), DecisionRow> = BTreeMap::new();
+    let mut run: Option<((AppId, UserId), usize)> = None;
+    for record in records {
+        match record {
+            Record::App(app) => {
+                let (id, kind, raw) = convert::app_request(Some(app))?;
+                let parsed = Declarations::parse(kind, raw.clone())?;
+                match declared.get(&id) {
+                    Some(seen) if *seen == (kind, parsed.clone()) => continue,
+                    Some(_) => {
+                        return Err(Status::invalid_argument(format!(
+                            "the import holds two different records for app {id}"
+                        )))
+                    }
+                    None => {}
+                }
+                declared.insert(id.clone(), (kind, parsed));
+                apps.push((id, kind, raw));
+            }
+            Record::Decision(d) => {
+                let row = stored_decision(d)?;
+                let user_key = (row.app.clone(), row.user.clone());
+                let count = match &run {
+                    Some((key, n)) if *key == user_key => n + 1,
+                    _ => 1,
+                };
+                if count > MAX_ROWS_PER_USER {
+                    return Err(Status::invalid_argument(format!(
+                        "more than {MAX_ROWS_PER_USER} decision rows in a row for app {} user {}: an export has one per scope",
+                        row.app, row.user
+                    )));
+                }
+                run = Some((user_key, count));
+                let at = format!(
+                    "decision for app {} user {} scope {}",
+                    row.app, row.user, row.scope
+                );
+                let expires = match &row.lifetime {
+                    Lifetime::Permanent => None,
+                    Lifetime::Until { expires_at_ms } => Some(*expires_at_ms),
+                    Lifetime::Session { expires_at_ms, .. } => Some(*expires_at_ms),
+                };
+                if let Some(ms) = expires.filter(|ms| *ms >= MAX_TIMESTAMP_MS) {
+                    return Err(Status::invalid_argument(format!(
+                        "{at}: decision.expires_at {ms} ms is beyond 9999-12-31, the range of a timestamp"
+                    )));
+                }
+                match rows.entry((row.app.clone(), row.user.clone(), row.scope)) {
+                    Entry::Occupied(seen) if *seen.get() == row => {}
+                    Entry::Occupied(seen) => {
+                        return Err(Status::invalid_argument(format!(
+                            "{at}: two rows disagree ({:?} {:?} and {:?} {:?}); an export has one per key",
+                            seen.get().state, seen.get().lifetime, row.state, row.lifetime
+                        )))
+                    }
+                    Entry::Vacant(slot) => {
+                        slot.insert(row);
+                    }
+                }
+            }
+            Record::Header(h) if h.format > EXPORT_FORMAT => {
+                return Err(Status::invalid_argument(format!(
+                    "the export has format {}; this consentd reads format {EXPORT_FORMAT}",
+                    h.format,
+                )))
+            }
+            Record::Header(_) | Record::Event(_) => {}
+        }
+    }
+    // Every row's app, and every grant's declaration.
+    let mut checked: HashMap<AppId, Declarations> = HashMap::new();
+    for row in rows.values() {
+        let declarations = match checked.get(&row.app) {
+            Some(d) => d,
+            None => {
+                let found = match declared.get(&row.app) {
+                    Some((_, d)) => Some(d.clone()),
+                    None => registered(&row.app)?,
+                };
+                let Some(d) = found else {
+                    return Err(Status::not_found(format!(
+                        "decision for app {} user {}: the app is neither in the import nor registered",
+                        row.app, row.user
+                    )));
+                };
+                checked.entry(row.app.clone()).or_insert(d)
+            }
+        };
+        if row.state != DecisionState::Granted {
+            continue;
+        }
+        let location = row.scope.info().location;
+        let undeclared = (location != LocationKind::None && declarations.desc(row.scope).is_none())
+            || (location == LocationKind::Background && !declarations.background_location());
+        if undeclared {
+            return Err(Status::invalid_argument(format!(
+                "decision for app {} user {} scope {}: a grant of a scope the app does not declare",
+                row.app, row.user, row.scope
+            )));
+        }
+    }
+    Ok(ImportPlan {
+        apps,
+        rows: rows.into_values().collect(),
+    })
+}
+
 /// Most consecutive decision rows one (app, user) may have in an import.
 const MAX_ROWS_PER_USER: usize = 2 * crate::domain::CATALOG.len();
 
@@ -233,54 +370,39 @@ impl Admin for AdminService {
         let who = caller(&request)?;
         who.may_span_all_apps(Rpc::Import).map_err(refuse)?;
         let mut stream = request.into_inner();
-        let (mut apps, mut decisions, mut changed) = (0u64, 0u64, 0u64);
-        let mut batch: Vec<DecisionRow> = Vec::new();
-        let mut revision = self.broker.revision();
+        // The whole import is read and checked before the first write.
+        let mut records = Vec::new();
         while let Some(item) = stream.message().await? {
-            match item.record {
-                Some(Record::App(app)) => {
-                    let (id, kind, raw) = convert::app_request(Some(app))?;
-                    revision = self.broker.upsert_app(id, kind, raw, &who).await?.revision;
-                    apps += 1;
-                }
-                Some(Record::Decision(d)) => {
-                    let row = stored_decision(d)?;
-                    // Flush full batches only between users.
-                    let new_user = batch
-                        .last()
-                        .is_some_and(|l| l.app != row.app || l.user != row.user);
-                    // A user has one row per scope: more in a row is not an
-                    // export, and must not grow the batch without bound.
-                    let run = batch
-                        .iter()
-                        .rev()
-                        .take_while(|l| l.app == row.app && l.user == row.user)
-                        .count();
-                    if run >= MAX_ROWS_PER_USER {
-                        return Err(Status::invalid_argument(format!(
-                            "more than {MAX_ROWS_PER_USER} decision rows in a row for app {} user {}: an export has one per scope",
-                            row.app, row.user
-                        )));
-                    }
-                    if batch.len() >= IMPORT_BATCH && new_user {
-                        let written = self
-                            .broker
-                            .import_decisions(std::mem::take(&mut batch), &who)
-                            .await?;
-                        changed += written.value;
-                        revision = written.revision;
-                    }
-                    batch.push(row);
-                    decisions += 1;
-                }
-                Some(Record::Header(h)) if h.format > EXPORT_FORMAT => {
-                    return Err(Status::invalid_argument(format!(
-                        "the export has format {}; this consentd reads format {EXPORT_FORMAT}",
-                        h.format,
-                    )))
-                }
-                Some(Record::Header(_)) | Some(Record::Event(_)) | None => {}
+            records.extend(item.record);
+        }
+        let plan = validate_import(records, |id| match self.broker.get_app(id) {
+            Ok(read) => Ok(Some(read.value.declarations.clone())),
+            Err(crate::broker::BrokerError::Domain(crate::domain::DomainError::NotFound {
+                ..
+            })) => Ok(None),
+            Err(e) => Err(e.into()),
+        })?;
+        let (apps, decisions) = (plan.apps.len() as u64, plan.rows.len() as u64);
+        let mut changed = 0u64;
+        let mut revision = self.broker.revision();
+        for (id, kind, raw) in plan.apps {
+            revision = self.broker.upsert_app(id, kind, raw, &who).await?.revision;
+        }
+        let mut batch: Vec<DecisionRow> = Vec::new();
+        for row in plan.rows {
+            // Full batches are written only between users.
+            let new_user = batch
+                .last()
+                .is_some_and(|l| l.app != row.app || l.user != row.user);
+            if batch.len() >= IMPORT_BATCH && new_user {
+                let written = self
+                    .broker
+                    .import_decisions(std::mem::take(&mut batch), &who)
+                    .await?;
+                changed += written.value;
+                revision = written.revision;
             }
+            batch.push(row);
         }
         if !batch.is_empty() {
             let written = self.broker.import_decisions(batch, &who).await?;

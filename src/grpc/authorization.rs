@@ -53,6 +53,7 @@ impl Authorization for AuthorizationService {
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let who = caller(&request)?;
+        let presented = super::access::presentation(&request);
         let (mut filter, start) = convert::watch_request(request.into_inner())?;
         who.narrow_watch(&mut filter).map_err(refuse)?;
         let (items, outcome) = self.watcher.subscribe(filter, start)?;
@@ -60,6 +61,7 @@ impl Authorization for AuthorizationService {
             generation: self.auth.generation(),
             auth: self.auth.clone(),
             principal: who,
+            presented,
         };
         Ok(Response::new(
             WatchStream::new(items, outcome).held_by(holder),

@@ -11,16 +11,19 @@ use tonic::Status;
 
 use super::convert;
 use crate::{
-    auth::Authenticator,
+    auth::{Authenticator, Presentation},
     domain::Principal,
     pb,
     watch::{Outcome, Subscription},
 };
 
-/// Who a stream serves, checked again after every credentials reload.
+/// Who a stream serves and the credential it was opened with: after every
+/// credentials reload that credential is authenticated again, and the
+/// stream ends unless it still maps to an equal principal.
 pub struct Holder {
     pub auth: Arc<Authenticator>,
     pub principal: Arc<Principal>,
+    pub presented: Presentation,
     pub generation: u64,
 }
 
@@ -46,7 +49,9 @@ impl WatchStream {
     }
 
     /// Ends the stream with UNAUTHENTICATED at its next item (events or the
-    /// idle progress marker) once a reload removed or changed its principal.
+    /// idle progress marker) once a reload revoked the credential it was
+    /// opened with (a token digest removed, a certificate subject moved) or
+    /// changed its principal.
     pub fn held_by(mut self, holder: Holder) -> Self {
         self.holder = Some(holder);
         self
@@ -59,12 +64,13 @@ impl WatchStream {
             return None;
         }
         holder.generation = now;
-        if holder.auth.still_valid(&holder.principal) {
-            return None;
+        match holder.auth.authenticate(&holder.presented) {
+            Ok(now) if *now == *holder.principal => return None,
+            _ => {}
         }
         tracing::warn!(principal = %holder.principal.name, "watch stream ended: its credentials were revoked");
         Some(Status::unauthenticated(format!(
-            "the credentials of principal {:?} were revoked or changed",
+            "the credential this stream was opened with (principal {:?}) was revoked or changed",
             holder.principal.name
         )))
     }

@@ -161,6 +161,23 @@ struct Loaded {
     audit_seq: u64,
 }
 
+/// Creates the data dir (and missing parents) with mode 0700, or makes an
+/// existing one 0700 (with a WARN): it holds user ids and their decisions,
+/// and sled creates its files with the process umask.
+fn create_private_dir(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)?;
+    let mode = std::fs::metadata(path)?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        tracing::warn!(path = %path.display(), mode = format!("{mode:o}"), "the data dir was open to other users; making it 0700");
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
 /// Opens sled at `config.path`, checks the format and reads the state back.
 fn open_handles(config: &SledConfig) -> Result<(sled::Db, sled::Tree, Loaded), StoreError> {
     let path = config.path.display().to_string();
@@ -168,7 +185,7 @@ fn open_handles(config: &SledConfig) -> Result<(sled::Db, sled::Tree, Loaded), S
         path: path.clone(),
         message: source.to_string(),
     };
-    std::fs::create_dir_all(&config.path).map_err(|e| open_err(e.into()))?;
+    create_private_dir(&config.path).map_err(|e| open_err(e.into()))?;
     // A store that was there before must still carry our format marker
     // after sled's recovery; otherwise it was damaged, not empty.
     let existed = config.path.join("db").exists();

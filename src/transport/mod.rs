@@ -3,6 +3,7 @@
 //! (transport, remote address, client-certificate subject) that tonic puts
 //! into every request's extensions.
 
+mod limits;
 mod tls;
 mod unix;
 
@@ -26,6 +27,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::transport::server::Connected;
 
+pub use limits::{
+    Activity, ConnectionLimits, LogLimiter, RequestGuard, DEFAULT_FIRST_REQUEST_TIMEOUT,
+    DEFAULT_IDLE_CONNECTION_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
+};
+use limits::{IdleTimer, Slot, Slots, Source};
 pub use tls::{Tls, TlsFiles};
 pub use unix::SocketFile;
 
@@ -95,8 +101,10 @@ pub enum Transport {
 pub struct PeerInfo {
     pub transport: Transport,
     pub remote: Option<SocketAddr>,
-    /// Common name of the verified client certificate (mTLS).
-    pub cert_subject: Option<Arc<str>>,
+    /// The identities of the verified client certificate (mTLS).
+    pub cert: Option<Arc<crate::auth::CertIdentity>>,
+    /// The connection's open requests, for its idle timer.
+    pub activity: Arc<Activity>,
 }
 
 impl fmt::Display for PeerInfo {
@@ -119,10 +127,49 @@ enum Io {
     Unix(UnixStream),
 }
 
-/// One accepted connection.
+/// One accepted connection: its place among the connection slots and its
+/// idle timer go with it.
 pub struct Connection {
     io: Io,
     peer: PeerInfo,
+    timer: IdleTimer,
+    log: Arc<LogLimiter>,
+    _slot: Slot,
+}
+
+/// What every accept loop of one daemon shares.
+#[derive(Clone)]
+struct Admission {
+    slots: Arc<Slots>,
+    limits: ConnectionLimits,
+    /// Rate limit of the log lines about refused and closed connections.
+    log: Arc<LogLimiter>,
+}
+
+impl Admission {
+    /// A slot for a connection from `source`, or `None` (logged, rate
+    /// limited): the caller drops the connection at once.
+    fn admit(&self, source: Source) -> Option<Slot> {
+        match self.slots.try_acquire(source) {
+            Ok(slot) => Some(slot),
+            Err(refused) => {
+                if let Some(suppressed) = self.log.admit() {
+                    tracing::warn!(%source, reason = %refused, suppressed, "connection refused");
+                }
+                None
+            }
+        }
+    }
+
+    fn connection(&self, io: Io, peer: PeerInfo, slot: Slot) -> Connection {
+        Connection {
+            timer: IdleTimer::new(peer.activity.clone(), &self.limits),
+            log: self.log.clone(),
+            io,
+            peer,
+            _slot: slot,
+        }
+    }
 }
 
 impl Connected for Connection {
@@ -154,10 +201,19 @@ macro_rules! delegate {
 
 impl AsyncRead for Connection {
     fn poll_read(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        // Reads are always pending on an idle connection: the timer that
+        // closes it is polled with them.
+        if let Some(reason) = self.timer.poll_expired(cx) {
+            let peer = self.peer.to_string();
+            if let Some(suppressed) = self.log.admit() {
+                tracing::info!(%peer, reason, suppressed, "connection closed");
+            }
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, reason)));
+        }
         delegate!(self, io => io.poll_read(cx, buf))
     }
 }
@@ -237,35 +293,54 @@ impl Listener {
 }
 
 /// Accepts on every listener until `stop`, handing connections to the
-/// returned stream. TLS handshakes run in their own tasks (bounded by a
-/// timeout) so a slow client cannot hold up others; all tasks belong to
-/// `tasks`.
+/// returned stream. Each connection first takes a slot (global and per
+/// source caps; refused ones are closed at once); TLS handshakes run in
+/// their own tasks (bounded by a timeout) so a slow client cannot hold up
+/// others; all tasks belong to `tasks`.
 pub fn accept_all(
     listeners: Vec<Listener>,
     tls: Option<Arc<Tls>>,
+    limits: &ConnectionLimits,
     stop: CancellationToken,
     tasks: &TaskTracker,
 ) -> ReceiverStream<io::Result<Connection>> {
+    let (max, per_source) = limits.effective();
+    if max < limits.max_connections || per_source < limits.max_per_source {
+        tracing::info!(
+            max_connections = max,
+            max_connections_per_source = per_source,
+            "connection caps lowered to fit the open-file limit (less {} reserved) and to half the total per source",
+            limits::RESERVED_FDS
+        );
+    }
+    let admission = Admission {
+        slots: Slots::new(max, per_source),
+        limits: limits.clone(),
+        log: Arc::new(LogLimiter::default()),
+    };
     let (tx, rx) = mpsc::channel(64);
     for listener in listeners {
         let tx = tx.clone();
         let stop = stop.clone();
         let tls = tls.clone();
         let handshakes = tasks.clone();
+        let admission = admission.clone();
         tasks.spawn(async move {
             match listener {
-                Listener::Tcp(l) => accept_tcp(l, tls, tx, stop, handshakes).await,
-                Listener::Unix(l, _file) => accept_unix(l, tx, stop).await,
+                Listener::Tcp(l) => accept_tcp(l, tls, admission, tx, stop, handshakes).await,
+                Listener::Unix(l, _file) => accept_unix(l, admission, tx, stop).await,
             }
         });
     }
     ReceiverStream::new(rx)
 }
 
-/// Accept errors (e.g. out of file descriptors) are logged and retried
-/// after a pause instead of ending the listener.
-async fn pause_after(error: &io::Error, stop: &CancellationToken) {
-    tracing::warn!(%error, "accept failed; retrying in 100 ms");
+/// Accept errors (e.g. out of file descriptors) are logged (rate limited)
+/// and retried after a pause instead of ending the listener.
+async fn pause_after(error: &io::Error, log: &LogLimiter, stop: &CancellationToken) {
+    if let Some(suppressed) = log.admit() {
+        tracing::warn!(%error, suppressed, "accept failed; retrying in 100 ms");
+    }
     tokio::select! {
         () = stop.cancelled() => {}
         () = tokio::time::sleep(Duration::from_millis(100)) => {}
@@ -275,6 +350,7 @@ async fn pause_after(error: &io::Error, stop: &CancellationToken) {
 async fn accept_tcp(
     listener: TcpListener,
     tls: Option<Arc<Tls>>,
+    admission: Admission,
     tx: mpsc::Sender<io::Result<Connection>>,
     stop: CancellationToken,
     handshakes: TaskTracker,
@@ -284,20 +360,23 @@ async fn accept_tcp(
             () = stop.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
-                Err(e) => { pause_after(&e, &stop).await; continue; }
+                Err(e) => { pause_after(&e, &admission.log, &stop).await; continue; }
             },
+        };
+        let Some(slot) = admission.admit(Source::Ip(remote.ip())) else {
+            drop(stream);
+            continue;
         };
         let _ = stream.set_nodelay(true);
         match &tls {
             None => {
-                let conn = Connection {
-                    io: Io::Tcp(stream),
-                    peer: PeerInfo {
-                        transport: Transport::Tcp,
-                        remote: Some(remote),
-                        cert_subject: None,
-                    },
+                let peer = PeerInfo {
+                    transport: Transport::Tcp,
+                    remote: Some(remote),
+                    cert: None,
+                    activity: Activity::new(),
                 };
+                let conn = admission.connection(Io::Tcp(stream), peer, slot);
                 if tx.send(Ok(conn)).await.is_err() {
                     return;
                 }
@@ -306,6 +385,7 @@ async fn accept_tcp(
                 let acceptor = tls.acceptor();
                 let tx = tx.clone();
                 let stop = stop.clone();
+                let admission = admission.clone();
                 handshakes.spawn(async move {
                     let handshake =
                         tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
@@ -314,24 +394,26 @@ async fn accept_tcp(
                         done = handshake => match done {
                             Ok(Ok(s)) => s,
                             Ok(Err(error)) => {
-                                tracing::info!(%remote, %error, "TLS handshake failed");
+                                if let Some(suppressed) = admission.log.admit() {
+                                    tracing::info!(%remote, %error, suppressed, "TLS handshake failed");
+                                }
                                 return;
                             }
                             Err(_) => {
-                                tracing::info!(%remote, "TLS handshake timed out");
+                                if let Some(suppressed) = admission.log.admit() {
+                                    tracing::info!(%remote, suppressed, "TLS handshake timed out");
+                                }
                                 return;
                             }
                         },
                     };
-                    let cert_subject = tls::peer_subject(&stream);
-                    let conn = Connection {
-                        io: Io::Tls(Box::new(stream)),
-                        peer: PeerInfo {
-                            transport: Transport::Tls,
-                            remote: Some(remote),
-                            cert_subject,
-                        },
+                    let peer = PeerInfo {
+                        transport: Transport::Tls,
+                        remote: Some(remote),
+                        cert: tls::peer_identity(&stream),
+                        activity: Activity::new(),
                     };
+                    let conn = admission.connection(Io::Tls(Box::new(stream)), peer, slot);
                     let _ = tx.send(Ok(conn)).await;
                 });
             }
@@ -341,6 +423,7 @@ async fn accept_tcp(
 
 async fn accept_unix(
     listener: UnixListener,
+    admission: Admission,
     tx: mpsc::Sender<io::Result<Connection>>,
     stop: CancellationToken,
 ) {
@@ -349,17 +432,23 @@ async fn accept_unix(
             () = stop.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok((s, _)) => s,
-                Err(e) => { pause_after(&e, &stop).await; continue; }
+                Err(e) => { pause_after(&e, &admission.log, &stop).await; continue; }
             },
         };
-        let conn = Connection {
-            io: Io::Unix(stream),
-            peer: PeerInfo {
-                transport: Transport::Unix,
-                remote: None,
-                cert_subject: None,
-            },
+        let source = stream
+            .peer_cred()
+            .map_or(Source::Unknown, |c| Source::Uid(c.uid()));
+        let Some(slot) = admission.admit(source) else {
+            drop(stream);
+            continue;
         };
+        let peer = PeerInfo {
+            transport: Transport::Unix,
+            remote: None,
+            cert: None,
+            activity: Activity::new(),
+        };
+        let conn = admission.connection(Io::Unix(stream), peer, slot);
         if tx.send(Ok(conn)).await.is_err() {
             return;
         }

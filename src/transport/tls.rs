@@ -20,6 +20,7 @@ use tokio_rustls::{
 };
 
 use super::TransportError;
+use crate::auth::CertIdentity;
 
 /// The PEM files TLS is built from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -110,10 +111,40 @@ impl Tls {
     }
 }
 
-/// The common name of the client's (already verified) leaf certificate.
-pub(super) fn peer_subject(stream: &TlsStream<TcpStream>) -> Option<Arc<str>> {
+/// The identities of the client's (already verified) leaf certificate:
+/// URI SANs, DNS SANs and the subject's common names. A name that is not
+/// valid text is kept as a marker that matches nothing, so that a subject
+/// with one readable and one unreadable CN stays ambiguous.
+pub(super) fn peer_identity(stream: &TlsStream<TcpStream>) -> Option<Arc<CertIdentity>> {
     let leaf = stream.get_ref().1.peer_certificates()?.first()?;
-    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
-    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?;
-    Some(Arc::from(cn))
+    Some(Arc::new(identity_of(leaf.as_ref())?))
+}
+
+pub(super) fn identity_of(der: &[u8]) -> Option<CertIdentity> {
+    use x509_parser::extensions::GeneralName;
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let mut uris = Vec::new();
+    let mut dns = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            match name {
+                GeneralName::URI(u) => uris.push((*u).to_owned()),
+                GeneralName::DNSName(d) => dns.push((*d).to_owned()),
+                _ => {}
+            }
+        }
+    }
+    uris.extend(dns);
+    let common_names = cert
+        .subject()
+        .iter_common_name()
+        .map(|cn| {
+            cn.as_str()
+                .map_or_else(|_| "\u{fffd}unreadable CN".to_owned(), str::to_owned)
+        })
+        .collect();
+    Some(CertIdentity {
+        sans: uris,
+        common_names,
+    })
 }

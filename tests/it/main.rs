@@ -14,6 +14,7 @@ mod fixture;
 mod gates;
 mod grants;
 mod grpcurl;
+mod hardening;
 mod hostile;
 mod metrics;
 mod model;

@@ -50,6 +50,10 @@ impl As {
         Self { channel, bearer }
     }
 
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
     pub fn auth(&self) -> AuthorizationClient<Authed> {
         AuthorizationClient::with_interceptor(self.channel.clone(), self.bearer.clone())
     }
@@ -58,11 +62,11 @@ impl As {
         AppsClient::with_interceptor(self.channel.clone(), self.bearer.clone())
     }
 
-    fn admin(&self) -> AdminClient<Authed> {
+    pub fn admin(&self) -> AdminClient<Authed> {
         AdminClient::with_interceptor(self.channel.clone(), self.bearer.clone())
     }
 
-    async fn revision(&self) -> u64 {
+    pub async fn revision(&self) -> u64 {
         self.auth()
             .get_rules(pb::GetRulesRequest {})
             .await
@@ -74,7 +78,7 @@ impl As {
 
 /// Makes one valid call of `rpc` about `app` (user "u1"): any refusal is
 /// the access control's, not the request's.
-async fn call(c: &As, rpc: &str, app: &str) -> Result<(), Status> {
+pub async fn call(c: &As, rpc: &str, app: &str) -> Result<(), Status> {
     let user = "u1".to_string();
     let app = app.to_string();
     let scope = "scope.userLocation".to_string();
@@ -352,7 +356,7 @@ pub fn token_of(name: &str) -> String {
     format!("tok-{name}-0123456789abcdef")
 }
 
-fn credentials_toml(extra: &str) -> String {
+pub fn credentials_toml(extra: &str) -> String {
     let mut text = String::new();
     for who in PRINCIPALS {
         let role = ["operator", "runtime", "settings", "observer"][who.role];
@@ -376,7 +380,7 @@ pub fn write_credentials(dir: &Path, extra: &str) -> std::path::PathBuf {
     path
 }
 
-async fn seed(ops: &As) {
+pub async fn seed(ops: &As) {
     for app in ["wxown", "wxother"] {
         ops.apps()
             .register_app(pb::RegisterAppRequest {
@@ -657,6 +661,17 @@ impl Pki {
 
     /// Writes `<name>.pem` and `<name>.key`, signed by the CA.
     pub fn issue(&self, name: &str, common_name: &str, sans: &[&str]) {
+        self.issue_with(name, common_name, sans, |_| {});
+    }
+
+    /// Like [`Pki::issue`], with the parameters changed by `tweak` first.
+    pub fn issue_with(
+        &self,
+        name: &str,
+        common_name: &str,
+        sans: &[&str],
+        tweak: impl FnOnce(&mut rcgen::CertificateParams),
+    ) {
         let key = rcgen::KeyPair::generate().unwrap();
         let mut params =
             rcgen::CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
@@ -664,6 +679,7 @@ impl Pki {
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, common_name);
+        tweak(&mut params);
         let issuer = rcgen::Issuer::from_params(&self.ca_params, &self.ca_key);
         let cert = params.signed_by(&key, &issuer).unwrap();
         std::fs::write(self.path(&format!("{name}.pem")), cert.pem()).unwrap();
@@ -679,7 +695,7 @@ impl Pki {
         }
     }
 
-    fn client_tls(&self, identity: Option<&str>) -> ClientTlsConfig {
+    pub fn client_tls(&self, identity: Option<&str>) -> ClientTlsConfig {
         let ca = Certificate::from_pem(std::fs::read(self.path("ca.pem")).unwrap());
         let mut tls = ClientTlsConfig::new()
             .ca_certificate(ca)
@@ -694,7 +710,10 @@ impl Pki {
     }
 }
 
-async fn tls_channel(addr: std::net::SocketAddr, tls: ClientTlsConfig) -> Result<Channel, String> {
+pub async fn tls_channel(
+    addr: std::net::SocketAddr,
+    tls: ClientTlsConfig,
+) -> Result<Channel, String> {
     Endpoint::from_shared(format!("https://{addr}"))
         .unwrap()
         .tls_config(tls)
@@ -762,11 +781,13 @@ async fn mtls_maps_client_certificates_to_principals() {
     let pki = Pki::new("mtls");
     let files = pki.server_files(true);
     pki.issue("runtime", "shop-runtime-cert", &[]);
+    pki.issue("ops-client", "ops-cert", &[]);
     pki.issue("stranger", "nobody-we-know", &[]);
     let creds = tempfile::tempdir().unwrap();
     let path = write_credentials(
         creds.path(),
-        "[[principal]]\nname = \"shop-runtime-mtls\"\nrole = \"runtime\"\napps = [\"wxown\"]\ncert_subject = \"shop-runtime-cert\"\n",
+        "[[principal]]\nname = \"shop-runtime-mtls\"\nrole = \"runtime\"\napps = [\"wxown\"]\ncert_subject = \"shop-runtime-cert\"\n\n\
+         [[principal]]\nname = \"ops-mtls\"\nrole = \"operator\"\ncert_subject = \"ops-cert\"\n",
     );
     let h = TestDaemon::with_unconnected(|c: &mut Config| {
         c.credentials = Some(path);
@@ -775,26 +796,38 @@ async fn mtls_maps_client_certificates_to_principals() {
     .await;
     let addr = h.addr();
 
-    // Without a client certificate the handshake fails.
-    let anonymous = tls_channel(addr, pki.client_tls(None)).await;
-    if let Ok(channel) = anonymous {
-        // TLS 1.3 may report the missing certificate only on first use.
-        assert_transport_error(
-            call(&As::new(channel, Some(&token_of("ops"))), "GetRules", "").await,
-            &[
-                "CertificateRequired",
-                "transport error",
-                "operation was canceled",
-            ],
-        );
-    }
+    // Without a client certificate the server refuses the handshake with
+    // the `certificate_required` alert: in the handshake, or (TLS 1.3: the
+    // client finishes first) on the first call. Nothing else will do.
+    let refused = match tls_channel(addr, pki.client_tls(None)).await {
+        Err(error) => error,
+        Ok(channel) => {
+            let status = call(&As::new(channel, Some(&token_of("ops"))), "GetRules", "")
+                .await
+                .expect_err("a client without a certificate was served");
+            // tonic reports a connection that failed mid-call as UNKNOWN.
+            assert!(
+                matches!(status.code(), Code::Unknown | Code::Unavailable),
+                "{status:?}"
+            );
+            format!("{status:?}")
+        }
+    };
+    assert!(
+        refused.contains("received fatal alert: CertificateRequired")
+            || refused.contains("AlertReceived(CertificateRequired)"),
+        "not the missing-certificate alert: {refused}"
+    );
 
     let runtime_channel = tls_channel(addr, pki.client_tls(Some("runtime")))
         .await
         .unwrap();
+    let ops_channel = tls_channel(addr, pki.client_tls(Some("ops-client")))
+        .await
+        .unwrap();
     // The certificate alone authenticates: no token.
     let runtime = As::new(runtime_channel.clone(), None);
-    let ops = As::new(runtime_channel, Some(&token_of("ops")));
+    let ops = As::new(ops_channel, None);
     seed(&ops).await;
     call(&runtime, "Authorize", "wxown").await.unwrap();
     call(&runtime, "RecordDecision", "wxown").await.unwrap();
@@ -913,6 +946,8 @@ async fn call_limits_bound_streams_in_flight_calls_time_and_size() {
         c.watch.max_streams = 2;
         c.limits.max_in_flight = 3;
         c.max_message_bytes = 64 * 1024;
+        c.limits.request_timeout = Duration::from_secs(1);
+        c.limits.message_timeout = Duration::from_secs(30);
     })
     .await;
     let ops = As::new(h.client().channel, None);
@@ -974,6 +1009,27 @@ async fn call_limits_bound_streams_in_flight_calls_time_and_size() {
         call.await.unwrap().unwrap();
     }
     call(&other, "GetRules", "").await.unwrap();
+
+    // A unary call that does not finish is cut at the request timeout
+    // (1 s here), not sooner and not much later.
+    let started = std::time::Instant::now();
+    let status = crate::hardening::headers_without_body(
+        connect(h.addr()).await,
+        None,
+        "/consent.v1.Authorization/GetRules",
+    )
+    .await
+    .unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert_eq!(
+        status.message(),
+        "GetRules did not finish within the server's request timeout of 1s"
+    );
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(3),
+        "cut after {took:?}"
+    );
 
     // Messages over the limit are refused before they are decoded.
     let huge = pb::BatchAuthorizeRequest {

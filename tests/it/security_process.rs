@@ -47,7 +47,20 @@ struct Daemon {
 
 impl Daemon {
     fn start(args: &[&str]) -> Daemon {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_consentd"))
+        Self::start_under(&[], args)
+    }
+
+    /// Like [`Daemon::start`], run through `wrapper` (e.g. `prlimit ...`).
+    fn start_under(wrapper: &[&str], args: &[&str]) -> Daemon {
+        let mut command = match wrapper.split_first() {
+            None => Command::new(env!("CARGO_BIN_EXE_consentd")),
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(env!("CARGO_BIN_EXE_consentd"));
+                c
+            }
+        };
+        let mut child = command
             .args(args)
             .args(["--log-format", "json"])
             .stderr(Stdio::piped())
@@ -340,4 +353,169 @@ fn token_new_and_hash_agree_with_the_daemon() {
         String::from_utf8_lossy(&out.stdout).trim(),
         "token_sha256 = \"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\""
     );
+}
+
+/// Finding 3: under a 128-file limit, idle TCP connections without
+/// credentials used to exhaust the descriptors (`accept failed ... Too many
+/// open files`) and lock the operator out. Now the connection caps stay
+/// below the limit and refused connections are closed at once: the
+/// operator still gets in over the unix socket, and accept never fails.
+#[test]
+fn idle_connections_cannot_exhaust_file_descriptors() {
+    Command::new("prlimit")
+        .arg("--version")
+        .output()
+        .expect("this test needs prlimit (util-linux)");
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("consentd.sock");
+    let unix = format!("unix:{}", sock.display());
+    let data = dir.path().join("data");
+    let mut daemon = Daemon::start_under(
+        &["prlimit", "--nofile=128:128", "--"],
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--listen",
+            &unix,
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+    );
+    let serving = daemon.wait_for("consentd serving");
+    let addr: SocketAddr = serving
+        .split("\"addr\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no addr in {serving}"));
+    let mut held = Vec::new();
+    for _ in 0..140 {
+        match std::net::TcpStream::connect(addr) {
+            Ok(s) => held.push(s),
+            Err(e) => panic!("connect: {e}"),
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let ok = ctl(&["--addr", &unix, "rules"], None);
+    assert_eq!(ok.code, 0, "the operator is locked out: {}", ok.stderr);
+    let lowered = daemon.wait_for("connection caps lowered");
+    assert!(lowered.contains("\"max_connections\":64"), "{lowered}");
+    daemon.wait_for("connection refused");
+    let log = daemon.log();
+    assert!(!log.contains("Too many open files"), "{log}");
+    assert!(!log.contains("accept failed"), "{log}");
+    // Refusals are logged, but not one line per connection.
+    let refused = log.matches("connection refused").count();
+    assert!((1..=25).contains(&refused), "{refused} refusal lines");
+    drop(held);
+}
+
+/// Finding 8: refusals are logged with the principal and the peer, and a
+/// flood of them does not become a flood of log lines: a burst, then what
+/// was held back is counted on the next line.
+#[test]
+fn refusal_logs_name_the_peer_and_are_rate_limited() {
+    use consentd::pb::{self, authorization_client::AuthorizationClient};
+    let dir = tempfile::tempdir().unwrap();
+    let creds = write_credentials(dir.path(), "");
+    let data = dir.path().join("data");
+    let mut daemon = Daemon::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--credentials",
+        creds.to_str().unwrap(),
+    ]);
+    let serving = daemon.wait_for("consentd serving");
+    let addr: SocketAddr = serving
+        .split("\"addr\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no addr in {serving}"));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let call = |token: &str| {
+        let token = token.to_owned();
+        runtime.block_on(async move {
+            let channel = crate::fixture::connect(addr).await;
+            let mut client = AuthorizationClient::new(channel);
+            let mut request = tonic::Request::new(pb::ListScopesRequest::default());
+            request
+                .metadata_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+            usize::from(client.list_scopes(request).await.is_err())
+        })
+    };
+    // A runtime may not list scopes: the line names principal and peer.
+    assert_eq!(call(&token_of("shop-runtime")), 1);
+    let denied = daemon.wait_for("permission denied");
+    assert!(
+        denied.contains("\"principal\":\"shop-runtime\""),
+        "{denied}"
+    );
+    assert!(denied.contains("\"peer\":\"127.0.0.1:"), "{denied}");
+    // A refusal by the app binding (decided in the handler) is logged the
+    // same way.
+    let bound = runtime.block_on(async move {
+        let channel = crate::fixture::connect(addr).await;
+        let mut client = AuthorizationClient::new(channel);
+        let mut request = tonic::Request::new(pb::GetSettingRequest {
+            app_id: "wxother".into(),
+            user_id: "u1".into(),
+        });
+        let token = token_of("shop-runtime");
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        client.get_setting(request).await.unwrap_err()
+    });
+    assert_eq!(bound.code(), tonic::Code::PermissionDenied, "{bound:?}");
+    let by_binding = daemon.wait_for("\"rpc\":\"GetSetting\"");
+    assert!(by_binding.contains("permission denied"), "{by_binding}");
+    assert!(by_binding.contains("wxother"), "{by_binding}");
+    assert!(by_binding.contains("\"peer\":\"127.0.0.1:"), "{by_binding}");
+    // 300 unknown tokens.
+    let flood = runtime.block_on(async move {
+        let channel = crate::fixture::connect(addr).await;
+        let mut client = AuthorizationClient::new(channel);
+        let mut refused = 0;
+        for i in 0..300 {
+            let mut request = tonic::Request::new(pb::ListScopesRequest::default());
+            request.metadata_mut().insert(
+                "authorization",
+                format!("Bearer guessed-{i}-0123456789").parse().unwrap(),
+            );
+            refused += usize::from(client.list_scopes(request).await.is_err());
+        }
+        refused
+    });
+    assert_eq!(flood, 300);
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(call("one-more-guess-0123456789"), 1);
+    std::thread::sleep(Duration::from_millis(300));
+    let log = daemon.log();
+    let summary = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("unauthenticated call refused"))
+        .expect("refusals are logged")
+        .to_owned();
+    assert!(
+        summary.contains("unauthenticated call refused"),
+        "{summary}"
+    );
+    let held_back: u64 = summary
+        .split("\"suppressed\":")
+        .nth(1)
+        .and_then(|rest| rest.split([',', '}']).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count of suppressed lines: {summary}"));
+    assert!(held_back >= 250, "{held_back} lines held back: {summary}");
+    let lines = daemon.log().matches("unauthenticated call refused").count();
+    assert!(
+        (2..=30).contains(&lines),
+        "{lines} WARN lines for 301 refused calls"
+    );
+    assert!(daemon.log().contains("\"peer\":\"127.0.0.1:"));
 }

@@ -2,9 +2,15 @@
 //! `127.0.0.1:0` over a temp data dir, connected clients, and helpers that
 //! build requests, so the tests read as SPEC.md and notes/semantics.md do.
 
-use std::{collections::HashMap, net::SocketAddr};
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use consentd::{
+    clock::{ManualClock, SharedClock, SystemClock},
     config::Config,
     pb::{
         self, apps_client::AppsClient, authorization_client::AuthorizationClient, Answer, AppKind,
@@ -29,6 +35,9 @@ pub struct TestDaemon {
     pub auth: AuthorizationClient<Channel>,
     pub apps: AppsClient<Channel>,
     channel: Channel,
+    /// Set when the test moves time itself
+    /// ([`TestDaemon::start_with_manual_clock`]).
+    manual: Option<Arc<ManualClock>>,
 }
 
 impl TestDaemon {
@@ -391,21 +400,61 @@ impl TestDaemon {
     /// Like [`TestDaemon::start`], with `configure` applied to the config
     /// first (timings, policies; the listener and data dir stay the fixture's).
     pub async fn start_with(configure: impl FnOnce(&mut Config)) -> Self {
-        let served = Served::start(loopback_config, configure).await;
+        Self::start_on(configure, None).await
+    }
+
+    /// Like [`TestDaemon::start_with`], on a clock that stands still until
+    /// the test calls [`TestDaemon::advance`] (it starts at the system
+    /// time): lapses, embargoes, privacy gaps and retention by age without
+    /// sleeping. Periodic tasks (grant expiry, compaction) still tick in
+    /// real time and read this clock, so an effect that is due arrives
+    /// within one tick after the advance: wait for it, do not sleep.
+    pub async fn start_with_manual_clock(configure: impl FnOnce(&mut Config)) -> Self {
+        Self::start_on(configure, Some(ManualClock::starting_now())).await
+    }
+
+    async fn start_on(
+        configure: impl FnOnce(&mut Config),
+        manual: Option<Arc<ManualClock>>,
+    ) -> Self {
+        let clock: SharedClock = match &manual {
+            Some(m) => m.clone(),
+            None => SystemClock::shared(),
+        };
+        let served = Served::start_with_clock(loopback_config, configure, clock).await;
         let channel = connect(served.addr()).await;
         Self {
             served,
             auth: AuthorizationClient::new(channel.clone()),
             apps: AppsClient::new(channel.clone()),
             channel,
+            manual,
         }
     }
 
+    /// Now, by the daemon's clock (the one deadlines are measured on).
+    pub fn now(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(self.served.clock().now_ms())
+    }
+
+    /// Moves the daemon's manual clock forward by `by`.
+    #[track_caller]
+    pub fn advance(&self, by: Duration) {
+        self.manual
+            .as_ref()
+            .expect("advance needs TestDaemon::start_with_manual_clock")
+            .advance(by);
+    }
+
     /// Graceful shutdown, `down` with no daemon running, then a new daemon
-    /// on the same data dir with fresh clients.
-    pub async fn restart_after(&mut self, down: std::time::Duration) {
+    /// on the same data dir with fresh clients. On a manual clock, `down`
+    /// passes by [`TestDaemon::advance`]; otherwise in real time.
+    pub async fn restart_after(&mut self, down: Duration) {
         self.served.shutdown().await;
-        tokio::time::sleep(down).await;
+        match &self.manual {
+            Some(clock) => clock.advance(down),
+            None => tokio::time::sleep(down).await,
+        }
         self.start_again().await;
     }
 

@@ -198,8 +198,20 @@ pub async fn export(
         .into_inner();
     let sink: Box<dyn std::io::Write> = match output {
         Some(path) => Box::new(
-            std::fs::File::create(path)
-                .with_context(|| format!("cannot create {}", path.display()))?,
+            // User ids and their decisions: readable by the owner only.
+            {
+                use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+                let file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(path)
+                    .with_context(|| format!("cannot create {}", path.display()))?;
+                file.set_permissions(std::fs::Permissions::from_mode(0o600))
+                    .with_context(|| format!("cannot make {} private (0600)", path.display()))?;
+                file
+            },
         ),
         None => Box::new(std::io::stdout()),
     };

@@ -1,7 +1,7 @@
 //! Issue #8: the anti-nag policy (off by default, embargoes after repeated
 //! cancels).
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use consentd::{
     config::Config,
@@ -48,7 +48,7 @@ async fn anti_nag_is_off_by_default() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anti_nag_embargoes_prompts_after_n_cancels_in_a_row() {
     let embargo = Duration::from_millis(1500);
-    let h = TestDaemon::start_with(|c| {
+    let h = TestDaemon::start_with_manual_clock(|c| {
         c.anti_nag = Some(NagPolicy {
             max_cancels: 2,
             embargo_ms: embargo.as_millis() as u64,
@@ -62,9 +62,9 @@ async fn anti_nag_embargoes_prompts_after_n_cancels_in_a_row() {
         h.decision("wxnag", "u", CAMERA).await.outcome(),
         Outcome::Prompt
     );
-    let before = SystemTime::now();
+    let before = h.now();
     h.answer("wxnag", "u", CAMERA, Answer::Cancel).await;
-    let after = SystemTime::now();
+    let after = h.now();
 
     let d = h.decision("wxnag", "u", CAMERA).await;
     assert_decision(
@@ -127,11 +127,13 @@ async fn anti_nag_embargoes_prompts_after_n_cancels_in_a_row() {
     .await;
     assert_eq!(find(&trail, CAMERA, A::PromptSuppressed).user_id, "u");
 
-    // After the embargo the popup is back.
-    tokio::time::sleep(
-        end.duration_since(SystemTime::now()).unwrap_or_default() + Duration::from_millis(100),
-    )
-    .await;
+    // Not a millisecond early...
+    h.advance(end.duration_since(h.now()).unwrap() - Duration::from_millis(1));
+    let d = h.decision("wxnag", "u", CAMERA).await;
+    assert_eq!(d.outcome(), Outcome::Embargoed, "{d:?}");
+    assert_eq!(d.embargo_until, Some(super::ts(end)));
+    // ...after the embargo the popup is back.
+    h.advance(Duration::from_millis(1));
     let d = h.decision("wxnag", "u", CAMERA).await;
     assert_decision(&d, Outcome::Prompt, Reason::PopupAvailable, "");
     assert_eq!(d.embargo_until, None);

@@ -183,7 +183,7 @@ async fn audit_records_every_prompt_answer_and_change_with_client_and_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_records_lapses_sessions_privacy_answers_and_imports() {
-    let h = TestDaemon::start_with(short_expiry).await;
+    let h = TestDaemon::start_with_manual_clock(short_expiry).await;
     h.register(with_privacy(
         app("wxaud", AppKind::MiniProgram),
         GUIDE,
@@ -198,11 +198,13 @@ async fn audit_records_lapses_sessions_privacy_answers_and_imports() {
         "wxaud",
         "u",
         CAMERA,
-        until(SystemTime::now() + Duration::from_millis(300)),
+        until(h.now() + Duration::from_millis(300)),
     )
     .await;
     allow_for(&h, "wxaud", "u", RECORD, one_time("s1")).await;
-    let events = next_events(&mut live, 3, Duration::from_secs(3)).await;
+    let mut events = next_events(&mut live, 2, Duration::from_secs(3)).await;
+    h.advance(Duration::from_millis(300));
+    events.extend(next_events(&mut live, 1, Duration::from_secs(3)).await);
     assert_eq!(events[2].cause(), Cause::Expired);
     let ended = h.end_session("wxaud", "u", "s1").await.unwrap();
     assert_eq!(ended.changes.len(), 1);
@@ -479,11 +481,12 @@ async fn audit_retention_is_independent_of_the_watch_log() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_records_older_than_max_age_are_trimmed() {
-    let h = TestDaemon::start_with(|c| {
+    let max_age = Duration::from_secs(1);
+    let h = TestDaemon::start_with_manual_clock(|c| {
         c.audit.record_prompts = false;
         c.audit.retention = Retention {
             max_events: None,
-            max_age: Some(Duration::from_secs(1)),
+            max_age: Some(max_age),
         };
         c.compaction_interval = Duration::from_millis(100);
     })
@@ -491,7 +494,12 @@ async fn audit_records_older_than_max_age_are_trimmed() {
     h.register(app("wxage", AppKind::MiniProgram)).await;
     h.answer("wxage", "u", CAMERA, Answer::Allow).await;
     assert_eq!(audit_all(&h, audit_req("wxage")).await.len(), 2);
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // Nothing is trimmed until it is older than max_age: a few compactions
+    // (every 100 ms in real time) with the records exactly max_age old.
+    h.advance(max_age);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(audit_all(&h, audit_req("wxage")).await.len(), 2);
+    h.advance(Duration::from_millis(1));
     h.answer("wxage", "u", RECORD, Answer::Allow).await;
     let kept = audit_until(&h, "wxage", |r| r.len() == 1).await;
     assert_eq!(

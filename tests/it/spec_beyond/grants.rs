@@ -2,7 +2,7 @@
 //! (EXPIRED events, resumable Watch, session ends and idle timeouts,
 //! restarts).
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use consentd::{
     config::Config,
@@ -76,6 +76,12 @@ fn ev(
     (scope.to_string(), old, new, cause)
 }
 
+const MS: Duration = Duration::from_millis(1);
+
+/// Real time the expiry task (every 100 ms, [`short_expiry`]) gets to
+/// show it does nothing: a few of its ticks.
+const QUIET: Duration = Duration::from_millis(300);
+
 #[track_caller]
 fn assert_increasing(events: &[pb::DecisionEvent]) {
     for pair in events.windows(2) {
@@ -88,11 +94,11 @@ fn assert_increasing(events: &[pb::DecisionEvent]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timed_grant_lapses_to_not_determined_with_an_expired_event() {
-    let h = TestDaemon::start_with(short_expiry).await;
+    let h = TestDaemon::start_with_manual_clock(short_expiry).await;
     h.register(app("wxcam", AppKind::MiniProgram)).await;
     let mut live = watch(&h, "wxcam", None).await;
 
-    let lapse = SystemTime::now() + Duration::from_millis(1000);
+    let lapse = h.now() + Duration::from_millis(1000);
     let granted = allow_for(&h, "wxcam", "u", CAMERA, until(lapse)).await;
     assert_eq!(
         (granted.err_msg.as_str(), granted.state()),
@@ -127,9 +133,16 @@ async fn timed_grant_lapses_to_not_determined_with_an_expired_event() {
         ]
     );
     // Nothing lapses early.
-    assert_no_event(&mut live, Duration::from_millis(500)).await;
+    h.advance(Duration::from_millis(999));
+    assert_no_event(&mut live, QUIET).await;
+    assert_eq!(
+        h.decision("wxcam", "u", CAMERA).await.outcome(),
+        Outcome::Granted,
+        "lapsed 1 ms early"
+    );
+    h.advance(MS);
     let expired = next_events(&mut live, 1, Duration::from_secs(3)).await;
-    assert!(SystemTime::now() >= lapse);
+    assert!(h.now() >= lapse);
     assert_eq!(
         described(&expired),
         vec![ev(CAMERA, Granted, NotDetermined, Cause::Expired)]
@@ -159,16 +172,16 @@ async fn timed_grant_lapses_to_not_determined_with_an_expired_event() {
         crate::util::setting_of(&[(RECORD, true)])
     );
     assert!(h.revision().await >= e.revision);
-    assert_no_event(&mut live, Duration::from_millis(300)).await;
+    assert_no_event(&mut live, QUIET).await;
     h.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lifetimes_are_validated_and_denials_stay_permanent() {
-    let h = TestDaemon::start_with(short_expiry).await;
+    let h = TestDaemon::start_with_manual_clock(short_expiry).await;
     h.register(app("wxcam", AppKind::MiniProgram)).await;
     let before = h.revision().await;
-    let past = SystemTime::now() - Duration::from_secs(5);
+    let past = h.now() - Duration::from_secs(5);
     expect_status(
         record_for(&h, ("wxcam", "u", CAMERA), Answer::Allow, until(past)).await,
         Code::InvalidArgument,
@@ -185,7 +198,7 @@ async fn lifetimes_are_validated_and_denials_stay_permanent() {
     h.answer("wxcam", "u", CAMERA, Answer::Deny).await;
     h.answer("wxcam", "u", RECORD, Answer::Allow).await;
     let mut live = watch(&h, "wxcam", None).await;
-    let lapse = SystemTime::now() + Duration::from_millis(700);
+    let lapse = h.now() + Duration::from_millis(700);
     let updated = update_for(
         &h,
         "wxcam",
@@ -207,7 +220,11 @@ async fn lifetimes_are_validated_and_denials_stay_permanent() {
     );
     assert_eq!(h.decision("wxcam", "u", RECORD).await.expires_at, None);
 
-    let events = next_events(&mut live, 3, Duration::from_secs(3)).await;
+    let mut events = next_events(&mut live, 2, Duration::from_secs(3)).await;
+    h.advance(Duration::from_millis(699));
+    assert_no_event(&mut live, QUIET).await;
+    h.advance(MS);
+    events.extend(next_events(&mut live, 1, Duration::from_secs(3)).await);
     let mut settings: Vec<_> = described(&events[..2]).into_iter().collect();
     settings.sort();
     assert_eq!(
@@ -221,7 +238,7 @@ async fn lifetimes_are_validated_and_denials_stay_permanent() {
         described(&events[2..]),
         vec![ev(CAMERA, Granted, NotDetermined, Cause::Expired)]
     );
-    assert_no_event(&mut live, Duration::from_millis(400)).await;
+    assert_no_event(&mut live, QUIET).await;
     assert_eq!(
         crate::util::sorted(&h.setting("wxcam", "u").await.auth_setting),
         crate::util::setting_of(&[(RECORD, false)])
@@ -233,10 +250,10 @@ async fn lifetimes_are_validated_and_denials_stay_permanent() {
 /// keeps "background granted implies location granted".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lapsing_location_takes_background_first() {
-    let h = TestDaemon::start_with(short_expiry).await;
+    let h = TestDaemon::start_with_manual_clock(short_expiry).await;
     h.register(location_app("wxloc")).await;
     let mut live = watch(&h, "wxloc", None).await;
-    let lapse = SystemTime::now() + Duration::from_millis(600);
+    let lapse = h.now() + Duration::from_millis(600);
     let r = allow_for(&h, "wxloc", "u", BACKGROUND, until(lapse)).await;
     assert_eq!(
         crate::util::change_list(&r.changes),
@@ -253,7 +270,11 @@ async fn lapsing_location_takes_background_first() {
             "{d:?}"
         );
     }
-    let events = next_events(&mut live, 4, Duration::from_secs(3)).await;
+    let mut events = next_events(&mut live, 2, Duration::from_secs(3)).await;
+    h.advance(Duration::from_millis(599));
+    assert_no_event(&mut live, QUIET).await;
+    h.advance(MS);
+    events.extend(next_events(&mut live, 2, Duration::from_secs(3)).await);
     assert_increasing(&events);
     assert_eq!(
         described(&events),
@@ -270,7 +291,7 @@ async fn lapsing_location_takes_background_first() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_resumes_across_an_expired_event_exactly_once_in_order() {
-    let h = TestDaemon::start_with(short_expiry).await;
+    let h = TestDaemon::start_with_manual_clock(short_expiry).await;
     h.register(app("wxcam", AppKind::MiniProgram)).await;
     let r0 = h.revision().await;
     let mut live = watch(&h, "wxcam", None).await;
@@ -279,10 +300,12 @@ async fn watch_resumes_across_an_expired_event_exactly_once_in_order() {
         "wxcam",
         "u",
         CAMERA,
-        until(SystemTime::now() + Duration::from_millis(500)),
+        until(h.now() + Duration::from_millis(500)),
     )
     .await;
-    let seen = next_events(&mut live, 2, Duration::from_secs(3)).await;
+    let mut seen = next_events(&mut live, 1, Duration::from_secs(3)).await;
+    h.advance(Duration::from_millis(500));
+    seen.extend(next_events(&mut live, 1, Duration::from_secs(3)).await);
     h.answer("wxcam", "u", RECORD, Answer::Allow).await;
     let seen: Vec<_> = seen
         .into_iter()
@@ -326,9 +349,9 @@ async fn watch_resumes_across_an_expired_event_exactly_once_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_time_grants_lapse_when_their_session_ends() {
-    let h = TestDaemon::start_with(short_expiry).await;
+    let h = TestDaemon::start_with_manual_clock(short_expiry).await;
     h.register(app("wxcam", AppKind::MiniProgram)).await;
-    let t0 = SystemTime::now();
+    let t0 = h.now();
     allow_for(&h, "wxcam", "u", CAMERA, one_time("s1")).await;
     allow_for(&h, "wxcam", "u", RECORD, one_time("s1")).await;
     allow_for(&h, "wxcam", "u", BLUETOOTH, one_time("s2")).await;
@@ -342,7 +365,7 @@ async fn one_time_grants_lapse_when_their_session_ends() {
     let idle = Config::default().grants.session_idle_timeout;
     let expires = time_of(&d.expires_at);
     assert!(
-        expires + Duration::from_millis(5) >= t0 + idle && expires <= SystemTime::now() + idle,
+        expires + Duration::from_millis(5) >= t0 + idle && expires <= h.now() + idle,
         "expires_at {expires:?} is not the idle timeout {idle:?} away"
     );
 
@@ -414,42 +437,64 @@ async fn one_time_grants_lapse_when_their_session_ends() {
 /// an unused one lapses by itself (cause EXPIRED).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_time_grants_lapse_after_the_idle_timeout_unless_used() {
-    let h = TestDaemon::start_with(|c| {
+    let idle = Duration::from_secs(1);
+    let h = TestDaemon::start_with_manual_clock(|c| {
         short_expiry(c);
-        c.grants.session_idle_timeout = Duration::from_secs(1);
+        c.grants.session_idle_timeout = idle;
     })
     .await;
     h.register(app("wxcam", AppKind::MiniProgram)).await;
     let mut live = watch(&h, "wxcam", None).await;
-    let start = Instant::now();
+    let t0 = h.now();
     allow_for(&h, "wxcam", "u", CAMERA, one_time("used")).await;
     allow_for(&h, "wxcam", "u", RECORD, one_time("idle")).await;
     let granted = next_events(&mut live, 2, Duration::from_secs(2)).await;
     assert_eq!(granted.len(), 2);
 
     // Use the camera grant every 250 ms for 2 s (twice the idle timeout).
-    while start.elapsed() < Duration::from_millis(2000) {
+    let mut camera_deadline = t0 + idle;
+    for step in 1..=8 {
+        h.advance(Duration::from_millis(250));
         let d = h.decision("wxcam", "u", CAMERA).await;
         assert_eq!(
             (d.outcome(), d.session_id.as_str()),
             (Outcome::Granted, "used"),
-            "a used one-time grant lapsed after {:?}",
-            start.elapsed()
+            "a used one-time grant lapsed after {} ms",
+            step * 250
         );
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        // A read renews a grant with under half its idle timeout left,
+        // without waiting: let the renewal land before time moves on.
+        camera_deadline = time_of(&d.expires_at);
+        for _ in 0..200 {
+            if camera_deadline >= h.now() + idle / 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            let d = h.decision("wxcam", "u", CAMERA).await;
+            camera_deadline = time_of(&d.expires_at);
+        }
+        assert!(
+            camera_deadline >= h.now() + idle / 2,
+            "a used one-time grant was not renewed at step {step}"
+        );
     }
-    // Meanwhile the unused one lapsed, once.
-    let lapsed = next_events(&mut live, 1, Duration::from_millis(100)).await;
+    // Meanwhile the unused one lapsed, once, not before its idle timeout.
+    let lapsed = next_events(&mut live, 1, Duration::from_secs(2)).await;
     assert_eq!(
         described(&lapsed),
         vec![ev(RECORD, Granted, NotDetermined, Cause::Expired)]
     );
+    assert!(time_of(&lapsed[0].time) >= t0 + idle, "{lapsed:?}");
     assert_eq!(
         h.decision("wxcam", "u", RECORD).await.outcome(),
         Outcome::Prompt
     );
-    // Unused from now on: the camera grant lapses within the timeout (+ checks).
-    let lapsed = next_events(&mut live, 1, Duration::from_millis(1800)).await;
+    // Unused from now on: the camera grant lapses at its deadline, not before.
+    assert!(camera_deadline <= h.now() + idle, "{camera_deadline:?}");
+    h.advance(camera_deadline.duration_since(h.now()).unwrap() - MS);
+    assert_no_event(&mut live, QUIET).await;
+    h.advance(MS);
+    let lapsed = next_events(&mut live, 1, Duration::from_secs(2)).await;
     assert_eq!(
         described(&lapsed),
         vec![ev(CAMERA, Granted, NotDetermined, Cause::Expired)]
@@ -465,18 +510,15 @@ async fn one_time_grants_lapse_after_the_idle_timeout_unless_used() {
 /// and a one-time grant can still be ended.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grant_timers_survive_a_restart() {
-    let mut h = TestDaemon::start_with(short_expiry).await;
+    let mut h = TestDaemon::start_with_manual_clock(short_expiry).await;
     h.register(app("wxcam", AppKind::MiniProgram)).await;
     let r0 = h.revision().await;
-    let lapse = SystemTime::now() + Duration::from_millis(1500);
+    let lapse = h.now() + Duration::from_millis(1500);
     allow_for(&h, "wxcam", "u", CAMERA, until(lapse)).await;
     allow_for(&h, "wxcam", "u", RECORD, one_time("s1")).await;
 
     h.restart().await;
-    assert!(
-        SystemTime::now() < lapse,
-        "the restart took too long for this test"
-    );
+    assert!(h.now() < lapse, "the clock moved during the restart");
     let d = h.decision("wxcam", "u", CAMERA).await;
     assert_eq!(d.outcome(), Outcome::Granted);
     assert!(
@@ -494,12 +536,15 @@ async fn grant_timers_survive_a_restart() {
             ev(RECORD, NotDetermined, Granted, Cause::Popup),
         ]
     );
+    h.advance(Duration::from_millis(1499));
+    assert_no_event(&mut stream, QUIET).await;
+    h.advance(MS);
     let expired = next_events(&mut stream, 1, Duration::from_secs(3)).await;
     assert_eq!(
         described(&expired),
         vec![ev(CAMERA, Granted, NotDetermined, Cause::Expired)]
     );
-    assert!(SystemTime::now() >= lapse);
+    assert!(h.now() >= lapse);
 
     let ended = h.end_session("wxcam", "u", "s1").await.unwrap();
     assert_eq!(
@@ -514,18 +559,18 @@ async fn grant_timers_survive_a_restart() {
 /// starts, not at the next periodic check (set far away here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lapse_missed_while_down_is_applied_right_after_start() {
-    let mut h = TestDaemon::start_with(|c| {
+    let mut h = TestDaemon::start_with_manual_clock(|c| {
         c.grants.expiry_check_interval = Duration::from_secs(60);
     })
     .await;
     h.register(app("wxcam", AppKind::MiniProgram)).await;
     let r0 = h.revision().await;
-    let lapse = SystemTime::now() + Duration::from_millis(300);
+    let lapse = h.now() + Duration::from_millis(300);
     allow_for(&h, "wxcam", "u", CAMERA, until(lapse)).await;
     h.answer("wxcam", "u", RECORD, Answer::Allow).await;
 
     h.restart_after(Duration::from_millis(600)).await;
-    assert!(SystemTime::now() > lapse);
+    assert!(h.now() > lapse);
     let started = Instant::now();
     // No write has happened since the start: only the start-up check can
     // have recorded the lapse.

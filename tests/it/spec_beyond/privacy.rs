@@ -2,9 +2,12 @@
 //! guide lacks, asked, recorded, asked again when the guide grows, kept
 //! across restarts).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use consentd::pb::{Answer, AppKind, Outcome, Reason};
+use consentd::{
+    config::Config,
+    pb::{Answer, AppKind, Outcome, Reason},
+};
 
 use crate::util::{
     android, app, assert_decision, expect_refused, location_app, with_privacy, TestDaemon, LOCATION,
@@ -294,10 +297,12 @@ async fn privacy_agreement_is_asked_recorded_and_asked_again_when_the_guide_grow
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn privacy_disagreement_fails_without_a_popup_for_the_gap() {
-    let h =
-        TestDaemon::start_with(|c| c.grants.privacy_disagree_gap = Duration::from_secs(1)).await;
+    let gap = Duration::from_secs(1);
+    let h = TestDaemon::start_with_manual_clock(|c| c.grants.privacy_disagree_gap = gap).await;
     // The default gap (10 s) on a second daemon, disagreed at the same time.
-    let d10 = TestDaemon::start().await;
+    let d10 = TestDaemon::start_with_manual_clock(|_| {}).await;
+    let default_gap = Config::default().grants.privacy_disagree_gap;
+    assert_eq!(default_gap, Duration::from_secs(10));
     for d in [&h, &d10] {
         d.register(with_privacy(
             location_app("wxpriv"),
@@ -306,7 +311,6 @@ async fn privacy_disagreement_fails_without_a_popup_for_the_gap() {
         ))
         .await;
     }
-    let disagreed_at = Instant::now();
     let r = h.record_privacy("wxpriv", "u", false).await.unwrap();
     assert!(r.need_authorization);
     d10.record_privacy("wxpriv", "u", false).await.unwrap();
@@ -347,20 +351,36 @@ async fn privacy_disagreement_fails_without_a_popup_for_the_gap() {
         Outcome::PrivacyRequired
     );
 
-    // After the gap the agreement is asked for again.
-    tokio::time::sleep(Duration::from_millis(1300).saturating_sub(disagreed_at.elapsed())).await;
+    // Not a millisecond before the gap ends...
+    let ms = Duration::from_millis(1);
+    h.advance(gap - ms);
+    assert_eq!(
+        h.decision("wxpriv", "u", LOCATION).await.outcome(),
+        Outcome::PrivacyDenied
+    );
+    // ...after the gap the agreement is asked for again.
+    h.advance(ms);
     let d = h.decision("wxpriv", "u", LOCATION).await;
     assert_eq!(
         (d.outcome(), d.reason(), d.err_no),
         (Outcome::PrivacyRequired, Reason::PrivacyAgreementNeeded, 0),
         "{d:?}"
     );
-    // ...while the default 10 s gap still holds on the other daemon.
-    let d = d10.decision("wxpriv", "u", LOCATION).await;
+    // ...while the default 10 s gap still holds on the other daemon, to
+    // its last millisecond.
+    for by in [gap, default_gap - gap - ms] {
+        d10.advance(by);
+        let d = d10.decision("wxpriv", "u", LOCATION).await;
+        assert_eq!(
+            (d.outcome(), d.err_no),
+            (Outcome::PrivacyDenied, 104),
+            "{d:?}"
+        );
+    }
+    d10.advance(ms);
     assert_eq!(
-        (d.outcome(), d.err_no),
-        (Outcome::PrivacyDenied, 104),
-        "{d:?}"
+        d10.decision("wxpriv", "u", LOCATION).await.outcome(),
+        Outcome::PrivacyRequired
     );
 
     h.record_privacy("wxpriv", "u", true).await.unwrap();
