@@ -12,6 +12,9 @@ use crate::{
     store::{AppWrite, DecisionRow, TxnError, View, WriteSet},
 };
 
+/// Decisions per write job while importing (a user's rows never split).
+const IMPORT_BATCH: usize = 1024;
+
 impl Broker {
     /// Registers a new app.
     pub async fn register_app(
@@ -182,6 +185,44 @@ impl Broker {
             }
             other => other,
         }
+    }
+
+    /// An import checked whole beforehand: the apps (registered, or their
+    /// declarations replaced), then the decisions in write jobs of about
+    /// [`IMPORT_BATCH`] rows (a user's rows never split). Returns how many
+    /// decisions changed and the revision of the last write.
+    pub async fn import(
+        &self,
+        apps: Vec<(AppId, AppKind, RawDeclarations)>,
+        rows: Vec<DecisionRow>,
+        who: &Principal,
+    ) -> Result<Read<u64>, BrokerError> {
+        let mut revision = self.store.revision();
+        for (id, kind, raw) in apps {
+            revision = self.upsert_app(id, kind, raw, who).await?.revision;
+        }
+        let mut changed = 0;
+        let mut batch: Vec<DecisionRow> = Vec::new();
+        let mut rows = rows.into_iter().peekable();
+        while let Some(row) = rows.next() {
+            batch.push(row);
+            let user_ends = rows.peek().is_none_or(|next| {
+                batch
+                    .last()
+                    .is_some_and(|l| l.app != next.app || l.user != next.user)
+            });
+            if user_ends && (batch.len() >= IMPORT_BATCH || rows.peek().is_none()) {
+                let written = self
+                    .import_decisions(std::mem::take(&mut batch), who)
+                    .await?;
+                changed += written.value;
+                revision = written.revision;
+            }
+        }
+        Ok(Read {
+            value: changed,
+            revision,
+        })
     }
 
     /// Sets stored decisions (imports): rows already in place change nothing,

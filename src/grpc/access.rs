@@ -19,62 +19,51 @@ use tonic::Status;
 
 use crate::{
     auth::{Authenticator, Presentation},
-    domain::{Denied, Principal, Rpc},
+    domain::{AppId, EventFilter, Principal, Rpc},
     transport::{LogLimiter, PeerInfo, RequestGuard},
 };
 
-/// The RPC a request path names; `None` for health, reflection and unknown
-/// paths (which need no credentials: they reveal nothing but the schema).
-pub fn rpc_for_path(path: &str) -> Option<Rpc> {
-    let (service, method) = path.strip_prefix("/consent.v1.")?.split_once('/')?;
-    let rpc = match (service, method) {
-        ("Authorization", "Authorize") => Rpc::Authorize,
-        ("Authorization", "BatchAuthorize") => Rpc::BatchAuthorize,
-        ("Authorization", "CheckApi") => Rpc::CheckApi,
-        ("Authorization", "Explain") => Rpc::Explain,
-        ("Authorization", "RecordDecision") => Rpc::RecordDecision,
-        ("Authorization", "GetSetting") => Rpc::GetSetting,
-        ("Authorization", "OpenSetting") => Rpc::OpenSetting,
-        ("Authorization", "UpdateSetting") => Rpc::UpdateSetting,
-        ("Authorization", "RemoveApp") => Rpc::RemoveApp,
-        ("Authorization", "ListScopes") => Rpc::ListScopes,
-        ("Authorization", "GetRules") => Rpc::GetRules,
-        ("Authorization", "Watch") => Rpc::Watch,
-        ("Authorization", "EndSession") => Rpc::EndSession,
-        ("Authorization", "GetPrivacySetting") => Rpc::GetPrivacySetting,
-        ("Authorization", "RecordPrivacyDecision") => Rpc::RecordPrivacyDecision,
-        ("Authorization", "ListAudit") => Rpc::ListAudit,
-        ("Apps", "RegisterApp") => Rpc::RegisterApp,
-        ("Apps", "UpdateApp") => Rpc::UpdateApp,
-        ("Apps", "GetApp") => Rpc::GetApp,
-        ("Apps", "ListApps") => Rpc::ListApps,
-        ("Apps", "DeleteApp") => Rpc::DeleteApp,
-        ("Admin", "Compact") => Rpc::Compact,
-        ("Admin", "Verify") => Rpc::Verify,
-        ("Admin", "Export") => Rpc::Export,
-        ("Admin", "Import") => Rpc::Import,
-        _ => return None,
-    };
-    Some(rpc)
+/// The authenticated caller and the RPC it called, in every request's
+/// extensions: a handler checks the app binding without restating its own
+/// name.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub principal: Arc<Principal>,
+    pub rpc: Rpc,
 }
 
-/// The authenticated caller, in every request's extensions.
-#[derive(Clone, Debug)]
-pub struct Caller(pub Arc<Principal>);
+impl Caller {
+    /// The call may touch `app`'s data (the app binding).
+    pub fn may_touch(&self, app: &AppId) -> Result<(), Status> {
+        Ok(self.principal.may_touch(self.rpc, app)?)
+    }
+
+    /// The call spans every app (operators' calls).
+    pub fn may_span_all_apps(&self) -> Result<(), Status> {
+        Ok(self.principal.may_span_all_apps(self.rpc)?)
+    }
+
+    /// Narrows a Watch filter to the apps the caller is bound to.
+    pub fn narrow_watch(&self, filter: &mut EventFilter) -> Result<(), Status> {
+        Ok(self.principal.narrow_watch(filter)?)
+    }
+}
+
+impl std::ops::Deref for Caller {
+    type Target = Principal;
+
+    fn deref(&self) -> &Principal {
+        &self.principal
+    }
+}
 
 /// The caller of a request that went through [`AccessLayer`].
-pub fn caller<T>(request: &tonic::Request<T>) -> Result<Arc<Principal>, Status> {
+pub fn caller<T>(request: &tonic::Request<T>) -> Result<Caller, Status> {
     request
         .extensions()
         .get::<Caller>()
-        .map(|c| c.0.clone())
+        .cloned()
         .ok_or_else(|| Status::internal("the access layer did not run for this call"))
-}
-
-/// Makes the status of a refusal; the access layer logs it (rate limited)
-/// with the principal and the peer, never a credential.
-pub fn refuse(denied: Denied) -> Status {
-    Status::permission_denied(denied.to_string())
 }
 
 /// Limits every call shares.
@@ -374,7 +363,7 @@ where
 
     fn call(&mut self, mut request: http::Request<tonic::body::Body>) -> Self::Future {
         let peer = request.extensions().get::<PeerInfo>().cloned();
-        let rpc = rpc_for_path(request.uri().path());
+        let rpc = Rpc::from_path(request.uri().path());
         // Only calls of the API keep a connection open past its idle
         // timeout: health and reflection need no credentials, so a health
         // Watch must not pin a connection. They count as activity when
@@ -431,7 +420,7 @@ where
             }
         };
         if let Err(refused) = principal.may_call(rpc) {
-            let status = refuse(refused);
+            let status = Status::from(refused);
             denied(&status);
             return reject(status, held);
         }
@@ -461,7 +450,7 @@ where
                 Err(status) => return reject(busy(status), held),
             }
         }
-        request.extensions_mut().insert(Caller(principal));
+        request.extensions_mut().insert(Caller { principal, rpc });
         let limit = self.layer.message_timeout;
         let request = request.map(|body| {
             tonic::body::Body::new(DeadlineBody {
@@ -610,7 +599,7 @@ mod tests {
             for service in &file.service {
                 for method in &service.method {
                     let path = format!("/{}.{}/{}", file.package(), service.name(), method.name());
-                    let rpc = rpc_for_path(&path).unwrap_or_else(|| panic!("{path} has no Rpc"));
+                    let rpc = Rpc::from_path(&path).unwrap_or_else(|| panic!("{path} has no Rpc"));
                     assert_eq!(rpc.to_string(), method.name());
                     seen.push(rpc);
                 }
@@ -618,7 +607,7 @@ mod tests {
         }
         assert_eq!(seen.len(), Rpc::ALL.len());
         assert!(Rpc::ALL.iter().all(|r| seen.contains(r)));
-        assert_eq!(rpc_for_path("/grpc.health.v1.Health/Check"), None);
-        assert_eq!(rpc_for_path("/consent.v1.Authorization/Nope"), None);
+        assert_eq!(Rpc::from_path("/grpc.health.v1.Health/Check"), None);
+        assert_eq!(Rpc::from_path("/consent.v1.Authorization/Nope"), None);
     }
 }

@@ -5,21 +5,16 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{
-    access::{caller, refuse},
-    convert,
-};
+use super::{access::caller, convert};
 use crate::{
     broker::Broker,
-    domain::{AppId, Rpc, UserId},
+    domain::{AppId, UserId},
     pb::{self, admin_server::Admin, export_record::Record},
     store::{DecisionRow, Retention},
 };
 
 /// Decisions read per page while exporting.
 const EXPORT_PAGE: usize = 1024;
-/// Decisions per write job while importing (a user's rows never split).
-const IMPORT_BATCH: usize = 1024;
 
 pub struct AdminService {
     broker: Broker,
@@ -308,9 +303,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::CompactRequest>,
     ) -> Result<Response<pb::CompactResponse>, Status> {
-        caller(&request)?
-            .may_span_all_apps(Rpc::Compact)
-            .map_err(refuse)?;
+        caller(&request)?.may_span_all_apps()?;
         let done = self.broker.compact(self.retention).await?;
         Ok(Response::new(pb::CompactResponse {
             removed_events: done.removed,
@@ -323,9 +316,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::VerifyRequest>,
     ) -> Result<Response<pb::VerifyResponse>, Status> {
-        caller(&request)?
-            .may_span_all_apps(Rpc::Verify)
-            .map_err(refuse)?;
+        caller(&request)?.may_span_all_apps()?;
         let v = self.broker.verify().await?;
         Ok(Response::new(pb::VerifyResponse {
             consistent: v.mismatches.is_empty(),
@@ -341,9 +332,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::ExportRequest>,
     ) -> Result<Response<Self::ExportStream>, Status> {
-        caller(&request)?
-            .may_span_all_apps(Rpc::Export)
-            .map_err(refuse)?;
+        caller(&request)?.may_span_all_apps()?;
         let (tx, rx) = mpsc::channel(256);
         // Ends when the export is done, the client stops reading, or the
         // daemon shuts down.
@@ -368,7 +357,7 @@ impl Admin for AdminService {
         request: Request<Streaming<pb::ExportRecord>>,
     ) -> Result<Response<pb::ImportResponse>, Status> {
         let who = caller(&request)?;
-        who.may_span_all_apps(Rpc::Import).map_err(refuse)?;
+        who.may_span_all_apps()?;
         let mut stream = request.into_inner();
         // The whole import is read and checked before the first write.
         let mut records = Vec::new();
@@ -383,32 +372,8 @@ impl Admin for AdminService {
             Err(e) => Err(e.into()),
         })?;
         let (apps, decisions) = (plan.apps.len() as u64, plan.rows.len() as u64);
-        let mut changed = 0u64;
-        let mut revision = self.broker.revision();
-        for (id, kind, raw) in plan.apps {
-            revision = self.broker.upsert_app(id, kind, raw, &who).await?.revision;
-        }
-        let mut batch: Vec<DecisionRow> = Vec::new();
-        for row in plan.rows {
-            // Full batches are written only between users.
-            let new_user = batch
-                .last()
-                .is_some_and(|l| l.app != row.app || l.user != row.user);
-            if batch.len() >= IMPORT_BATCH && new_user {
-                let written = self
-                    .broker
-                    .import_decisions(std::mem::take(&mut batch), &who)
-                    .await?;
-                changed += written.value;
-                revision = written.revision;
-            }
-            batch.push(row);
-        }
-        if !batch.is_empty() {
-            let written = self.broker.import_decisions(batch, &who).await?;
-            changed += written.value;
-            revision = written.revision;
-        }
+        let written = self.broker.import(plan.apps, plan.rows, &who).await?;
+        let (changed, revision) = (written.value, written.revision);
         tracing::info!(apps, decisions, changed, "import done");
         Ok(Response::new(pb::ImportResponse {
             apps,

@@ -2,13 +2,10 @@
 
 use tonic::{Request, Response, Status};
 
-use super::{
-    access::{caller, refuse},
-    convert,
-};
+use super::{access::caller, convert};
 use crate::{
     broker::Broker,
-    domain::{AppId, Rpc},
+    domain::AppId,
     pb::{self, apps_server::Apps},
 };
 
@@ -30,7 +27,7 @@ impl Apps for AppsService {
     ) -> Result<Response<pb::RegisterAppResponse>, Status> {
         let who = caller(&request)?;
         let (id, kind, raw) = convert::app_request(request.into_inner().app)?;
-        who.may_touch(Rpc::RegisterApp, &id).map_err(refuse)?;
+        who.may_touch(&id)?;
         let read = self.broker.register_app(id, kind, raw, &who).await?;
         Ok(Response::new(pb::RegisterAppResponse {
             app: Some(convert::app(&read.value)),
@@ -44,7 +41,7 @@ impl Apps for AppsService {
     ) -> Result<Response<pb::UpdateAppResponse>, Status> {
         let who = caller(&request)?;
         let (id, kind, raw) = convert::app_request(request.into_inner().app)?;
-        who.may_touch(Rpc::UpdateApp, &id).map_err(refuse)?;
+        who.may_touch(&id)?;
         let read = self.broker.update_app(id, kind, raw, &who).await?;
         Ok(Response::new(pb::UpdateAppResponse {
             app: Some(convert::app(&read.value)),
@@ -58,7 +55,7 @@ impl Apps for AppsService {
     ) -> Result<Response<pb::GetAppResponse>, Status> {
         let who = caller(&request)?;
         let id = AppId::parse(&request.into_inner().app_id)?;
-        who.may_touch(Rpc::GetApp, &id).map_err(refuse)?;
+        who.may_touch(&id)?;
         let read = self.broker.get_app(&id)?;
         Ok(Response::new(pb::GetAppResponse {
             app: Some(convert::app(&read.value)),
@@ -70,9 +67,7 @@ impl Apps for AppsService {
         &self,
         request: Request<pb::ListAppsRequest>,
     ) -> Result<Response<pb::ListAppsResponse>, Status> {
-        caller(&request)?
-            .may_span_all_apps(Rpc::ListApps)
-            .map_err(refuse)?;
+        caller(&request)?.may_span_all_apps()?;
         let r = request.into_inner();
         let after = match r.page_token.as_str() {
             "" => None,
@@ -94,7 +89,7 @@ impl Apps for AppsService {
     ) -> Result<Response<pb::DeleteAppResponse>, Status> {
         let who = caller(&request)?;
         let id = AppId::parse(&request.into_inner().app_id)?;
-        who.may_touch(Rpc::DeleteApp, &id).map_err(refuse)?;
+        who.may_touch(&id)?;
         let written = self.broker.delete_app(id, &who).await?;
         Ok(Response::new(pb::DeleteAppResponse {
             revoked_decisions: written.value,

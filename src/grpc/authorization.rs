@@ -5,14 +5,14 @@ use tonic::{Request, Response, Status};
 use std::sync::Arc;
 
 use super::{
-    access::{caller, refuse},
+    access::caller,
     convert,
     stream::{Holder, WatchStream},
 };
 use crate::{
     auth::Authenticator,
     broker::Broker,
-    domain::{gates::msg, Api, Rpc, Scope, SessionId, SettingsUpdate},
+    domain::{gates::msg, Api, Scope, SessionId, SettingsUpdate},
     metrics::Metrics,
     pb::{self, authorization_server::Authorization},
     watch::Watcher,
@@ -55,12 +55,12 @@ impl Authorization for AuthorizationService {
         let who = caller(&request)?;
         let presented = super::access::presentation(&request);
         let (mut filter, start) = convert::watch_request(request.into_inner())?;
-        who.narrow_watch(&mut filter).map_err(refuse)?;
+        who.narrow_watch(&mut filter)?;
         let (items, outcome) = self.watcher.subscribe(filter, start)?;
         let holder = Holder {
             generation: self.auth.generation(),
             auth: self.auth.clone(),
-            principal: who,
+            principal: who.principal,
             presented,
         };
         Ok(Response::new(
@@ -75,8 +75,7 @@ impl Authorization for AuthorizationService {
         let who = caller(&request)?;
         let r = request.into_inner();
         let subject = convert::subject(&r.app_id, &r.user_id)?;
-        who.may_touch(Rpc::Authorize, &subject.app)
-            .map_err(refuse)?;
+        who.may_touch(&subject.app)?;
         let scope = convert::scope("scope", &r.scope)?;
         let client = convert::client(r.client)?;
         let read = self.broker.authorize(&subject, scope, &client, &who)?;
@@ -94,7 +93,7 @@ impl Authorization for AuthorizationService {
         let who = caller(&request)?;
         let r = request.into_inner();
         let subject = convert::subject(&r.app_id, &r.user_id)?;
-        who.may_touch(Rpc::Explain, &subject.app).map_err(refuse)?;
+        who.may_touch(&subject.app)?;
         let scope = convert::scope("scope", &r.scope)?;
         let client = convert::client(r.client)?;
         let read = self.broker.explain(&subject, scope, &client)?;
@@ -113,8 +112,7 @@ impl Authorization for AuthorizationService {
         let who = caller(&request)?;
         let r = request.into_inner();
         let subject = convert::subject(&r.app_id, &r.user_id)?;
-        who.may_touch(Rpc::BatchAuthorize, &subject.app)
-            .map_err(refuse)?;
+        who.may_touch(&subject.app)?;
         if r.scopes.is_empty() || r.scopes.len() > MAX_BATCH_SCOPES {
             return Err(Status::invalid_argument(format!(
                 "scopes must hold 1 to {MAX_BATCH_SCOPES} scopes, not {}",
@@ -147,7 +145,7 @@ impl Authorization for AuthorizationService {
         let who = caller(&request)?;
         let r = request.into_inner();
         let subject = convert::subject(&r.app_id, &r.user_id)?;
-        who.may_touch(Rpc::CheckApi, &subject.app).map_err(refuse)?;
+        who.may_touch(&subject.app)?;
         let api = Api::parse_field("api", &r.api)?;
         let client = convert::client(r.client)?;
         let read = self.broker.check_api(&subject, api, &client, &who)?;
@@ -172,8 +170,7 @@ impl Authorization for AuthorizationService {
         let who = caller(&request)?;
         let r = request.into_inner();
         let subject = convert::subject(&r.app_id, &r.user_id)?;
-        who.may_touch(Rpc::RecordDecision, &subject.app)
-            .map_err(refuse)?;
+        who.may_touch(&subject.app)?;
         let scope = convert::scope("scope", &r.scope)?;
         let answer = convert::answer(r.answer)?;
         let client = convert::client(r.client)?;
@@ -197,8 +194,7 @@ impl Authorization for AuthorizationService {
         let who = caller(&request)?;
         let r = request.into_inner();
         let subject = convert::subject(&r.app_id, &r.user_id)?;
-        who.may_touch(Rpc::GetSetting, &subject.app)
-            .map_err(refuse)?;
+        who.may_touch(&subject.app)?;
         let read = self.broker.get_setting(&subject)?;
         Ok(Response::new(pb::GetSettingResponse {
             auth_setting: convert::auth_setting(&read.value),
@@ -214,8 +210,7 @@ impl Authorization for AuthorizationService {
         let who = caller(&request)?;
         let r = request.into_inner();
         let subject = convert::subject(&r.app_id, &r.user_id)?;
-        who.may_touch(Rpc::OpenSetting, &subject.app)
-            .map_err(refuse)?;
+        who.may_touch(&subject.app)?;
         let read = self.broker.open_setting(&subject)?;
         Ok(Response::new(pb::OpenSettingResponse {
             items: read
@@ -237,8 +232,7 @@ impl Authorization for AuthorizationService {
         let who = caller(&request)?;
         let r = request.into_inner();
         let subject = convert::subject(&r.app_id, &r.user_id)?;
-        who.may_touch(Rpc::UpdateSetting, &subject.app)
-            .map_err(refuse)?;
+        who.may_touch(&subject.app)?;
         let mut toggles = std::collections::BTreeMap::new();
         for (name, enabled) in &r.auth_setting {
             toggles.insert(convert::scope("auth_setting", name)?, *enabled);
@@ -274,8 +268,7 @@ impl Authorization for AuthorizationService {
         let who = caller(&request)?;
         let r = request.into_inner();
         let subject = convert::subject(&r.app_id, &r.user_id)?;
-        who.may_touch(Rpc::RemoveApp, &subject.app)
-            .map_err(refuse)?;
+        who.may_touch(&subject.app)?;
         let written = self.broker.remove_app(&subject, &who).await?;
         Ok(Response::new(pb::RemoveAppResponse {
             changes: convert::changes(&written.events),
@@ -290,8 +283,7 @@ impl Authorization for AuthorizationService {
         let who = caller(&request)?;
         let r = request.into_inner();
         let subject = convert::subject(&r.app_id, &r.user_id)?;
-        who.may_touch(Rpc::EndSession, &subject.app)
-            .map_err(refuse)?;
+        who.may_touch(&subject.app)?;
         let session = SessionId::parse_field("session_id", &r.session_id)?;
         let written = self.broker.end_session(&subject, session, &who).await?;
         Ok(Response::new(pb::EndSessionResponse {
@@ -307,8 +299,7 @@ impl Authorization for AuthorizationService {
         let who = caller(&request)?;
         let r = request.into_inner();
         let subject = convert::subject(&r.app_id, &r.user_id)?;
-        who.may_touch(Rpc::GetPrivacySetting, &subject.app)
-            .map_err(refuse)?;
+        who.may_touch(&subject.app)?;
         let read = self.broker.get_privacy_setting(&subject)?;
         let (need_authorization, privacy_contract_name) = read.value;
         Ok(Response::new(pb::GetPrivacySettingResponse {
@@ -326,8 +317,7 @@ impl Authorization for AuthorizationService {
         let who = caller(&request)?;
         let r = request.into_inner();
         let subject = convert::subject(&r.app_id, &r.user_id)?;
-        who.may_touch(Rpc::RecordPrivacyDecision, &subject.app)
-            .map_err(refuse)?;
+        who.may_touch(&subject.app)?;
         let read = self
             .broker
             .record_privacy_decision(&subject, r.agree, &who)
@@ -346,7 +336,7 @@ impl Authorization for AuthorizationService {
     ) -> Result<Response<pb::ListAuditResponse>, Status> {
         let who = caller(&request)?;
         let (app, query) = convert::audit_query(request.into_inner())?;
-        who.may_touch(Rpc::ListAudit, &app).map_err(refuse)?;
+        who.may_touch(&app)?;
         let read = self.broker.audit(&app, &query)?;
         let (records, next) = read.value;
         Ok(Response::new(pb::ListAuditResponse {

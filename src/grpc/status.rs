@@ -2,7 +2,12 @@
 
 use tonic::{Code, Status};
 
-use crate::{broker::BrokerError, domain::DomainError, store::StoreError, watch::WatchError};
+use crate::{
+    broker::BrokerError,
+    domain::{Denied, DomainError},
+    store::StoreError,
+    watch::WatchError,
+};
 
 impl From<BrokerError> for Status {
     fn from(e: BrokerError) -> Self {
@@ -79,6 +84,15 @@ impl From<StoreError> for Status {
 impl From<DomainError> for Status {
     fn from(e: DomainError) -> Self {
         BrokerError::Domain(e).into()
+    }
+}
+
+/// A refusal by the role x RPC matrix or the app binding. The access layer
+/// logs it (rate limited) with the principal and the peer, never a
+/// credential.
+impl From<Denied> for Status {
+    fn from(denied: Denied) -> Self {
+        Status::permission_denied(bounded(denied.to_string()))
     }
 }
 
