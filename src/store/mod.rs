@@ -37,6 +37,7 @@
 #[cfg(test)]
 pub(crate) mod contract;
 mod sled_codec;
+mod sled_durability;
 mod sled_maintenance;
 mod sled_read;
 mod sled_shared;

@@ -15,6 +15,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::{
     codec::{self, FORMAT_KEY, FORMAT_VERSION, REVISION_KEY},
+    sled_durability::Durability,
     sled_maintenance, sled_read,
     sled_shared::Shared,
     sled_writer::{self, Request},
@@ -247,12 +248,15 @@ fn start_writer(
     config: &SledConfig,
 ) -> Result<WriterHandle, StoreError> {
     let (tx, rx) = mpsc::channel(config.queue_depth.max(1));
-    let state = sled_writer::Writer::new(
-        tree,
-        shared,
-        config.max_batch.max(1),
-        config.flush_on_commit,
-    );
+    let durability = config
+        .flush_on_commit
+        .then(|| Durability::open(&config.path))
+        .transpose()
+        .map_err(|e| StoreError::Open {
+            path: config.path.display().to_string(),
+            message: format!("opening sled's log file for fdatasync: {e}"),
+        })?;
+    let state = sled_writer::Writer::new(tree, shared, config.max_batch.max(1), durability);
     let thread = std::thread::Builder::new()
         .name("consentd-writer".into())
         .spawn(move || state.run(rx))

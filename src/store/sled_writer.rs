@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     codec,
+    sled_durability::Durability,
     sled_read::{self, read_due_timers, Kv, Overlay, Staged},
     sled_shared::Shared,
     AppWrite, Committed, Job, Published, StoreError, Timer, TxnError, View, WriteSet,
@@ -35,7 +36,9 @@ pub(super) struct Writer {
     pub(super) tree: sled::Tree,
     pub(super) shared: Arc<Shared>,
     max_batch: usize,
-    flush: bool,
+    /// `Some` when every group commit is made durable before it is
+    /// acknowledged (`flush_on_commit`): sled's flush, then an `fdatasync`.
+    durability: Option<Durability>,
 }
 
 /// What one group commit has staged so far.
@@ -54,12 +57,17 @@ struct Group {
 }
 
 impl Writer {
-    pub fn new(tree: sled::Tree, shared: Arc<Shared>, max_batch: usize, flush: bool) -> Self {
+    pub fn new(
+        tree: sled::Tree,
+        shared: Arc<Shared>,
+        max_batch: usize,
+        durability: Option<Durability>,
+    ) -> Self {
         Self {
             tree,
             shared,
             max_batch,
-            flush,
+            durability,
         }
     }
 
@@ -144,7 +152,7 @@ impl Writer {
             } else {
                 // Applied: the changes are visible, so publish them even if the flush
                 // fails (their callers then learn the outcome is unknown).
-                if let Err(e) = self.flush.then(|| self.tree.flush()).transpose() {
+                if let Err(e) = self.make_durable() {
                     tracing::error!(error = %e, jobs, "flush failed; writes not acknowledged");
                     self.shared.failed.store(true, Ordering::Release);
                     failure = Some(e);
@@ -172,6 +180,17 @@ impl Writer {
             // A caller that went away no longer needs its answer; the write stands.
             let _ = reply.send(result);
         }
+    }
+
+    /// sled's flush (its log written, ended by `sync_file_range`), then an
+    /// `fdatasync` of the log so the group survives a power cut too. Nothing
+    /// when `flush_on_commit` is off.
+    fn make_durable(&self) -> Result<(), sled::Error> {
+        let Some(durability) = &self.durability else {
+            return Ok(());
+        };
+        self.tree.flush()?;
+        durability.sync().map_err(sled::Error::Io)
     }
 
     /// Makes a committed group visible to readers.

@@ -8,7 +8,7 @@ mod catalog;
 mod churn;
 mod cli;
 mod crash;
-mod disk;
+mod crash_support;
 mod docs;
 mod fixture;
 mod gates;
