@@ -8,6 +8,7 @@
 //! metrics are the standard `process_*`; everything else is `consentd_*`.
 
 use std::{
+    borrow::Cow,
     future::Future,
     net::SocketAddr,
     pin::Pin,
@@ -22,7 +23,7 @@ use prometheus::{
 };
 
 use crate::{
-    domain::{gates::Verdict, Scope},
+    domain::{gates::Verdict, Rpc, Scope},
     store::{CommitObserver, Store},
     watch::WatchStats,
 };
@@ -179,7 +180,7 @@ impl Metrics {
                 "watch_catch_ups_total",
                 "reads of the durable log by subscribers (replays and lag recovery)"
             )?),
-            methods: (0..=METHODS.len())
+            methods: (0..=METHOD_COUNT)
                 .map(|_| MethodMetrics::default())
                 .collect(),
             verdicts: (0..Scope::all().count() * OUTCOME_SLOTS * REASON_SLOTS)
@@ -190,13 +191,12 @@ impl Metrics {
         })
     }
 
-    /// One finished call of the method at `method` (an index into `METHODS`,
-    /// or its length for any other path); `code` is the gRPC status name,
-    /// `None` for OK.
+    /// One finished call of the method at `method` (from [`method_index`]);
+    /// `code` is the gRPC status name, `None` for OK.
     pub fn observe_rpc(&self, method: usize, code: Option<&str>, elapsed: Duration) {
-        let method = method.min(METHODS.len());
-        let (path, kind) = METHODS.get(method).copied().unwrap_or(OTHER_METHOD);
-        let (service, name) = split_path(path);
+        let method = method.min(METHOD_COUNT);
+        let (kind, service, name) = method_labels(method);
+        let service = service.as_ref();
         let handles = &self.methods[method];
         match code {
             None => handles
@@ -336,34 +336,10 @@ pub async fn serve(
     Ok((bound, task))
 }
 
-/// Every served method's path and `grpc_type`; any other path is
-/// [`OTHER_METHOD`] (unbounded paths must not become labels).
-const METHODS: &[(&str, &str)] = &[
-    ("/consent.v1.Authorization/Authorize", "unary"),
-    ("/consent.v1.Authorization/BatchAuthorize", "unary"),
-    ("/consent.v1.Authorization/CheckApi", "unary"),
-    ("/consent.v1.Authorization/Explain", "unary"),
-    ("/consent.v1.Authorization/RecordDecision", "unary"),
-    ("/consent.v1.Authorization/GetSetting", "unary"),
-    ("/consent.v1.Authorization/OpenSetting", "unary"),
-    ("/consent.v1.Authorization/UpdateSetting", "unary"),
-    ("/consent.v1.Authorization/RemoveApp", "unary"),
-    ("/consent.v1.Authorization/ListScopes", "unary"),
-    ("/consent.v1.Authorization/GetRules", "unary"),
-    ("/consent.v1.Authorization/Watch", "server_stream"),
-    ("/consent.v1.Authorization/EndSession", "unary"),
-    ("/consent.v1.Authorization/GetPrivacySetting", "unary"),
-    ("/consent.v1.Authorization/RecordPrivacyDecision", "unary"),
-    ("/consent.v1.Authorization/ListAudit", "unary"),
-    ("/consent.v1.Apps/RegisterApp", "unary"),
-    ("/consent.v1.Apps/UpdateApp", "unary"),
-    ("/consent.v1.Apps/GetApp", "unary"),
-    ("/consent.v1.Apps/ListApps", "unary"),
-    ("/consent.v1.Apps/DeleteApp", "unary"),
-    ("/consent.v1.Admin/Compact", "unary"),
-    ("/consent.v1.Admin/Verify", "unary"),
-    ("/consent.v1.Admin/Export", "server_stream"),
-    ("/consent.v1.Admin/Import", "client_stream"),
+/// Served paths besides consentd's own RPCs (those come from the one table
+/// of RPCs, [`Rpc`]), with their `grpc_type`; any other path is counted as
+/// `other` (unbounded paths must not become labels).
+const INFRA_METHODS: &[(&str, &str)] = &[
     ("/grpc.health.v1.Health/Check", "unary"),
     ("/grpc.health.v1.Health/Watch", "server_stream"),
     (
@@ -376,7 +352,38 @@ const METHODS: &[(&str, &str)] = &[
     ),
 ];
 
-const OTHER_METHOD: (&str, &str) = ("/other/other", "unknown");
+/// Methods with labels of their own; index `METHOD_COUNT` is every other
+/// path.
+const METHOD_COUNT: usize = Rpc::ALL.len() + INFRA_METHODS.len();
+
+/// How an RPC streams, as grpc-go's interceptors label it.
+fn grpc_type(rpc: Rpc) -> &'static str {
+    match rpc {
+        Rpc::Watch | Rpc::Export => "server_stream",
+        Rpc::Import => "client_stream",
+        _ => "unary",
+    }
+}
+
+/// (`grpc_type`, `grpc_service`, `grpc_method`) of the method at `index`.
+fn method_labels(index: usize) -> (&'static str, Cow<'static, str>, &'static str) {
+    if let Some(&rpc) = Rpc::ALL.get(index) {
+        let (service, method) = rpc.service_method();
+        return (
+            grpc_type(rpc),
+            format!("consent.v1.{service}").into(),
+            method,
+        );
+    }
+    // Past consentd's own RPCs: the index is at least Rpc::ALL.len().
+    match INFRA_METHODS.get(index - Rpc::ALL.len()) {
+        Some((path, kind)) => {
+            let (service, method) = split_path(path);
+            (kind, service.into(), method)
+        }
+        _ => ("unknown", "other".into(), "other"),
+    }
+}
 
 /// `/pkg.Service/Method` -> (`pkg.Service`, `Method`).
 fn split_path(path: &str) -> (&str, &str) {
@@ -436,13 +443,19 @@ struct MethodMetrics {
     seconds: OnceLock<Histogram>,
 }
 
-/// The index of a request path in [`METHODS`], or `METHODS.len()` for any
-/// other path.
+/// The index of a request path's labels ([`method_labels`]), or
+/// `METHOD_COUNT` for any other path.
 fn method_index(path: &str) -> usize {
-    METHODS
+    if let Some(rpc) = Rpc::from_path(path) {
+        return Rpc::ALL
+            .iter()
+            .position(|r| *r == rpc)
+            .unwrap_or(METHOD_COUNT);
+    }
+    INFRA_METHODS
         .iter()
         .position(|(m, _)| *m == path)
-        .unwrap_or(METHODS.len())
+        .map_or(METHOD_COUNT, |i| Rpc::ALL.len() + i)
 }
 
 /// The response header carrying the daemon's version on every gRPC call.
@@ -529,7 +542,7 @@ mod tests {
     use prost::Message as _;
 
     use super::{
-        enum_label, method_index, split_path, Metrics, METHODS, OTHER_METHOD, OUTCOME_SLOTS,
+        enum_label, method_index, method_labels, split_path, Metrics, METHOD_COUNT, OUTCOME_SLOTS,
         REASON_SLOTS,
     };
     use crate::domain::{
@@ -634,15 +647,20 @@ mod tests {
                         (true, false) => "client_stream",
                         (true, true) => "bidi_stream",
                     };
-                    let label = METHODS.get(method_index(&path)).copied();
-                    assert_eq!(label, Some((path.as_str(), kind)), "add {path} to METHODS");
+                    let index = method_index(&path);
+                    assert!(index < METHOD_COUNT, "{path} has no labels of its own");
+                    let (grpc_type, service, name) = method_labels(index);
+                    assert_eq!((format!("/{service}/{name}"), grpc_type), (path, kind));
                     seen += 1;
                 }
             }
         }
         assert!(seen >= 19);
-        assert_eq!(method_index("/evil/unbounded-1234"), METHODS.len());
-        assert_eq!(split_path(OTHER_METHOD.0), ("other", "other"));
+        assert_eq!(method_index("/evil/unbounded-1234"), METHOD_COUNT);
+        assert_eq!(
+            method_labels(METHOD_COUNT),
+            ("unknown", "other".into(), "other")
+        );
         assert_eq!(
             split_path("/consent.v1.Authorization/Authorize"),
             ("consent.v1.Authorization", "Authorize")
