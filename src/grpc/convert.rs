@@ -914,3 +914,63 @@ subject_only!(
     RemoveAppRequest,
     GetPrivacySettingRequest
 );
+
+/// One record of an import; a decision row is checked on its own here
+/// (ids, scope, state, lifetime), the import as a whole by
+/// [`crate::domain::import::plan`].
+pub fn import_record(
+    record: pb::export_record::Record,
+) -> Result<crate::domain::import::ImportRecord, DomainError> {
+    use crate::domain::import::ImportRecord;
+    use pb::export_record::Record;
+    Ok(match record {
+        Record::Header(pb::ExportHeader {
+            format,
+            revision: _,
+        }) => ImportRecord::Header { format },
+        Record::App(app) => {
+            let (id, kind, raw) = app_request(Some(app))?;
+            ImportRecord::App { id, kind, raw }
+        }
+        Record::Decision(d) => ImportRecord::Decision(stored_decision(d)?),
+        Record::Event(_) => ImportRecord::Ignored,
+    })
+}
+
+/// An exported decision row.
+fn stored_decision(d: pb::StoredDecision) -> Result<crate::domain::DecisionRow, DomainError> {
+    let pb::StoredDecision {
+        app_id,
+        user_id,
+        scope: raw_scope,
+        state: raw_state,
+        expires_at,
+        session_id,
+    } = d;
+    // Ids first: the state's message quotes them, so they must be sane.
+    let app = AppId::parse_field("decision.app_id", &app_id)?;
+    let user = UserId::parse_field("decision.user_id", &user_id)?;
+    let scope = scope("decision.scope", &raw_scope)?;
+    let state = match pb::DecisionState::try_from(raw_state) {
+        Ok(pb::DecisionState::Granted) => DecisionState::Granted,
+        Ok(pb::DecisionState::Denied) => DecisionState::Denied,
+        _ => {
+            return Err(invalid(
+                "decision.state",
+                format!(
+                    "decision.state {raw_state} for {app_id} {user_id} {raw_scope} must be GRANTED or DENIED"
+                ),
+            ))
+        }
+    };
+    let lifetime = lifetime_of_stored(expires_at, &session_id)?;
+    let row = crate::domain::DecisionRow {
+        app,
+        user,
+        scope,
+        state,
+        lifetime,
+    };
+    crate::domain::import::check_row(&row)?;
+    Ok(row)
+}
