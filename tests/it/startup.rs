@@ -3,20 +3,18 @@
 
 use std::{path::Path, process::Command};
 
-use crate::fixture::TestDaemon;
+use crate::{
+    fixture::TestDaemon,
+    support::child::{consentd, run},
+};
 
 /// Runs the real daemon on `data_dir`; it must exit on its own (it cannot start).
 fn start_fails(data_dir: &Path) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_consentd"))
+    let out = run(consentd()
         .args(["--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+        .env("NO_COLOR", "1"));
+    (out.code, out.stderr)
 }
 
 /// Opens a data dir a stopped daemon used. sled releases the directory's
@@ -220,16 +218,11 @@ async fn format_2_json_audit_records_are_still_listed() {
 
 /// Runs the daemon with `args` in `dir`; it must exit by itself.
 fn daemon_fails_in(dir: &Path, args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_consentd"))
+    let out = run(consentd()
         .args(args)
         .current_dir(dir)
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+        .env_remove("RUST_LOG"));
+    (out.code, out.stderr)
 }
 
 /// One line, `consentd: ...`, exit 2, no Debug forms.
@@ -342,7 +335,7 @@ impl Notified {
         socket
             .set_read_timeout(Some(std::time::Duration::from_secs(20)))
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_consentd"))
+        let child = consentd()
             .args(args)
             .args(["--data-dir"])
             .arg(dir.path().join("data"))
