@@ -15,6 +15,7 @@ use std::{
 };
 
 use consentd::pb::{self, authorization_client::AuthorizationClient, watch_response::Kind};
+use tokio::task::JoinHandle;
 use tokio_stream::StreamExt as _;
 use tonic::{transport::Channel, Code};
 
@@ -261,6 +262,25 @@ pub const WRITERS: usize = 64;
 /// must have at the end).
 pub const MIN_ACKS: usize = 200;
 
+/// Starts [`WRITERS`] writers on `channel` and returns once they have
+/// [`MIN_ACKS`] acknowledgements; [`Stop::now`] marks the stop that ends them.
+pub async fn writers_under_way(channel: &Channel) -> (Vec<JoinHandle<Written>>, Arc<Stop>) {
+    let acks = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(Stop::default());
+    let writers = (0..WRITERS)
+        .map(|w| {
+            tokio::spawn(write_until_dead(
+                channel.clone(),
+                w,
+                acks.clone(),
+                stop.clone(),
+            ))
+        })
+        .collect();
+    acks_reach(&acks, MIN_ACKS).await;
+    (writers, stop)
+}
+
 /// What one cycle saw before its daemon was stopped.
 pub struct Cycle {
     /// The revision when the cycle's writers started.
@@ -295,19 +315,7 @@ pub async fn run_cycle(daemon: ChildDaemon, after: Duration, cut: impl FnOnce())
         }
         seen
     });
-    let acks = Arc::new(AtomicUsize::new(0));
-    let stop = Arc::new(Stop::default());
-    let writers: Vec<_> = (0..WRITERS)
-        .map(|w| {
-            tokio::spawn(write_until_dead(
-                channel.clone(),
-                w,
-                acks.clone(),
-                stop.clone(),
-            ))
-        })
-        .collect();
-    acks_reach(&acks, MIN_ACKS).await;
+    let (writers, stop) = writers_under_way(&channel).await;
     tokio::time::sleep(after).await;
     stop.now();
     daemon.kill9();

@@ -319,6 +319,16 @@ fn bad_addresses_and_log_levels_get_an_example() {
     );
 }
 
+/// A notify socket at `path`, as systemd's, that waits 20 s at most for a
+/// message.
+fn notify_socket(path: &Path) -> std::os::unix::net::UnixDatagram {
+    let socket = std::os::unix::net::UnixDatagram::bind(path).unwrap();
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    socket
+}
+
 /// A daemon child that reports readiness to a notify socket the test owns,
 /// as systemd's `Type=notify` does.
 struct Notified {
@@ -331,10 +341,7 @@ impl Notified {
     fn start(args: &[&str]) -> Notified {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("notify");
-        let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
-        socket
-            .set_read_timeout(Some(std::time::Duration::from_secs(20)))
-            .unwrap();
+        let socket = notify_socket(&path);
         let child = consentd()
             .args(args)
             .args(["--data-dir"])
@@ -461,10 +468,7 @@ fn the_systemd_unit_starts_consentd_from_its_credential_and_gets_ready() {
     let mut words = exec.split_whitespace();
     let dir = tempfile::tempdir().unwrap();
     let notify = dir.path().join("notify");
-    let socket = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
-    socket
-        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
-        .unwrap();
+    let socket = notify_socket(&notify);
     let mut command = Command::new(words.next().unwrap());
     command.args(words);
     for env in unit_values(&unit, "Environment") {

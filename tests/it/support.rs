@@ -415,38 +415,35 @@ pub mod child {
         pub fn wait_for_within(&self, needle: &str, within: Duration) -> String {
             let deadline = Instant::now() + within;
             loop {
-                if let Some(line) = self
-                    .lines
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .find(|l| l.contains(needle))
-                {
-                    return line.clone();
+                if let Some(line) = self.find(needle) {
+                    return line;
                 }
                 let left = deadline.saturating_duration_since(Instant::now());
-                let why = match self.new_line.recv_timeout(left) {
+                match self.new_line.recv_timeout(left) {
                     Ok(()) => continue,
-                    Err(RecvTimeoutError::Timeout) => format!("not within {within:?}"),
-                    Err(RecvTimeoutError::Disconnected) => {
-                        // Every line is in: look once more.
-                        if let Some(line) = self
-                            .lines
-                            .lock()
-                            .unwrap()
-                            .iter()
-                            .find(|l| l.contains(needle))
-                        {
-                            return line.clone();
-                        }
-                        "the log ended".to_string()
+                    Err(RecvTimeoutError::Timeout) => {
+                        panic!(
+                            "no log line with {needle:?} within {within:?}; the log:\n{}",
+                            self.log()
+                        )
                     }
-                };
-                panic!(
-                    "no log line with {needle:?} ({why}); the log:\n{}",
-                    self.log()
-                );
+                    // Every line is in: look once more.
+                    Err(RecvTimeoutError::Disconnected) => {
+                        return self.find(needle).unwrap_or_else(|| {
+                            panic!(
+                                "the log ended without a line with {needle:?}; the log:\n{}",
+                                self.log()
+                            )
+                        })
+                    }
+                }
             }
+        }
+
+        /// The first log line so far containing `needle`.
+        fn find(&self, needle: &str) -> Option<String> {
+            let lines = self.lines.lock().unwrap();
+            lines.iter().find(|l| l.contains(needle)).cloned()
         }
 
         /// The TCP address of the first "consentd serving" line that names one.
