@@ -27,7 +27,10 @@ use proptest::{prelude::*, test_runner::TestRunner};
 use tokio_stream::StreamExt as _;
 use tonic::Code;
 
-use crate::fixture::{bare_app, client_info, location_app, Client, TestDaemon};
+use crate::{
+    fixture::{bare_app, client_info, location_app, Client, TestDaemon},
+    support::{key_of_change, key_of_event, EventKey},
+};
 
 const FG: &str = "scope.userLocation";
 const BG: &str = "scope.userLocationBackground";
@@ -649,20 +652,12 @@ fn wire_changes(
     app: &str,
     user: &str,
     changes: &[pb::DecisionChange],
-    log: &mut Vec<(u64, String, String, String, i32, i32, i32)>,
+    log: &mut Vec<EventKey>,
 ) -> Vec<(String, String, i32, i32, i32)> {
     let mut v: Vec<_> = changes
         .iter()
         .map(|c| {
-            log.push((
-                c.revision,
-                app.into(),
-                user.into(),
-                c.scope.clone(),
-                c.old_state,
-                c.new_state,
-                c.cause,
-            ));
+            log.push(key_of_change(app, user, c));
             (
                 format!("{app}/{user}"),
                 c.scope.clone(),
@@ -693,12 +688,7 @@ fn client_of(daemon: &RefCell<Option<TestDaemon>>) -> Client {
 }
 
 /// Every event of `apps` after `start`, until a progress marker at `revision`.
-async fn watched(
-    c: &Client,
-    apps: &[String],
-    start: u64,
-    revision: u64,
-) -> Vec<(u64, String, String, String, i32, i32, i32)> {
+async fn watched(c: &Client, apps: &[String], start: u64, revision: u64) -> Vec<EventKey> {
     let mut stream = c
         .watch(pb::WatchRequest {
             start_revision: Some(start),
@@ -709,15 +699,7 @@ async fn watched(
     let mut log = Vec::new();
     loop {
         match stream.next().await.unwrap().unwrap().kind {
-            Some(Kind::Event(e)) if apps.contains(&e.app_id) => log.push((
-                e.revision,
-                e.app_id,
-                e.user_id,
-                e.scope,
-                e.old_state,
-                e.new_state,
-                e.cause,
-            )),
+            Some(Kind::Event(e)) if apps.contains(&e.app_id) => log.push(key_of_event(&e)),
             Some(Kind::Progress(p)) if p.revision >= revision => break,
             _ => {}
         }
