@@ -30,19 +30,9 @@ pub struct Imported {
 }
 
 impl Broker {
-    /// Registers a new app.
+    /// Registers a new app; `action` names it in the audit trail
+    /// (RegisterApp, or Import).
     pub async fn register_app(
-        &self,
-        id: AppId,
-        kind: AppKind,
-        raw: RawDeclarations,
-        who: &Principal,
-    ) -> Result<Read<Arc<App>>, BrokerError> {
-        self.register_app_as(id, kind, raw, who, OperatorAction::RegisterApp)
-            .await
-    }
-
-    async fn register_app_as(
         &self,
         id: AppId,
         kind: AppKind,
@@ -72,19 +62,9 @@ impl Broker {
         .await
     }
 
-    /// Replaces an app's declarations; its kind cannot change.
+    /// Replaces an app's declarations; its kind cannot change. `action`
+    /// names it in the audit trail (UpdateApp, or Import).
     pub async fn update_app(
-        &self,
-        id: AppId,
-        kind: AppKind,
-        raw: RawDeclarations,
-        who: &Principal,
-    ) -> Result<Read<Arc<App>>, BrokerError> {
-        self.update_app_as(id, kind, raw, who, OperatorAction::UpdateApp)
-            .await
-    }
-
-    async fn update_app_as(
         &self,
         id: AppId,
         kind: AppKind,
@@ -190,11 +170,11 @@ impl Broker {
             }
         }
         match self
-            .register_app_as(id.clone(), kind, raw.clone(), who, OperatorAction::Import)
+            .register_app(id.clone(), kind, raw.clone(), who, OperatorAction::Import)
             .await
         {
             Err(BrokerError::Domain(DomainError::AlreadyExists { .. })) => {
-                self.update_app_as(id, kind, raw, who, OperatorAction::Import)
+                self.update_app(id, kind, raw, who, OperatorAction::Import)
                     .await
             }
             other => other,

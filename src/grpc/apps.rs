@@ -5,6 +5,7 @@ use tonic::{Request, Response, Status};
 use super::{access::caller, convert};
 use crate::{
     broker::Broker,
+    domain::OperatorAction,
     pb::{self, apps_server::Apps},
 };
 
@@ -27,7 +28,10 @@ impl Apps for AppsService {
         let who = caller(&request)?;
         let convert::AppCall { id, kind, raw } = request.into_inner().try_into()?;
         who.may_touch(&id)?;
-        let read = self.broker.register_app(id, kind, raw, &who).await?;
+        let read = self
+            .broker
+            .register_app(id, kind, raw, &who, OperatorAction::RegisterApp)
+            .await?;
         Ok(Response::new(pb::RegisterAppResponse {
             app: Some(convert::app(&read.value)),
             revision: read.revision,
@@ -41,7 +45,10 @@ impl Apps for AppsService {
         let who = caller(&request)?;
         let convert::AppCall { id, kind, raw } = request.into_inner().try_into()?;
         who.may_touch(&id)?;
-        let read = self.broker.update_app(id, kind, raw, &who).await?;
+        let read = self
+            .broker
+            .update_app(id, kind, raw, &who, OperatorAction::UpdateApp)
+            .await?;
         Ok(Response::new(pb::UpdateAppResponse {
             app: Some(convert::app(&read.value)),
             revision: read.revision,
