@@ -21,7 +21,9 @@
 //! Not covered: one-time grants lapsing when idle (the idle timeout is set
 //! beyond any sequence's time).
 //!
-//! `CONSENTD_MODEL_CASES` sets the number of sequences (default 32).
+//! `CONSENTD_MODEL_CASES` sets the number of sequences (default 40, about
+//! 20 s; rarer interleavings, e.g. an embargo count reset by an answer
+//! whose grant then lapses, want a few hundred).
 
 use std::{cell::RefCell, collections::BTreeMap, time::Duration};
 
@@ -232,14 +234,15 @@ fn op() -> impl Strategy<Value = Op> {
             }),
         2 => (app.clone(), user.clone(), 0..APIS.len(), client_strategy())
             .prop_map(|(app, user, api, client)| Op::CheckApi { app, user, api, client }),
-        8 => (app.clone(), user.clone(), scope.clone(), answer, client_strategy(), life, prop::bool::weighted(0.75))
-            .prop_map(|(app, user, scope, answer, client, life, bias)| {
+        8 => (app.clone(), user.clone(), scope.clone(), answer, client_strategy(), life, prop::bool::weighted(0.75), prop::bool::weighted(0.3))
+            .prop_map(|(app, user, scope, answer, client, life, bias, focus)| {
                 // "While using" is the background popup's answer: mostly asked there.
                 let scope = if answer == Answer::AllowWhileUsing && bias { 1 } else { scope };
                 // Cancels mostly for alice's camera, so that they come in a
-                // row often enough to start embargoes.
+                // row often enough to start embargoes, and other answers
+                // there often enough to reset the count.
                 let cancel = answer == Answer::Cancel && bias;
-                let (app, user, scope) = if cancel {
+                let (app, user, scope) = if cancel || (answer != Answer::AllowWhileUsing && focus) {
                     (app % 2 * GUIDED, 0, 3)
                 } else {
                     (app, user, scope)
@@ -251,8 +254,12 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (app.clone(), user.clone(), scope, any::<bool>())
             .prop_map(|(app, user, scope, on)| Op::Toggle { app, user, scope, on }),
         2 => (user.clone(), option).prop_map(|(user, option)| Op::Location { user, option }),
-        2 => (app.clone(), user.clone(), 0..SESSIONS.len())
-            .prop_map(|(app, user, session)| Op::EndSession { app, user, session }),
+        2 => (app.clone(), user.clone(), 0..SESSIONS.len(), any::<bool>())
+            .prop_map(|(app, user, session, focus)| {
+                // Often alice's, where the focused answers go.
+                let user = if focus { 0 } else { user };
+                Op::EndSession { app, user, session }
+            }),
         1 => (app.clone(), user.clone()).prop_map(|(app, user)| Op::Remove { app, user }),
         1 => Just(Op::Restart),
         1 => (app.clone(), user.clone()).prop_map(|(app, user)| Op::PrivacySetting { app, user }),
@@ -1047,7 +1054,7 @@ fn the_daemon_behaves_like_the_model() {
     let cases = std::env::var("CONSENTD_MODEL_CASES")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(32);
+        .unwrap_or(40);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
