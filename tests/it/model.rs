@@ -1391,7 +1391,9 @@ fn the_daemon_behaves_like_the_model() {
             let events = watched(&c, &apps, start, revision).await;
             prop_assert_eq!(events, log, "the Watch log of {:?}", ops);
             // No timed grant of this sequence is left to lapse in a later
-            // one, where nothing would wait for its lapse.
+            // one, where nothing would wait for its lapse (it would land
+            // at any moment, e.g. between a Restart step's two revision
+            // reads: seen as 76 after a restart where 75 was expected).
             for app in &apps {
                 for user in USERS {
                     c.remove(app, user).await;
