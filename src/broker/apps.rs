@@ -6,6 +6,7 @@ use std::sync::Arc;
 use super::{operator_entry, page_size, written, AppPage, Broker, BrokerError, Read, Written};
 use crate::{
     domain::{
+        import::{self, ImportRecord},
         machine, privacy, App, AppId, AppKind, AuditEntry, Cause, Declarations, DomainError,
         Lifetime, OperatorAction, Principal, RawDeclarations, StateQuery, Subject,
     },
@@ -14,6 +15,19 @@ use crate::{
 
 /// Decisions per write job while importing (a user's rows never split).
 const IMPORT_BATCH: usize = 1024;
+
+/// What an import did.
+#[derive(Clone, Copy, Debug)]
+pub struct Imported {
+    /// App records in the import.
+    pub apps: u64,
+    /// Decision rows in the import (identical repeats once).
+    pub decisions: u64,
+    /// Decisions that changed.
+    pub changed: u64,
+    /// The revision of the import's last write.
+    pub revision: u64,
+}
 
 impl Broker {
     /// Registers a new app.
@@ -187,23 +201,30 @@ impl Broker {
         }
     }
 
-    /// An import checked whole beforehand: the apps (registered, or their
-    /// declarations replaced), then the decisions in write jobs of about
-    /// [`IMPORT_BATCH`] rows (a user's rows never split). Returns how many
-    /// decisions changed and the revision of the last write.
+    /// An import: every record is checked ([`import::plan`]) before the
+    /// first write; then the apps are registered (or their declarations
+    /// replaced) and the decisions written in jobs of about [`IMPORT_BATCH`]
+    /// rows (a user's rows never split).
     pub async fn import(
         &self,
-        apps: Vec<(AppId, AppKind, RawDeclarations)>,
-        rows: Vec<DecisionRow>,
+        records: impl IntoIterator<Item = Result<ImportRecord, DomainError>>,
         who: &Principal,
-    ) -> Result<Read<u64>, BrokerError> {
-        let mut revision = self.store.revision();
-        for (id, kind, raw) in apps {
-            revision = self.upsert_app(id, kind, raw, who).await?.revision;
+    ) -> Result<Imported, BrokerError> {
+        let records = records.into_iter().map(|r| r.map_err(BrokerError::from));
+        let plan = import::plan(records, |id| {
+            Ok(self.store.app(id)?.map(|app| app.declarations.clone()))
+        })?;
+        let mut done = Imported {
+            apps: plan.apps.len() as u64,
+            decisions: plan.rows.len() as u64,
+            changed: 0,
+            revision: self.store.revision(),
+        };
+        for (id, kind, raw) in plan.apps {
+            done.revision = self.upsert_app(id, kind, raw, who).await?.revision;
         }
-        let mut changed = 0;
         let mut batch: Vec<DecisionRow> = Vec::new();
-        let mut rows = rows.into_iter().peekable();
+        let mut rows = plan.rows.into_iter().peekable();
         while let Some(row) = rows.next() {
             batch.push(row);
             let user_ends = rows.peek().is_none_or(|next| {
@@ -215,14 +236,11 @@ impl Broker {
                 let written = self
                     .import_decisions(std::mem::take(&mut batch), who)
                     .await?;
-                changed += written.value;
-                revision = written.revision;
+                done.changed += written.value;
+                done.revision = written.revision;
             }
         }
-        Ok(Read {
-            value: changed,
-            revision,
-        })
+        Ok(done)
     }
 
     /// Sets stored decisions (imports): rows already in place change nothing,

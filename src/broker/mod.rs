@@ -19,6 +19,7 @@ mod trail;
 
 use std::{collections::BTreeMap, sync::Arc};
 
+pub use apps::Imported;
 pub use error::BrokerError;
 use trail::Actor;
 use trail::PromptLog;

@@ -155,6 +155,16 @@ impl Decision {
     }
 }
 
+/// One stored decision, as exports and imports list them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DecisionRow {
+    pub app: AppId,
+    pub user: UserId,
+    pub scope: Scope,
+    pub state: DecisionState,
+    pub lifetime: Lifetime,
+}
+
 /// One user's stored decisions for one app, with their lifetimes.
 pub type DecisionRecords = std::collections::BTreeMap<Scope, Decision>;
 

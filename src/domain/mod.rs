@@ -13,6 +13,7 @@ pub mod decision;
 mod error;
 pub mod gates;
 mod ids;
+pub mod import;
 pub mod machine;
 mod platform;
 pub mod privacy;
@@ -27,8 +28,8 @@ pub use audit::{
 pub use authorize::{ApiVerdict, Policy, Question, StateQuery, SubjectState};
 pub use catalog::{Api, Availability, LocationKind, Scope, ScopeInfo, CATALOG};
 pub use decision::{
-    Cause, Change, Decision, DecisionRecords, DecisionState, Event, EventFilter, Lifetime,
-    LifetimeRequest, Subject, UserDecisions,
+    Cause, Change, Decision, DecisionRecords, DecisionRow, DecisionState, Event, EventFilter,
+    Lifetime, LifetimeRequest, Subject, UserDecisions,
 };
 pub use error::{quoted, DomainError};
 pub use gates::{Outcome, Prompt, Reason, Verdict};

@@ -5,7 +5,6 @@ use tonic::{Request, Response, Status};
 use super::{access::caller, convert};
 use crate::{
     broker::Broker,
-    domain::AppId,
     pb::{self, apps_server::Apps},
 };
 
@@ -26,7 +25,7 @@ impl Apps for AppsService {
         request: Request<pb::RegisterAppRequest>,
     ) -> Result<Response<pb::RegisterAppResponse>, Status> {
         let who = caller(&request)?;
-        let (id, kind, raw) = convert::app_request(request.into_inner().app)?;
+        let convert::AppCall { id, kind, raw } = request.into_inner().try_into()?;
         who.may_touch(&id)?;
         let read = self.broker.register_app(id, kind, raw, &who).await?;
         Ok(Response::new(pb::RegisterAppResponse {
@@ -40,7 +39,7 @@ impl Apps for AppsService {
         request: Request<pb::UpdateAppRequest>,
     ) -> Result<Response<pb::UpdateAppResponse>, Status> {
         let who = caller(&request)?;
-        let (id, kind, raw) = convert::app_request(request.into_inner().app)?;
+        let convert::AppCall { id, kind, raw } = request.into_inner().try_into()?;
         who.may_touch(&id)?;
         let read = self.broker.update_app(id, kind, raw, &who).await?;
         Ok(Response::new(pb::UpdateAppResponse {
@@ -54,7 +53,7 @@ impl Apps for AppsService {
         request: Request<pb::GetAppRequest>,
     ) -> Result<Response<pb::GetAppResponse>, Status> {
         let who = caller(&request)?;
-        let id = AppId::parse(&request.into_inner().app_id)?;
+        let convert::AppIdCall(id) = request.into_inner().try_into()?;
         who.may_touch(&id)?;
         let read = self.broker.get_app(&id)?;
         Ok(Response::new(pb::GetAppResponse {
@@ -68,13 +67,8 @@ impl Apps for AppsService {
         request: Request<pb::ListAppsRequest>,
     ) -> Result<Response<pb::ListAppsResponse>, Status> {
         caller(&request)?.may_span_all_apps()?;
-        let r = request.into_inner();
-        let after = match r.page_token.as_str() {
-            "" => None,
-            token => Some(AppId::parse_field("page_token", token)?),
-        };
-        let page_size = usize::try_from(r.page_size).unwrap_or(usize::MAX);
-        let read = self.broker.list_apps(after.as_ref(), page_size)?;
+        let call: convert::ListAppsCall = request.into_inner().try_into()?;
+        let read = self.broker.list_apps(call.after.as_ref(), call.page_size)?;
         let crate::broker::AppPage { apps, next } = read.value;
         Ok(Response::new(pb::ListAppsResponse {
             apps: apps.iter().map(convert::app).collect(),
@@ -88,7 +82,7 @@ impl Apps for AppsService {
         request: Request<pb::DeleteAppRequest>,
     ) -> Result<Response<pb::DeleteAppResponse>, Status> {
         let who = caller(&request)?;
-        let id = AppId::parse(&request.into_inner().app_id)?;
+        let convert::AppIdCall(id) = request.into_inner().try_into()?;
         who.may_touch(&id)?;
         let written = self.broker.delete_app(id, &who).await?;
         Ok(Response::new(pb::DeleteAppResponse {

@@ -129,23 +129,109 @@ pub fn app_kind(field: &str, raw: i32, required: bool) -> Result<Option<AppKind>
     }
 }
 
-/// An app registration request: id, kind and raw declarations.
+/// An app registration request: id, kind and raw declarations (the
+/// output-only fields a client may echo back are ignored).
 pub fn app_request(app: Option<pb::App>) -> Result<(AppId, AppKind, RawDeclarations), DomainError> {
-    let app = app.ok_or_else(|| invalid("app", "app is required".into()))?;
-    let id = AppId::parse_field("app.app_id", &app.app_id)?;
-    let kind = app_kind("app.kind", app.kind, true)?
+    let pb::App {
+        app_id,
+        kind: raw_kind,
+        permission,
+        required_background_modes,
+        required_private_infos,
+        revision: _,
+        updated_at: _,
+        privacy,
+    } = app.ok_or_else(|| invalid("app", "app is required".into()))?;
+    let id = AppId::parse_field("app.app_id", &app_id)?;
+    let kind = app_kind("app.kind", raw_kind, true)?
         .ok_or_else(|| invalid("app.kind", "app.kind is required".into()))?;
     let raw = RawDeclarations {
-        permission: app
-            .permission
-            .into_iter()
-            .map(|(k, v)| (k, v.desc))
-            .collect(),
-        background_modes: app.required_background_modes,
-        private_infos: app.required_private_infos,
-        privacy: app.privacy.map(|p| (p.name, p.info_types)),
+        permission: permission.into_iter().map(|(k, v)| (k, v.desc)).collect(),
+        background_modes: required_background_modes,
+        private_infos: required_private_infos,
+        privacy: privacy.map(
+            |pb::PrivacyGuide {
+                 name,
+                 info_types,
+                 version: _,
+             }| (name, info_types),
+        ),
     };
     Ok((id, kind, raw))
+}
+
+/// RegisterApp and UpdateApp.
+pub struct AppCall {
+    pub id: AppId,
+    pub kind: AppKind,
+    pub raw: RawDeclarations,
+}
+
+impl TryFrom<pb::RegisterAppRequest> for AppCall {
+    type Error = DomainError;
+
+    fn try_from(r: pb::RegisterAppRequest) -> Result<Self, DomainError> {
+        let pb::RegisterAppRequest { app } = r;
+        let (id, kind, raw) = app_request(app)?;
+        Ok(Self { id, kind, raw })
+    }
+}
+
+impl TryFrom<pb::UpdateAppRequest> for AppCall {
+    type Error = DomainError;
+
+    fn try_from(r: pb::UpdateAppRequest) -> Result<Self, DomainError> {
+        let pb::UpdateAppRequest { app } = r;
+        let (id, kind, raw) = app_request(app)?;
+        Ok(Self { id, kind, raw })
+    }
+}
+
+/// GetApp and DeleteApp.
+pub struct AppIdCall(pub AppId);
+
+impl TryFrom<pb::GetAppRequest> for AppIdCall {
+    type Error = DomainError;
+
+    fn try_from(r: pb::GetAppRequest) -> Result<Self, DomainError> {
+        let pb::GetAppRequest { app_id } = r;
+        Ok(Self(AppId::parse(&app_id)?))
+    }
+}
+
+impl TryFrom<pb::DeleteAppRequest> for AppIdCall {
+    type Error = DomainError;
+
+    fn try_from(r: pb::DeleteAppRequest) -> Result<Self, DomainError> {
+        let pb::DeleteAppRequest { app_id } = r;
+        Ok(Self(AppId::parse(&app_id)?))
+    }
+}
+
+/// ListApps: the id to continue after, and the page size as asked (the
+/// broker applies the default and the cap).
+pub struct ListAppsCall {
+    pub after: Option<AppId>,
+    pub page_size: usize,
+}
+
+impl TryFrom<pb::ListAppsRequest> for ListAppsCall {
+    type Error = DomainError;
+
+    fn try_from(r: pb::ListAppsRequest) -> Result<Self, DomainError> {
+        let pb::ListAppsRequest {
+            page_size,
+            page_token,
+        } = r;
+        let after = match page_token.as_str() {
+            "" => None,
+            token => Some(AppId::parse_field("page_token", token)?),
+        };
+        Ok(Self {
+            after,
+            page_size: usize::try_from(page_size).unwrap_or(usize::MAX),
+        })
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -264,17 +350,25 @@ pub fn decision(v: Verdict) -> pb::Decision {
 
 /// A ListAudit request: the app and the query.
 pub fn audit_query(r: pb::ListAuditRequest) -> Result<(AppId, AuditQuery), DomainError> {
-    let app = AppId::parse(&r.app_id)?;
-    let user = match r.user_id.as_str() {
+    let pb::ListAuditRequest {
+        app_id,
+        user_id,
+        scope: raw_scope,
+        since,
+        page_size,
+        page_token,
+    } = r;
+    let app = AppId::parse(&app_id)?;
+    let user = match user_id.as_str() {
         "" => None,
         u => Some(UserId::parse(u)?),
     };
-    let scope = match r.scope.as_str() {
+    let scope = match raw_scope.as_str() {
         "" => None,
         s => Some(scope("scope", s)?),
     };
-    let since_ms = r.since.map(|t| timestamp_ms("since", t)).transpose()?;
-    let after_seq = match r.page_token.as_str() {
+    let since_ms = since.map(|t| timestamp_ms("since", t)).transpose()?;
+    let after_seq = match page_token.as_str() {
         "" => None,
         t => Some(t.parse::<u64>().map_err(|_| {
             invalid(
@@ -284,7 +378,7 @@ pub fn audit_query(r: pb::ListAuditRequest) -> Result<(AppId, AuditQuery), Domai
         })?),
     };
     // As asked: the broker applies the default and the cap.
-    let limit = usize::try_from(r.page_size).unwrap_or(usize::MAX);
+    let limit = usize::try_from(page_size).unwrap_or(usize::MAX);
     Ok((
         app,
         AuditQuery {
@@ -528,6 +622,12 @@ pub fn app(app: &Arc<App>) -> pb::App {
 }
 
 pub fn watch_request(r: pb::WatchRequest) -> Result<(EventFilter, Option<u64>), DomainError> {
+    let pb::WatchRequest {
+        app_ids,
+        user_ids,
+        scopes,
+        start_revision,
+    } = r;
     let limit = |field: &str, n: usize| {
         if n > MAX_WATCH_FILTER {
             Err(invalid(
@@ -538,24 +638,24 @@ pub fn watch_request(r: pb::WatchRequest) -> Result<(EventFilter, Option<u64>), 
             Ok(())
         }
     };
-    limit("app_ids", r.app_ids.len())?;
-    limit("user_ids", r.user_ids.len())?;
-    limit("scopes", r.scopes.len())?;
+    limit("app_ids", app_ids.len())?;
+    limit("user_ids", user_ids.len())?;
+    limit("scopes", scopes.len())?;
     let mut filter = EventFilter::default();
-    for (i, id) in r.app_ids.iter().enumerate() {
+    for (i, id) in app_ids.iter().enumerate() {
         filter
             .apps
             .insert(AppId::parse_field(&format!("app_ids[{i}]"), id)?);
     }
-    for (i, id) in r.user_ids.iter().enumerate() {
+    for (i, id) in user_ids.iter().enumerate() {
         filter
             .users
             .insert(UserId::parse_field(&format!("user_ids[{i}]"), id)?);
     }
-    for (i, s) in r.scopes.iter().enumerate() {
+    for (i, s) in scopes.iter().enumerate() {
         filter.scopes.insert(scope(&format!("scopes[{i}]"), s)?);
     }
-    Ok((filter, r.start_revision))
+    Ok((filter, start_revision))
 }
 
 /// Most entries in each Watch filter list.
@@ -914,3 +1014,63 @@ subject_only!(
     RemoveAppRequest,
     GetPrivacySettingRequest
 );
+
+/// One record of an import; a decision row is checked on its own here
+/// (ids, scope, state, lifetime), the import as a whole by
+/// [`crate::domain::import::plan`].
+pub fn import_record(
+    record: pb::export_record::Record,
+) -> Result<crate::domain::import::ImportRecord, DomainError> {
+    use crate::domain::import::ImportRecord;
+    use pb::export_record::Record;
+    Ok(match record {
+        Record::Header(pb::ExportHeader {
+            format,
+            revision: _,
+        }) => ImportRecord::Header { format },
+        Record::App(app) => {
+            let (id, kind, raw) = app_request(Some(app))?;
+            ImportRecord::App { id, kind, raw }
+        }
+        Record::Decision(d) => ImportRecord::Decision(stored_decision(d)?),
+        Record::Event(_) => ImportRecord::Ignored,
+    })
+}
+
+/// An exported decision row.
+fn stored_decision(d: pb::StoredDecision) -> Result<crate::domain::DecisionRow, DomainError> {
+    let pb::StoredDecision {
+        app_id,
+        user_id,
+        scope: raw_scope,
+        state: raw_state,
+        expires_at,
+        session_id,
+    } = d;
+    // Ids first: the state's message quotes them, so they must be sane.
+    let app = AppId::parse_field("decision.app_id", &app_id)?;
+    let user = UserId::parse_field("decision.user_id", &user_id)?;
+    let scope = scope("decision.scope", &raw_scope)?;
+    let state = match pb::DecisionState::try_from(raw_state) {
+        Ok(pb::DecisionState::Granted) => DecisionState::Granted,
+        Ok(pb::DecisionState::Denied) => DecisionState::Denied,
+        _ => {
+            return Err(invalid(
+                "decision.state",
+                format!(
+                    "decision.state {raw_state} for {app_id} {user_id} {raw_scope} must be GRANTED or DENIED"
+                ),
+            ))
+        }
+    };
+    let lifetime = lifetime_of_stored(expires_at, &session_id)?;
+    let row = crate::domain::DecisionRow {
+        app,
+        user,
+        scope,
+        state,
+        lifetime,
+    };
+    crate::domain::import::check_row(&row)?;
+    Ok(row)
+}

@@ -223,15 +223,7 @@ pub trait CommitObserver: Send + Sync {
 /// Most mismatches a verification reports.
 pub const MAX_MISMATCHES: usize = 20;
 
-/// One stored decision, as exports list them.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DecisionRow {
-    pub app: AppId,
-    pub user: UserId,
-    pub scope: Scope,
-    pub state: crate::domain::DecisionState,
-    pub lifetime: Lifetime,
-}
+pub use crate::domain::DecisionRow;
 
 /// One page of audit records and the sequence number to continue after,
 /// when more may follow.

@@ -4,18 +4,15 @@
 use std::{
     io::{BufRead as _, BufReader},
     net::SocketAddr,
-    process::{Command, Stdio},
+    process::Stdio,
 };
 
 use serde_json::Value;
 
-use crate::fixture::TestDaemon;
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
+use crate::{
+    fixture::TestDaemon,
+    support::child::{consentctl, run, Run},
+};
 
 /// A 64-bit number of the canonical JSON mapping (a string).
 fn num(v: &Value) -> u64 {
@@ -31,18 +28,11 @@ impl Run {
 }
 
 async fn ctl(addr: SocketAddr, args: &[&str]) -> Run {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_consentctl"));
+    let mut command = consentctl();
     command.arg("--addr").arg(addr.to_string()).args(args);
-    tokio::task::spawn_blocking(move || {
-        let out = command.output().unwrap();
-        Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    })
-    .await
-    .unwrap()
+    tokio::task::spawn_blocking(move || run(&mut command))
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -241,7 +231,7 @@ async fn watch_tails_and_resumes_across_a_restart() {
         .await;
     // A fixed port, so the tail can reconnect to the restarted daemon.
     let addr = h.addr();
-    let mut tail = Command::new(env!("CARGO_BIN_EXE_consentctl"))
+    let mut tail = consentctl()
         .args([
             "--addr",
             &addr.to_string(),
@@ -699,7 +689,7 @@ async fn guide(h: &TestDaemon, app_id: &str) -> Option<consentd::pb::PrivacyGuid
 /// Runs consentctl with stdout read by a reader that has already gone away
 /// (`| head` that exited): the first write gets EPIPE.
 fn closed_stdout(args: &[&str]) -> (i32, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_consentctl"))
+    let mut child = consentctl()
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -730,7 +720,7 @@ async fn a_closed_pipe_ends_quietly_not_in_a_panic() {
     assert_eq!((code, stderr.as_str()), (0, ""), "a table");
     // `watch --json | head -1`: the tail reads one event, then the reader
     // leaves; the next event ends the tail cleanly.
-    let mut tail = Command::new(env!("CARGO_BIN_EXE_consentctl"))
+    let mut tail = consentctl()
         .args(["--addr", &addr, "--json", "watch", "--from", "0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -759,7 +749,7 @@ async fn watch_against_a_wrong_address_hints_and_backs_off_with_jitter() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let mut tail = Command::new(env!("CARGO_BIN_EXE_consentctl"))
+    let mut tail = consentctl()
         .args(["--addr", &addr.to_string(), "watch"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -813,7 +803,7 @@ async fn version_health_and_the_connection_conventions() {
     assert_eq!(unknown.code, 2, "NOT_FOUND is an error: {}", unknown.stderr);
 
     // Every connection flag has a CONSENTCTL_ variable.
-    let out = Command::new(env!("CARGO_BIN_EXE_consentctl"))
+    let out = consentctl()
         .args(["--json", "health"])
         .env("CONSENTCTL_ADDR", &addr)
         .env("CONSENTCTL_TIMEOUT", "5")
@@ -824,10 +814,7 @@ async fn version_health_and_the_connection_conventions() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let help = Command::new(env!("CARGO_BIN_EXE_consentctl"))
-        .args(["authorize", "--help"])
-        .output()
-        .unwrap();
+    let help = consentctl().args(["authorize", "--help"]).output().unwrap();
     let help = String::from_utf8_lossy(&help.stdout);
     let connection = help
         .split("Connection:")
@@ -852,10 +839,7 @@ async fn version_health_and_the_connection_conventions() {
     );
     // The offline commands show no connection flags.
     for command in [&["completions", "--help"][..], &["token", "new", "--help"]] {
-        let out = Command::new(env!("CARGO_BIN_EXE_consentctl"))
-            .args(command)
-            .output()
-            .unwrap();
+        let out = consentctl().args(command).output().unwrap();
         let help = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success() && !help.contains("--addr"),
@@ -876,11 +860,7 @@ async fn version_health_and_the_connection_conventions() {
 #[test]
 fn man_pages_come_from_the_same_definitions() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_consentctl"))
-        .arg("man")
-        .arg(dir.path())
-        .output()
-        .unwrap();
+    let out = consentctl().arg("man").arg(dir.path()).output().unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -926,10 +906,7 @@ async fn an_unknown_scope_or_interface_suggests_the_near_one() {
 #[test]
 fn token_new_prints_256_random_bits_and_their_digest() {
     let run = || {
-        let out = Command::new(env!("CARGO_BIN_EXE_consentctl"))
-            .args(["token", "new"])
-            .output()
-            .unwrap();
+        let out = consentctl().args(["token", "new"]).output().unwrap();
         assert!(out.status.success());
         String::from_utf8(out.stdout).unwrap()
     };

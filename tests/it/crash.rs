@@ -6,17 +6,14 @@
 //! "acknowledged => reached the OS". "Acknowledged => on disk" is the
 //! power-cut test's (`tests/root`, `power_cut`).
 
-use std::{
-    sync::{atomic::AtomicUsize, Arc},
-    time::Duration,
-};
+use std::time::Duration;
 
 use consentd::{pb, server::Daemon};
 
 use crate::{
     crash_support::{
-        acks_reach, check_after_restart, kill_moments, run_cycle, seed, write_until_dead,
-        ChildDaemon, Cycle, Stop, Written, APP, MIN_ACKS, WRITERS,
+        check_after_restart, kill_moments, run_cycle, seed, writers_under_way, ChildDaemon, Cycle,
+        Written, APP, MIN_ACKS,
     },
     fixture::{client_info, connect, location_app, test_config, Client},
 };
@@ -35,19 +32,7 @@ async fn sigterm_under_load_loses_nothing_acknowledged() {
     };
     client.register(location_app(APP)).await;
     let start = client.revision().await;
-    let acks = Arc::new(AtomicUsize::new(0));
-    let stop = Arc::new(Stop::default());
-    let writers: Vec<_> = (0..WRITERS)
-        .map(|w| {
-            tokio::spawn(write_until_dead(
-                channel.clone(),
-                w,
-                acks.clone(),
-                stop.clone(),
-            ))
-        })
-        .collect();
-    acks_reach(&acks, MIN_ACKS).await;
+    let (writers, stop) = writers_under_way(&channel).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.now();
     let code = tokio::task::spawn_blocking(move || daemon.terminate())

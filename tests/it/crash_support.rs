@@ -5,10 +5,8 @@
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead as _, BufReader},
     net::SocketAddr,
     path::Path,
-    process::{Child, Command, Stdio},
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc,
@@ -17,14 +15,21 @@ use std::{
 };
 
 use consentd::pb::{self, authorization_client::AuthorizationClient, watch_response::Kind};
+use tokio::task::JoinHandle;
 use tokio_stream::StreamExt as _;
 use tonic::{transport::Channel, Code};
 
-use crate::fixture::{client_info, connect, Client};
+use crate::{
+    fixture::{client_info, connect, Client},
+    support::{
+        child::{spawn_consentd, Consentd},
+        key_of_change, key_of_event, EventKey,
+    },
+};
 
 /// The real `consentd` binary on a port of its choosing.
 pub struct ChildDaemon {
-    child: Child,
+    child: Consentd,
     pub addr: SocketAddr,
 }
 
@@ -38,80 +43,35 @@ impl ChildDaemon {
     pub fn spawn_with_config(data_dir: &Path, config: &Path) -> Self {
         // Fast progress markers: the checks wait for one at the current revision.
         std::fs::write(config, "[watch]\nprogress_interval_ms = 100\n").unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_consentd"))
-            .arg("--config")
-            .arg(config)
-            .args([
+        let child = spawn_consentd(
+            &[
+                "--config",
+                config.to_str().unwrap(),
                 "--listen",
                 "127.0.0.1:0",
-                "--log-format",
-                "json",
                 "--data-dir",
-            ])
-            .arg(data_dir)
-            .env("RUST_LOG", "info")
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("consentd starts");
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let mut seen = Vec::new();
-        let addr = loop {
-            let line = lines.next().and_then(Result::ok);
-            let log: serde_json::Value = line
-                .as_deref()
-                .and_then(|l| serde_json::from_str(l).ok())
-                .unwrap_or_default();
-            if line.is_none() || log["fields"]["message"] == "consentd serving" {
-                match log["fields"]["addr"].as_str().and_then(|a| a.parse().ok()) {
-                    Some(addr) => break addr,
-                    None => {
-                        // Never leave a daemon behind a failed test.
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        panic!(
-                            "consentd did not log its address; its log:\n{}",
-                            seen.join("\n")
-                        );
-                    }
-                }
-            }
-            seen.extend(line);
-        };
-        // Keep draining the log so the child never blocks on a full pipe.
-        std::thread::spawn(move || lines.for_each(drop));
+                data_dir.to_str().unwrap(),
+            ],
+            &[("RUST_LOG", "info")],
+        );
+        let addr = child.addr();
         Self { child, addr }
     }
 
-    pub fn kill9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
+    pub fn kill9(self) {
+        self.child.kill9();
     }
 
     /// SIGTERM; returns the exit code once the daemon has drained and stopped.
     pub fn terminate(mut self) -> Option<i32> {
-        Command::new("kill")
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        self.child.wait().unwrap().code()
-    }
-}
-
-/// A test that fails midway must not leave its daemon running.
-impl Drop for ChildDaemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.signal("TERM");
+        self.child.wait().code()
     }
 }
 
 fn client() -> pb::ClientInfo {
     client_info(pb::Platform::Ios, "8.0.5", "3.0.0")
 }
-
-/// A decision change as both an acknowledgement and the log show it.
-pub type Key = (u64, String, String, String, i32, i32, i32);
 
 /// The app every crash writer writes to.
 pub const APP: &str = "wxcrash";
@@ -136,7 +96,7 @@ impl Stop {
 pub struct Written {
     /// Calls the daemon acknowledged (some change nothing).
     pub acks: usize,
-    pub changes: Vec<Key>,
+    pub changes: Vec<EventKey>,
     /// Business refusals (an answer over a stored decision): expected.
     pub refused: usize,
     /// Errors once the stop had begun, by code: how the calls in flight ended.
@@ -251,17 +211,8 @@ pub async fn write_until_dead(
             Ok(changes) => {
                 acks.fetch_add(1, Ordering::Relaxed);
                 out.acks += 1;
-                out.changes.extend(changes.iter().map(|c| {
-                    (
-                        c.revision,
-                        APP.to_string(),
-                        user.clone(),
-                        c.scope.clone(),
-                        c.old_state,
-                        c.new_state,
-                        c.cause,
-                    )
-                }));
+                out.changes
+                    .extend(changes.iter().map(|c| key_of_change(APP, &user, c)));
             }
             // The answer conflicts with a stored decision (e.g. DENY over a
             // grant), or the settings change has nothing decided to apply to.
@@ -290,18 +241,6 @@ pub async fn write_until_dead(
     out
 }
 
-fn key(e: &pb::DecisionEvent) -> Key {
-    (
-        e.revision,
-        e.app_id.clone(),
-        e.user_id.clone(),
-        e.scope.clone(),
-        e.old_state,
-        e.new_state,
-        e.cause,
-    )
-}
-
 /// Waits until the writers have `n` acknowledgements, so a stop always lands
 /// under load, with real work behind it, however slow the machine is.
 pub async fn acks_reach(acks: &AtomicUsize, n: usize) {
@@ -323,13 +262,32 @@ pub const WRITERS: usize = 64;
 /// must have at the end).
 pub const MIN_ACKS: usize = 200;
 
+/// Starts [`WRITERS`] writers on `channel` and returns once they have
+/// [`MIN_ACKS`] acknowledgements; [`Stop::now`] marks the stop that ends them.
+pub async fn writers_under_way(channel: &Channel) -> (Vec<JoinHandle<Written>>, Arc<Stop>) {
+    let acks = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(Stop::default());
+    let writers = (0..WRITERS)
+        .map(|w| {
+            tokio::spawn(write_until_dead(
+                channel.clone(),
+                w,
+                acks.clone(),
+                stop.clone(),
+            ))
+        })
+        .collect();
+    acks_reach(&acks, MIN_ACKS).await;
+    (writers, stop)
+}
+
 /// What one cycle saw before its daemon was stopped.
 pub struct Cycle {
     /// The revision when the cycle's writers started.
     pub start: u64,
     pub written: Written,
     /// What a subscriber following from `start` received.
-    pub seen: Vec<Key>,
+    pub seen: Vec<EventKey>,
 }
 
 /// Runs writers and a subscriber against `daemon` until it is killed
@@ -352,24 +310,12 @@ pub async fn run_cycle(daemon: ChildDaemon, after: Duration, cut: impl FnOnce())
         let mut seen = Vec::new();
         while let Some(Ok(item)) = stream.next().await {
             if let Some(Kind::Event(e)) = item.kind {
-                seen.push(key(&e));
+                seen.push(key_of_event(&e));
             }
         }
         seen
     });
-    let acks = Arc::new(AtomicUsize::new(0));
-    let stop = Arc::new(Stop::default());
-    let writers: Vec<_> = (0..WRITERS)
-        .map(|w| {
-            tokio::spawn(write_until_dead(
-                channel.clone(),
-                w,
-                acks.clone(),
-                stop.clone(),
-            ))
-        })
-        .collect();
-    acks_reach(&acks, MIN_ACKS).await;
+    let (writers, stop) = writers_under_way(&channel).await;
     tokio::time::sleep(after).await;
     stop.now();
     daemon.kill9();
@@ -398,11 +344,11 @@ pub async fn check_after_restart(client: &Client, cycle: &Cycle) -> u64 {
         })
         .await
         .unwrap();
-    let mut log: Vec<Key> = Vec::new();
+    let mut log: Vec<EventKey> = Vec::new();
     // A progress marker at the current revision ends the replay.
     loop {
         match stream.next().await.unwrap().unwrap().kind {
-            Some(Kind::Event(e)) => log.push(key(&e)),
+            Some(Kind::Event(e)) => log.push(key_of_event(&e)),
             Some(Kind::Progress(p)) if p.revision >= revision => break,
             _ => {}
         }
@@ -410,8 +356,8 @@ pub async fn check_after_restart(client: &Client, cycle: &Cycle) -> u64 {
     for pair in log.windows(2) {
         assert!(pair[0].0 < pair[1].0, "revisions strictly increase");
     }
-    let logged: std::collections::HashSet<&Key> = log.iter().collect();
-    let lost: Vec<&Key> = cycle
+    let logged: std::collections::HashSet<&EventKey> = log.iter().collect();
+    let lost: Vec<&EventKey> = cycle
         .written
         .changes
         .iter()
@@ -442,7 +388,7 @@ pub async fn check_after_restart(client: &Client, cycle: &Cycle) -> u64 {
     let mut rest = Vec::new();
     while cycle.seen.len() + rest.len() < log.len() {
         if let Some(Kind::Event(e)) = resumed.next().await.unwrap().unwrap().kind {
-            rest.push(key(&e));
+            rest.push(key_of_event(&e));
         }
     }
     assert_eq!(

@@ -144,7 +144,7 @@ async fn consentctl_json_is_the_json_grpcurl_prints() {
     )
     .await;
     assert!(ok, "{err}");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_consentctl"))
+    let out = crate::support::child::consentctl()
         .args([
             "--addr",
             &addr.to_string(),

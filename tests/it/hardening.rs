@@ -265,7 +265,7 @@ async fn the_data_dir_and_exports_are_private() {
     let addr = daemon.local_addr().unwrap().to_string();
     let dump_arg = dump.clone();
     let run = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_consentctl"))
+        crate::support::child::consentctl()
             .args(["--addr", &addr, "export", "--output"])
             .arg(&dump_arg)
             .output()

@@ -37,7 +37,10 @@ use tonic::Code;
 
 use consentd::domain::NagPolicy;
 
-use crate::fixture::{bare_app, client_info, location_app, Client, TestDaemon};
+use crate::{
+    fixture::{bare_app, client_info, location_app, Client, TestDaemon},
+    support::{key_of_change, key_of_event, EventKey},
+};
 
 const FG: &str = "scope.userLocation";
 const BG: &str = "scope.userLocationBackground";
@@ -910,20 +913,12 @@ fn wire_changes(
     app: &str,
     user: &str,
     changes: &[pb::DecisionChange],
-    log: &mut Vec<(u64, String, String, String, i32, i32, i32)>,
+    log: &mut Vec<EventKey>,
 ) -> Vec<(String, String, i32, i32, i32)> {
     let mut v: Vec<_> = changes
         .iter()
         .map(|c| {
-            log.push((
-                c.revision,
-                app.into(),
-                user.into(),
-                c.scope.clone(),
-                c.old_state,
-                c.new_state,
-                c.cause,
-            ));
+            log.push(key_of_change(app, user, c));
             (
                 format!("{app}/{user}"),
                 c.scope.clone(),
@@ -971,7 +966,7 @@ async fn lapses(
     apps: &[String],
     start: u64,
     n: usize,
-    log: &mut Vec<(u64, String, String, String, i32, i32, i32)>,
+    log: &mut Vec<EventKey>,
 ) -> Vec<(String, String, i32, i32, i32)> {
     let mut stream = c
         .watch(pb::WatchRequest {
@@ -988,15 +983,7 @@ async fn lapses(
         };
         if let Some(Kind::Event(e)) = item.unwrap().kind {
             if e.revision > start && apps.contains(&e.app_id) {
-                log.push((
-                    e.revision,
-                    e.app_id.clone(),
-                    e.user_id.clone(),
-                    e.scope.clone(),
-                    e.old_state,
-                    e.new_state,
-                    e.cause,
-                ));
+                log.push(key_of_event(&e));
                 got.push((
                     format!("{}/{}", e.app_id, e.user_id),
                     e.scope,
@@ -1017,12 +1004,7 @@ fn client_of(daemon: &RefCell<Option<TestDaemon>>) -> Client {
 }
 
 /// Every event of `apps` after `start`, until a progress marker at `revision`.
-async fn watched(
-    c: &Client,
-    apps: &[String],
-    start: u64,
-    revision: u64,
-) -> Vec<(u64, String, String, String, i32, i32, i32)> {
+async fn watched(c: &Client, apps: &[String], start: u64, revision: u64) -> Vec<EventKey> {
     let mut stream = c
         .watch(pb::WatchRequest {
             start_revision: Some(start),
@@ -1033,15 +1015,7 @@ async fn watched(
     let mut log = Vec::new();
     loop {
         match stream.next().await.unwrap().unwrap().kind {
-            Some(Kind::Event(e)) if apps.contains(&e.app_id) => log.push((
-                e.revision,
-                e.app_id,
-                e.user_id,
-                e.scope,
-                e.old_state,
-                e.new_state,
-                e.cause,
-            )),
+            Some(Kind::Event(e)) if apps.contains(&e.app_id) => log.push(key_of_event(&e)),
             Some(Kind::Progress(p)) if p.revision >= revision => break,
             _ => {}
         }

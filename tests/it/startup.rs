@@ -3,20 +3,18 @@
 
 use std::{path::Path, process::Command};
 
-use crate::fixture::TestDaemon;
+use crate::{
+    fixture::TestDaemon,
+    support::child::{consentd, run},
+};
 
 /// Runs the real daemon on `data_dir`; it must exit on its own (it cannot start).
 fn start_fails(data_dir: &Path) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_consentd"))
+    let out = run(consentd()
         .args(["--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+        .env("NO_COLOR", "1"));
+    (out.code, out.stderr)
 }
 
 /// Opens a data dir a stopped daemon used. sled releases the directory's
@@ -220,16 +218,11 @@ async fn format_2_json_audit_records_are_still_listed() {
 
 /// Runs the daemon with `args` in `dir`; it must exit by itself.
 fn daemon_fails_in(dir: &Path, args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_consentd"))
+    let out = run(consentd()
         .args(args)
         .current_dir(dir)
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+        .env_remove("RUST_LOG"));
+    (out.code, out.stderr)
 }
 
 /// One line, `consentd: ...`, exit 2, no Debug forms.
@@ -326,6 +319,16 @@ fn bad_addresses_and_log_levels_get_an_example() {
     );
 }
 
+/// A notify socket at `path`, as systemd's, that waits 20 s at most for a
+/// message.
+fn notify_socket(path: &Path) -> std::os::unix::net::UnixDatagram {
+    let socket = std::os::unix::net::UnixDatagram::bind(path).unwrap();
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    socket
+}
+
 /// A daemon child that reports readiness to a notify socket the test owns,
 /// as systemd's `Type=notify` does.
 struct Notified {
@@ -338,11 +341,8 @@ impl Notified {
     fn start(args: &[&str]) -> Notified {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("notify");
-        let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
-        socket
-            .set_read_timeout(Some(std::time::Duration::from_secs(20)))
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_consentd"))
+        let socket = notify_socket(&path);
+        let child = consentd()
             .args(args)
             .args(["--data-dir"])
             .arg(dir.path().join("data"))
@@ -468,10 +468,7 @@ fn the_systemd_unit_starts_consentd_from_its_credential_and_gets_ready() {
     let mut words = exec.split_whitespace();
     let dir = tempfile::tempdir().unwrap();
     let notify = dir.path().join("notify");
-    let socket = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
-    socket
-        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
-        .unwrap();
+    let socket = notify_socket(&notify);
     let mut command = Command::new(words.next().unwrap());
     command.args(words);
     for env in unit_values(&unit, "Environment") {

@@ -283,3 +283,214 @@ pub fn key_of_change(app: &str, user: &str, c: &pb::DecisionChange) -> EventKey 
         c.cause,
     )
 }
+
+// --- The real binaries as child processes -------------------------------------
+
+/// The real `consentd` and `consentctl` binaries as child processes: a daemon
+/// whose JSON log is collected as it comes (and which is found serving
+/// before the test goes on), and a command run to its end.
+pub mod child {
+    use std::{
+        io::{BufRead as _, BufReader},
+        net::SocketAddr,
+        process::{Child, Command, ExitStatus, Stdio},
+        sync::{
+            mpsc::{self, RecvTimeoutError},
+            Arc, Mutex,
+        },
+        time::{Duration, Instant},
+    };
+
+    /// How long [`Consentd::wait_for`] waits for a log line.
+    pub const LOG_WAIT: Duration = Duration::from_secs(10);
+
+    /// How long a spawned daemon may take to log "consentd serving" (a
+    /// loaded 2-core machine included).
+    pub const SERVING_WAIT: Duration = Duration::from_secs(60);
+
+    /// The `consentd` binary under test, not yet run.
+    pub fn consentd() -> Command {
+        Command::new(env!("CARGO_BIN_EXE_consentd"))
+    }
+
+    /// The `consentctl` binary under test, not yet run. It sees none of the
+    /// `CONSENTCTL_` variables of the environment the tests run in: only
+    /// those a test sets.
+    pub fn consentctl() -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_consentctl"));
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("CONSENTCTL_") {
+                command.env_remove(name);
+            }
+        }
+        command
+    }
+
+    /// What a command that ran to its end left: its exit code (-1 when a
+    /// signal ended it) and its output as text.
+    pub struct Run {
+        pub code: i32,
+        pub stdout: String,
+        pub stderr: String,
+    }
+
+    /// Runs `command` to its end, its output captured.
+    pub fn run(command: &mut Command) -> Run {
+        let out = command.output().expect("the binary runs");
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// `consentctl args` with `env` set, run to its end.
+    pub fn run_consentctl(args: &[&str], env: &[(&str, &str)]) -> Run {
+        run(consentctl().args(args).envs(env.iter().copied()))
+    }
+
+    /// A `consentd` child whose JSON log lines (stderr) are collected as
+    /// they come. Dropping it kills the daemon, so a failed test never
+    /// leaves one behind.
+    pub struct Consentd {
+        child: Child,
+        lines: Arc<Mutex<Vec<String>>>,
+        new_line: mpsc::Receiver<()>,
+    }
+
+    /// Starts `consentd args --log-format json` with `env` set and waits
+    /// until it logs "consentd serving".
+    pub fn spawn_consentd(args: &[&str], env: &[(&str, &str)]) -> Consentd {
+        spawn_consentd_under(&[], args, env)
+    }
+
+    /// Like [`spawn_consentd`], run through `wrapper` (e.g. `prlimit ...`).
+    pub fn spawn_consentd_under(wrapper: &[&str], args: &[&str], env: &[(&str, &str)]) -> Consentd {
+        let mut command = match wrapper.split_first() {
+            None => consentd(),
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(env!("CARGO_BIN_EXE_consentd"));
+                c
+            }
+        };
+        let mut child = command
+            .args(args)
+            .args(["--log-format", "json"])
+            .envs(env.iter().copied())
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("consentd starts");
+        let stderr = child.stderr.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (tx, new_line) = mpsc::channel();
+        let sink = lines.clone();
+        // Reads to the end, so the child never blocks on a full pipe; the
+        // sender goes with the last line, which tells a waiter the log ended.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+                let _ = tx.send(());
+            }
+        });
+        let daemon = Consentd {
+            child,
+            lines,
+            new_line,
+        };
+        daemon.wait_for_within("consentd serving", SERVING_WAIT);
+        daemon
+    }
+
+    impl Consentd {
+        /// Waits ([`LOG_WAIT`] at most) for a log line containing `needle`;
+        /// returns the first one.
+        pub fn wait_for(&self, needle: &str) -> String {
+            self.wait_for_within(needle, LOG_WAIT)
+        }
+
+        /// Waits `within` at most for a log line containing `needle`. Fails
+        /// with the log so far, at once when the log has ended without it.
+        pub fn wait_for_within(&self, needle: &str, within: Duration) -> String {
+            let deadline = Instant::now() + within;
+            loop {
+                if let Some(line) = self.find(needle) {
+                    return line;
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                match self.new_line.recv_timeout(left) {
+                    Ok(()) => continue,
+                    Err(RecvTimeoutError::Timeout) => {
+                        panic!(
+                            "no log line with {needle:?} within {within:?}; the log:\n{}",
+                            self.log()
+                        )
+                    }
+                    // Every line is in: look once more.
+                    Err(RecvTimeoutError::Disconnected) => {
+                        return self.find(needle).unwrap_or_else(|| {
+                            panic!(
+                                "the log ended without a line with {needle:?}; the log:\n{}",
+                                self.log()
+                            )
+                        })
+                    }
+                }
+            }
+        }
+
+        /// The first log line so far containing `needle`.
+        fn find(&self, needle: &str) -> Option<String> {
+            let lines = self.lines.lock().unwrap();
+            lines.iter().find(|l| l.contains(needle)).cloned()
+        }
+
+        /// The TCP address of the first "consentd serving" line that names one.
+        pub fn addr(&self) -> SocketAddr {
+            self.lines
+                .lock()
+                .unwrap()
+                .iter()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|log| log["fields"]["message"] == "consentd serving")
+                .find_map(|log| log["fields"]["addr"].as_str()?.parse().ok())
+                .unwrap_or_else(|| {
+                    panic!("consentd logged no TCP address; its log:\n{}", self.log())
+                })
+        }
+
+        /// The log so far, one line a record.
+        pub fn log(&self) -> String {
+            self.lines.lock().unwrap().join("\n")
+        }
+
+        /// Sends signal `name` (e.g. "HUP", "TERM").
+        pub fn signal(&self, name: &str) {
+            let ok = Command::new("kill")
+                .args([&format!("-{name}"), &self.child.id().to_string()])
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "kill -{name}");
+        }
+
+        /// Waits for the daemon to exit.
+        pub fn wait(&mut self) -> ExitStatus {
+            self.child.wait().unwrap()
+        }
+
+        /// SIGKILL, and the daemon is gone.
+        pub fn kill9(mut self) {
+            self.child.kill().unwrap();
+            self.child.wait().unwrap();
+        }
+    }
+
+    impl Drop for Consentd {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

@@ -213,7 +213,7 @@ pub async fn export(
                 file
             },
         ),
-        None => Box::new(std::io::stdout()),
+        None => Box::new(super::stdout::Stdout),
     };
     let mut out = BufWriter::new(sink);
     let progress = bar(None, "exporting");

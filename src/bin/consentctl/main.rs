@@ -14,6 +14,7 @@ mod args;
 mod canonical;
 mod dump;
 mod render;
+mod stdout;
 
 use std::{process::ExitCode, time::Duration};
 
@@ -81,7 +82,7 @@ fn main() -> ExitCode {
         Ok(Answer::Positive) => ExitCode::SUCCESS,
         Ok(Answer::Negative) => ExitCode::from(1),
         // The reader went away (`| head -1`): nothing is wrong.
-        Err(e) if closed_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) if stdout::closed(&e) => ExitCode::SUCCESS,
         Err(e) => {
             report(&e, &cli);
             ExitCode::from(2)
@@ -89,17 +90,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn closed_pipe(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        c.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-    })
-}
-
 /// Writes to stdout; an error (a closed pipe) ends the command.
 fn out(text: std::fmt::Arguments<'_>) -> std::io::Result<()> {
     use std::io::Write as _;
-    let mut stdout = std::io::stdout().lock();
+    let mut stdout = stdout::Stdout;
     stdout.write_fmt(text)?;
     stdout.flush()
 }

@@ -198,7 +198,7 @@ pub fn rules(r: &pb::GetRulesResponse) -> Value {
 /// closed pipe) is returned, never a panic.
 pub fn print(value: &Value, as_json: bool) -> std::io::Result<()> {
     use std::io::Write as _;
-    let mut stdout = std::io::stdout().lock();
+    let mut stdout = super::stdout::Stdout;
     if as_json {
         writeln!(stdout, "{value}")?;
     } else {
