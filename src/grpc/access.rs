@@ -83,7 +83,37 @@ pub fn caller<T>(request: &tonic::Request<T>) -> Result<Caller, Status> {
         .extensions()
         .get::<Caller>()
         .cloned()
-        .ok_or_else(|| Status::internal("the access layer did not run for this call"))
+        .ok_or_else(|| Refusal::NoCaller.into())
+}
+
+/// Why the access layer refused a call before (or instead of) its
+/// handler; `status.rs` maps each to its gRPC code.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error("the access layer did not run for this call")]
+    NoCaller,
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("principal {principal:?} has {open} {what} open, its quota; retry with backoff")]
+    Quota {
+        principal: String,
+        open: usize,
+        what: &'static str,
+    },
+    #[error(
+        "server busy: {open} {what} are open, all but the operators' reserve; retry with backoff"
+    )]
+    Reserved { open: usize, what: &'static str },
+    #[error("server busy: {max} calls in flight; retry with backoff")]
+    InFlight { max: usize },
+    #[error(
+        "the {rpc} request message did not arrive within {limit:?} (limits.message_timeout_secs)"
+    )]
+    MessageLate { rpc: Rpc, limit: Duration },
+    #[error("{rpc} did not finish within the server's request timeout of {limit:?}")]
+    Timeout { rpc: Rpc, limit: Duration },
+    #[error("the credential this stream was opened with (principal {0:?}) was revoked or changed")]
+    Revoked(String),
 }
 
 /// Limits every call shares.
@@ -140,16 +170,19 @@ impl Pool {
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
         let mine = held.1.get(&principal.name).copied().unwrap_or(0);
         if mine >= self.per_principal {
-            return Err(Status::resource_exhausted(format!(
-                "principal {:?} has {mine} {} open, its quota; retry with backoff",
-                principal.name, self.what
-            )));
+            return Err(Refusal::Quota {
+                principal: principal.name.clone(),
+                open: mine,
+                what: self.what,
+            }
+            .into());
         }
         if held.0 >= self.shared {
-            return Err(Status::resource_exhausted(format!(
-                "server busy: {} {} are open, all but the operators' reserve; retry with backoff",
-                held.0, self.what
-            )));
+            return Err(Refusal::Reserved {
+                open: held.0,
+                what: self.what,
+            }
+            .into());
         }
         held.0 += 1;
         *held.1.entry(principal.name.clone()).or_default() += 1;
@@ -337,10 +370,11 @@ impl http_body::Body for DeadlineBody {
             }
             Poll::Pending => match self.sleep.as_mut().poll(cx) {
                 Poll::Pending => Poll::Pending,
-                Poll::Ready(()) => Poll::Ready(Some(Err(Status::deadline_exceeded(format!(
-                    "the {} request message did not arrive within {:?} (limits.message_timeout_secs)",
-                    self.rpc, self.limit
-                ))))),
+                Poll::Ready(()) => Poll::Ready(Some(Err(Refusal::MessageLate {
+                    rpc: self.rpc,
+                    limit: self.limit,
+                }
+                .into()))),
             },
             other => other,
         }
@@ -430,7 +464,7 @@ where
                 if let Some(suppressed) = log.admit() {
                     tracing::warn!(%rpc, peer = %shown_peer, %error, suppressed, "unauthenticated call refused");
                 }
-                return reject(Status::unauthenticated(error.to_string()), held);
+                return reject(Refusal::Unauthenticated(error.to_string()).into(), held);
             }
         };
         let name = principal.name.clone();
@@ -453,10 +487,12 @@ where
         let permit = match self.layer.in_flight.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
-                let status = busy(Status::resource_exhausted(format!(
-                    "server busy: {} calls in flight; retry with backoff",
-                    self.layer.max_in_flight
-                )));
+                let status = busy(
+                    Refusal::InFlight {
+                        max: self.layer.max_in_flight,
+                    }
+                    .into(),
+                );
                 return reject(status, held);
             }
         };
@@ -496,10 +532,7 @@ where
                         if let Some(suppressed) = log.admit() {
                             tracing::warn!(%rpc, principal = %name, peer = %shown_peer, ?limit, suppressed, "call exceeded the request timeout");
                         }
-                        return Ok(Status::deadline_exceeded(format!(
-                            "{rpc} did not finish within the server's request timeout of {limit:?}"
-                        ))
-                        .into_http());
+                        return Ok(Status::from(Refusal::Timeout { rpc, limit }).into_http());
                     }
                 },
             };

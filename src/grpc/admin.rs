@@ -166,7 +166,7 @@ impl Admin for AdminService {
                 () = stop.cancelled() => {
                     // Never wait for a client that stopped reading: shutdown
                     // waits for this task.
-                    let status = Status::unavailable("consentd is shutting down; export again");
+                    let status = Status::from(crate::store::StoreError::Closed);
                     let _ = tx.try_send(Err(status));
                 }
             }

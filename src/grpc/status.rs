@@ -96,6 +96,20 @@ impl From<Denied> for Status {
     }
 }
 
+/// The access layer's refusals.
+impl From<super::access::Refusal> for Status {
+    fn from(r: super::access::Refusal) -> Self {
+        use super::access::Refusal as R;
+        let code = match &r {
+            R::NoCaller => Code::Internal,
+            R::Unauthenticated(_) | R::Revoked(_) => Code::Unauthenticated,
+            R::Quota { .. } | R::Reserved { .. } | R::InFlight { .. } => Code::ResourceExhausted,
+            R::MessageLate { .. } | R::Timeout { .. } => Code::DeadlineExceeded,
+        };
+        Status::new(code, bounded(r.to_string()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

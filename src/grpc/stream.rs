@@ -69,10 +69,7 @@ impl WatchStream {
             _ => {}
         }
         tracing::warn!(principal = %holder.principal.name, "watch stream ended: its credentials were revoked");
-        Some(Status::unauthenticated(format!(
-            "the credential this stream was opened with (principal {:?}) was revoked or changed",
-            holder.principal.name
-        )))
+        Some(super::access::Refusal::Revoked(holder.principal.name.clone()).into())
     }
 }
 

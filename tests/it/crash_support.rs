@@ -143,13 +143,16 @@ impl Written {
 
 /// Errors a call in flight may end with once the daemon is being stopped:
 /// the connection goes (UNAVAILABLE, or UNKNOWN/CANCELLED from the transport
-/// when the stream is cut mid-call), or a draining daemon refuses new calls
-/// (UNAVAILABLE).
+/// when the stream is cut mid-call; INTERNAL "h2 protocol error" when the
+/// client's HTTP/2 connection is torn down under it), or a draining daemon
+/// refuses new calls (UNAVAILABLE). Any other INTERNAL is the daemon's and
+/// counts as unexpected.
 fn is_stop_error(status: &tonic::Status) -> bool {
-    matches!(
-        status.code(),
-        Code::Unavailable | Code::Unknown | Code::Cancelled
-    )
+    match status.code() {
+        Code::Unavailable | Code::Unknown | Code::Cancelled => true,
+        Code::Internal => status.message().contains("h2 protocol error"),
+        _ => false,
+    }
 }
 
 /// One writer: flips decisions until the daemon stops; returns what it saw.

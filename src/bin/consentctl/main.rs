@@ -797,7 +797,7 @@ async fn watch(cli: &Cli, mut filter: pb::WatchRequest) -> Result<()> {
         }
         let delay = backoff.next().unwrap_or(Duration::from_secs(5));
         eprintln!(
-            "watch: {}; resuming from revision {} in {:.1}s",
+            "watch: {}; resuming from revision {} in {:.3}s",
             describe(&failure),
             filter
                 .start_revision
