@@ -62,6 +62,15 @@ impl Kv for Staged<'_> {
     }
 
     fn scan(&self, prefix: &[u8], visit: &mut Visit<'_>) -> Result<(), StoreError> {
+        let staged_here = self
+            .overlay
+            .range(prefix.to_vec()..)
+            .next()
+            .is_some_and(|(key, _)| key.starts_with(prefix));
+        if !staged_here {
+            // Nothing staged under the prefix (the common case): no copies.
+            return self.tree.scan(prefix, visit);
+        }
         let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
         self.tree.scan(prefix, &mut |key, value| {
             merged.insert(key.to_vec(), Some(value.to_vec()));
