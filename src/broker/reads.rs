@@ -147,8 +147,8 @@ impl Broker {
                 continue;
             };
             // Background location in use keeps location alive too (a lapsing
-            // location takes background with it); the writer ignores it
-            // unless it is a grant of the same session.
+            // location takes background with it); the renewal job drops it
+            // unless location is a live grant of the same session.
             if v.scope == Scope::UserLocationBackground {
                 extend.push((s.clone(), Scope::UserLocation, renewed.clone()));
             }
