@@ -163,7 +163,7 @@ impl Pool {
         })
     }
 
-    fn take(self: &Arc<Self>, principal: &Principal) -> Result<Option<Quota>, Status> {
+    fn take(self: &Arc<Self>, principal: &Arc<Principal>) -> Result<Option<Quota>, Status> {
         if principal.role == crate::domain::Role::Operator {
             return Ok(None);
         }
@@ -185,10 +185,16 @@ impl Pool {
             .into());
         }
         held.0 += 1;
-        *held.1.entry(principal.name.clone()).or_default() += 1;
+        // The name is copied only for a principal's first open slot.
+        match held.1.get_mut(&principal.name) {
+            Some(n) => *n += 1,
+            None => {
+                held.1.insert(principal.name.clone(), 1);
+            }
+        }
         Ok(Some(Quota {
             pool: self.clone(),
-            name: principal.name.clone(),
+            principal: Arc::clone(principal),
         }))
     }
 }
@@ -196,17 +202,17 @@ impl Pool {
 /// One slot of a [`Pool`], given back on drop.
 struct Quota {
     pool: Arc<Pool>,
-    name: String,
+    principal: Arc<Principal>,
 }
 
 impl Drop for Quota {
     fn drop(&mut self) {
         let mut held = self.pool.held.lock().unwrap_or_else(|e| e.into_inner());
         held.0 -= 1;
-        if let Some(n) = held.1.get_mut(&self.name) {
+        if let Some(n) = held.1.get_mut(&self.principal.name) {
             *n -= 1;
             if *n == 0 {
-                held.1.remove(&self.name);
+                held.1.remove(&self.principal.name);
             }
         }
     }
@@ -467,10 +473,11 @@ where
                 return reject(Refusal::Unauthenticated(error.to_string()).into(), held);
             }
         };
-        let name = principal.name.clone();
+        // For the log lines below: the principal, not a copy of its name.
+        let name = Arc::clone(&principal);
         let denied = |status: &Status| {
             if let Some(suppressed) = log.admit() {
-                tracing::warn!(%rpc, principal = %name, peer = %shown_peer, error = %status.message(), suppressed, "permission denied");
+                tracing::warn!(%rpc, principal = %name.name, peer = %shown_peer, error = %status.message(), suppressed, "permission denied");
             }
         };
         if let Err(refused) = principal.may_call(rpc) {
@@ -480,7 +487,7 @@ where
         }
         let busy = |status: Status| {
             if let Some(suppressed) = log.admit() {
-                tracing::warn!(%rpc, principal = %name, peer = %shown_peer, error = %status.message(), suppressed, "call refused: limit reached");
+                tracing::warn!(%rpc, principal = %name.name, peer = %shown_peer, error = %status.message(), suppressed, "call refused: limit reached");
             }
             status
         };
@@ -530,7 +537,7 @@ where
                     Ok(result) => result?,
                     Err(_) => {
                         if let Some(suppressed) = log.admit() {
-                            tracing::warn!(%rpc, principal = %name, peer = %shown_peer, ?limit, suppressed, "call exceeded the request timeout");
+                            tracing::warn!(%rpc, principal = %name.name, peer = %shown_peer, ?limit, suppressed, "call exceeded the request timeout");
                         }
                         return Ok(Status::from(Refusal::Timeout { rpc, limit }).into_http());
                     }
@@ -541,7 +548,7 @@ where
                     let message = Status::from_header_map(response.headers())
                         .map(|s| s.message().to_owned())
                         .unwrap_or_default();
-                    tracing::warn!(%rpc, principal = %name, peer = %shown_peer, error = %message, suppressed, "permission denied");
+                    tracing::warn!(%rpc, principal = %name.name, peer = %shown_peer, error = %message, suppressed, "permission denied");
                 }
             }
             Ok(response.map(|body| {
