@@ -148,50 +148,12 @@ pub struct Step {
     pub passed: bool,
 }
 
-/// Evaluates the gates for `scope` asked through `target`, in order; the
-/// first gate that decides wins. Gate 1's malformed-request and unknown-app
-/// checks happen before (ids, client and scope are already typed here).
-pub fn evaluate(
-    app: &App,
-    scope: Scope,
-    target: Target<'_>,
-    client: &Client,
-    state: DecisionState,
-    rules: &RuleSet,
-) -> Verdict {
-    walk(app, scope, target, client, state, rules, |_, _, _| {})
-}
-
-/// [`evaluate`], plus every check each gate made on the way.
-pub fn explain(
-    app: &App,
-    scope: Scope,
-    target: Target<'_>,
-    client: &Client,
-    state: DecisionState,
-    rules: &RuleSet,
-) -> (Verdict, Vec<Step>) {
-    let mut steps = Vec::new();
-    let verdict = walk(
-        app,
-        scope,
-        target,
-        client,
-        state,
-        rules,
-        |gate, passed, check: &dyn Fn() -> String| {
-            steps.push(Step {
-                gate,
-                check: check(),
-                passed,
-            });
-        },
-    );
-    (verdict, steps)
-}
-
-/// The gates, telling `note` about each check (lazily, so evaluation
-/// without an explanation formats nothing).
+/// The gates for `scope` asked through `target`, in order; the first gate
+/// that decides wins. Gate 1's malformed-request and unknown-app checks
+/// happen before (ids, client and scope are already typed here). `note`
+/// hears about each check (lazily, so evaluation without an explanation
+/// formats nothing). Only [`super::authorize`] runs it: every verdict goes
+/// through that one path.
 pub(super) fn walk(
     app: &App,
     scope: Scope,
@@ -405,6 +367,48 @@ pub fn most_restrictive(verdicts: &[Verdict]) -> Option<&Verdict> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The gates alone (test helper): evaluates the gates for `scope` asked through `target`, in order; the
+    /// first gate that decides wins. Gate 1's malformed-request and unknown-app
+    /// checks happen before (ids, client and scope are already typed here).
+    fn evaluate(
+        app: &App,
+        scope: Scope,
+        target: Target<'_>,
+        client: &Client,
+        state: DecisionState,
+        rules: &RuleSet,
+    ) -> Verdict {
+        walk(app, scope, target, client, state, rules, |_, _, _| {})
+    }
+
+    /// [`evaluate`], plus every check each gate made on the way.
+    fn explain(
+        app: &App,
+        scope: Scope,
+        target: Target<'_>,
+        client: &Client,
+        state: DecisionState,
+        rules: &RuleSet,
+    ) -> (Verdict, Vec<Step>) {
+        let mut steps = Vec::new();
+        let verdict = walk(
+            app,
+            scope,
+            target,
+            client,
+            state,
+            rules,
+            |gate, passed, check: &dyn Fn() -> String| {
+                steps.push(Step {
+                    gate,
+                    check: check(),
+                    passed,
+                });
+            },
+        );
+        (verdict, steps)
+    }
     use crate::domain::{Api, AppId, AppKind, Declarations, Platform, RawDeclarations};
 
     /// Convenience: evaluate every scope of `api`.
