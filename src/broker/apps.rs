@@ -7,8 +7,8 @@ use super::{operator_entry, page_size, written, AppPage, Broker, BrokerError, Re
 use crate::{
     domain::{
         import::{self, ImportRecord},
-        machine, privacy, App, AppId, AppKind, AuditEntry, Cause, Declarations, DomainError,
-        Lifetime, OperatorAction, Principal, RawDeclarations, StateQuery, Subject,
+        machine, App, AppId, AppKind, AuditEntry, Cause, Declarations, DomainError, Lifetime,
+        OperatorAction, Principal, RawDeclarations, StateQuery, Subject,
     },
     store::{AppWrite, DecisionRow, TxnError, View, WriteSet},
 };
@@ -43,21 +43,8 @@ impl Broker {
         let declarations = Declarations::parse(kind, raw)?;
         let audit = operator_entry(who, &id, action);
         self.write_app(audit, move |view| {
-            if view.app(&id)?.is_some() {
-                return Err(DomainError::AlreadyExists {
-                    message: format!("app {:?} is already registered", id.as_str()),
-                }
-                .into());
-            }
-            let privacy_version = privacy::next_version(None, 0, declarations.privacy.as_ref());
-            Ok(App {
-                id,
-                kind,
-                declarations,
-                revision: 0,
-                updated_at_ms: 0,
-                privacy_version,
-            })
+            let current = view.app(&id)?;
+            Ok(App::register(id, kind, declarations, current.as_deref())?)
         })
         .await
     }
@@ -75,23 +62,7 @@ impl Broker {
         let declarations = Declarations::parse(kind, raw)?;
         let audit = operator_entry(who, &id, action);
         self.write_app(audit, move |view| {
-            let current = view.registered_app(&id)?;
-            if current.kind != kind {
-                return Err(DomainError::FailedPrecondition {
-                    message: format!(
-                        "app {:?} is registered as {:?}; the kind cannot change (delete and register it again)",
-                        id.as_str(),
-                        current.kind
-                    ),
-                }
-                .into());
-            }
-            let privacy_version = privacy::next_version(
-                current.declarations.privacy.as_ref(),
-                current.privacy_version,
-                declarations.privacy.as_ref(),
-            );
-            Ok(App { id, kind, declarations, revision: 0, updated_at_ms: 0, privacy_version })
+            Ok(view.registered_app(&id)?.redeclare(kind, declarations)?)
         })
         .await
     }

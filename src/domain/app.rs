@@ -194,9 +194,85 @@ impl AppKind {
     }
 }
 
+impl App {
+    /// A new registration of `id`; `current` is what is registered under
+    /// that id now (refused when there is one). The store sets `revision`
+    /// and `updated_at_ms`.
+    pub fn register(
+        id: AppId,
+        kind: AppKind,
+        declarations: Declarations,
+        current: Option<&App>,
+    ) -> Result<App, DomainError> {
+        if current.is_some() {
+            return Err(DomainError::AlreadyExists {
+                message: format!("app {:?} is already registered", id.as_str()),
+            });
+        }
+        let privacy_version = super::privacy::next_version(None, 0, declarations.privacy.as_ref());
+        Ok(App {
+            id,
+            kind,
+            declarations,
+            revision: 0,
+            updated_at_ms: 0,
+            privacy_version,
+        })
+    }
+
+    /// This app with new declarations; its kind cannot change. The guide's
+    /// version grows when it gains information types.
+    pub fn redeclare(&self, kind: AppKind, declarations: Declarations) -> Result<App, DomainError> {
+        if self.kind != kind {
+            return Err(DomainError::FailedPrecondition {
+                message: format!(
+                    "app {:?} is registered as {:?}; the kind cannot change (delete and register it again)",
+                    self.id.as_str(),
+                    self.kind
+                ),
+            });
+        }
+        let privacy_version = super::privacy::next_version(
+            self.declarations.privacy.as_ref(),
+            self.privacy_version,
+            declarations.privacy.as_ref(),
+        );
+        Ok(App {
+            id: self.id.clone(),
+            kind,
+            declarations,
+            revision: 0,
+            updated_at_ms: 0,
+            privacy_version,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn registering_twice_is_refused_and_the_kind_never_changes() {
+        let id = AppId::parse("wxr").unwrap();
+        let plain = Declarations::default();
+        let app = App::register(id.clone(), AppKind::MiniProgram, plain.clone(), None).unwrap();
+        assert_eq!(app.privacy_version, 0);
+        assert!(matches!(
+            App::register(id, AppKind::MiniProgram, plain.clone(), Some(&app)),
+            Err(DomainError::AlreadyExists { .. })
+        ));
+        assert!(matches!(
+            app.redeclare(AppKind::MiniGame, plain.clone()),
+            Err(DomainError::FailedPrecondition { .. })
+        ));
+        let guided = Declarations {
+            privacy: Some(PrivacyGuide::parse("G", &["camera".into()]).unwrap()),
+            ..plain
+        };
+        let again = app.redeclare(AppKind::MiniProgram, guided).unwrap();
+        assert_eq!(again.privacy_version, 1, "a new guide must be agreed to");
+    }
 
     fn raw(perm: &[(&str, &str)], modes: &[&str], infos: &[&str]) -> RawDeclarations {
         RawDeclarations {
