@@ -36,6 +36,8 @@
 
 #[cfg(test)]
 pub(crate) mod contract;
+#[cfg(test)]
+pub(crate) mod etcd_cluster;
 mod sled_codec;
 mod sled_durability;
 mod sled_maintenance;
