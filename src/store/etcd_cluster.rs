@@ -62,6 +62,38 @@ pub struct EtcdCluster {
 /// How long a cluster may take to become healthy.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The temp dirs of test clusters start with this.
+const DIR_PREFIX: &str = "consentd-etcd-";
+
+/// Removes the temp dirs of test clusters whose process is gone (each
+/// member pre-allocates a 62 MB WAL).
+fn sweep_stale_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if !entry.file_name().to_string_lossy().starts_with(DIR_PREFIX) {
+            continue;
+        }
+        let owner = std::fs::read_to_string(entry.path().join("owner.pid")).unwrap_or_default();
+        // A dir without an owner yet may be one being made right now.
+        let young = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age < Duration::from_secs(60));
+        let alive = if owner.is_empty() {
+            young
+        } else {
+            Path::new("/proc").join(owner.trim()).exists()
+        };
+        if !alive {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 /// A loopback port free right now (bound, then released).
 fn free_port() -> std::io::Result<SocketAddr> {
     TcpListener::bind("127.0.0.1:0")?.local_addr()
@@ -83,9 +115,14 @@ impl EtcdCluster {
     }
 
     fn try_start(n: usize) -> Result<Self, String> {
+        sweep_stale_dirs();
         let dir = tempfile::Builder::new()
-            .prefix("consentd-etcd-")
+            .prefix(DIR_PREFIX)
             .tempdir()
+            .map_err(|e| format!("temp dir: {e}"))?;
+        // Who owns it: a cluster held until its process ends is never
+        // dropped, so a later run removes its dir (see sweep_stale_dirs).
+        std::fs::write(dir.path().join("owner.pid"), std::process::id().to_string())
             .map_err(|e| format!("temp dir: {e}"))?;
         let mut members = Vec::with_capacity(n);
         for i in 1..=n {
