@@ -319,45 +319,38 @@ fn healthy(addr: SocketAddr) -> bool {
     response.contains("\"health\":\"true\"")
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The harness itself: three members come up, one killed with -9 leaves
-    /// a cluster that still has a quorum, and it comes back.
-    #[test]
-    #[ignore = "needs the etcd binary: scripts/test runs it (--ignored etcd)"]
-    fn etcd_cluster_starts_kills_and_restarts_members() {
+/// The client URLs of one 3-member cluster shared by every test of this
+/// test binary, started on first use by a thread that holds it until the
+/// process ends (its members die with that thread: PR_SET_PDEATHSIG; a
+/// later run removes its temp dir). Panics, saying why, when etcd cannot
+/// run here.
+pub fn shared_endpoints() -> &'static [String] {
+    static ENDPOINTS: std::sync::OnceLock<Result<Vec<String>, String>> = std::sync::OnceLock::new();
+    let endpoints = ENDPOINTS.get_or_init(|| {
         if let Some(why) = etcd_unavailable() {
-            panic!("cannot run: {why}");
+            return Err(why);
         }
-        let mut cluster = EtcdCluster::start(3).expect("the cluster starts");
-        assert_eq!(cluster.endpoints().len(), 3);
-        assert!(cluster.dir().join("m1").join("member").is_dir());
-        let pid = cluster.pid(1).expect("member 2 runs");
-        cluster.kill(1);
-        assert!(cluster.pid(1).is_none());
-        assert!(
-            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
-            "killed and reaped"
-        );
-        // A new leader within a few election timeouts, if it was the leader.
-        cluster
-            .wait_healthy(Duration::from_secs(10))
-            .expect("2 of 3 members keep a quorum");
-        cluster.restart(1).expect("member 2 rejoins");
-        cluster.pause(2);
-        cluster.resume(2);
-        cluster
-            .wait_healthy(Duration::from_secs(10))
-            .expect("healthy after SIGCONT");
-        let pids: Vec<u32> = (0..3).filter_map(|i| cluster.pid(i)).collect();
-        drop(cluster);
-        for pid in pids {
-            assert!(
-                !std::path::Path::new(&format!("/proc/{pid}")).exists(),
-                "member {pid} gone after drop"
-            );
-        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("etcd-cluster".into())
+            .spawn(move || match EtcdCluster::start(3) {
+                Ok(cluster) => {
+                    let _ = tx.send(Ok(cluster.endpoints()));
+                    // Hold the cluster for good; never dropped.
+                    let _cluster = cluster;
+                    loop {
+                        std::thread::park();
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        rx.recv().map_err(|e| e.to_string())?
+    });
+    match endpoints {
+        Ok(e) => e,
+        Err(why) => panic!("cannot run the etcd tests: {why}"),
     }
 }

@@ -1038,52 +1038,17 @@ fn describe(tail: &[u8]) -> String {
 
 #[cfg(test)]
 mod contract_tests {
-    use std::sync::{Arc, OnceLock};
+    use std::sync::Arc;
 
     use super::{EtcdConfig, EtcdStore};
     use crate::{
         clock::SystemClock,
         store::{
             contract::{store_contract_tests, Backend},
-            etcd_cluster::{etcd_unavailable, EtcdCluster},
+            etcd_cluster::shared_endpoints,
             Store,
         },
     };
-
-    /// One 3-member cluster for every contract check of this test binary,
-    /// started on first use by a thread that holds it until the process
-    /// ends (its members die with that thread: PR_SET_PDEATHSIG).
-    fn cluster() -> &'static Vec<String> {
-        static ENDPOINTS: OnceLock<Result<Vec<String>, String>> = OnceLock::new();
-        let endpoints = ENDPOINTS.get_or_init(|| {
-            if let Some(why) = etcd_unavailable() {
-                return Err(why);
-            }
-            let (tx, rx) = std::sync::mpsc::channel();
-            std::thread::Builder::new()
-                .name("etcd-cluster".into())
-                .spawn(move || match EtcdCluster::start(3) {
-                    Ok(cluster) => {
-                        let _ = tx.send(Ok(cluster.endpoints()));
-                        // Hold the cluster (and its temp dir) for good.
-                        loop {
-                            std::thread::park();
-                        }
-                        #[allow(unreachable_code)]
-                        drop(cluster)
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(e));
-                    }
-                })
-                .map_err(|e| e.to_string())?;
-            rx.recv().map_err(|e| e.to_string())?
-        });
-        match endpoints {
-            Ok(e) => e,
-            Err(why) => panic!("cannot run the etcd contract checks: {why}"),
-        }
-    }
 
     /// Stores under one key prefix per backend, a sub-prefix per name.
     struct Etcd(String);
@@ -1106,7 +1071,7 @@ mod contract_tests {
         /// A store whose view applies each watch response `lag` late.
         fn open_lagging(&self, name: &str, lag: std::time::Duration) -> Arc<dyn Store> {
             let mut config = EtcdConfig::new(
-                cluster().clone(),
+                shared_endpoints().to_vec(),
                 format!("{}{name}/", self.0),
                 SystemClock::shared(),
             );

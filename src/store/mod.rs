@@ -83,8 +83,12 @@
 
 #[cfg(test)]
 pub(crate) mod contract;
+// Shared as source with tests/it: not every helper is used by both.
 #[cfg(test)]
+#[allow(dead_code)]
 pub(crate) mod etcd_cluster;
+#[cfg(test)]
+mod etcd_cluster_tests;
 #[cfg(feature = "etcd")]
 mod etcd_replica;
 #[cfg(feature = "etcd")]
