@@ -1185,4 +1185,92 @@ mod contract_tests {
         a.close().await.unwrap();
         b.close().await.unwrap();
     }
+
+    /// Without a quorum (two of three members stopped) a write fails with
+    /// UNAVAILABLE within its deadline and takes no revision, reads go on
+    /// from the local view, and once the members run again writes resume
+    /// where the log was.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs the etcd binary: scripts/test runs it (--ignored etcd)"]
+    async fn etcd_no_quorum_fails_writes_keeps_reads_and_recovers() {
+        use crate::{
+            domain::{AppId, Cause, Change, DecisionState, Scope, StateQuery, Subject, UserId},
+            store::{etcd_cluster::EtcdCluster, StoreError, TxnError, WriteSet},
+        };
+        use std::time::{Duration, Instant};
+        let mut cluster = tokio::task::block_in_place(|| EtcdCluster::start(3)).expect("cluster");
+        let mut config = EtcdConfig::new(
+            cluster.endpoints()[..1].to_vec(),
+            "/quorum/",
+            SystemClock::shared(),
+        );
+        config.timeout = Duration::from_secs(2);
+        let store = EtcdStore::open(&config).await.expect("opens");
+        let u = Subject {
+            app: AppId::parse("wxq").unwrap(),
+            user: UserId::parse("u").unwrap(),
+        };
+        let write = |old, new| {
+            let u = u.clone();
+            Box::new(move |_: &dyn crate::store::View| {
+                let change = Change {
+                    scope: Scope::Camera,
+                    old,
+                    new,
+                    cause: Cause::Popup,
+                };
+                Ok(WriteSet {
+                    changes: vec![(u, change)],
+                    ..WriteSet::default()
+                })
+            })
+        };
+        let (n, g, d) = (
+            DecisionState::NotDetermined,
+            DecisionState::Granted,
+            DecisionState::Denied,
+        );
+        assert_eq!(store.submit(write(n, g)).await.unwrap().revision, 1);
+
+        cluster.pause(1);
+        cluster.pause(2);
+        let started = Instant::now();
+        let failed = store.submit(write(g, d)).await;
+        assert!(
+            matches!(failed, Err(TxnError::Store(StoreError::Unavailable(_)))),
+            "{failed:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "failed within its deadline: {:?}",
+            started.elapsed()
+        );
+        let read = store
+            .subject(&u.app, &u.user, &StateQuery::decisions())
+            .expect("reads go on from the view");
+        assert_eq!(read.records[&Scope::Camera].state, g);
+        assert_eq!(store.revision(), 1);
+
+        cluster.resume(1);
+        cluster.resume(2);
+        tokio::task::block_in_place(|| cluster.wait_healthy(Duration::from_secs(20)))
+            .expect("healthy again");
+        // The client may take a moment to find the leader again.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let next = loop {
+            match store.submit(write(g, d)).await {
+                Ok(c) => break c,
+                Err(e) if Instant::now() < deadline => {
+                    tracing::info!(error = %e, "not yet");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("writes did not resume: {e}"),
+            }
+        };
+        assert_eq!(next.revision, 2, "the failed write took no revision");
+        let v = store.verify().await.unwrap();
+        assert!(v.mismatches.is_empty(), "{:?}", v.mismatches);
+        assert_eq!(store.events_after(0, 10).unwrap().len(), 2);
+        store.close().await.unwrap();
+    }
 }

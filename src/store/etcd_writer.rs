@@ -181,16 +181,34 @@ impl Writer {
             return Ok(held.revision_mod);
         }
         let timeout = self.config.timeout;
+        let lease = self.lease.load(Ordering::Acquire);
         let lock = tokio::time::timeout(
             timeout,
             self.client.lock(
                 self.config.lock_name.clone(),
-                Some(LockOptions::new().with_lease(self.lease.load(Ordering::Acquire))),
+                Some(LockOptions::new().with_lease(lease)),
             ),
         )
-        .await
-        .map_err(|_| unavailable("taking the write lock", format!("no answer in {timeout:?}")))?
-        .map_err(|e| unavailable("taking the write lock", e))?;
+        .await;
+        let lock = match lock {
+            Ok(Ok(lock)) => lock,
+            failed => {
+                // etcd may still grant the request later: drop our key (etcd
+                // names it `<name>/<lease in hex>`), or other daemons would
+                // wait behind it for as long as the lease lives.
+                let mine = [
+                    self.config.lock_name.as_slice(),
+                    b"/",
+                    format!("{lease:x}").as_bytes(),
+                ]
+                .concat();
+                self.unlock(mine).await;
+                return Err(match failed {
+                    Ok(Err(e)) => unavailable("taking the write lock", e),
+                    _ => unavailable("taking the write lock", format!("no answer in {timeout:?}")),
+                });
+            }
+        };
         let key = lock.key().to_vec();
         // From here on no other writer commits: read where the log ends.
         let revision_key = [self.config.data_prefix.as_slice(), codec::REVISION_KEY].concat();

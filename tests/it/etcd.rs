@@ -5,17 +5,14 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use consentd::{
-    config::{Config, StoreKind},
-    pb::{self, watch_response::Kind},
-};
+use consentd::pb::{self, watch_response::Kind};
 use tokio_stream::StreamExt as _;
 use tonic::Streaming;
 
 use crate::{
     etcd_cluster::shared_endpoints,
     fixture::{connect, location_app, Client, TestDaemon},
-    support::{child::spawn_consentd, key_of_change, key_of_event, EventKey},
+    support::{child::spawn_consentd, key_of_change, key_of_event, use_etcd, EventKey},
 };
 
 /// A key prefix no other test uses.
@@ -23,16 +20,6 @@ fn fresh_prefix() -> String {
     let mut id = [0u8; 8];
     getrandom::getrandom(&mut id).expect("random bytes");
     format!("/consentd-it/{}/", hex::encode(id))
-}
-
-/// Points `config` at the shared test cluster under `prefix`.
-pub fn use_etcd(config: &mut Config, prefix: &str) {
-    config.store = StoreKind::Etcd;
-    config.etcd.endpoints = shared_endpoints().to_vec();
-    config.etcd.prefix = prefix.into();
-    // The test cluster runs with --max-txn-ops 10000, --max-request-bytes 8 MiB.
-    config.etcd.max_txn_ops = 10_000;
-    config.etcd.max_txn_bytes = 4 << 20;
 }
 
 /// An in-process daemon on the shared cluster under `prefix`.
