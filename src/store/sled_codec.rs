@@ -29,10 +29,12 @@
 //! migrates those keys into chunks ([`OLD_EVENT_PREFIX`] and friends are kept
 //! for that).
 //!
-//! Chunks are at most [`CHUNK_BYTES`] (a single item may make one larger):
-//! sled writes a log item over a quarter of a segment to a blob file of its
-//! own, which the commit's `fdatasync` of the log does not cover, and leaves
-//! copy whole values on every insert.
+//! Chunks are at most [`CHUNK_BYTES`] (a single item may make one larger).
+//! sled 0.34 writes a log item over a quarter of a segment (128 KiB) to a
+//! blob file of its own, which it never fsyncs and the commit's `fdatasync`
+//! of the log does not cover; a leaf page holds up to 17 entries and is
+//! rewritten whole to the log when it is consolidated (every 10 updates) or
+//! cleaned, so 17 chunks must stay well under 128 KiB.
 //!
 //! A chunk is rewritten in place (same key) when retention trims part of it,
 //! and by whoever must change logged records without renumbering them (a
@@ -310,8 +312,11 @@ pub fn old_audit_index_key(app: &AppId, seq: u64) -> Vec<u8> {
     .concat()
 }
 
-/// Most bytes of a chunk value, unless one item alone is larger.
-pub const CHUNK_BYTES: usize = 16 * 1024;
+/// Most bytes of a chunk value, unless one item alone is larger: a leaf of
+/// 17 chunks (sled splits leaves past 16 entries) stays near 70 KiB, under
+/// the 128 KiB past which sled writes a page to an unsynced blob file. A
+/// group commit at c=64 makes one event chunk and two audit chunks.
+pub const CHUNK_BYTES: usize = 4 * 1024;
 const CHUNK_VERSION: u8 = 1;
 
 /// Packs items into chunk values of at most [`CHUNK_BYTES`]: a version byte,
