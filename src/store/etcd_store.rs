@@ -4,11 +4,15 @@
 //! commits through fenced etcd transactions (see `etcd_writer`). The
 //! consistency model is described in `store/mod.rs`, "The etcd backend".
 //!
-//! etcd keys: `<prefix>data/<key>` for every key of the sled layout
-//! (`sled_codec`: decisions, events, checkpoint, timers, apps, privacy,
-//! anti-nag, audit, `m/revision`, `m/compacted_through`, `m/audit_seq`),
-//! `<prefix>data/m/etcd_format` (this layout's version) and
-//! `<prefix>lock/...` (the write lock's keys, etcd's Lock API).
+//! etcd keys: `<prefix>data/<key>`, with the keys and values of
+//! `sled_codec` for decisions, timers, apps, the checkpoint, privacy and
+//! anti-nag state and the counters (`m/revision`, `m/compacted_through`,
+//! `m/audit_seq`), so `sled_read` reads this view too; but the log one key
+//! per entry, not sled's chunks: `E/<revision>` holds one event
+//! (`encode_event`), `A/<seq>` one audit record (`encode_audit`) with its
+//! index entry `I/<app>\0<seq>` (small etcd values, one watch event each,
+//! trimmed by deleting keys). `<prefix>data/m/etcd_format` is this layout's
+//! version and `<prefix>lock/...` the write lock's keys (etcd's Lock API).
 
 use std::{
     collections::BTreeMap,
