@@ -1277,4 +1277,64 @@ mod contract_tests {
         assert_eq!(store.events_after(0, 10).unwrap().len(), 2);
         store.close().await.unwrap();
     }
+
+    /// A daemon that died holding the write lock (its lease no longer kept
+    /// alive) holds up the others only until its lease lapses; the lapsed
+    /// holder's key cannot be used to write any more.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs the etcd binary: scripts/test runs it (--ignored etcd)"]
+    async fn etcd_a_dead_lock_holder_stalls_writes_only_until_its_lease_lapses() {
+        use std::time::{Duration, Instant};
+        let backend = Etcd::new();
+        let prefix = format!("{}dead/", backend.0);
+        let mut dead = etcd_client::Client::connect(shared_endpoints(), None)
+            .await
+            .unwrap();
+        let lease = dead.lease_grant(2, None).await.unwrap().id();
+        let held = dead
+            .lock(
+                format!("{prefix}lock"),
+                Some(etcd_client::LockOptions::new().with_lease(lease)),
+            )
+            .await
+            .unwrap();
+        // Nobody keeps that lease alive: the holder is dead.
+        let store = backend.open("dead");
+        let started = Instant::now();
+        let committed = store
+            .submit(Box::new(|_| {
+                Ok(crate::store::WriteSet {
+                    privacy: Some((
+                        crate::domain::Subject {
+                            app: crate::domain::AppId::parse("wxdead").unwrap(),
+                            user: crate::domain::UserId::parse("u").unwrap(),
+                        },
+                        None,
+                    )),
+                    ..crate::store::WriteSet::default()
+                })
+            }))
+            .await
+            .expect("writes once the dead holder's lease lapsed");
+        let waited = started.elapsed();
+        assert_eq!(committed.revision, 1);
+        assert!(
+            waited >= Duration::from_millis(1500) && waited < Duration::from_secs(8),
+            "waited for the lease (2 s), not longer: {waited:?}"
+        );
+        // The lapsed holder's fence is gone with its key.
+        let fenced = etcd_client::Txn::new()
+            .when([etcd_client::Compare::create_revision(
+                held.key().to_vec(),
+                etcd_client::CompareOp::Greater,
+                0,
+            )])
+            .and_then([etcd_client::TxnOp::put(
+                format!("{prefix}data/x"),
+                "stale",
+                None,
+            )]);
+        assert!(!dead.txn(fenced).await.unwrap().succeeded());
+        store.close().await.unwrap();
+    }
 }
