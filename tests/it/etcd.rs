@@ -239,3 +239,71 @@ async fn etcd_concurrent_writes_through_two_daemons_lose_nothing() {
         "both daemons serve the same state"
     );
 }
+
+/// docs/deploy-etcd.md's commands, run verbatim as one `sh -e` script with
+/// the built `consentd` and `consentctl` (and Debian's `etcd`, `etcdctl`)
+/// on PATH: three members, three daemons, a write through one read on the
+/// others, everything stopped again. Its own process group, killed if it
+/// hangs.
+#[test]
+#[ignore = "needs etcd and the etcd feature: scripts/test runs it (--ignored etcd)"]
+fn etcd_deploy_doc_runs_verbatim() {
+    use std::{os::unix::process::CommandExt as _, process::Command};
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("docs/deploy-etcd.md")).unwrap();
+    let script: String = text
+        .split("```sh\n")
+        .skip(1)
+        .map(|block| block.split("```").next().unwrap())
+        .collect();
+    assert!(script.contains("--store etcd"), "the doc has its commands");
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_consentd"))
+        .parent()
+        .unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    // Files, not pipes: nobody reads while the script runs.
+    let (stdout, stderr) = (tempfile::tempfile().unwrap(), tempfile::tempfile().unwrap());
+    let mut child = Command::new("sh")
+        .arg("-ec")
+        .arg(&script)
+        .env("PATH", path)
+        .stdout(stdout.try_clone().unwrap())
+        .stderr(stderr.try_clone().unwrap())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let group = child.id() as libc::pid_t;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            // SAFETY: kill(2) of the process group this test started.
+            unsafe {
+                libc::kill(-group, libc::SIGKILL);
+            }
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = child.wait().unwrap();
+    let read = |mut f: std::fs::File| {
+        use std::io::{Read as _, Seek as _};
+        let mut text = String::new();
+        f.rewind().unwrap();
+        f.read_to_string(&mut text).unwrap();
+        text
+    };
+    let (stdout, stderr) = (read(stdout), read(stderr));
+    assert!(
+        status.success(),
+        "the doc's script failed ({status}):\n{stdout}\n{stderr}"
+    );
+    let granted = stdout
+        .lines()
+        .filter(|l| l.starts_with("outcome") && l.trim_end().ends_with(" GRANTED"))
+        .count();
+    assert_eq!(granted, 2, "daemons 2 and 3 both answer GRANTED:\n{stdout}");
+}
