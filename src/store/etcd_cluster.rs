@@ -6,7 +6,8 @@
 //! every member also gets SIGKILL when the thread that started it ends
 //! (`PR_SET_PDEATHSIG`), so a test process that dies leaves no etcd behind.
 //! For fault tests: [`EtcdCluster::kill`] (kill -9), [`EtcdCluster::pause`]
-//! (SIGSTOP), [`EtcdCluster::resume`] (SIGCONT), [`EtcdCluster::restart`].
+//! (SIGSTOP), [`EtcdCluster::resume`] (SIGCONT), [`EtcdCluster::restart`],
+//! [`EtcdCluster::restart_all`], and [`EtcdCluster::leader`] to aim at.
 
 use std::{
     io::{Read as _, Write as _},
@@ -288,6 +289,31 @@ impl EtcdCluster {
         self.wait_healthy(START_TIMEOUT)
     }
 
+    /// The member that is the Raft leader right now, by its own metrics
+    /// (`etcd_server_is_leader 1`); None while there is none (an election,
+    /// no quorum).
+    pub fn leader(&self) -> Option<usize> {
+        (0..self.members.len()).find(|&i| {
+            self.members[i].child.is_some()
+                && http_get(self.members[i].client_addr, "/metrics")
+                    .is_some_and(|m| m.lines().any(|l| l.trim() == "etcd_server_is_leader 1"))
+        })
+    }
+
+    /// kill -9 every member, then starts them all again on their data dirs
+    /// at once (one alone has no quorum, so none would become healthy) and
+    /// waits until each is healthy.
+    pub fn restart_all(&mut self) -> Result<(), String> {
+        for i in 0..self.members.len() {
+            self.resume(i);
+            self.kill(i);
+        }
+        for i in 0..self.members.len() {
+            self.spawn(i, "existing")?;
+        }
+        self.wait_healthy(START_TIMEOUT)
+    }
+
     /// Where the members keep their data and logs.
     pub fn dir(&self) -> &Path {
         self.dir.path()
@@ -306,17 +332,19 @@ impl Drop for EtcdCluster {
 
 /// Whether the member at `addr` answers `GET /health` with `"health":"true"`.
 fn healthy(addr: SocketAddr) -> bool {
-    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
-        return false;
-    };
+    http_get(addr, "/health").is_some_and(|r| r.contains("\"health\":\"true\""))
+}
+
+/// The response (headers and body) of `GET path` on the member at `addr`,
+/// if it answers within a few seconds.
+fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
     let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    let request = format!("GET /health HTTP/1.0\r\nHost: {addr}\r\n\r\n");
-    if stream.write_all(request.as_bytes()).is_err() {
-        return false;
-    }
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    stream.write_all(request.as_bytes()).ok()?;
     let mut response = String::new();
     let _ = stream.read_to_string(&mut response);
-    response.contains("\"health\":\"true\"")
+    Some(response)
 }
 
 /// The client URLs of one 3-member cluster shared by every test of this

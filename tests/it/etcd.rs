@@ -16,7 +16,7 @@ use crate::{
 };
 
 /// A key prefix no other test uses.
-fn fresh_prefix() -> String {
+pub(crate) fn fresh_prefix() -> String {
     let mut id = [0u8; 8];
     getrandom::getrandom(&mut id).expect("random bytes");
     format!("/consentd-it/{}/", hex::encode(id))
@@ -46,7 +46,7 @@ async fn events_until(stream: &mut Streaming<pb::WatchResponse>, until: u64) -> 
     out
 }
 
-fn from(revision: u64) -> pb::WatchRequest {
+pub(crate) fn from(revision: u64) -> pb::WatchRequest {
     pb::WatchRequest {
         start_revision: Some(revision),
         ..Default::default()
@@ -55,7 +55,7 @@ fn from(revision: u64) -> pb::WatchRequest {
 
 /// Every event starts from the state the one before it (of the same app,
 /// user and scope) left: no update was lost.
-fn assert_chain(log: &[EventKey]) {
+pub(crate) fn assert_chain(log: &[EventKey]) {
     let mut states: BTreeMap<(String, String, String), i32> = BTreeMap::new();
     for e in log {
         let key = (e.1.clone(), e.2.clone(), e.3.clone());

@@ -12,6 +12,8 @@ mod crash_support;
 mod docs;
 #[cfg(feature = "etcd")]
 mod etcd;
+#[cfg(feature = "etcd")]
+mod etcd_faults;
 // The etcd test cluster harness, shared as source with the library's tests.
 #[cfg(feature = "etcd")]
 #[allow(dead_code)]
