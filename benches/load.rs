@@ -33,7 +33,8 @@
 //! (retention, cache, compaction every minute) for `BENCH_SOAK_SECONDS`
 //! (default 1800), sampling the daemon's RSS, the data dir's size and the
 //! write rate every `BENCH_SOAK_SAMPLE` seconds (default 30); each sample
-//! is printed as it is taken.
+//! is printed as it is taken. `BENCH_SOAK_CONFIG=path` gives the daemon a
+//! config file (e.g. `[audit] max_records = 1000000`).
 
 use std::{
     collections::HashMap,
@@ -805,9 +806,15 @@ fn main() {
         if only.as_ref().map_or(smoke(), |o| o.iter().any(|x| x == "soak")) {
             let dir = tempfile::tempdir().unwrap();
             let data = dir.path().join("data");
-            let daemon = Proc::daemon(&data, &[]);
+            // BENCH_SOAK_CONFIG: a config file for the soak's daemon (e.g. a
+            // smaller audit retention, to reach its steady state sooner).
+            let config = std::env::var("BENCH_SOAK_CONFIG").ok();
+            let args: Vec<&str> = config.iter().flat_map(|c| ["--config", c.as_str()]).collect();
+            let daemon = Proc::daemon(&data, &args);
             preload(daemon.addr).await;
-            let samples = soak(&daemon, &data, secs("BENCH_SOAK_SECONDS", 1800.0), secs("BENCH_SOAK_SAMPLE", 30.0)).await;
+            // The smoke run: 3 s, a sample a second.
+            let (seconds, every) = if smoke() { (30.0, 10.0) } else { (1800.0, 30.0) };
+            let samples = soak(&daemon, &data, secs("BENCH_SOAK_SECONDS", seconds), secs("BENCH_SOAK_SAMPLE", every)).await;
             if smoke() {
                 let last = samples.last().expect("a soak sample");
                 assert!(last.writes > 0 && last.errors == 0, "soak: {} writes, {} errors", last.writes, last.errors);
