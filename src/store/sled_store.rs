@@ -877,6 +877,24 @@ mod format_tests {
         }
     }
 
+    /// Opens the store over a data dir the test wrote with sled directly.
+    /// sled releases the directory's lock from its own background threads
+    /// after the last handle is dropped, so for a moment it may be held.
+    fn open_when_released(path: &std::path::Path) -> SledStore {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match SledStore::open(&config(path)) {
+                Err(e)
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => return other.unwrap(),
+            }
+        }
+    }
+
     fn entry(i: u64) -> AuditEntry {
         AuditEntry {
             app: AppId::parse(if i.is_multiple_of(3) { "wxa" } else { "wxb" }).unwrap(),
@@ -976,7 +994,7 @@ mod format_tests {
             db.flush().unwrap();
         }
 
-        let store = SledStore::open(&config(dir.path())).unwrap();
+        let store = open_when_released(dir.path());
         assert_eq!(store.events_after(0, 10_000).unwrap(), events);
         assert_eq!(store.events_after(500, 3).unwrap(), events[500..503]);
         assert_eq!(store.stats().events, 1000);
