@@ -13,6 +13,8 @@
 //! - `l/<seq: u64 BE>`                -> audit record (binary; JSON before format 3)
 //! - `i/<app>\0<seq: u64 BE>`         -> (empty) the audit records of an app
 //! - `n/<app>\0<user>\0<scope>`       -> anti-nag state (12 bytes)
+//! - `u/<user>\0<app>`, `x/<pseudonym>` -> the per-user index and pending
+//!   erasures (format 4; see `sled_users.rs`)
 //! - `m/revision`, `m/format`, `m/compacted_through`, `m/events` -> metadata (u64 BE)
 
 use std::collections::BTreeSet;
@@ -45,7 +47,7 @@ pub const REVISION_KEY: &[u8] = b"m/revision";
 pub const FORMAT_KEY: &[u8] = b"m/format";
 
 /// The on-disk format this build reads and writes.
-pub const FORMAT_VERSION: u64 = 3;
+pub const FORMAT_VERSION: u64 = 4;
 
 const VALUE_VERSION: u8 = 1;
 /// Decision values with a lifetime (permanent ones keep version 1, which
@@ -156,6 +158,8 @@ fn cause_code(c: Cause) -> u8 {
         Cause::AppRemoved => 3,
         Cause::Operator => 4,
         Cause::Expired => 5,
+        Cause::UserReset => 6,
+        Cause::UserErased => 7,
     }
 }
 
@@ -166,6 +170,8 @@ fn cause_from(code: u8) -> Result<Cause, StoreError> {
         3 => Ok(Cause::AppRemoved),
         4 => Ok(Cause::Operator),
         5 => Ok(Cause::Expired),
+        6 => Ok(Cause::UserReset),
+        7 => Ok(Cause::UserErased),
         other => Err(StoreError::Corrupt(format!("unknown cause code {other}"))),
     }
 }

@@ -5,7 +5,8 @@
 use std::{collections::BTreeMap, sync::atomic::Ordering};
 
 use super::{
-    codec, sled_writer::Writer, Compaction, Retention, StoreError, Verification, MAX_MISMATCHES,
+    codec, sled_users, sled_writer::Writer, Compaction, Retention, StoreError, Verification,
+    MAX_MISMATCHES,
 };
 use crate::domain::DecisionState;
 
@@ -232,6 +233,7 @@ pub fn verify(w: &Writer) -> Result<Verification, StoreError> {
             ),
         );
     }
+    sled_users::verify_index(&w.tree, |m| note(&mut report, m))?;
     Ok(report)
 }
 

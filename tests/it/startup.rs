@@ -90,7 +90,10 @@ async fn an_unknown_format_is_refused() {
     let (code, stderr) = start_fails(&data);
     assert_eq!(code, 2, "{stderr}");
     assert!(
-        stderr.contains("has data format 99; this consentd reads format 3"),
+        stderr.contains(&format!(
+            "has data format 99; this consentd reads format {}",
+            consentd::store::FORMAT_VERSION
+        )),
         "{stderr}"
     );
 }
@@ -136,7 +139,7 @@ async fn a_format_1_data_dir_is_migrated_and_keeps_its_data() {
         .into_inner();
     assert_eq!(app.app.unwrap().app_id, "wxkeep");
     h.stop().await;
-    assert_eq!(stored_format(&data), 3);
+    assert_eq!(stored_format(&data), consentd::store::FORMAT_VERSION);
 }
 
 /// Format 2 stored audit records as JSON; format 3 reads them as they are
@@ -208,12 +211,12 @@ async fn format_2_json_audit_records_are_still_listed() {
         ("u-binary", "scope.userLocation")
     );
     assert_eq!(new.client.as_ref().unwrap().sdk_version, "3.0.0");
-    // Both still read after a restart, and the marker says format 3.
+    // Both still read after a restart, and the marker says the current format.
     h.stop().await;
     let h = TestDaemon::with(|c| c.data_dir = data.clone()).await;
     assert_eq!(list(&h).await, records);
     h.stop().await;
-    assert_eq!(stored_format(&data), 3);
+    assert_eq!(stored_format(&data), consentd::store::FORMAT_VERSION);
 }
 
 /// Runs the daemon with `args` in `dir`; it must exit by itself.

@@ -218,6 +218,8 @@ pub fn cause(c: Cause) -> pb::Cause {
         Cause::AppRemoved => pb::Cause::AppRemoved,
         Cause::Operator => pb::Cause::Operator,
         Cause::Expired => pb::Cause::Expired,
+        Cause::UserReset => pb::Cause::UserReset,
+        Cause::UserErased => pb::Cause::UserErased,
     }
 }
 
@@ -340,6 +342,8 @@ fn audit_action(a: AuditAction) -> pb::AuditAction {
         AuditAction::Operator(OperatorAction::UpdateApp) => W::OperatorUpdateApp,
         AuditAction::Operator(OperatorAction::DeleteApp) => W::OperatorDeleteApp,
         AuditAction::Operator(OperatorAction::Import) => W::OperatorImport,
+        AuditAction::UserReset => W::UserReset,
+        AuditAction::UserErased => W::UserErased,
     }
 }
 
