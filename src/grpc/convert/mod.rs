@@ -602,6 +602,43 @@ fn timestamp(ms: u64) -> prost_types::Timestamp {
     }
 }
 
+/// One page of a user's decisions across apps.
+pub fn user_decisions(
+    page: &crate::broker::UserDecisionsPage,
+    revision: u64,
+) -> pb::ListUserDecisionsResponse {
+    pb::ListUserDecisionsResponse {
+        apps: page
+            .apps
+            .iter()
+            .map(|(app, rows)| pb::UserAppDecisions {
+                app_id: app.as_str().to_owned(),
+                decisions: rows
+                    .iter()
+                    .map(|(scope, d)| {
+                        let (expires_at, session_id) = stored_lifetime(&d.lifetime);
+                        pb::UserScopeDecision {
+                            scope: scope.name().to_owned(),
+                            state: state(d.state).into(),
+                            cause: cause(d.cause).into(),
+                            updated_at: Some(timestamp(d.updated_at_ms)),
+                            revision: d.revision,
+                            expires_at,
+                            session_id,
+                        }
+                    })
+                    .collect(),
+            })
+            .collect(),
+        next_page_token: page
+            .next
+            .as_ref()
+            .map(|a| a.as_str().to_owned())
+            .unwrap_or_default(),
+        revision,
+    }
+}
+
 pub fn event(e: &Event) -> pb::DecisionEvent {
     pb::DecisionEvent {
         revision: e.revision,
