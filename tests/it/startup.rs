@@ -20,7 +20,7 @@ fn start_fails(data_dir: &Path) -> (i32, String) {
 /// Opens a data dir a stopped daemon used. sled releases the directory's
 /// lock from its own background thread after the last handle is dropped,
 /// so right after a shutdown the lock can still be held for a moment.
-fn open_when_released(data: &Path) -> sled::Db {
+pub(crate) fn open_when_released(data: &Path) -> sled::Db {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         match sled::open(data) {
@@ -47,7 +47,7 @@ async fn populated() -> (tempfile::TempDir, std::path::PathBuf) {
 }
 
 /// The format marker of a stopped daemon's data dir.
-fn stored_format(data: &Path) -> u64 {
+pub(crate) fn stored_format(data: &Path) -> u64 {
     let db = open_when_released(data);
     let format = db
         .open_tree("consent")
