@@ -623,3 +623,57 @@ async fn bad_input_names_the_field() {
     );
     h.stop().await;
 }
+
+/// `consentctl user list|reset|erase`: tables and JSON from the real
+/// binary; erase refuses without a terminal unless --yes, and then erases
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consentctl_user_list_reset_and_erase() {
+    use crate::support::child::{consentctl, run};
+    let h = TestDaemon::start().await;
+    let c = h.client();
+    let apps = seed(&c, 3).await;
+    let addr = h.addr().to_string();
+    let ctl = |args: &[&str]| {
+        let mut command = consentctl();
+        command.arg("--addr").arg(&addr).args(args);
+        run(&mut command)
+    };
+    let table = ctl(&["user", "list", USER]);
+    assert_eq!(table.code, 0, "{}", table.stderr);
+    for app in &apps {
+        assert!(table.stdout.contains(app.as_str()), "{}", table.stdout);
+    }
+    assert!(table.stdout.contains("scope.userLocationBackground"));
+    let json = ctl(&["--json", "user", "list", USER, "--scope", "scope.camera"]);
+    assert_eq!(json.code, 0, "{}", json.stderr);
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(v["apps"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["apps"][0]["appId"], apps[1]);
+
+    // stdin is not a terminal here: no erasure without --yes.
+    let refused = ctl(&["user", "erase", USER]);
+    assert_ne!(refused.code, 0);
+    assert!(
+        refused.stderr.contains("stdin is not a terminal"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(list_all(&c, USER, "", 100).await.len(), 3, "nothing erased");
+
+    let reset = ctl(&["--json", "user", "reset", OTHER]);
+    assert_eq!(reset.code, 0, "{}", reset.stderr);
+    let v: serde_json::Value = serde_json::from_str(&reset.stdout).unwrap();
+    assert_eq!(v["events"].as_array().unwrap().len(), 3, "{v}");
+    assert!(list_all(&c, OTHER, "", 100).await.is_empty());
+
+    let erased = ctl(&["user", "erase", USER, "--yes"]);
+    assert_eq!(erased.code, 0, "{}", erased.stderr);
+    assert!(
+        erased.stdout.contains("rewritten_records"),
+        "{}",
+        erased.stdout
+    );
+    assert!(list_all(&c, USER, "", 100).await.is_empty());
+    h.stop().await;
+}
