@@ -570,15 +570,41 @@ pub(crate) async fn an_erasure_renames_the_user_in_everything_retained(backend: 
         })
         .await
         .unwrap();
+    // A timed grant changed since: its timer is stale but names the user.
+    submit(
+        &store,
+        WriteSet {
+            changes: vec![(in_app("wxa", "gone"), change(Scope::Werun, n, g))],
+            lifetime: crate::domain::Lifetime::Until {
+                expires_at_ms: u64::MAX / 2,
+            },
+            ..WriteSet::default()
+        },
+    )
+    .await;
+    submit(
+        &store,
+        changes(vec![(
+            in_app("wxa", "gone"),
+            change(Scope::Werun, g, DecisionState::Denied),
+        )]),
+    )
+    .await;
+    assert_eq!(store.next_timer().unwrap(), Some(u64::MAX / 2));
     let pseudonym = UserId::parse("erased-0123456789abcdef0123456789abcdef").unwrap();
-    let revoke = [Scope::Camera, Scope::Record, Scope::Bluetooth]
+    let revoke = [Scope::Camera, Scope::Record, Scope::Bluetooth, Scope::Werun]
         .into_iter()
         .map(|scope| {
+            let old = if scope == Scope::Werun {
+                DecisionState::Denied
+            } else {
+                g
+            };
             (
                 in_app("wxa", "gone"),
                 Change {
                     cause: Cause::UserErased,
-                    ..change(scope, g, n)
+                    ..change(scope, old, n)
                 },
             )
         })
@@ -600,6 +626,11 @@ pub(crate) async fn an_erasure_renames_the_user_in_everything_retained(backend: 
     let renamed = store.finish_erasures().await.unwrap();
     assert!(renamed >= 3 + 3, "events and audit records: {renamed}");
     assert_eq!(store.finish_erasures().await.unwrap(), 0, "nothing pending");
+    assert_eq!(
+        store.next_timer().unwrap(),
+        None,
+        "the stale timer went too"
+    );
     // The user comes back after the erasure: the new event keeps the name.
     submit(
         &store,

@@ -10,8 +10,8 @@
 //!   the audit sequence number of the erasing write (u64 BE each), then the
 //!   erased user id. Written in the erasing write's batch; [`scrub_pending`]
 //!   renames the user to the pseudonym in every retained event, checkpoint
-//!   entry and audit record up to those numbers, and removes the marker in
-//!   the same batch.
+//!   entry and audit record up to those numbers, drops the user's stale
+//!   timers, and removes the marker in the same batch.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -326,9 +326,9 @@ pub fn rename_in_audit(
 /// renamed records and the marker's removal together), flushed. Returns how
 /// many records were renamed.
 ///
-/// Cost: one pass over the retained log up to the erasure and over the
-/// audit trail, bounded by the retention settings, not by the number of
-/// users or apps.
+/// Cost: one pass over the retained log up to the erasure, the audit trail
+/// and the pending timers, bounded by the retention settings and the timed
+/// grants, not by the number of users, apps or decisions.
 pub fn scrub_pending(tree: &sled::Tree, compacted_through: u64) -> Result<u64, StoreError> {
     let mut markers = Vec::new();
     for item in tree.scan_prefix(ERASURE_PREFIX) {
@@ -369,6 +369,17 @@ pub fn scrub_pending(tree: &sled::Tree, compacted_through: u64) -> Result<u64, S
             let (key, value) = item?;
             if let Some(raw) = rename_in_audit(&value, &m.user, &m.pseudonym)? {
                 batch.insert(key, raw);
+                n += 1;
+            }
+        }
+        // Timers whose grant changed since are stale until they come due,
+        // and their keys name the user: they go now (the erasure cleared
+        // the live ones).
+        for key in tree.scan_prefix(codec::TIMER_PREFIX).keys() {
+            let key = key?;
+            let (_, decision) = codec::split_timer_key(&key)?;
+            if codec::split_decision_key(&decision)?.1 == m.user {
+                batch.remove(key);
                 n += 1;
             }
         }
