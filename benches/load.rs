@@ -20,10 +20,18 @@
 //! per run; `BENCH_SCALE` (comma-separated decision counts for the scale
 //! scenario, default `10000,1000000`; `BENCH_SCALE_DIR` keeps the loaded
 //! stores there and reuses them); `BENCH_ONLY` (comma-separated scenario
-//! names: ceiling, authorize, record, mixed, watch, scale); `BENCH_COMPARE`
+//! names: ceiling, authorize, record, mixed, watch, scale, soak; `soak`
+//! runs only when named, or briefly in the smoke run); `BENCH_COMPARE`
 //! (comma-separated `label@/path/to/consentd`: other builds, e.g. older
 //! commits, run through the authorize and durable record scenarios after
 //! this one, in the same run and against the same ceiling).
+//!
+//! `soak`: durable UpdateSetting flips at c=64 (128 decisions, every call a
+//! real change) against a fresh daemon with the default configuration
+//! (retention, cache, compaction every minute) for `BENCH_SOAK_SECONDS`
+//! (default 1800), sampling the daemon's RSS, the data dir's size and the
+//! write rate every `BENCH_SOAK_SAMPLE` seconds (default 30); each sample
+//! is printed as it is taken.
 
 use std::{
     collections::HashMap,
@@ -623,6 +631,98 @@ fn bulk_load_slice(args: &[String]) {
     });
 }
 
+/// One soak sample.
+struct SoakSample {
+    at_s: f64,
+    writes: u64,
+    rate: f64,
+    rss_mib: f64,
+    disk_mib: f64,
+    cpu_us_per_write: f64,
+    errors: u64,
+}
+
+/// Durable UpdateSetting flips at c=64 for `duration`, sampled every
+/// `every`: 64 tasks, each alternating between two users of its own whose
+/// camera it turns off and on again (128 decisions; every call a change).
+async fn soak(daemon: &Proc, data: &Path, duration: Duration, every: Duration) -> Vec<SoakSample> {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let chans = channels(daemon.addr, 4).await;
+    let (calls, errors, stop) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let mut tasks = Vec::new();
+    for t in 0..64usize {
+        let mut auth = AuthorizationClient::new(chans[t % chans.len()].clone());
+        let (calls, errors, stop) = (calls.clone(), errors.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut seq = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                // preload granted the camera of every user u0..u999 in every
+                // app: decision d is user u{d} of app wxbench{d % 10}.
+                let d = t + 64 * (seq as usize % 2);
+                let request = pb::UpdateSettingRequest {
+                    app_id: format!("wxbench{}", d % APPS),
+                    user_id: format!("u{d}"),
+                    auth_setting: [("scope.camera".to_string(), (seq / 2) % 2 == 1)].into(),
+                    ..Default::default()
+                };
+                let ok = match auth.update_setting(request).await {
+                    Ok(r) => !r.into_inner().changes.is_empty(),
+                    Err(_) => false,
+                };
+                calls.fetch_add(1, Ordering::Relaxed);
+                errors.fetch_add(u64::from(!ok), Ordering::Relaxed);
+                seq += 1;
+            }
+        }));
+    }
+    let started = Instant::now();
+    let mut samples = Vec::new();
+    let (mut last_calls, mut last_cpu, mut last_at) = (0u64, daemon.cpu_ticks(), started);
+    println!("| soak t s | writes | writes/s (interval) | daemon RSS MiB | data dir MiB | daemon CPU us/write | errors |");
+    println!("|---|---|---|---|---|---|---|");
+    while started.elapsed() < duration {
+        let next = (started + every * (samples.len() as u32 + 1)).min(started + duration);
+        tokio::time::sleep_until(next.into()).await;
+        let (now, total, cpu) = (
+            Instant::now(),
+            calls.load(Ordering::Relaxed),
+            daemon.cpu_ticks(),
+        );
+        let interval = now.duration_since(last_at).as_secs_f64();
+        let done = total - last_calls;
+        let sample = SoakSample {
+            at_s: now.duration_since(started).as_secs_f64(),
+            writes: total,
+            rate: done as f64 / interval,
+            rss_mib: daemon.status_kib("VmRSS:") as f64 / 1024.0,
+            disk_mib: du(data) as f64 / 1048576.0,
+            cpu_us_per_write: (cpu - last_cpu) as f64 * 1e4 / done.max(1) as f64,
+            errors: errors.load(Ordering::Relaxed),
+        };
+        println!(
+            "| {:.0} | {} | {:.0} | {:.0} | {:.0} | {:.1} | {} |",
+            sample.at_s,
+            sample.writes,
+            sample.rate,
+            sample.rss_mib,
+            sample.disk_mib,
+            sample.cpu_us_per_write,
+            sample.errors
+        );
+        (last_calls, last_cpu, last_at) = (total, cpu, now);
+        samples.push(sample);
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    samples
+}
+
 fn du(path: &Path) -> u64 {
     walk(path)
         .iter()
@@ -871,7 +971,24 @@ fn main() {
         for s in &scale {
             println!("scale: {s}");
         }
-        let out = json!({ "runs": results, "watch": fanouts, "scale": scale });
+        let mut soaked = Vec::new();
+        if only.as_ref().map_or(smoke(), |o| o.iter().any(|x| x == "soak")) {
+            let dir = tempfile::tempdir().unwrap();
+            let data = dir.path().join("data");
+            let daemon = Proc::daemon(&data, &[]);
+            preload(daemon.addr).await;
+            let samples = soak(&daemon, &data, secs("BENCH_SOAK_SECONDS", 1800.0), secs("BENCH_SOAK_SAMPLE", 30.0)).await;
+            if smoke() {
+                let last = samples.last().expect("a soak sample");
+                assert!(last.writes > 0 && last.errors == 0, "soak: {} writes, {} errors", last.writes, last.errors);
+            }
+            daemon.stop();
+            soaked = samples
+                .iter()
+                .map(|s| json!({"at_s": s.at_s, "writes": s.writes, "writes_per_sec": s.rate, "rss_mib": s.rss_mib, "data_dir_mib": s.disk_mib, "cpu_us_per_write": s.cpu_us_per_write, "errors": s.errors}))
+                .collect();
+        }
+        let out = json!({ "runs": results, "watch": fanouts, "scale": scale, "soak": soaked });
         // The smoke run's file goes to cargo's scratch dir for tests, wherever
         // the target dir is.
         let path = if smoke() {

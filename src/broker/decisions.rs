@@ -269,7 +269,8 @@ impl Broker {
         F: FnOnce(Planning<'_>) -> Result<(Vec<Change>, T), DomainError> + Send + 'static,
     {
         let subject = s.clone();
-        let nag_policy = self.policy.nag;
+        let policy = self.policy;
+        let nag_policy = policy.nag;
         let clock = self.clock.clone();
         let (committed, value) = self
             .store
@@ -281,10 +282,16 @@ impl Broker {
                     AuditShape::Answer(scope, answer) => Some((scope, answer)),
                     _ => None,
                 };
-                let query = StateQuery {
-                    scopes: None,
-                    privacy: answer.is_some() && app.declarations.privacy.is_some(),
-                    nag: answer.is_some() && nag_policy.is_some(),
+                // An answer reads what its verdict reads (the scope, and
+                // location with background location: the only scopes its
+                // plan changes), with point reads instead of a scan of every
+                // scope of the user. Grants of other scopes that lapsed are
+                // recorded by their own timers' expiry writes, as they are
+                // when no answer comes. Settings changes and removals read
+                // every scope: they answer with (or remove) all of them.
+                let query = match answer {
+                    Some((scope, _)) => StateQuery::for_verdicts(&app, &[scope], &policy),
+                    None => StateQuery::decisions(),
                 };
                 let state = view.subject(&subject.app, &subject.user, &query)?;
                 let now_ms = clock.now_ms();

@@ -31,6 +31,7 @@ macro_rules! store_contract_tests {
             a_job_sees_what_earlier_jobs_of_its_group_wrote,
             compaction_trims_into_the_checkpoint_and_raises_the_horizon,
             subject_reads_what_the_query_asks_for,
+            the_log_pages_from_any_revision_and_trims_inside_a_group,
             the_user_index_follows_every_write,
             an_erasure_renames_the_user_in_everything_retained,
             a_pending_erasure_finishes_when_the_store_reopens,
@@ -412,6 +413,101 @@ pub(crate) async fn subject_reads_what_the_query_asks_for(backend: &impl Backend
         .unwrap();
     assert_eq!(other, Default::default(), "another user has nothing");
     store.close().await.unwrap();
+}
+
+/// 3 and 7 with large groups: the log reads back from any revision in pages
+/// of any size (a Watch resume point may fall inside one group commit, and a
+/// backend may pack a group's events into one value), and retention may cut
+/// through a group: exactly the newest events stay, across a reopen.
+pub(crate) async fn the_log_pages_from_any_revision_and_trims_inside_a_group(
+    backend: &impl Backend,
+) {
+    let store = backend.open("paging");
+    let (n, g, d) = (
+        DecisionState::NotDetermined,
+        DecisionState::Granted,
+        DecisionState::Denied,
+    );
+    let start = store.revision();
+    let users = |range: std::ops::Range<usize>, scope, old, new| {
+        range
+            .map(|i| (subject(&format!("user-{i:04}")), change(scope, old, new)))
+            .collect::<Vec<_>>()
+    };
+    let mut expected = Vec::new();
+    // Small, large (one job of 700 changes, ~40 KB of events), small.
+    for set in [
+        users(0..3, Scope::Camera, n, g),
+        users(0..700, Scope::Record, n, g),
+        users(0..3, Scope::Camera, g, d),
+    ] {
+        expected.extend(submit(&store, changes(set)).await.events);
+    }
+    let last = start + 706;
+    assert_eq!(store.revision(), last);
+    let after_all = |after: u64, limit: usize| -> Vec<Event> {
+        expected
+            .iter()
+            .filter(|e| e.revision > after)
+            .take(limit)
+            .cloned()
+            .collect()
+    };
+    for after in [
+        0,
+        start,
+        start + 1,
+        start + 3,
+        start + 4,
+        start + 350,
+        start + 702,
+        start + 703,
+        last - 1,
+        last,
+        last + 5,
+    ] {
+        for limit in [0, 1, 7, 10_000] {
+            assert_eq!(
+                store.events_after(after, limit).unwrap(),
+                after_all(after, limit),
+                "after {after}, limit {limit}"
+            );
+        }
+    }
+    // Paging through the whole log, 37 at a time.
+    let mut paged = Vec::new();
+    let mut after = start;
+    loop {
+        let page = store.events_after(after, 37).unwrap();
+        let Some(e) = page.last() else { break };
+        after = e.revision;
+        paged.extend(page);
+    }
+    assert_eq!(paged, expected);
+
+    // Keep 400: the horizon falls inside the large group.
+    let retention = Retention {
+        max_events: Some(400),
+        max_age: None,
+    };
+    let done = store.compact(retention).await.unwrap();
+    assert_eq!(done.compacted_through, last - 400);
+    assert_eq!(done.removed, 306);
+    let check = |store: Arc<dyn Store>| async move {
+        assert_eq!(store.compacted_through(), last - 400);
+        assert_eq!(store.stats().events, 400);
+        assert_eq!(all_events(&store, 0), after_all(last - 400, 10_000));
+        assert_eq!(
+            store.events_after(last - 10, 3).unwrap(),
+            after_all(last - 10, 3)
+        );
+        let v = store.verify().await.unwrap();
+        assert!(v.mismatches.is_empty(), "{:?}", v.mismatches);
+        assert_eq!((v.retained_events, v.decisions), (400, 703));
+        store.close().await.unwrap();
+    };
+    check(store).await;
+    check(backend.open("paging")).await;
 }
 
 fn in_app(app: &str, user: &str) -> Subject {

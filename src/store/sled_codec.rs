@@ -6,16 +6,42 @@
 //! - `t/<expires_at: u64 BE><app>\0<user>\0<scope>` -> (empty) timer of a
 //!   timed or one-time grant; stale timers (the decision changed since) are
 //!   dropped when they come due
-//! - `e/<revision: u64 BE>`           -> event (binary)
+//! - `E/<last revision: u64 BE>`      -> event chunk: the events of one group
+//!   commit (or a slice of a large one), in revision order, keyed by the
+//!   last one's revision (see [`encode_event_chunk`])
 //! - `b/<app>\0<user>\0<scope>`       -> checkpoint: the decision as of
 //!   `m/compacted_through` (one state byte); the log folds on top of it
 //! - `p/<app>\0<user>`               -> the user's privacy-guide answer (18 bytes)
-//! - `l/<seq: u64 BE>`                -> audit record (binary; JSON before format 3)
-//! - `i/<app>\0<seq: u64 BE>`         -> (empty) the audit records of an app
+//! - `A/<last seq: u64 BE>`           -> audit chunk: the audit records of one
+//!   group commit (or a slice), in sequence order, keyed by the last one's
+//!   sequence number (see [`encode_audit_chunk`])
+//! - `I/<app>\0<last seq: u64 BE>`    -> (empty) the audit chunk `A/<last seq>`
+//!   holds records of `app`: one entry per (app, chunk), not per record
 //! - `n/<app>\0<user>\0<scope>`       -> anti-nag state (12 bytes)
 //! - `u/<user>\0<app>`, `x/<pseudonym>` -> the per-user index and pending
-//!   erasures (format 4; see `sled_users.rs`)
-//! - `m/revision`, `m/format`, `m/compacted_through`, `m/events` -> metadata (u64 BE)
+//!   erasures (format 5; see `sled_users.rs`)
+//! - `m/revision`, `m/format`, `m/compacted_through`, `m/events`,
+//!   `m/audit_seq` -> metadata (u64 BE)
+//!
+//! Format 4 packs the log: up to format 3 every event was a key of its own
+//! (`e/<revision>`), and so was every audit record (`l/<seq>`, binary since
+//! format 3, JSON before) with its index entry (`i/<app>\0<seq>`): four sled
+//! inserts per recorded answer (decision, event, record, index) where format
+//! 4 makes one plus a few per group commit. Opening a format-3 data dir
+//! migrates those keys into chunks ([`OLD_EVENT_PREFIX`] and friends are kept
+//! for that).
+//!
+//! Chunks are at most [`CHUNK_BYTES`] (a single item may make one larger).
+//! sled 0.34 writes a log item over a quarter of a segment (128 KiB) to a
+//! blob file of its own, which it never fsyncs and the commit's `fdatasync`
+//! of the log does not cover; a leaf page holds up to 17 entries and is
+//! rewritten whole to the log when it is consolidated (every 10 updates) or
+//! cleaned, so 17 chunks must stay well under 128 KiB.
+//!
+//! A chunk is rewritten in place (same key) when retention trims part of it,
+//! and by whoever must change logged records without renumbering them (a
+//! user's erasure): [`rewrite_event_chunk`] and [`rewrite_audit_chunk`]
+//! decode a chunk, let the caller change each record, and encode it again.
 
 use std::collections::BTreeSet;
 
@@ -30,12 +56,21 @@ use crate::domain::{
 
 pub const APP_PREFIX: &[u8] = b"a/";
 pub const DECISION_PREFIX: &[u8] = b"d/";
-pub const EVENT_PREFIX: &[u8] = b"e/";
+/// Event chunks (format 4).
+pub const EVENT_PREFIX: &[u8] = b"E/";
+/// One event per key, up to format 3 (read by the migration only).
+pub const OLD_EVENT_PREFIX: &[u8] = b"e/";
 pub const BASE_PREFIX: &[u8] = b"b/";
 pub const TIMER_PREFIX: &[u8] = b"t/";
 pub const PRIVACY_PREFIX: &[u8] = b"p/";
-pub const AUDIT_PREFIX: &[u8] = b"l/";
-pub const AUDIT_INDEX_PREFIX: &[u8] = b"i/";
+/// Audit chunks (format 4).
+pub const AUDIT_PREFIX: &[u8] = b"A/";
+/// Audit index: one entry per (app, audit chunk) (format 4).
+pub const AUDIT_INDEX_PREFIX: &[u8] = b"I/";
+/// One audit record per key, up to format 3 (read by the migration only).
+pub const OLD_AUDIT_PREFIX: &[u8] = b"l/";
+/// One index entry per audit record, up to format 3 (migration only).
+pub const OLD_AUDIT_INDEX_PREFIX: &[u8] = b"i/";
 pub const NAG_PREFIX: &[u8] = b"n/";
 /// The last audit sequence number handed out.
 pub const AUDIT_SEQ_KEY: &[u8] = b"m/audit_seq";
@@ -47,7 +82,7 @@ pub const REVISION_KEY: &[u8] = b"m/revision";
 pub const FORMAT_KEY: &[u8] = b"m/format";
 
 /// The on-disk format this build reads and writes.
-pub const FORMAT_VERSION: u64 = 4;
+pub const FORMAT_VERSION: u64 = 5;
 
 const VALUE_VERSION: u8 = 1;
 /// Decision values with a lifetime (permanent ones keep version 1, which
@@ -92,11 +127,21 @@ pub fn base_key_of(decision_key: &[u8]) -> Vec<u8> {
     [BASE_PREFIX, &decision_key[DECISION_PREFIX.len()..]].concat()
 }
 
+/// The key of the event chunk whose last event has `revision`.
 pub fn event_key(revision: u64) -> [u8; 10] {
+    prefixed_u64(EVENT_PREFIX, revision)
+}
+
+fn prefixed_u64(prefix: &[u8], n: u64) -> [u8; 10] {
     let mut key = [0u8; 10];
-    key[..2].copy_from_slice(EVENT_PREFIX);
-    key[2..].copy_from_slice(&revision.to_be_bytes());
+    key[..2].copy_from_slice(prefix);
+    key[2..].copy_from_slice(&n.to_be_bytes());
     key
+}
+
+/// The number after a two-byte prefix (event and audit chunk keys).
+pub fn key_u64(key: &[u8]) -> Result<u64, StoreError> {
+    decode_u64(key.get(2..).unwrap_or_default())
 }
 
 /// Splits the tail of a decision key after `app\0` into (user, scope).
@@ -235,11 +280,9 @@ pub fn decode_decision(raw: &[u8]) -> Result<Decision, StoreError> {
     })
 }
 
+/// The key of the audit chunk whose last record has sequence number `seq`.
 pub fn audit_key(seq: u64) -> [u8; 10] {
-    let mut key = [0u8; 10];
-    key[..2].copy_from_slice(AUDIT_PREFIX);
-    key[2..].copy_from_slice(&seq.to_be_bytes());
-    key
+    prefixed_u64(AUDIT_PREFIX, seq)
 }
 
 /// Prefix of the audit index of `app`.
@@ -247,8 +290,186 @@ pub fn audit_index_prefix(app: &AppId) -> Vec<u8> {
     [AUDIT_INDEX_PREFIX, app.as_str().as_bytes(), b"\0"].concat()
 }
 
-pub fn audit_index_key(app: &AppId, seq: u64) -> Vec<u8> {
-    [&audit_index_prefix(app)[..], &seq.to_be_bytes()].concat()
+/// The index entry: the audit chunk ending at `last_seq` holds records of `app`.
+pub fn audit_index_key(app: &AppId, last_seq: u64) -> Vec<u8> {
+    [&audit_index_prefix(app)[..], &last_seq.to_be_bytes()].concat()
+}
+
+/// A format-3 audit record's key (the migration tests write old stores).
+#[cfg(test)]
+pub fn old_audit_key(seq: u64) -> [u8; 10] {
+    prefixed_u64(OLD_AUDIT_PREFIX, seq)
+}
+
+/// A format-3 event's key (the migration tests write old stores).
+#[cfg(test)]
+pub fn old_event_key(revision: u64) -> [u8; 10] {
+    prefixed_u64(OLD_EVENT_PREFIX, revision)
+}
+
+/// A format-3 audit index entry's key (migration).
+pub fn old_audit_index_key(app: &AppId, seq: u64) -> Vec<u8> {
+    [
+        OLD_AUDIT_INDEX_PREFIX,
+        app.as_str().as_bytes(),
+        b"\0",
+        &seq.to_be_bytes(),
+    ]
+    .concat()
+}
+
+/// Most bytes of a chunk value, unless one item alone is larger: a leaf of
+/// 17 chunks (sled splits leaves past 16 entries) stays near 70 KiB, under
+/// the 128 KiB past which sled writes a page to an unsynced blob file. A
+/// group commit at c=64 makes one event chunk and two audit chunks.
+pub const CHUNK_BYTES: usize = 4 * 1024;
+const CHUNK_VERSION: u8 = 1;
+
+/// Packs items into chunk values of at most [`CHUNK_BYTES`]: a version byte,
+/// then each item as a u32 BE length and its bytes. Returns, per chunk, the
+/// range of `items` it holds and its value.
+fn pack<T>(
+    items: &[T],
+    mut encode: impl FnMut(&T, &mut Vec<u8>),
+) -> Vec<(std::ops::Range<usize>, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut value = vec![CHUNK_VERSION];
+    for (i, item) in items.iter().enumerate() {
+        let at = value.len();
+        value.extend_from_slice(&[0; 4]);
+        encode(item, &mut value);
+        let len = value.len() - at - 4;
+        value[at..at + 4].copy_from_slice(&(len as u32).to_be_bytes());
+        if value.len() > CHUNK_BYTES && i > start {
+            // This item starts the next chunk.
+            let item = value.split_off(at);
+            out.push((start..i, std::mem::replace(&mut value, vec![CHUNK_VERSION])));
+            value.extend_from_slice(&item);
+            start = i;
+        }
+    }
+    if start < items.len() {
+        out.push((start..items.len(), value));
+    }
+    out
+}
+
+/// The items of a chunk value, in order.
+fn unpack<'a>(raw: &'a [u8], what: &str) -> Result<Vec<&'a [u8]>, StoreError> {
+    let corrupt = || StoreError::Corrupt(format!("bad {what} chunk of {} bytes", raw.len()));
+    let mut rest = match raw.split_first() {
+        Some((&CHUNK_VERSION, rest)) => rest,
+        _ => return Err(corrupt()),
+    };
+    let mut items = Vec::new();
+    while !rest.is_empty() {
+        let (len, tail) = rest.split_at_checked(4).ok_or_else(corrupt)?;
+        let len = u32::from_be_bytes(len.try_into().map_err(|_| corrupt())?) as usize;
+        let (item, tail) = tail.split_at_checked(len).ok_or_else(corrupt)?;
+        items.push(item);
+        rest = tail;
+    }
+    Ok(items)
+}
+
+fn encode_event_item(e: &Event, v: &mut Vec<u8>) {
+    v.extend_from_slice(&e.revision.to_be_bytes());
+    v.extend_from_slice(&encode_event(e));
+}
+
+/// The events of a group commit as chunk values, each with its key's
+/// revision (its last event's). Events are in revision order.
+pub fn event_chunks(events: &[Event]) -> Vec<(u64, Vec<u8>)> {
+    pack(events, encode_event_item)
+        .into_iter()
+        .map(|(range, value)| (events[range.end - 1].revision, value))
+        .collect()
+}
+
+/// One chunk value holding `events` (a rewrite: no split).
+pub fn encode_event_chunk(events: &[Event]) -> Vec<u8> {
+    let mut v = vec![CHUNK_VERSION];
+    for e in events {
+        let at = v.len();
+        v.extend_from_slice(&[0; 4]);
+        encode_event_item(e, &mut v);
+        let len = v.len() - at - 4;
+        v[at..at + 4].copy_from_slice(&(len as u32).to_be_bytes());
+    }
+    v
+}
+
+pub fn decode_event_chunk(raw: &[u8]) -> Result<Vec<Event>, StoreError> {
+    unpack(raw, "event")?
+        .into_iter()
+        .map(|item| {
+            let (revision, body) = item
+                .split_at_checked(8)
+                .ok_or_else(|| StoreError::Corrupt("bad event in a chunk".into()))?;
+            decode_event(decode_u64(revision)?, body)
+        })
+        .collect()
+}
+
+/// The audit records of a group commit as chunk values, each with the
+/// records it holds (for the index). Records are in sequence order.
+pub fn audit_chunks(records: &[AuditRecord]) -> Vec<(&[AuditRecord], Vec<u8>)> {
+    pack(records, |r, v| v.extend_from_slice(&encode_audit(r)))
+        .into_iter()
+        .map(|(range, value)| (&records[range], value))
+        .collect()
+}
+
+/// One chunk value holding `records` (a rewrite: no split).
+pub fn encode_audit_chunk(records: &[AuditRecord]) -> Vec<u8> {
+    let mut v = vec![CHUNK_VERSION];
+    for r in records {
+        let raw = encode_audit(r);
+        v.extend_from_slice(&(raw.len() as u32).to_be_bytes());
+        v.extend_from_slice(&raw);
+    }
+    v
+}
+
+pub fn decode_audit_chunk(raw: &[u8]) -> Result<Vec<AuditRecord>, StoreError> {
+    unpack(raw, "audit")?
+        .into_iter()
+        .map(decode_audit)
+        .collect()
+}
+
+/// Decodes an event chunk, lets `change` edit each event in place, and
+/// encodes it again, to be written back under the same key. Revisions (and
+/// so the key) must not change: `change` may rewrite ids, e.g. a user's
+/// erasure replacing the user id by a pseudonym.
+pub fn rewrite_event_chunk(
+    raw: &[u8],
+    mut change: impl FnMut(&mut Event),
+) -> Result<Vec<u8>, StoreError> {
+    let mut events = decode_event_chunk(raw)?;
+    for e in &mut events {
+        let revision = e.revision;
+        change(e);
+        e.revision = revision;
+    }
+    Ok(encode_event_chunk(&events))
+}
+
+/// Like [`rewrite_event_chunk`] for an audit chunk. Sequence numbers and
+/// apps must not change (the key and the `I/` index entries stay); both are
+/// kept whatever `change` does.
+pub fn rewrite_audit_chunk(
+    raw: &[u8],
+    mut change: impl FnMut(&mut AuditRecord),
+) -> Result<Vec<u8>, StoreError> {
+    let mut records = decode_audit_chunk(raw)?;
+    for r in &mut records {
+        let (seq, app) = (r.seq, r.entry.app.clone());
+        change(r);
+        (r.seq, r.entry.app) = (seq, app);
+    }
+    Ok(encode_audit_chunk(&records))
 }
 
 /// Prefix of every anti-nag state of `app`.
@@ -823,5 +1044,88 @@ mod tests {
     fn event_keys_sort_by_revision() {
         assert!(event_key(255) < event_key(256));
         assert!(event_key(1) < event_key(u64::MAX));
+    }
+
+    fn event(revision: u64, user: &str) -> Event {
+        Event {
+            revision,
+            app: AppId::parse("wxapp").unwrap(),
+            user: UserId::parse(user).unwrap(),
+            scope: Scope::Camera,
+            old: DecisionState::NotDetermined,
+            new: DecisionState::Granted,
+            cause: Cause::Popup,
+            time_ms: 1_700_000_000_000 + revision,
+        }
+    }
+
+    #[test]
+    fn chunks_round_trip_split_by_size_and_reject_damage() {
+        let events: Vec<Event> = (1..=2000).map(|r| event(r, &format!("u{r}"))).collect();
+        let chunks = event_chunks(&events);
+        assert!(chunks.len() > 1, "2,000 events need several chunks");
+        let mut back = Vec::new();
+        for (last, raw) in &chunks {
+            assert!(raw.len() <= CHUNK_BYTES, "{} bytes", raw.len());
+            let decoded = decode_event_chunk(raw).unwrap();
+            assert_eq!(decoded.last().unwrap().revision, *last);
+            back.extend(decoded);
+            assert!(decode_event_chunk(&raw[..raw.len() - 1]).is_err());
+        }
+        assert_eq!(back, events);
+        assert!(event_chunks(&[]).is_empty());
+        // One item larger than a chunk makes a chunk of its own.
+        let long = audit_record(true, &"p".repeat(CHUNK_BYTES * 2));
+        let records = vec![
+            audit_record(true, "a"),
+            long.clone(),
+            audit_record(false, ""),
+        ];
+        let chunks = audit_chunks(&records);
+        assert_eq!(chunks.len(), 3);
+        assert_eq!(chunks[1].0, std::slice::from_ref(&long));
+        let back: Vec<AuditRecord> = chunks
+            .iter()
+            .flat_map(|(_, raw)| decode_audit_chunk(raw).unwrap())
+            .collect();
+        assert_eq!(back, records);
+        assert!(decode_audit_chunk(b"").is_err());
+        assert!(decode_audit_chunk(&[9, 0, 0, 0, 0]).is_err());
+    }
+
+    #[test]
+    fn a_chunk_is_rewritten_record_by_record_keeping_positions() {
+        let events = vec![event(5, "alice"), event(6, "bob"), event(7, "alice")];
+        let raw = encode_event_chunk(&events);
+        let pseudonym = UserId::parse(&format!("erased-{}", "0".repeat(32))).unwrap();
+        let rewritten = rewrite_event_chunk(&raw, |e| {
+            if e.user.as_str() == "alice" {
+                e.user = pseudonym.clone();
+            }
+            e.revision = 99; // ignored: positions stay
+        })
+        .unwrap();
+        let back = decode_event_chunk(&rewritten).unwrap();
+        assert_eq!(
+            back.iter().map(|e| e.revision).collect::<Vec<_>>(),
+            [5, 6, 7]
+        );
+        assert_eq!(
+            back.iter().map(|e| e.user.as_str()).collect::<Vec<_>>(),
+            [pseudonym.as_str(), "bob", pseudonym.as_str()]
+        );
+        let records = vec![audit_record(true, "x")];
+        let rewritten = rewrite_audit_chunk(&encode_audit_chunk(&records), |r| {
+            r.entry.user = Some(pseudonym.clone());
+            r.seq = 1;
+            r.entry.app = AppId::parse("other").unwrap();
+        })
+        .unwrap();
+        let back = decode_audit_chunk(&rewritten).unwrap();
+        assert_eq!(
+            (back[0].seq, &back[0].entry.app),
+            (7, &records[0].entry.app)
+        );
+        assert_eq!(back[0].entry.user.as_ref(), Some(&pseudonym));
     }
 }

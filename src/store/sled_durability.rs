@@ -14,8 +14,13 @@ use std::{fs::File, io, path::Path};
 /// sled 0.34 keeps its whole log (and its pages) in this one file of the
 /// data dir. Not covered by this sync: a single log item over a quarter of
 /// a segment (128 KiB) goes to a file of its own under `blobs/`, which sled
-/// does not fsync; consentd writes records of a few hundred bytes, and the
-/// power-cut test (`tests/root/power_cut.rs`) would lose such a file.
+/// does not fsync, and a page (a leaf holds up to 17 entries) is such an item
+/// when it is written whole. consentd's largest values are the log chunks of
+/// data format 4 (`sled_codec::CHUNK_BYTES`, 4 KiB: a group commit's events or
+/// audit records; a larger group makes several chunks, and a leaf of 17 stays
+/// near 70 KiB) and app registrations of a few KiB; an audit record with a
+/// principal name of tens of KiB could still make a blob. The power-cut test (`tests/root/power_cut.rs`) would
+/// lose such a file.
 const SLED_LOG_FILE: &str = "db";
 
 /// The opened log file of one open sled store.

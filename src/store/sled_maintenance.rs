@@ -2,20 +2,25 @@
 //! events into the checkpoint (`b/` keys), verification checks
 //! checkpoint + log == decisions.
 
-use std::{collections::BTreeMap, sync::atomic::Ordering};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::atomic::Ordering,
+};
 
 use super::{
     codec, sled_users, sled_writer::Writer, Compaction, Retention, StoreError, Verification,
     MAX_MISMATCHES,
 };
-use crate::domain::DecisionState;
+use crate::domain::{AppId, DecisionState};
 
 /// Events trimmed per exclusive turn on the writer.
 pub const COMPACT_CHUNK: usize = 4096;
 
-/// Trims up to `limit` audit records that `retention` no longer keeps
-/// (oldest first), with their index entries. Returns how many went and
-/// whether nothing more is to trim.
+/// Trims up to about `limit` audit records that `retention` no longer keeps
+/// (oldest first), a chunk at a time: a chunk trimmed whole goes with its
+/// index entries; the chunk at the boundary is rewritten with the records it
+/// keeps (and loses the index entries of apps it no longer holds). Returns
+/// how many went and whether nothing more is to trim.
 pub fn trim_audit_chunk(
     w: &Writer,
     retention: Retention,
@@ -31,20 +36,41 @@ pub fn trim_audit_chunk(
         .tree
         .range(codec::audit_key(0)..=codec::audit_key(u64::MAX))
     {
-        if removed as usize == limit {
+        if removed as usize >= limit {
             done = false;
             break;
         }
         let (key, value) = item?;
-        let record = codec::decode_audit(&value)?;
-        // Records after this one, this one included.
-        let remaining = last.saturating_sub(record.seq) + 1;
-        if !retention.drops(remaining, record.time_ms, cutoff) {
+        let chunk_last = codec::key_u64(&key)?;
+        let records = codec::decode_audit_chunk(&value)?;
+        // Records after each one, itself included.
+        let kept: Vec<_> = records
+            .iter()
+            .filter(|r| !retention.drops(last.saturating_sub(r.seq) + 1, r.time_ms, cutoff))
+            .cloned()
+            .collect();
+        let gone = records.len() - kept.len();
+        if gone == 0 {
             break;
         }
-        batch.remove(key);
-        batch.remove(codec::audit_index_key(&record.entry.app, record.seq));
-        removed += 1;
+        removed += gone as u64;
+        let apps_kept: BTreeSet<&AppId> = kept.iter().map(|r| &r.entry.app).collect();
+        for app in records
+            .iter()
+            .map(|r| &r.entry.app)
+            .collect::<BTreeSet<_>>()
+        {
+            if !apps_kept.contains(app) {
+                batch.remove(codec::audit_index_key(app, chunk_last));
+            }
+        }
+        if kept.is_empty() {
+            batch.remove(key);
+        } else {
+            // The boundary: older records go, newer ones stay.
+            batch.insert(key, codec::encode_audit_chunk(&kept));
+            break;
+        }
     }
     if removed > 0 {
         w.tree.apply_batch(batch)?;
@@ -53,8 +79,9 @@ pub fn trim_audit_chunk(
     Ok((removed, done))
 }
 
-/// Trims up to `limit` events that `retention` no longer keeps. Returns what
-/// it did and whether nothing more is to trim.
+/// Trims up to about `limit` events that `retention` no longer keeps, a
+/// chunk at a time (the chunk at the boundary is rewritten with the events
+/// it keeps). Returns what it did and whether nothing more is to trim.
 pub fn compact_chunk(
     w: &Writer,
     retention: Retention,
@@ -67,34 +94,46 @@ pub fn compact_chunk(
     let cutoff = retention.age_cutoff(now_ms);
 
     let mut base: BTreeMap<Vec<u8>, DecisionState> = BTreeMap::new();
+    // Chunks to delete, and the boundary chunk to rewrite.
     let mut removed_keys = Vec::new();
+    let mut rewrite = None;
+    let mut removed = 0u64;
+    let mut trimmed = 0u64;
     let mut new_horizon = horizon;
     let mut done = true;
-    let events = w
+    let chunks = w
         .tree
         .range(codec::event_key(0)..=codec::event_key(u64::MAX));
-    for (seen, item) in events.enumerate() {
-        if seen == limit {
+    'chunks: for item in chunks {
+        if removed as usize >= limit {
             done = false;
             break;
         }
         let (key, value) = item?;
-        let revision = codec::decode_u64(&key[codec::EVENT_PREFIX.len()..])?;
-        if revision > horizon {
-            let remaining = total - removed_keys.len() as u64;
-            let event = codec::decode_event(revision, &value)?;
-            if !retention.drops(remaining, event.time_ms, cutoff) {
-                break;
+        let events = codec::decode_event_chunk(&value)?;
+        for (i, event) in events.iter().enumerate() {
+            if event.revision > horizon {
+                // Events still counted from this one on.
+                let remaining = total - trimmed;
+                if !retention.drops(remaining, event.time_ms, cutoff) {
+                    if i > 0 {
+                        rewrite = Some((key, codec::encode_event_chunk(&events[i..])));
+                    }
+                    break 'chunks;
+                }
+                let decision_key = codec::decision_key(&event.app, &event.user, event.scope);
+                base.insert(codec::base_key_of(&decision_key), event.new);
+                new_horizon = event.revision;
+                trimmed += 1;
             }
-            let decision_key = codec::decision_key(&event.app, &event.user, event.scope);
-            base.insert(codec::base_key_of(&decision_key), event.new);
-            new_horizon = revision;
+            // Events at or below the horizon are leftovers of an interrupted
+            // compaction: already in the checkpoint (and no longer counted),
+            // only to be deleted.
         }
-        // Events at or below the horizon are leftovers of an interrupted
-        // compaction: already in the checkpoint, only to be deleted.
+        removed += events.len() as u64;
         removed_keys.push(key);
     }
-    if removed_keys.is_empty() {
+    if removed_keys.is_empty() && rewrite.is_none() {
         return Ok((
             Compaction {
                 removed: 0,
@@ -114,24 +153,28 @@ pub fn compact_chunk(
         }
     }
     checkpoint.insert(codec::COMPACTED_KEY, &codec::encode_u64(new_horizon));
+    checkpoint.insert(
+        codec::EVENTS_KEY,
+        &codec::encode_u64(total.saturating_sub(trimmed)),
+    );
     w.tree.apply_batch(checkpoint)?;
     shared
         .compacted_through
         .store(new_horizon, Ordering::Release);
+    shared.event_count.fetch_sub(trimmed, Ordering::AcqRel);
 
     let mut deletions = sled::Batch::default();
     for key in &removed_keys {
         deletions.remove(key);
     }
-    let remaining = total.saturating_sub(removed_keys.len() as u64);
-    deletions.insert(codec::EVENTS_KEY, &codec::encode_u64(remaining));
+    if let Some((key, value)) = rewrite {
+        deletions.insert(key, value);
+    }
     w.tree.apply_batch(deletions)?;
     w.tree.flush()?;
-    let removed = removed_keys.len() as u64;
-    shared.event_count.fetch_sub(removed, Ordering::AcqRel);
     Ok((
         Compaction {
-            removed,
+            removed: trimmed,
             compacted_through: new_horizon,
         },
         done,
@@ -167,13 +210,20 @@ pub fn verify(w: &Writer) -> Result<Verification, StoreError> {
         folded.insert(key[codec::BASE_PREFIX.len()..].to_vec(), state);
     }
     let mut last = horizon;
-    for item in w
+    let events = w
         .tree
         .range(codec::event_key(horizon.saturating_add(1))..=codec::event_key(u64::MAX))
-    {
-        let (key, value) = item?;
-        let revision = codec::decode_u64(&key[codec::EVENT_PREFIX.len()..])?;
-        let e = codec::decode_event(revision, &value)?;
+        .values()
+        .map(|chunk| codec::decode_event_chunk(&chunk?))
+        .flat_map(|chunk| match chunk {
+            Ok(events) => events.into_iter().map(Ok).collect::<Vec<_>>(),
+            Err(e) => vec![Err(e)],
+        })
+        // A chunk at the horizon may still hold compacted events.
+        .filter(|e| e.as_ref().map_or(true, |e| e.revision > horizon));
+    for e in events {
+        let e = e?;
+        let revision = e.revision;
         report.retained_events += 1;
         if revision <= last {
             note(

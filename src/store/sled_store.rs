@@ -2,7 +2,7 @@
 //! and a broadcast of committed groups for watchers.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -222,9 +222,8 @@ fn open_handles(config: &SledConfig) -> Result<(sled::Db, sled::Tree, Loaded), S
         // Written by every commit since; count once for older data dirs.
         None => {
             let mut n = 0u64;
-            for key in tree.scan_prefix(codec::EVENT_PREFIX).keys() {
-                key?;
-                n += 1;
+            for item in tree.scan_prefix(codec::EVENT_PREFIX).values() {
+                n += codec::decode_event_chunk(&item?)?.len() as u64;
             }
             n
         }
@@ -312,7 +311,7 @@ type Migration = fn(&sled::Tree) -> Result<(), StoreError>;
 
 /// Every format upgrade, in order: entry `i` upgrades format `i + 1` to
 /// `i + 2`.
-const MIGRATIONS: &[Migration] = &[to_format_2, to_format_3, to_format_4];
+const MIGRATIONS: &[Migration] = &[to_format_2, to_format_3, to_format_4, to_format_5];
 
 /// Format 2 adds keys and value versions (grant lifetimes and timers,
 /// privacy guides and answers, the audit trail, anti-nag state, the
@@ -330,11 +329,88 @@ fn to_format_3(_: &sled::Tree) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Format 4 adds the per-user index (`u/<user>\0<app>`, kept by every
+/// Format 4 packs the log into chunks (see the codec): every `e/<revision>`
+/// event becomes part of an `E/` chunk, every `l/<seq>` audit record (JSON
+/// or binary) part of an `A/` chunk with one `I/` index entry per (app,
+/// chunk), and the per-record `i/` index goes. Each slice of the old keys is
+/// moved in one atomic batch (new chunk in, old keys out), so a migration
+/// cut short by a crash resumes where it stopped (the marker still says 3).
+/// Events at or below the compaction horizon (leftovers of an interrupted
+/// compaction, already in the checkpoint) are dropped, and `m/events`
+/// counts what is kept.
+fn to_format_4(tree: &sled::Tree) -> Result<(), StoreError> {
+    /// Old keys moved per batch.
+    const SLICE: usize = 4096;
+    let horizon = tree
+        .get(codec::COMPACTED_KEY)?
+        .map_or(Ok(0), |raw| codec::decode_u64(&raw))?;
+    let mut kept = 0u64;
+    loop {
+        let mut events = Vec::with_capacity(SLICE);
+        let mut batch = sled::Batch::default();
+        let mut moved = 0usize;
+        for item in tree.scan_prefix(codec::OLD_EVENT_PREFIX).take(SLICE) {
+            let (key, value) = item?;
+            moved += 1;
+            let revision = codec::key_u64(&key)?;
+            if revision > horizon {
+                events.push(codec::decode_event(revision, &value)?);
+            }
+            batch.remove(key);
+        }
+        if moved == 0 {
+            break;
+        }
+        kept += events.len() as u64;
+        for (last, value) in codec::event_chunks(&events) {
+            batch.insert(&codec::event_key(last), value);
+        }
+        tree.apply_batch(batch)?;
+    }
+    // Counted afresh: an old count may include leftovers dropped above.
+    let mut retained = kept;
+    for value in tree.scan_prefix(codec::EVENT_PREFIX).values() {
+        retained += codec::decode_event_chunk(&value?)?.len() as u64;
+    }
+    // The events just moved were counted twice.
+    retained -= kept;
+    tree.insert(codec::EVENTS_KEY, &codec::encode_u64(retained))?;
+    loop {
+        let mut records = Vec::with_capacity(SLICE);
+        let mut batch = sled::Batch::default();
+        for item in tree.scan_prefix(codec::OLD_AUDIT_PREFIX).take(SLICE) {
+            let (key, value) = item?;
+            let record = codec::decode_audit(&value)?;
+            batch.remove(codec::old_audit_index_key(&record.entry.app, record.seq));
+            batch.remove(key);
+            records.push(record);
+        }
+        if records.is_empty() {
+            break;
+        }
+        for (chunk, value) in codec::audit_chunks(&records) {
+            let last = chunk[chunk.len() - 1].seq;
+            batch.insert(&codec::audit_key(last), value);
+            for app in chunk.iter().map(|r| &r.entry.app).collect::<BTreeSet<_>>() {
+                batch.insert(codec::audit_index_key(app, last), &[][..]);
+            }
+        }
+        tree.apply_batch(batch)?;
+    }
+    // Index entries that outlived their record (a trim cut short).
+    let mut batch = sled::Batch::default();
+    for key in tree.scan_prefix(codec::OLD_AUDIT_INDEX_PREFIX).keys() {
+        batch.remove(key?);
+    }
+    tree.apply_batch(batch)?;
+    Ok(())
+}
+
+/// Format 5 adds the per-user index (`u/<user>\0<app>`, kept by every
 /// write since) and erasure markers: a format-3 build would leave the index
 /// stale. The step builds the index from the stored decisions, privacy
 /// answers and anti-nag states; an interrupted run is simply redone.
-fn to_format_4(tree: &sled::Tree) -> Result<(), StoreError> {
+fn to_format_5(tree: &sled::Tree) -> Result<(), StoreError> {
     let entries = sled_users::build_index(tree)?;
     tracing::info!(entries, "per-user index built");
     Ok(())
@@ -482,26 +558,35 @@ impl Store for SledStore {
             Some(seq) => codec::audit_index_key(app, seq.saturating_add(1)),
             None => prefix.clone(),
         };
+        let after = query.after_seq.unwrap_or(0);
         let mut page = Vec::new();
         let mut scanned = 0usize;
         // Filters may skip many records: bound the work of one page too.
         let budget = query.limit.saturating_mul(16).max(1024);
+        // Each index entry names a chunk ending at or after `after + 1`
+        // that holds records of `app` (among others').
         for key in tree.range(start..).keys() {
             let key = key?;
             if !key.starts_with(&prefix) {
                 return Ok((page, None));
             }
-            let seq = codec::decode_u64(&key[prefix.len()..])?;
-            scanned += 1;
-            // The index may briefly outlive a trimmed record.
-            if let Some(raw) = tree.get(codec::audit_key(seq))? {
-                let record = codec::decode_audit(&raw)?;
+            let last = codec::decode_u64(&key[prefix.len()..])?;
+            // The index may briefly outlive a trimmed chunk.
+            let Some(raw) = tree.get(codec::audit_key(last))? else {
+                continue;
+            };
+            for record in codec::decode_audit_chunk(&raw)? {
+                if record.seq <= after || record.entry.app != *app {
+                    continue;
+                }
+                scanned += 1;
+                let seq = record.seq;
                 if query.matches(&record) {
                     page.push(record);
                 }
-            }
-            if page.len() >= query.limit || scanned >= budget {
-                return Ok((page, Some(seq)));
+                if page.len() >= query.limit || scanned >= budget {
+                    return Ok((page, Some(seq)));
+                }
             }
         }
         Ok((page, None))
@@ -562,14 +647,25 @@ impl Store for SledStore {
             return Ok(Vec::new());
         };
         let mut out = Vec::new();
-        for item in self
+        if limit == 0 {
+            return Ok(out);
+        }
+        // The first chunk whose last event is at or after `start` holds it
+        // (or the first retained event after it); `start` may fall inside.
+        for value in self
             .tree()?
             .range(codec::event_key(start)..=codec::event_key(u64::MAX))
-            .take(limit)
+            .values()
         {
-            let (key, value) = item?;
-            let revision = codec::decode_u64(&key[codec::EVENT_PREFIX.len()..])?;
-            out.push(codec::decode_event(revision, &value)?);
+            for event in codec::decode_event_chunk(&value?)? {
+                if event.revision < start {
+                    continue;
+                }
+                out.push(event);
+                if out.len() == limit {
+                    return Ok(out);
+                }
+            }
         }
         Ok(out)
     }
@@ -780,4 +876,261 @@ mod contract_tests {
     }
 
     store_contract_tests!(Sled(tempfile::tempdir().unwrap()));
+}
+
+#[cfg(test)]
+mod format_tests {
+    use std::sync::Arc;
+
+    use super::{codec, SledConfig, SledStore};
+    use crate::{
+        clock::SystemClock,
+        domain::{
+            AppId, AuditAction, AuditEntry, AuditQuery, AuditRecord, Cause, Decision,
+            DecisionState, Event, Lifetime, Scope, Subject, UserId,
+        },
+        store::{Retention, Store, WriteSet},
+    };
+
+    fn config(path: &std::path::Path) -> SledConfig {
+        SledConfig {
+            path: path.to_owned(),
+            cache_capacity: 8 << 20,
+            max_batch: 64,
+            queue_depth: 256,
+            publish_capacity: 1024,
+            observer: None,
+            flush_on_commit: true,
+            clock: SystemClock::shared(),
+        }
+    }
+
+    fn entry(i: u64) -> AuditEntry {
+        AuditEntry {
+            app: AppId::parse(if i.is_multiple_of(3) { "wxa" } else { "wxb" }).unwrap(),
+            user: Some(UserId::parse(&format!("user-{i}")).unwrap()),
+            scope: Some(Scope::Camera),
+            action: AuditAction::SettingsChanged,
+            principal: format!("settings-{i}"),
+            client: None,
+        }
+    }
+
+    fn audit(store: &SledStore, app: &str, limit: usize) -> Vec<AuditRecord> {
+        let app = AppId::parse(app).unwrap();
+        let mut out = Vec::new();
+        let mut after = None;
+        loop {
+            let query = AuditQuery {
+                after_seq: after,
+                limit,
+                ..AuditQuery::default()
+            };
+            let (page, next) = store.audit(&app, &query).unwrap();
+            out.extend(page);
+            match next {
+                Some(seq) => after = Some(seq),
+                None => return out,
+            }
+        }
+    }
+
+    /// A data dir written in format 3 (a key per event, per audit record
+    /// and per index entry; one JSON record of format 2 among them) opens
+    /// in format 4 with the same log and trail, and no old key left.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_format_3_log_and_audit_trail_migrate_into_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut events, mut records) = (Vec::new(), Vec::new());
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let tree = db.open_tree("consent").unwrap();
+            for revision in 1..=1000u64 {
+                let e = Event {
+                    revision,
+                    app: AppId::parse("wxa").unwrap(),
+                    user: UserId::parse(&format!("user-{revision}")).unwrap(),
+                    scope: Scope::Camera,
+                    old: DecisionState::NotDetermined,
+                    new: DecisionState::Granted,
+                    cause: Cause::Popup,
+                    time_ms: 1_790_000_000_000 + revision,
+                };
+                let decision = Decision {
+                    state: e.new,
+                    cause: e.cause,
+                    updated_at_ms: e.time_ms,
+                    revision,
+                    lifetime: Lifetime::Permanent,
+                };
+                let key = codec::decision_key(&e.app, &e.user, e.scope);
+                tree.insert(key, codec::encode_decision(&decision)).unwrap();
+                tree.insert(codec::old_event_key(revision), codec::encode_event(&e))
+                    .unwrap();
+                events.push(e);
+            }
+            for seq in 1..=300u64 {
+                let r = AuditRecord {
+                    seq,
+                    time_ms: 1_790_000_000_000 + seq,
+                    revision: seq,
+                    entry: entry(seq),
+                };
+                let raw = if seq == 7 {
+                    // Format 2 wrote JSON; format 3 still read it.
+                    format!(r#"{{"seq":7,"time_ms":{},"revision":7,"app":"wxb","user":"user-7","scope":"scope.camera","action":"SETTINGS_CHANGED","principal":"settings-7"}}"#, r.time_ms).into_bytes()
+                } else {
+                    codec::encode_audit(&r)
+                };
+                tree.insert(codec::old_audit_key(seq), raw).unwrap();
+                tree.insert(codec::old_audit_index_key(&r.entry.app, seq), &[][..])
+                    .unwrap();
+                records.push(r);
+            }
+            // An index entry whose record a trim removed.
+            tree.insert(
+                codec::old_audit_index_key(&AppId::parse("wxa").unwrap(), 0),
+                &[][..],
+            )
+            .unwrap();
+            for (key, n) in [
+                (codec::FORMAT_KEY, 3),
+                (codec::REVISION_KEY, 1000),
+                (codec::EVENTS_KEY, 1000),
+                (codec::AUDIT_SEQ_KEY, 300),
+            ] {
+                tree.insert(key, &codec::encode_u64(n)).unwrap();
+            }
+            db.flush().unwrap();
+        }
+
+        let store = SledStore::open(&config(dir.path())).unwrap();
+        assert_eq!(store.events_after(0, 10_000).unwrap(), events);
+        assert_eq!(store.events_after(500, 3).unwrap(), events[500..503]);
+        assert_eq!(store.stats().events, 1000);
+        let v = store.verify().await.unwrap();
+        assert!(v.mismatches.is_empty(), "{:?}", v.mismatches);
+        assert_eq!((v.decisions, v.retained_events), (1000, 1000));
+        for (app, limit) in [("wxa", 7), ("wxb", 1000)] {
+            let want: Vec<_> = records
+                .iter()
+                .filter(|r| r.entry.app.as_str() == app)
+                .cloned()
+                .collect();
+            assert_eq!(audit(&store, app, limit), want, "{app}");
+        }
+        {
+            let tree = store.tree().unwrap();
+            for old in [
+                codec::OLD_EVENT_PREFIX,
+                codec::OLD_AUDIT_PREFIX,
+                codec::OLD_AUDIT_INDEX_PREFIX,
+            ] {
+                assert_eq!(tree.scan_prefix(old).count(), 0, "{old:?}");
+            }
+            let format = tree.get(codec::FORMAT_KEY).unwrap().unwrap();
+            assert_eq!(codec::decode_u64(&format).unwrap(), codec::FORMAT_VERSION);
+            // 1,000 events and 300 records in a few dozen chunks.
+            assert!(tree.scan_prefix(codec::EVENT_PREFIX).count() < 30);
+            assert!(tree.scan_prefix(codec::AUDIT_PREFIX).count() < 30);
+        }
+        // New records go on after the migrated ones.
+        let next = entry(301);
+        let set = WriteSet {
+            audit: vec![next.clone()],
+            ..WriteSet::default()
+        };
+        store.submit(Box::new(move |_| Ok(set))).await.unwrap();
+        let listed = audit(&store, "wxb", 1000);
+        assert_eq!(listed.last().unwrap().seq, 301);
+        assert_eq!(listed.last().unwrap().entry, next);
+        store.close().await.unwrap();
+    }
+
+    /// Audit chunks: pages of any size across chunks, filters, and a trim
+    /// that cuts through a chunk (the boundary chunk is rewritten; the
+    /// index keeps only apps still in it).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn audit_pages_across_chunks_and_trims_inside_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SledStore::open(&config(dir.path())).unwrap());
+        // 1,500 records in one job (several chunks), then 10 in another.
+        for range in [1..=1500u64, 1501..=1510] {
+            let set = WriteSet {
+                audit: range.map(entry).collect(),
+                ..WriteSet::default()
+            };
+            store.submit(Box::new(move |_| Ok(set))).await.unwrap();
+        }
+        let seqs = |records: Vec<AuditRecord>| records.iter().map(|r| r.seq).collect::<Vec<_>>();
+        let want = |app: u64| -> Vec<u64> {
+            (1..=1510)
+                .filter(|i: &u64| i.is_multiple_of(3) == (app == 0))
+                .collect()
+        };
+        for limit in [1, 13, 1000] {
+            assert_eq!(seqs(audit(&store, "wxa", limit)), want(0), "limit {limit}");
+            assert_eq!(seqs(audit(&store, "wxb", limit)), want(1), "limit {limit}");
+        }
+        let user = AuditQuery {
+            user: Some(UserId::parse("user-999").unwrap()),
+            limit: 10,
+            ..AuditQuery::default()
+        };
+        let (page, _) = store.audit(&AppId::parse("wxa").unwrap(), &user).unwrap();
+        assert_eq!(seqs(page), [999]);
+
+        let trimmed = store
+            .trim_audit(Retention {
+                max_events: Some(700),
+                max_age: None,
+            })
+            .await
+            .unwrap();
+        assert_eq!(trimmed, 810);
+        for app in [0, 1] {
+            let name = if app == 0 { "wxa" } else { "wxb" };
+            let kept: Vec<u64> = want(app).into_iter().filter(|s| *s > 810).collect();
+            assert_eq!(seqs(audit(&store, name, 50)), kept);
+        }
+        store.close().await.unwrap();
+    }
+
+    /// Chunks stay small enough that sled never writes a page of them to a
+    /// blob file (which it does not fsync, so a power cut could lose it):
+    /// many large groups, every leaf of chunks consolidated, no blob.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn log_chunks_never_make_sled_blobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(&config(dir.path())).unwrap();
+        let app = AppId::parse("wxblob").unwrap();
+        for job in 0..8u64 {
+            let changes = (0..3000)
+                .map(|i| {
+                    let subject = Subject {
+                        app: app.clone(),
+                        user: UserId::parse(&format!("user-{job}-{i}")).unwrap(),
+                    };
+                    let change = crate::domain::Change {
+                        scope: Scope::Camera,
+                        old: DecisionState::NotDetermined,
+                        new: DecisionState::Granted,
+                        cause: Cause::Popup,
+                    };
+                    (subject, change)
+                })
+                .collect();
+            let set = WriteSet {
+                changes,
+                audit: (0..3000).map(|i| entry(job * 3000 + i)).collect(),
+                ..WriteSet::default()
+            };
+            store.submit(Box::new(move |_| Ok(set))).await.unwrap();
+        }
+        store.close().await.unwrap();
+        let blobs: Vec<_> = std::fs::read_dir(dir.path().join("blobs"))
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(blobs.is_empty(), "{blobs:?}");
+    }
 }

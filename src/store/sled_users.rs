@@ -13,7 +13,7 @@
 //!   entry and audit record up to those numbers, drops the user's stale
 //!   timers, and removes the marker in the same batch.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use super::{
     codec,
@@ -286,40 +286,50 @@ pub fn decode_marker(key: &[u8], raw: &[u8]) -> Result<Marker, StoreError> {
     })
 }
 
-/// One stored event with `from` renamed to `to`, re-encoded; `None` when
-/// the event does not name `from`. (The one place the scrub knows how an
-/// event is stored.)
-pub fn rename_in_event(
-    revision: u64,
+/// The event chunk `raw` with `m.user` renamed to `m.pseudonym` in every
+/// event up to the erasure, and how many; adds the (app, scope) of those
+/// events to `pairs`. `None` when no event of the chunk names the user.
+/// (The codec's `rewrite_event_chunk` knows the layout.)
+fn renamed_events(
     raw: &[u8],
-    from: &UserId,
-    to: &UserId,
-) -> Result<Option<(Event, Vec<u8>)>, StoreError> {
-    let event = codec::decode_event(revision, raw)?;
-    if event.user != *from {
+    m: &Marker,
+    pairs: &mut BTreeSet<(AppId, crate::domain::Scope)>,
+) -> Result<Option<(Vec<u8>, u64)>, StoreError> {
+    let named = |e: &Event| e.user == m.user && e.revision <= m.revision;
+    let events = codec::decode_event_chunk(raw)?;
+    let mut n = 0u64;
+    for e in events.iter().filter(|e| named(e)) {
+        pairs.insert((e.app.clone(), e.scope));
+        n += 1;
+    }
+    if n == 0 {
         return Ok(None);
     }
-    let renamed = Event {
-        user: to.clone(),
-        ..event.clone()
-    };
-    let raw = codec::encode_event(&renamed);
-    Ok(Some((event, raw)))
+    let raw = codec::rewrite_event_chunk(raw, |e| {
+        if named(e) {
+            e.user = m.pseudonym.clone();
+        }
+    })?;
+    Ok(Some((raw, n)))
 }
 
-/// One stored audit record with `from` renamed to `to`, re-encoded;
-/// `None` when it does not name `from`.
-pub fn rename_in_audit(
-    raw: &[u8],
-    from: &UserId,
-    to: &UserId,
-) -> Result<Option<Vec<u8>>, StoreError> {
-    let mut record: AuditRecord = codec::decode_audit(raw)?;
-    if record.entry.user.as_ref() != Some(from) {
+/// Like [`renamed_events`] for an audit chunk: records up to the erasure's
+/// audit sequence number; returns how many it renamed.
+fn renamed_audit(raw: &[u8], m: &Marker) -> Result<Option<(Vec<u8>, u64)>, StoreError> {
+    let named = |r: &AuditRecord| r.entry.user.as_ref() == Some(&m.user) && r.seq <= m.audit_seq;
+    let n = codec::decode_audit_chunk(raw)?
+        .iter()
+        .filter(|r| named(r))
+        .count() as u64;
+    if n == 0 {
         return Ok(None);
     }
-    record.entry.user = Some(to.clone());
-    Ok(Some(codec::encode_audit(&record)))
+    let raw = codec::rewrite_audit_chunk(raw, |r| {
+        if named(r) {
+            r.entry.user = Some(m.pseudonym.clone());
+        }
+    })?;
+    Ok(Some((raw, n)))
 }
 
 /// Runs every pending erasure's scrub, each in one atomic batch (the
@@ -341,22 +351,25 @@ pub fn scrub_pending(tree: &sled::Tree, compacted_through: u64) -> Result<u64, S
         let mut n = 0u64;
         // (app, scope) of the user's retained events: every checkpoint entry
         // of the user has one (the erasure revoked every decision it left).
-        let mut pairs = BTreeMap::new();
+        let mut pairs = BTreeSet::new();
+        // Event chunks are keyed by their last revision: from the first
+        // chunk that may hold a retained event, to the one holding the
+        // erasure's last event.
         let first = compacted_through.saturating_add(1);
-        if first <= m.revision {
-            for item in tree.range(codec::event_key(first)..=codec::event_key(m.revision)) {
-                let (key, value) = item?;
-                let revision = codec::decode_u64(&key[codec::EVENT_PREFIX.len()..])?;
-                if let Some((event, raw)) =
-                    rename_in_event(revision, &value, &m.user, &m.pseudonym)?
-                {
-                    batch.insert(key, raw);
-                    pairs.insert((event.app, event.scope), ());
-                    n += 1;
-                }
+        for item in tree.range(codec::event_key(first)..) {
+            let (key, value) = item?;
+            if !key.starts_with(codec::EVENT_PREFIX) {
+                break;
+            }
+            if let Some((raw, renamed)) = renamed_events(&value, &m, &mut pairs)? {
+                batch.insert(key.clone(), raw);
+                n += renamed;
+            }
+            if codec::key_u64(&key)? >= m.revision {
+                break;
             }
         }
-        for (app, scope) in pairs.keys() {
+        for (app, scope) in &pairs {
             let from = codec::base_key_of(&codec::decision_key(app, &m.user, *scope));
             if let Some(state) = tree.get(&from)? {
                 let to = codec::base_key_of(&codec::decision_key(app, &m.pseudonym, *scope));
@@ -365,11 +378,17 @@ pub fn scrub_pending(tree: &sled::Tree, compacted_through: u64) -> Result<u64, S
                 n += 1;
             }
         }
-        for item in tree.range(codec::audit_key(0)..=codec::audit_key(m.audit_seq)) {
+        for item in tree.range(codec::audit_key(0)..) {
             let (key, value) = item?;
-            if let Some(raw) = rename_in_audit(&value, &m.user, &m.pseudonym)? {
-                batch.insert(key, raw);
-                n += 1;
+            if !key.starts_with(codec::AUDIT_PREFIX) {
+                break;
+            }
+            if let Some((raw, renamed)) = renamed_audit(&value, &m)? {
+                batch.insert(key.clone(), raw);
+                n += renamed;
+            }
+            if codec::key_u64(&key)? >= m.audit_seq {
+                break;
             }
         }
         // Timers whose grant changed since are stale until they come due,

@@ -47,8 +47,11 @@ struct Group {
     overlay: Overlay,
     /// App index updates to publish after the commit.
     apps: Vec<(AppId, Option<Arc<App>>)>,
-    /// The group's events, for watchers.
+    /// The group's events: written as event chunks, and published to
+    /// watchers.
     events: Vec<Event>,
+    /// The group's audit records, written as audit chunks.
+    audit: Vec<AuditRecord>,
     /// The last revision handed out.
     revision: u64,
     /// The last audit sequence number handed out.
@@ -109,6 +112,7 @@ impl Writer {
             overlay: Overlay::new(),
             apps: Vec::new(),
             events: Vec::new(),
+            audit: Vec::new(),
             revision: prev_revision,
             audit_seq: self.shared.audit_seq.load(Ordering::Acquire),
             dirty: false,
@@ -143,6 +147,23 @@ impl Writer {
                 .batch
                 .insert(codec::AUDIT_SEQ_KEY, &codec::encode_u64(group.audit_seq));
             let audit_seq = group.audit_seq;
+            // The log: a few chunk values for the whole group, not a key per
+            // event and two per audit record.
+            for (last, value) in codec::event_chunks(&group.events) {
+                group.batch.insert(&codec::event_key(last), value);
+            }
+            for (records, value) in codec::audit_chunks(&group.audit) {
+                let last = records[records.len() - 1].seq;
+                group.batch.insert(&codec::audit_key(last), value);
+                let mut apps: Vec<&AppId> = records.iter().map(|r| &r.entry.app).collect();
+                apps.sort_unstable();
+                apps.dedup();
+                for app in apps {
+                    group
+                        .batch
+                        .insert(codec::audit_index_key(app, last), &[][..]);
+                }
+            }
             let started = std::time::Instant::now();
             if let Err(e) = self.tree.apply_batch(group.batch) {
                 // Nothing of the group was applied: its revisions can be handed out again.
@@ -318,11 +339,6 @@ impl Writer {
                 cause: change.cause,
                 time_ms: now,
             };
-            put(
-                group,
-                codec::event_key(revision).to_vec(),
-                Some(codec::encode_event(&event)),
-            );
             group.events.push(event.clone());
             committed.events.push(event);
             committed.revision = revision;
@@ -349,23 +365,13 @@ impl Writer {
         }
         for entry in set.audit {
             group.audit_seq += 1;
-            let seq = group.audit_seq;
-            put(
-                group,
-                codec::audit_index_key(&entry.app, seq),
-                Some(Vec::new()),
-            );
-            let record = AuditRecord {
-                seq,
+            group.audit.push(AuditRecord {
+                seq: group.audit_seq,
                 time_ms: now,
                 revision: committed.revision,
                 entry,
-            };
-            put(
-                group,
-                codec::audit_key(seq).to_vec(),
-                Some(codec::encode_audit(&record)),
-            );
+            });
+            group.dirty = true;
         }
         for (key, value) in sled_users::index_updates(&self.tree, &group.overlay, &touched)? {
             put(group, key, value);

@@ -517,16 +517,17 @@ async fn kill_9_during_reset_or_erase_leaves_all_or_nothing() {
     }
 }
 
-/// A format-3 data dir has no per-user index: opening builds it.
+/// A data dir of the previous format (4) has no per-user index: opening
+/// builds it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn opening_a_format_3_store_builds_the_user_index() {
+async fn opening_a_format_4_store_builds_the_user_index() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let h = TestDaemon::with(|cfg| cfg.data_dir = data.clone()).await;
     let apps = seed(&h.client(), 3).await;
     h.stop().await;
     {
-        // What a format-3 build leaves: no `u/` keys, the old marker.
+        // What a format-4 build leaves: no `u/` keys, the old marker.
         let db = crate::startup::open_when_released(&data);
         let tree = db.open_tree("consent").unwrap();
         let keys: Vec<_> = tree.scan_prefix(b"u/").keys().map(|k| k.unwrap()).collect();
@@ -534,7 +535,8 @@ async fn opening_a_format_3_store_builds_the_user_index() {
         for key in keys {
             tree.remove(key).unwrap();
         }
-        tree.insert(b"m/format", &3u64.to_be_bytes()).unwrap();
+        let previous = consentd::store::FORMAT_VERSION - 1;
+        tree.insert(b"m/format", &previous.to_be_bytes()).unwrap();
         db.flush().unwrap();
     }
     let h = TestDaemon::with(|cfg| cfg.data_dir = data.clone()).await;
