@@ -33,6 +33,19 @@
 //!    [`Store::events_after`], so a reader resuming there must be told
 //!    OUT_OF_RANGE, never served a silent gap. [`Store::verify`] holds:
 //!    checkpoint + retained log == stored decisions.
+//! 8. **The per-user index is exact.** [`Store::user_apps`] (and
+//!    [`View::user_apps`]) list exactly the apps in which a user has a
+//!    decision, a privacy answer or an anti-nag state, kept by the backend
+//!    in the same atomic write that creates or removes that state (the
+//!    broker never writes it), so listing, resetting and erasing a user
+//!    touch only that user's records. [`Store::verify`] checks it.
+//! 9. **Erasure.** A job whose [`WriteSet::erasure`] is set commits a
+//!    durable "erasure pending" marker with its changes;
+//!    [`Store::finish_erasures`] (and opening the store, after a crash)
+//!    then renames the user to the pseudonym in every retained event,
+//!    checkpoint entry and audit record written up to that job, atomically,
+//!    so revisions stay contiguous and checkpoint + log still folds to the
+//!    stored decisions.
 //!
 //! # The etcd backend: its consistency model (cargo feature `etcd`)
 //! `EtcdStore` keeps the contract above with any number of daemons sharing
@@ -101,6 +114,7 @@ mod sled_maintenance;
 mod sled_read;
 mod sled_shared;
 mod sled_store;
+mod sled_users;
 mod sled_writer;
 
 use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
@@ -145,6 +159,9 @@ pub trait View {
     fn app_decisions(&self, app: &AppId) -> Result<Vec<(UserId, UserDecisions)>, StoreError>;
     /// The users of `app` with a privacy answer or an anti-nag state.
     fn subjects_with_user_state(&self, app: &AppId) -> Result<Vec<Subject>, StoreError>;
+    /// Every app in which `user` has stored state (the per-user index), in
+    /// id order.
+    fn user_apps(&self, user: &UserId) -> Result<Vec<AppId>, StoreError>;
 }
 
 /// What a job writes. Decision changes become events, in order.
@@ -172,6 +189,18 @@ pub struct WriteSet {
     /// in use, renewed): not a change of state, so no event and no
     /// revision. A decision that is gone by now is left alone.
     pub renew: Vec<(Subject, Scope, Lifetime)>,
+    /// Set by an erasure: the store records a durable marker with this
+    /// job's changes, and [`Store::finish_erasures`] later renames the user
+    /// to the pseudonym in everything retained up to this job.
+    pub erasure: Option<Erasure>,
+}
+
+/// A user's erasure: the id to remove and the pseudonym that replaces it
+/// in the retained event log and audit trail.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Erasure {
+    pub user: UserId,
+    pub pseudonym: UserId,
 }
 
 /// A timed or one-time grant's timer: when it comes due, the grant lapses
@@ -313,6 +342,19 @@ pub trait Store: Send + Sync + 'static {
         user: &UserId,
         query: &StateQuery,
     ) -> Result<SubjectState, StoreError>;
+    /// The apps in which `user` has stored state (a decision, a privacy
+    /// answer or an anti-nag state), in id order, after `after`, at most
+    /// `limit`: the per-user index, so the cost does not grow with the
+    /// number of apps or users in the store.
+    fn user_apps(
+        &self,
+        user: &UserId,
+        after: Option<&AppId>,
+        limit: usize,
+    ) -> Result<Vec<AppId>, StoreError>;
+    /// Runs the scrub of every pending erasure (see [`WriteSet::erasure`]);
+    /// returns how many stored records were rewritten.
+    fn finish_erasures(&self) -> BoxFuture<'_, Result<u64, StoreError>>;
     /// One page of an app's audit records, oldest first, matching `query`.
     /// Returns the page and the sequence number to continue after, when
     /// more may follow.

@@ -33,6 +33,7 @@ mod security_process;
 mod settings;
 mod startup;
 mod support;
+mod users;
 mod versions;
 mod watch;
 
