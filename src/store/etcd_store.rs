@@ -38,8 +38,8 @@ use super::{
     etcd_replica::{Changes, Replica, Shared},
     etcd_writer::{Plan, Request, Writer, WriterConfig},
     sled_read::{self, Overlay},
-    AuditPage, BoxFuture, CommitObserver, Committed, Compaction, DecisionRow, Job, Published,
-    Retention, Store, StoreError, StoreStats, TxnError, Verification, MAX_MISMATCHES,
+    sled_users, AuditPage, BoxFuture, CommitObserver, Committed, Compaction, DecisionRow, Job,
+    Published, Retention, Store, StoreError, StoreStats, TxnError, Verification, MAX_MISMATCHES,
 };
 use crate::{
     clock::SharedClock,
@@ -253,7 +253,7 @@ impl EtcdStore {
             lease.clone(),
         );
         let writer = tokio::spawn(writer.run(rx));
-        Ok(Self {
+        let store = Self {
             shared,
             client,
             writer: Mutex::new(Some((tx, writer))),
@@ -261,7 +261,61 @@ impl EtcdStore {
             stop,
             lease,
             config: config.clone(),
-        })
+        };
+        // An erasure whose scrub a crash interrupted (on this daemon or any
+        // other) finishes before anything is served.
+        if store.erasures_pending()? {
+            let renamed = store
+                .scrub_erasures()
+                .await
+                .map_err(|e| open_err(format!("finishing a pending erasure: {e}")))?;
+            tracing::info!(renamed, "pending erasure finished on open");
+        }
+        Ok(store)
+    }
+
+    /// Whether an erasure marker is in the view.
+    fn erasures_pending(&self) -> Result<bool, StoreError> {
+        Ok(self
+            .shared
+            .read()?
+            .scan_prefix(sled_users::ERASURE_PREFIX)
+            .next()
+            .is_some())
+    }
+
+    /// Runs one fenced transaction of the first pending erasure's scrub
+    /// (at most `budget` keys): returns how many records it renamed and
+    /// whether any erasure is still pending after it.
+    async fn scrub_step(&self, budget: usize) -> Result<(u64, bool), StoreError> {
+        let max_bytes = self.config.max_txn_bytes.max(4096) / 2;
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.maintain(Box::new(move |replica| {
+            let step = scrub_plan(replica, budget, max_bytes)?;
+            let _ = tx.send((step.renamed, step.more));
+            Ok(step.overlay)
+        }))
+        .await?;
+        rx.try_recv()
+            .map_err(|_| StoreError::Internal("the erasure scrub planned nothing".into()))
+    }
+
+    /// Runs every pending erasure's scrub to its end, one bounded fenced
+    /// transaction at a time; returns how many records were renamed.
+    async fn scrub_erasures(&self) -> Result<u64, StoreError> {
+        let budget = self.config.max_txn_ops.max(8) - 4;
+        let mut renamed = 0;
+        loop {
+            let (n, more) = self.scrub_step(budget).await?;
+            renamed += n;
+            if !more {
+                tracing::info!(
+                    renamed,
+                    "erasure scrubbed: the retained log, checkpoint and audit trail no longer name the user"
+                );
+                return Ok(renamed);
+            }
+        }
     }
 
     fn sender(&self) -> Result<mpsc::Sender<Request>, StoreError> {
@@ -630,6 +684,37 @@ impl Store for EtcdStore {
         sled_read::subject(&*self.shared.read()?, app, user, query)
     }
 
+    fn user_apps(
+        &self,
+        user: &UserId,
+        after: Option<&AppId>,
+        limit: usize,
+    ) -> Result<Vec<AppId>, StoreError> {
+        let prefix = sled_users::user_prefix(user);
+        let start = match after {
+            // The first key after `<prefix><after>`.
+            Some(app) => [&sled_users::user_app_key(user, app)[..], b"\0"].concat(),
+            None => prefix.clone(),
+        };
+        let replica = self.shared.read()?;
+        replica
+            .kv
+            .range::<Vec<u8>, _>((Bound::Included(start), Bound::Unbounded))
+            .take_while(|(key, _)| key.starts_with(&prefix))
+            .take(limit)
+            .map(|(key, _)| sled_users::split_user_app_key(key).map(|(_, app)| app))
+            .collect()
+    }
+
+    fn finish_erasures(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(async move {
+            if !self.erasures_pending()? {
+                return Ok(0);
+            }
+            self.scrub_erasures().await
+        })
+    }
+
     fn audit(&self, app: &AppId, query: &AuditQuery) -> Result<AuditPage, StoreError> {
         let replica = self.shared.read()?;
         let prefix = codec::audit_index_prefix(app);
@@ -792,8 +877,15 @@ impl Store for EtcdStore {
 
     fn recover(&self) -> BoxFuture<'_, Result<bool, StoreError>> {
         // Nothing to reopen: the etcd client reconnects by itself, and a
-        // failed commit leaves nothing behind on this daemon.
-        Box::pin(async { Ok(false) })
+        // failed commit leaves nothing behind on this daemon. An erasure
+        // whose scrub failed with the write resumes here.
+        Box::pin(async move {
+            if self.erasures_pending()? {
+                let renamed = self.scrub_erasures().await?;
+                tracing::info!(renamed, "pending erasure finished on recovery");
+            }
+            Ok(false)
+        })
     }
 
     fn close(&self) -> BoxFuture<'_, Result<(), StoreError>> {
@@ -1033,7 +1125,173 @@ fn verify(replica: &Replica) -> Result<Verification, StoreError> {
             ),
         );
     }
+    verify_index(replica, |m| note(&mut report, m))?;
     Ok(report)
+}
+
+/// One transaction of an erasure's scrub.
+struct ScrubStep {
+    overlay: Overlay,
+    renamed: u64,
+    /// Whether an erasure is still pending after this step.
+    more: bool,
+}
+
+/// Plans the next transaction of the first pending erasure's scrub on the
+/// current view: at most `max_ops` keys and about `max_bytes`. The work
+/// comes in units, in this order: for each (app, scope) of the user's
+/// retained events up to the erasure, its checkpoint entry and those
+/// events (so that checkpoint + log keeps folding to the stored decisions
+/// between steps, unless one unit alone exceeds a transaction); then each
+/// audit record up to the erasure's sequence number; then each timer whose
+/// key names the user (stale ones; the erasure cleared the live ones). The
+/// marker is removed in the step that takes the last unit. A step only
+/// rewrites what still names the user, so a scrub interrupted by a crash or
+/// a lost lock is resumed by planning again, on any daemon.
+fn scrub_plan(
+    replica: &Replica,
+    max_ops: usize,
+    max_bytes: usize,
+) -> Result<ScrubStep, StoreError> {
+    let mut markers = replica.scan_prefix(sled_users::ERASURE_PREFIX);
+    let Some((key, value)) = markers.next() else {
+        return Ok(ScrubStep {
+            overlay: Overlay::new(),
+            renamed: 0,
+            more: false,
+        });
+    };
+    let others = markers.next().is_some();
+    let m = sled_users::decode_marker(key, value)?;
+    type Unit = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+    let mut units: Vec<Unit> = Vec::new();
+    // Retained events up to the erasure that name the user, by (app, scope).
+    let mut pairs: BTreeMap<(AppId, crate::domain::Scope), Unit> = BTreeMap::new();
+    let first = replica.compacted_through.saturating_add(1);
+    if first <= m.revision {
+        let range = (
+            Bound::Included(codec::event_key(first).to_vec()),
+            Bound::Included(codec::event_key(m.revision).to_vec()),
+        );
+        for (key, value) in replica.kv.range::<Vec<u8>, _>(range) {
+            let revision = codec::decode_u64(&key[codec::EVENT_PREFIX.len()..])?;
+            let mut event = codec::decode_event(revision, value)?;
+            if event.user == m.user {
+                let unit = pairs.entry((event.app.clone(), event.scope)).or_default();
+                event.user = m.pseudonym.clone();
+                unit.push((key.clone(), Some(codec::encode_event(&event))));
+            }
+        }
+    }
+    for ((app, scope), events) in pairs {
+        let mut unit = Vec::new();
+        let from = codec::base_key_of(&codec::decision_key(&app, &m.user, scope));
+        if let Some(state) = replica.kv.get(&from) {
+            let to = codec::base_key_of(&codec::decision_key(&app, &m.pseudonym, scope));
+            unit.push((to, Some(state.clone())));
+            unit.push((from, None));
+        }
+        // A unit larger than a transaction is split, checkpoint first.
+        for chunk in unit
+            .into_iter()
+            .chain(events)
+            .collect::<Vec<_>>()
+            .chunks(max_ops.max(2))
+        {
+            units.push(chunk.to_vec());
+        }
+    }
+    let audit = (
+        Bound::Included(codec::audit_key(0).to_vec()),
+        Bound::Included(codec::audit_key(m.audit_seq).to_vec()),
+    );
+    for (key, value) in replica.kv.range::<Vec<u8>, _>(audit) {
+        let mut record = codec::decode_audit(value)?;
+        if record.entry.user.as_ref() == Some(&m.user) {
+            record.entry.user = Some(m.pseudonym.clone());
+            units.push(vec![(key.clone(), Some(codec::encode_audit(&record)))]);
+        }
+    }
+    for (key, _) in replica.scan_prefix(codec::TIMER_PREFIX) {
+        let (_, decision) = codec::split_timer_key(key)?;
+        if codec::split_decision_key(&decision)?.1 == m.user {
+            units.push(vec![(key.clone(), None)]);
+        }
+    }
+    let mut overlay = Overlay::new();
+    let (mut ops, mut bytes, mut renamed) = (0usize, 0usize, 0u64);
+    let mut all = true;
+    for unit in units {
+        let unit_bytes: usize = unit
+            .iter()
+            .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len) + 16)
+            .sum();
+        if !overlay.is_empty() && (ops + unit.len() > max_ops || bytes + unit_bytes > max_bytes) {
+            all = false;
+            break;
+        }
+        ops += unit.len();
+        bytes += unit_bytes;
+        for (key, value) in unit {
+            // A checkpoint move counts once (its delete is not a record).
+            if value.is_some() || key.starts_with(codec::TIMER_PREFIX) {
+                renamed += 1;
+            }
+            overlay.insert(key, value);
+        }
+    }
+    if all {
+        overlay.insert(sled_users::marker_key(&m.pseudonym), None);
+    }
+    Ok(ScrubStep {
+        overlay,
+        renamed,
+        more: !all || others,
+    })
+}
+
+/// The per-user index as the stored decisions, privacy answers and
+/// anti-nag states imply it (the keys it should hold).
+fn derived_index(replica: &Replica) -> Result<std::collections::BTreeSet<Vec<u8>>, StoreError> {
+    let mut pairs = std::collections::BTreeSet::new();
+    for prefix in [
+        codec::DECISION_PREFIX,
+        codec::NAG_PREFIX,
+        codec::PRIVACY_PREFIX,
+    ] {
+        for (key, _) in replica.scan_prefix(prefix) {
+            // `<app>\0<user>` then, for decisions and anti-nag, `\0<scope>`.
+            let mut parts = key[prefix.len()..].splitn(3, |b| *b == 0);
+            let (Some(app), Some(user)) = (parts.next(), parts.next()) else {
+                return Err(StoreError::Corrupt(format!(
+                    "bad key {:?}",
+                    String::from_utf8_lossy(key)
+                )));
+            };
+            pairs.insert([sled_users::USER_INDEX_PREFIX, user, b"\0", app].concat());
+        }
+    }
+    Ok(pairs)
+}
+
+/// Compares the per-user index with the state it follows, both ways.
+fn verify_index(replica: &Replica, mut note: impl FnMut(String)) -> Result<(), StoreError> {
+    let mut derived = derived_index(replica)?;
+    for (key, _) in replica.scan_prefix(sled_users::USER_INDEX_PREFIX) {
+        if !derived.remove(key) {
+            let (user, app) = sled_users::split_user_app_key(key)?;
+            note(format!(
+                "user index names {user} in {app}, but the user has no stored state there"
+            ));
+        }
+    }
+    for key in derived {
+        let (user, app) = sled_users::split_user_app_key(&key)?;
+        note(format!(
+            "{user} has stored state in {app}, but the user index lacks it"
+        ));
+    }
+    Ok(())
 }
 
 fn describe(tail: &[u8]) -> String {
