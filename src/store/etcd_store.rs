@@ -1332,13 +1332,23 @@ mod contract_tests {
     impl Etcd {
         /// A store whose view applies each watch response `lag` late.
         fn open_lagging(&self, name: &str, lag: std::time::Duration) -> Arc<dyn Store> {
+            self.open_with(name, lag, 10_000)
+        }
+
+        /// A store whose transactions hold at most `max_txn_ops` keys.
+        fn open_with(
+            &self,
+            name: &str,
+            lag: std::time::Duration,
+            max_txn_ops: usize,
+        ) -> Arc<EtcdStore> {
             let mut config = EtcdConfig::new(
                 shared_endpoints().to_vec(),
                 format!("{}{name}/", self.0),
                 SystemClock::shared(),
             );
             // The test cluster runs with --max-txn-ops 10000.
-            config.max_txn_ops = 10_000;
+            config.max_txn_ops = max_txn_ops;
             config.watch_delay = lag;
             let store = tokio::task::block_in_place(|| {
                 tokio::runtime::Handle::current().block_on(EtcdStore::open(&config))
@@ -1593,6 +1603,246 @@ mod contract_tests {
                 None,
             )]);
         assert!(!dead.txn(fenced).await.unwrap().succeeded());
+        store.close().await.unwrap();
+    }
+
+    /// An erasure's scrub in transactions of at most 24 keys, interrupted
+    /// after its first one (the daemon "dies"): the marker is still there
+    /// and the log partly renamed; another daemon opening the prefix
+    /// finishes it; a third daemon that watched throughout picks every
+    /// rewrite up through its watch, its Watch subscribers get no event
+    /// twice, and Verify (log, checkpoint, index) holds on it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs the etcd binary: scripts/test runs it (--ignored etcd)"]
+    async fn etcd_an_interrupted_scrub_resumes_on_another_daemon_and_reaches_every_view() {
+        use crate::{
+            domain::{
+                AppId, AuditAction, AuditEntry, AuditQuery, Cause, Change, DecisionState, Scope,
+                Subject, UserId,
+            },
+            store::{Erasure, Retention, WriteSet},
+        };
+        let backend = Etcd::new();
+        let a = backend.open_with("scrub", std::time::Duration::ZERO, 24);
+        let watcher = backend.open_with("scrub", std::time::Duration::from_millis(20), 10_000);
+        let mut on_watcher = watcher.subscribe();
+        let subject = |app: &str, user: &str| Subject {
+            app: AppId::parse(app).unwrap(),
+            user: UserId::parse(user).unwrap(),
+        };
+        let (n, g) = (DecisionState::NotDetermined, DecisionState::Granted);
+        let change = |scope, old, new, cause| Change {
+            scope,
+            old,
+            new,
+            cause,
+        };
+        let apps = ["wxa", "wxb", "wxc", "wxd"];
+        let scopes = [Scope::Camera, Scope::Record];
+        for app in apps {
+            for scope in scopes {
+                let entry = move |user: &str| AuditEntry {
+                    app: AppId::parse(app).unwrap(),
+                    user: Some(UserId::parse(user).unwrap()),
+                    scope: Some(scope),
+                    action: AuditAction::SettingsChanged,
+                    principal: "p".into(),
+                    client: None,
+                };
+                a.submit(Box::new(move |_| {
+                    Ok(WriteSet {
+                        changes: vec![
+                            (subject(app, "gone"), change(scope, n, g, Cause::Popup)),
+                            (subject(app, "stays"), change(scope, n, g, Cause::Popup)),
+                        ],
+                        audit: vec![entry("gone"), entry("stays")],
+                        ..WriteSet::default()
+                    })
+                }))
+                .await
+                .unwrap();
+            }
+        }
+        // The first 4 events go into the checkpoint, which then names the user.
+        a.compact(Retention {
+            max_events: Some(12),
+            max_age: None,
+        })
+        .await
+        .unwrap();
+        let pseudonym = UserId::parse("erased-00aa").unwrap();
+        let erasure = Erasure {
+            user: UserId::parse("gone").unwrap(),
+            pseudonym: pseudonym.clone(),
+        };
+        let erased = a
+            .submit(Box::new(move |_| {
+                let changes = apps
+                    .iter()
+                    .flat_map(|app| {
+                        scopes.map(|scope| {
+                            (subject(app, "gone"), change(scope, g, n, Cause::UserErased))
+                        })
+                    })
+                    .collect();
+                Ok(WriteSet {
+                    changes,
+                    erasure: Some(erasure),
+                    ..WriteSet::default()
+                })
+            }))
+            .await
+            .unwrap();
+        assert_eq!(erased.events.len(), 8);
+        assert!(a
+            .user_apps(&UserId::parse("gone").unwrap(), None, 10)
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            a.user_apps(&UserId::parse("stays").unwrap(), None, 10)
+                .unwrap()
+                .len(),
+            4
+        );
+
+        // One transaction of the scrub, then the daemon is gone.
+        let (renamed, more) = a.scrub_step(10).await.unwrap();
+        assert!(renamed > 0 && more, "{renamed} {more}");
+        let named = |store: &EtcdStore| {
+            store
+                .events_after(0, usize::MAX)
+                .unwrap()
+                .iter()
+                .filter(|e| e.user.as_str() == "gone")
+                .count()
+        };
+        let partly = named(&a);
+        assert!(partly > 0 && partly < 14, "partly renamed: {partly} of 14");
+        assert!(
+            a.erasures_pending().unwrap(),
+            "the marker stays until the end"
+        );
+        a.close().await.unwrap();
+        drop(a);
+
+        // Another daemon opens the prefix: the scrub finishes first.
+        let b = backend.open("scrub");
+        assert_eq!(b.finish_erasures().await.unwrap(), 0, "nothing pending");
+        let audit = |store: &dyn Store, app: &str| {
+            store
+                .audit(
+                    &AppId::parse(app).unwrap(),
+                    &AuditQuery {
+                        limit: 100,
+                        ..AuditQuery::default()
+                    },
+                )
+                .unwrap()
+                .0
+        };
+        for store in [&*b, &*watcher as &dyn Store] {
+            // The watcher's view applies each rewrite through its watch.
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+            while store
+                .events_after(0, usize::MAX)
+                .unwrap()
+                .iter()
+                .any(|e| e.user.as_str() == "gone")
+                || watcher.erasures_pending().unwrap()
+            {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the view never got the scrub"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            let events = store
+                .events_after(store.compacted_through(), usize::MAX)
+                .unwrap();
+            assert_eq!(events.len(), 12 + 8, "retained: 12 kept, 8 revocations");
+            assert_eq!(events.iter().filter(|e| e.user == pseudonym).count(), 6 + 8);
+            for app in apps {
+                let records = audit(store, app);
+                assert_eq!(records.len(), 4);
+                assert!(records
+                    .iter()
+                    .all(|r| r.entry.user.as_ref().map(UserId::as_str) != Some("gone")));
+                assert_eq!(
+                    records
+                        .iter()
+                        .filter(|r| r.entry.user.as_ref() == Some(&pseudonym))
+                        .count(),
+                    2
+                );
+            }
+            let v = store.verify().await.unwrap();
+            assert!(v.mismatches.is_empty(), "{:?}", v.mismatches);
+        }
+        assert_eq!(named(&watcher), 0);
+        // The watcher's subscribers saw each revision once, the rewrites never.
+        let mut seen = Vec::new();
+        while let Ok(group) = on_watcher.try_recv() {
+            seen.extend(group.events.iter().map(|e| e.revision));
+        }
+        assert_eq!(seen, (1..=watcher.revision()).collect::<Vec<_>>());
+        b.close().await.unwrap();
+        watcher.close().await.unwrap();
+    }
+
+    /// Verify covers the per-user index on etcd: an entry nothing backs and
+    /// state the index lacks (keys changed behind consentd's back) are both
+    /// reported, on a daemon that only saw them through its watch.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs the etcd binary: scripts/test runs it (--ignored etcd)"]
+    async fn etcd_verify_reports_an_index_out_of_line_both_ways() {
+        use crate::{
+            domain::{AppId, Cause, Change, DecisionState, Scope, Subject, UserId},
+            store::WriteSet,
+        };
+        let backend = Etcd::new();
+        let store = backend.open_with("index", std::time::Duration::ZERO, 10_000);
+        for app in ["wxa", "wxb"] {
+            store
+                .submit(Box::new(move |_| {
+                    Ok(WriteSet {
+                        changes: vec![(
+                            Subject {
+                                app: AppId::parse(app).unwrap(),
+                                user: UserId::parse("u").unwrap(),
+                            },
+                            Change {
+                                scope: Scope::Camera,
+                                old: DecisionState::NotDetermined,
+                                new: DecisionState::Granted,
+                                cause: Cause::Popup,
+                            },
+                        )],
+                        ..WriteSet::default()
+                    })
+                }))
+                .await
+                .unwrap();
+        }
+        assert!(store.verify().await.unwrap().mismatches.is_empty());
+        let mut client = store.client.clone();
+        let data = format!("{}data/", store.config.prefix);
+        client
+            .delete(format!("{data}u/u\0wxa"), None)
+            .await
+            .unwrap();
+        client
+            .put(format!("{data}u/ghost\0wxb"), "", None)
+            .await
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let text = store.verify().await.unwrap().mismatches.join("\n");
+            if text.contains("ghost in wxb") && text.contains("u has stored state in wxa") {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{text}");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
         store.close().await.unwrap();
     }
 }

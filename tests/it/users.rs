@@ -475,7 +475,14 @@ async fn kill_9_during_reset_or_erase_leaves_all_or_nothing() {
                 "round {n}: erasing {erasing}, killed after {delay_ms} ms, acknowledged: {acked:?}"
             );
 
-            let h = TestDaemon::with(|cfg| cfg.data_dir = data.clone()).await;
+            // The child above is a sled daemon (a kill -9 of its data dir's
+            // process); on etcd the erasing write is one etcd transaction and
+            // an interrupted scrub resumes on any daemon (etcd_store tests).
+            let h = TestDaemon::with(|cfg| {
+                cfg.data_dir = data.clone();
+                *cfg = crate::support::on_sled(cfg.clone());
+            })
+            .await;
             let c = h.client();
             let context =
                 format!("round {n} (kill after {delay_ms} ms, erasing {erasing}, acked {acked:?})");
@@ -523,7 +530,7 @@ async fn kill_9_during_reset_or_erase_leaves_all_or_nothing() {
 async fn opening_a_format_4_store_builds_the_user_index() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let h = TestDaemon::with(|cfg| cfg.data_dir = data.clone()).await;
+    let h = TestDaemon::with(|cfg| *cfg = sled_at(cfg, &data)).await;
     let apps = seed(&h.client(), 3).await;
     h.stop().await;
     {
@@ -539,7 +546,7 @@ async fn opening_a_format_4_store_builds_the_user_index() {
         tree.insert(b"m/format", &previous.to_be_bytes()).unwrap();
         db.flush().unwrap();
     }
-    let h = TestDaemon::with(|cfg| cfg.data_dir = data.clone()).await;
+    let h = TestDaemon::with(|cfg| *cfg = sled_at(cfg, &data)).await;
     let c = h.client();
     let listed = list_all(&c, USER, "", 100).await;
     let ids: Vec<&str> = listed.iter().map(|a| a.app_id.as_str()).collect();
@@ -558,7 +565,7 @@ async fn opening_a_format_4_store_builds_the_user_index() {
 async fn verify_reports_an_index_out_of_line_both_ways() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let h = TestDaemon::with(|cfg| cfg.data_dir = data.clone()).await;
+    let h = TestDaemon::with(|cfg| *cfg = sled_at(cfg, &data)).await;
     seed(&h.client(), 2).await;
     h.stop().await;
     {
@@ -570,7 +577,7 @@ async fn verify_reports_an_index_out_of_line_both_ways() {
             .unwrap();
         db.flush().unwrap();
     }
-    let h = TestDaemon::with(|cfg| cfg.data_dir = data.clone()).await;
+    let h = TestDaemon::with(|cfg| *cfg = sled_at(cfg, &data)).await;
     let v = h
         .client()
         .admin()
@@ -678,4 +685,13 @@ async fn consentctl_user_list_reset_and_erase() {
     );
     assert!(list_all(&c, USER, "", 100).await.is_empty());
     h.stop().await;
+}
+
+/// `cfg` on the sled store at `data`: for tests that edit the sled data dir
+/// itself (its format, its index keys); their etcd equivalents are in
+/// `src/store/etcd_store.rs` (`etcd_verify_reports_an_index_out_of_line_both_ways`).
+fn sled_at(cfg: &consentd::config::Config, data: &std::path::Path) -> consentd::config::Config {
+    let mut cfg = crate::support::on_sled(cfg.clone());
+    cfg.data_dir = data.to_path_buf();
+    cfg
 }
