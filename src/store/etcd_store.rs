@@ -11,8 +11,10 @@
 //! per entry, not sled's chunks: `E/<revision>` holds one event
 //! (`encode_event`), `A/<seq>` one audit record (`encode_audit`) with its
 //! index entry `I/<app>\0<seq>` (small etcd values, one watch event each,
-//! trimmed by deleting keys). `<prefix>data/m/etcd_format` is this layout's
-//! version and `<prefix>lock/...` the write lock's keys (etcd's Lock API).
+//! trimmed by deleting keys); the per-user index `u/<user>\0<app>` and the
+//! erasure markers `x/<pseudonym>` of `sled_users`. `<prefix>data/m/etcd_format`
+//! is this layout's version ([`ETCD_FORMAT`]) and `<prefix>lock/...` the
+//! write lock's keys (etcd's Lock API).
 
 use std::{
     collections::BTreeMap,
@@ -46,8 +48,10 @@ use crate::{
     domain::{App, AppId, AuditQuery, DecisionState, Event, StateQuery, SubjectState, UserId},
 };
 
-/// The version of the etcd key layout, under `m/etcd_format`.
-pub const ETCD_FORMAT: u64 = 1;
+/// The version of the etcd key layout, under `m/etcd_format`. Layout 2
+/// adds the per-user index (`u/<user>\0<app>`) and erasure markers
+/// (`x/<pseudonym>`); opening a layout-1 prefix builds the index.
+pub const ETCD_FORMAT: u64 = 2;
 const ETCD_FORMAT_KEY: &[u8] = b"m/etcd_format";
 /// Keys read per etcd range request when loading the view.
 const LOAD_PAGE: i64 = 2000;
@@ -193,7 +197,7 @@ impl EtcdStore {
         let mut replica = load(&mut client, &data_prefix, config.timeout)
             .await
             .map_err(|e| open_err(e.to_string()))?;
-        check_format(&mut client, &data_prefix, &mut replica, config.timeout)
+        let layout = check_format(&mut client, &data_prefix, &mut replica, config.timeout)
             .await
             .map_err(|e| open_err(e.to_string()))?;
         let lease = bounded(
@@ -262,6 +266,13 @@ impl EtcdStore {
             lease,
             config: config.clone(),
         };
+        if layout < 2 {
+            let written = store
+                .build_index()
+                .await
+                .map_err(|e| open_err(format!("building the per-user index (layout 2): {e}")))?;
+            tracing::info!(written, "etcd layout 2: per-user index built");
+        }
         // An erasure whose scrub a crash interrupted (on this daemon or any
         // other) finishes before anything is served.
         if store.erasures_pending()? {
@@ -282,6 +293,31 @@ impl EtcdStore {
             .scan_prefix(sled_users::ERASURE_PREFIX)
             .next()
             .is_some())
+    }
+
+    /// Brings the per-user index in line with the stored state, in fenced
+    /// transactions of bounded size, and records layout 2 in the last one
+    /// (an interrupted build is redone on the next open); returns how many
+    /// index keys it wrote or removed.
+    async fn build_index(&self) -> Result<u64, StoreError> {
+        let budget = self.config.max_txn_ops.max(8) - 4;
+        let mut written = 0;
+        loop {
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            self.maintain(Box::new(move |replica| {
+                let (overlay, n, done) = index_build_plan(replica, budget)?;
+                let _ = tx.send((n, done));
+                Ok(overlay)
+            }))
+            .await?;
+            let (n, done) = rx
+                .try_recv()
+                .map_err(|_| StoreError::Internal("the index build planned nothing".into()))?;
+            written += n;
+            if done {
+                return Ok(written);
+            }
+        }
     }
 
     /// Runs one fenced transaction of the first pending erasure's scrub
@@ -396,7 +432,7 @@ async fn check_format(
     data_prefix: &[u8],
     replica: &mut Replica,
     timeout: Duration,
-) -> Result<(), StoreError> {
+) -> Result<u64, StoreError> {
     match replica.kv.get(ETCD_FORMAT_KEY) {
         Some(raw) => {
             let found = codec::decode_u64(raw)?;
@@ -405,7 +441,7 @@ async fn check_format(
                     "the prefix holds etcd layout {found}; this consentd reads layout {ETCD_FORMAT}"
                 )));
             }
-            Ok(())
+            Ok(found)
         }
         None if !replica.kv.is_empty() => Err(StoreError::Corrupt(
             "the prefix holds keys but no consentd layout marker (m/etcd_format): not a \
@@ -421,7 +457,9 @@ async fn check_format(
                 .and_then([TxnOp::put(key, value.clone(), None)]);
             bounded(timeout, "writing the layout marker", client.txn(txn)).await?;
             // The watch brings the key into the view; readers never need it.
-            Ok(())
+            // (A daemon that lost the race to an older one meets layout 1
+            // on its next open and builds the index then.)
+            Ok(ETCD_FORMAT)
         }
     }
 }
@@ -1274,6 +1312,33 @@ fn derived_index(replica: &Replica) -> Result<std::collections::BTreeSet<Vec<u8>
     Ok(pairs)
 }
 
+/// Plans at most `max_ops` index keys that the stored state implies but the
+/// index lacks (or the reverse); when that is all of them, also records
+/// layout [`ETCD_FORMAT`]. Returns the keys, how many, and whether done.
+fn index_build_plan(replica: &Replica, max_ops: usize) -> Result<(Overlay, u64, bool), StoreError> {
+    let mut derived = derived_index(replica)?;
+    let mut overlay = Overlay::new();
+    for (key, _) in replica.scan_prefix(sled_users::USER_INDEX_PREFIX) {
+        if !derived.remove(key) {
+            overlay.insert(key.clone(), None);
+        }
+    }
+    for key in derived {
+        overlay.insert(key, Some(Vec::new()));
+    }
+    let total = overlay.len();
+    let mut overlay: Overlay = overlay.into_iter().take(max_ops.max(1)).collect();
+    let n = overlay.len() as u64;
+    let done = overlay.len() == total;
+    if done {
+        overlay.insert(
+            ETCD_FORMAT_KEY.to_vec(),
+            Some(codec::encode_u64(ETCD_FORMAT).to_vec()),
+        );
+    }
+    Ok((overlay, n, done))
+}
+
 /// Compares the per-user index with the state it follows, both ways.
 fn verify_index(replica: &Replica, mut note: impl FnMut(String)) -> Result<(), StoreError> {
     let mut derived = derived_index(replica)?;
@@ -1302,7 +1367,7 @@ fn describe(tail: &[u8]) -> String {
 mod contract_tests {
     use std::sync::Arc;
 
-    use super::{EtcdConfig, EtcdStore};
+    use super::{codec, EtcdConfig, EtcdStore, ETCD_FORMAT_KEY};
     use crate::{
         clock::SystemClock,
         store::{
@@ -1843,6 +1908,88 @@ mod contract_tests {
             assert!(tokio::time::Instant::now() < deadline, "{text}");
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
+        store.close().await.unwrap();
+    }
+
+    /// A prefix written by layout 1 (no per-user index): the next daemon
+    /// to open it builds the index in bounded fenced transactions and
+    /// records layout 2.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs the etcd binary: scripts/test runs it (--ignored etcd)"]
+    async fn etcd_opening_a_layout_1_prefix_builds_the_user_index() {
+        use crate::{
+            domain::{AppId, Cause, Change, DecisionState, Scope, Subject, UserId},
+            store::WriteSet,
+        };
+        let backend = Etcd::new();
+        let store = backend.open_with("layout1", std::time::Duration::ZERO, 10_000);
+        let apps = ["wxa", "wxb", "wxc", "wxd", "wxe"];
+        for app in apps {
+            store
+                .submit(Box::new(move |_| {
+                    Ok(WriteSet {
+                        changes: ["u", "v"]
+                            .map(|user| {
+                                (
+                                    Subject {
+                                        app: AppId::parse(app).unwrap(),
+                                        user: UserId::parse(user).unwrap(),
+                                    },
+                                    Change {
+                                        scope: Scope::Camera,
+                                        old: DecisionState::NotDetermined,
+                                        new: DecisionState::Granted,
+                                        cause: Cause::Popup,
+                                    },
+                                )
+                            })
+                            .into(),
+                        ..WriteSet::default()
+                    })
+                }))
+                .await
+                .unwrap();
+        }
+        // What a layout-1 daemon leaves: no `u/` keys, layout 1.
+        let mut client = store.client.clone();
+        let data = format!("{}data/", store.config.prefix);
+        client
+            .delete(
+                format!("{data}u/"),
+                Some(etcd_client::DeleteOptions::new().with_prefix()),
+            )
+            .await
+            .unwrap();
+        client
+            .put(
+                format!("{data}m/etcd_format"),
+                codec::encode_u64(1).to_vec(),
+                None,
+            )
+            .await
+            .unwrap();
+        store.close().await.unwrap();
+        // Small transactions: the build takes several.
+        let store = backend.open_with("layout1", std::time::Duration::ZERO, 8);
+        for user in ["u", "v"] {
+            let listed: Vec<String> = store
+                .user_apps(&UserId::parse(user).unwrap(), None, 100)
+                .unwrap()
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            assert_eq!(listed, apps);
+        }
+        let v = store.verify().await.unwrap();
+        assert!(v.mismatches.is_empty(), "{:?}", v.mismatches);
+        let layout = store
+            .shared
+            .read()
+            .unwrap()
+            .kv
+            .get(ETCD_FORMAT_KEY)
+            .cloned();
+        assert_eq!(layout, Some(codec::encode_u64(2).to_vec()));
         store.close().await.unwrap();
     }
 }

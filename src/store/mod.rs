@@ -93,6 +93,36 @@
 //! - **Retention.** Compaction and audit trimming are ordinary fenced
 //!   commits (checkpoint, horizon and deletions in one transaction), so
 //!   OUT_OF_RANGE behaves as in sled mode on every daemon.
+//! - **The per-user index (item 8).** The writer stages the index keys
+//!   (`u/<user>\0<app>`, the sled keys) after each job, from the job's
+//!   writes over the view and its group, and commits them in the same
+//!   fenced etcd transaction as the state they follow; every daemon's
+//!   view gets them through its watch, so `user_apps` is a local range
+//!   read. Verify derives the index from the decision, privacy and anti-nag
+//!   keys and compares both ways. Layout 2 (`m/etcd_format`) has the
+//!   index: the first layout-2 daemon to open a layout-1 prefix builds it
+//!   in bounded fenced transactions and records layout 2 in the last one
+//!   (stop layout-1 daemons first: they write no index).
+//! - **Erasure (item 9).** The marker (`x/<pseudonym>`, the sled value)
+//!   commits in the erasing job's transaction, with its revocations, which
+//!   Watch subscribers get as usual. The scrub cannot be one transaction
+//!   (one key per event and audit record, within `--max-txn-ops` /
+//!   `--max-request-bytes`): each step is a maintenance commit, fenced
+//!   like every write, planned on the current view: first each (app,
+//!   scope) of the user's retained events up to the erasure, its checkpoint
+//!   entry and those events together (so checkpoint + log keeps folding to
+//!   the decisions between steps unless one such unit alone exceeds a
+//!   transaction), then the audit records up to the erasure's sequence
+//!   number, then timers whose keys name the user; the marker is deleted in
+//!   the step that takes the last of them. A step rewrites only what still
+//!   names the user, so a scrub cut short (a crash, a lost lock, no quorum)
+//!   is resumed by planning again: `finish_erasures`, `recover`, and every
+//!   daemon's open (which finishes it before serving). Until then the
+//!   retained log still names the user in what is not yet rewritten.
+//!   Every daemon's view takes the rewritten keys through its watch; the
+//!   rewrites do not move the store revision and are not published to
+//!   Watch subscribers again (a view publishes only events above the
+//!   revision it had).
 
 #[cfg(test)]
 pub(crate) mod contract;
