@@ -505,9 +505,23 @@ impl Store for SledStore {
     }
 
     fn finish_erasures(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
-        Box::pin(self.exclusive(|w| {
-            sled_users::scrub_pending(&w.tree, w.shared.compacted_through.load(Ordering::Acquire))
-        }))
+        Box::pin(async move {
+            // Reading the log for the user's records needs no exclusive
+            // turn; only the rewrite of what was found does.
+            let tree = self.tree()?;
+            let horizon = self.compacted_through();
+            let plans =
+                tokio::task::spawn_blocking(move || sled_users::plan_scrubs(&tree, horizon))
+                    .await
+                    .map_err(|e| StoreError::Internal(format!("planning a scrub: {e}")))??;
+            let mut renamed = 0;
+            for plan in plans {
+                renamed += self
+                    .exclusive(move |w| sled_users::apply_scrub(&w.tree, &plan))
+                    .await?;
+            }
+            Ok(renamed)
+        })
     }
 
     fn decisions_after(
