@@ -33,6 +33,61 @@ pub const DEFAULT_UNIX_SOCKET_MODE: u32 = 0o600;
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 8192;
+/// Every key of an etcd-backed store starts with this unless
+/// `--etcd-prefix` says otherwise.
+pub const DEFAULT_ETCD_PREFIX: &str = "/consentd/";
+/// etcd's own default `--max-txn-ops` and `--max-request-bytes` (about).
+pub const DEFAULT_ETCD_MAX_TXN_OPS: usize = 128;
+pub const DEFAULT_ETCD_MAX_TXN_BYTES: usize = 1 << 20;
+pub const DEFAULT_ETCD_LEASE_TTL: Duration = Duration::from_secs(10);
+pub const DEFAULT_ETCD_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Which store the daemon runs on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// An embedded sled store in `data_dir` (one daemon).
+    #[default]
+    Sled,
+    /// An etcd cluster shared by any number of daemons (needs a build with
+    /// the cargo feature `etcd`).
+    Etcd,
+}
+
+/// Where the etcd-backed store lives and how to write to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EtcdSettings {
+    /// Client URLs of the members (`http://host:2379`).
+    pub endpoints: Vec<String>,
+    /// Every key of the store starts with it.
+    pub prefix: String,
+    /// etcd user, when etcd has authentication on; the password is read
+    /// from `password_file`.
+    pub user: Option<String>,
+    pub password_file: Option<PathBuf>,
+    /// Must not exceed the members' `--max-txn-ops` / `--max-request-bytes`.
+    pub max_txn_ops: usize,
+    pub max_txn_bytes: usize,
+    /// A dead daemon holds the write lock at most this long.
+    pub lease_ttl: Duration,
+    /// Bound on each etcd call.
+    pub timeout: Duration,
+}
+
+impl Default for EtcdSettings {
+    fn default() -> Self {
+        Self {
+            endpoints: Vec::new(),
+            prefix: DEFAULT_ETCD_PREFIX.into(),
+            user: None,
+            password_file: None,
+            max_txn_ops: DEFAULT_ETCD_MAX_TXN_OPS,
+            max_txn_bytes: DEFAULT_ETCD_MAX_TXN_BYTES,
+            lease_ttl: DEFAULT_ETCD_LEASE_TTL,
+            timeout: DEFAULT_ETCD_TIMEOUT,
+        }
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -68,7 +123,11 @@ pub struct Config {
     pub connections: ConnectionLimits,
     /// Prometheus endpoint (`GET /metrics`); off when `None`.
     pub metrics_listen: Option<SocketAddr>,
+    /// sled (the default, in `data_dir`) or etcd (`etcd`).
+    pub store: StoreKind,
     pub data_dir: PathBuf,
+    /// The etcd cluster, for `store = etcd`.
+    pub etcd: EtcdSettings,
     pub log_format: LogFormat,
     /// Log filter (`info`, `warn,consentd=debug`); `None`: `RUST_LOG`, else
     /// [`DEFAULT_LOG_LEVEL`].
@@ -169,7 +228,9 @@ impl Default for Config {
             },
             connections: ConnectionLimits::default(),
             metrics_listen: None,
+            store: StoreKind::Sled,
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            etcd: EtcdSettings::default(),
             log_format: LogFormat::Auto,
             log_level: None,
             cache_capacity: DEFAULT_CACHE_CAPACITY,
@@ -250,6 +311,22 @@ pub struct Args {
     /// Directory holding the store [default: ./consentd-data].
     #[arg(long, env = "CONSENTD_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Store backend: sled (embedded, in --data-dir) or etcd (a cluster
+    /// shared by several daemons; see --etcd-endpoints) [default: sled].
+    #[arg(long, env = "CONSENTD_STORE", value_enum)]
+    pub store: Option<StoreKind>,
+    /// etcd client URLs, comma-separated (http://host:2379,...), for
+    /// --store etcd.
+    #[arg(
+        long,
+        env = "CONSENTD_ETCD_ENDPOINTS",
+        value_name = "URL",
+        value_delimiter = ','
+    )]
+    pub etcd_endpoints: Vec<String>,
+    /// Key prefix of the store in etcd [default: /consentd/].
+    #[arg(long, env = "CONSENTD_ETCD_PREFIX", value_name = "PREFIX")]
+    pub etcd_prefix: Option<String>,
     /// TOML configuration file.
     #[arg(long, env = "CONSENTD_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -282,7 +359,9 @@ pub struct FileConfig {
     pub limits: Option<FileLimits>,
     #[serde(default, deserialize_with = "tcp_addr")]
     pub metrics_listen: Option<SocketAddr>,
+    pub store: Option<StoreKind>,
     pub data_dir: Option<PathBuf>,
+    pub etcd: Option<FileEtcd>,
     pub log_format: Option<LogFormat>,
     pub log_level: Option<String>,
     pub cache_capacity: Option<u64>,
@@ -299,6 +378,20 @@ pub struct FileConfig {
     pub privacy: Option<FilePrivacy>,
     pub audit: Option<FileAudit>,
     pub anti_nag: Option<FileAntiNag>,
+}
+
+/// `[etcd]`: the cluster of `store = "etcd"`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileEtcd {
+    pub endpoints: Option<Vec<String>>,
+    pub prefix: Option<String>,
+    pub user: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub max_txn_ops: Option<usize>,
+    pub max_txn_bytes: Option<usize>,
+    pub lease_ttl_secs: Option<u64>,
+    pub timeout_ms: Option<u64>,
 }
 
 /// An optional `IP:PORT` or `localhost:PORT`, with `--listen`'s message.
@@ -542,7 +635,26 @@ impl Config {
                 }
             },
             metrics_listen: args.metrics_listen.or(file.metrics_listen),
+            store: args.store.or(file.store).unwrap_or(d.store),
             data_dir: args.data_dir.or(file.data_dir).unwrap_or(d.data_dir),
+            etcd: {
+                let f = file.etcd.unwrap_or_default();
+                let de = d.etcd;
+                EtcdSettings {
+                    endpoints: if args.etcd_endpoints.is_empty() {
+                        f.endpoints.unwrap_or(de.endpoints)
+                    } else {
+                        args.etcd_endpoints
+                    },
+                    prefix: args.etcd_prefix.or(f.prefix).unwrap_or(de.prefix),
+                    user: f.user,
+                    password_file: f.password_file,
+                    max_txn_ops: f.max_txn_ops.unwrap_or(de.max_txn_ops),
+                    max_txn_bytes: f.max_txn_bytes.unwrap_or(de.max_txn_bytes),
+                    lease_ttl: f.lease_ttl_secs.map_or(de.lease_ttl, Duration::from_secs),
+                    timeout: f.timeout_ms.map_or(de.timeout, Duration::from_millis),
+                }
+            },
             log_format: args.log_format.or(file.log_format).unwrap_or(d.log_format),
             log_level: args.log_level.or(file.log_level),
             cache_capacity: args
@@ -699,11 +811,74 @@ impl Config {
                 "max_concurrent_streams must be at least 1".into(),
             ));
         }
+        config.check_store()?;
         Ok(config)
     }
 }
 
 impl Config {
+    /// The etcd settings make sense, and are only given for `store = etcd`.
+    fn check_store(&self) -> Result<(), ConfigError> {
+        let e = &self.etcd;
+        if self.store == StoreKind::Sled {
+            if *e != EtcdSettings::default() {
+                return Err(ConfigError::Invalid(
+                    "etcd settings (--etcd-endpoints, --etcd-prefix, [etcd]) are given but the \
+                     store is sled: add --store etcd (or store = \"etcd\"), or remove them"
+                        .into(),
+                ));
+            }
+            return Ok(());
+        }
+        if e.endpoints.is_empty() {
+            return Err(ConfigError::Invalid(
+                "--store etcd needs --etcd-endpoints (or [etcd] endpoints in the config file)"
+                    .into(),
+            ));
+        }
+        for url in &e.endpoints {
+            let Some(rest) = url.strip_prefix("http://") else {
+                return Err(ConfigError::Invalid(format!(
+                    "etcd endpoint {url:?} is not an http:// URL (http://host:port; TLS \
+                     towards etcd is not supported yet)"
+                )));
+            };
+            if rest.is_empty() || rest.contains('/') {
+                return Err(ConfigError::Invalid(format!(
+                    "etcd endpoint {url:?}: expected http://host:port"
+                )));
+            }
+        }
+        if e.prefix.is_empty() {
+            return Err(ConfigError::Invalid(
+                "--etcd-prefix must not be empty (the store's keys start with it)".into(),
+            ));
+        }
+        if e.user.is_some() != e.password_file.is_some() {
+            return Err(ConfigError::Invalid(
+                "[etcd] user and password_file go together".into(),
+            ));
+        }
+        if e.max_txn_ops < 8 {
+            return Err(ConfigError::Invalid(format!(
+                "etcd.max_txn_ops {} is too small (at least 8; etcd's default is 128)",
+                e.max_txn_ops
+            )));
+        }
+        if e.max_txn_bytes < 4096 {
+            return Err(ConfigError::Invalid(format!(
+                "etcd.max_txn_bytes {} is too small (at least 4096)",
+                e.max_txn_bytes
+            )));
+        }
+        if e.lease_ttl < Duration::from_secs(2) || e.timeout.is_zero() {
+            return Err(ConfigError::Invalid(
+                "etcd.lease_ttl_secs must be at least 2 and etcd.timeout_ms positive".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// The safe default: without credentials and TLS, listen on loopback
     /// and unix sockets only, unless `insecure` says otherwise. Checked when
     /// the config is resolved and again when a daemon starts.
@@ -844,6 +1019,76 @@ mod tests {
         );
         assert_eq!(c.data_dir, PathBuf::from("/d"));
         assert_eq!(c.cache_capacity, DEFAULT_CACHE_CAPACITY);
+    }
+
+    #[test]
+    fn store_is_sled_unless_etcd_is_chosen_with_its_endpoints() {
+        let c = Config::resolve(Args::default(), FileConfig::default()).unwrap();
+        assert_eq!(c.store, StoreKind::Sled);
+
+        let args = Args {
+            store: Some(StoreKind::Etcd),
+            etcd_endpoints: vec![
+                "http://127.0.0.1:2379".into(),
+                "http://10.0.0.2:2379".into(),
+            ],
+            etcd_prefix: Some("/p/".into()),
+            ..Args::default()
+        };
+        let c = Config::resolve(
+            args,
+            file("[etcd]\nprefix = \"/file/\"\nmax_txn_ops = 1000"),
+        )
+        .unwrap();
+        assert_eq!(c.store, StoreKind::Etcd);
+        assert_eq!(c.etcd.endpoints.len(), 2);
+        assert_eq!(c.etcd.prefix, "/p/", "the flag beats the file");
+        assert_eq!(c.etcd.max_txn_ops, 1000);
+
+        let c = Config::resolve(
+            Args::default(),
+            file("store = \"etcd\"\n[etcd]\nendpoints = [\"http://h:2379\"]"),
+        )
+        .unwrap();
+        assert_eq!(
+            (c.store, c.etcd.prefix.as_str()),
+            (StoreKind::Etcd, DEFAULT_ETCD_PREFIX)
+        );
+
+        let refused =
+            |args: Args, text: &str| Config::resolve(args, file(text)).unwrap_err().to_string();
+        let etcd = || Args {
+            store: Some(StoreKind::Etcd),
+            ..Args::default()
+        };
+        assert!(refused(etcd(), "").contains("--store etcd needs --etcd-endpoints"));
+        let bad = refused(
+            Args {
+                etcd_endpoints: vec!["127.0.0.1:2379".into()],
+                ..etcd()
+            },
+            "",
+        );
+        assert!(
+            bad.contains("\"127.0.0.1:2379\" is not an http:// URL"),
+            "{bad}"
+        );
+        let ignored = refused(
+            Args {
+                etcd_endpoints: vec!["http://h:2379".into()],
+                ..Args::default()
+            },
+            "",
+        );
+        assert!(ignored.contains("but the store is sled"), "{ignored}");
+        assert!(refused(
+            Args {
+                etcd_endpoints: vec!["http://h:2379".into()],
+                ..etcd()
+            },
+            "[etcd]\nuser = \"u\"",
+        )
+        .contains("user and password_file go together"));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use crate::{
     auth::{Authenticator, CredentialsError},
     broker::Broker,
     clock::{SharedClock, SystemClock},
-    config::Config,
+    config::{Config, StoreKind},
     grpc::{AccessLayer, AdminService, AppsService, AuthorizationService},
     metrics::{self, Metrics, MetricsError, RpcLayer},
     pb::{
@@ -59,6 +59,74 @@ fn data_dir_in_use(e: StoreError) -> ServerError {
         }
         e => e.into(),
     }
+}
+
+/// Opens the store `config.store` names: sled in `data_dir`, or etcd.
+async fn open_store(
+    config: &Config,
+    metrics: Arc<Metrics>,
+    clock: SharedClock,
+) -> Result<Arc<dyn Store>, ServerError> {
+    match config.store {
+        StoreKind::Sled => {
+            let sled_config = SledConfig {
+                path: config.data_dir.clone(),
+                cache_capacity: config.cache_capacity,
+                max_batch: config.max_batch,
+                queue_depth: config.queue_depth,
+                publish_capacity: config.publish_capacity,
+                observer: Some(metrics),
+                flush_on_commit: config.flush_on_commit,
+                clock,
+            };
+            let store = tokio::task::spawn_blocking(move || SledStore::open(&sled_config))
+                .await
+                .map_err(|e| ServerError::Internal(format!("opening the store: {e}")))?
+                .map_err(data_dir_in_use)?;
+            Ok(Arc::new(store))
+        }
+        StoreKind::Etcd => open_etcd(config, metrics, clock).await,
+    }
+}
+
+#[cfg(feature = "etcd")]
+async fn open_etcd(
+    config: &Config,
+    metrics: Arc<Metrics>,
+    clock: SharedClock,
+) -> Result<Arc<dyn Store>, ServerError> {
+    use crate::{config::ConfigError, store::EtcdConfig};
+    let e = &config.etcd;
+    let mut etcd = EtcdConfig::new(e.endpoints.clone(), e.prefix.clone(), clock);
+    if let (Some(user), Some(file)) = (&e.user, &e.password_file) {
+        let password = std::fs::read_to_string(file).map_err(|err| {
+            ConfigError::Invalid(format!("etcd.password_file {}: {err}", file.display()))
+        })?;
+        etcd.user = Some((user.clone(), password.trim_end().to_owned()));
+    }
+    etcd.max_batch = config.max_batch;
+    etcd.queue_depth = config.queue_depth;
+    etcd.publish_capacity = config.publish_capacity;
+    etcd.max_txn_ops = e.max_txn_ops;
+    etcd.max_txn_bytes = e.max_txn_bytes;
+    etcd.lease_ttl = e.lease_ttl;
+    etcd.timeout = e.timeout;
+    etcd.observer = Some(metrics);
+    Ok(Arc::new(crate::store::EtcdStore::open(&etcd).await?))
+}
+
+#[cfg(not(feature = "etcd"))]
+async fn open_etcd(
+    _: &Config,
+    _: Arc<Metrics>,
+    _: SharedClock,
+) -> Result<Arc<dyn Store>, ServerError> {
+    Err(crate::config::ConfigError::Invalid(
+        "--store etcd: this consentd was built without the etcd backend; build it with \
+         `cargo build --release --features etcd` (needs protoc: Debian protobuf-compiler)"
+            .into(),
+    )
+    .into())
 }
 
 /// A running daemon. Dropping it without [`Daemon::shutdown`] aborts its
@@ -119,21 +187,7 @@ impl Daemon {
             listeners.push(listener);
         }
         let metrics = Arc::new(Metrics::new()?);
-        let sled_config = SledConfig {
-            path: config.data_dir.clone(),
-            cache_capacity: config.cache_capacity,
-            max_batch: config.max_batch,
-            queue_depth: config.queue_depth,
-            publish_capacity: config.publish_capacity,
-            observer: Some(metrics.clone()),
-            flush_on_commit: config.flush_on_commit,
-            clock: clock.clone(),
-        };
-        let store = tokio::task::spawn_blocking(move || SledStore::open(&sled_config))
-            .await
-            .map_err(|e| ServerError::Internal(format!("opening the store: {e}")))?
-            .map_err(data_dir_in_use)?;
-        let store: Arc<dyn Store> = Arc::new(store);
+        let store = open_store(&config, metrics.clone(), clock.clone()).await?;
         let broker = Broker::new(store.clone(), config.rules.clone())
             .with_session_idle_timeout(config.grants.session_idle_timeout)
             .with_privacy_gap(config.grants.privacy_disagree_gap)
@@ -234,6 +288,7 @@ impl Daemon {
             listen = ?shown,
             tls = tls.is_some(),
             mtls = tls.as_ref().is_some_and(|t| t.requires_client_certs()),
+            store = ?config.store,
             data_dir = %config.data_dir.display(),
             revision = store.revision(),
             "consentd serving"

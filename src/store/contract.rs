@@ -20,10 +20,18 @@ pub(crate) trait Backend {
 }
 
 /// Expands to one `#[tokio::test]` per contract check, each on a store
-/// from `$backend` (an expression that makes a fresh [`Backend`]).
+/// from `$backend` (an expression that makes a fresh [`Backend`]);
+/// `ignore = "why"` first marks them ignored (a backend that needs a
+/// service, run by `--ignored`).
 macro_rules! store_contract_tests {
+    (ignore = $why:literal, $backend:expr) => {
+        $crate::store::contract::store_contract_tests!(@all [#[ignore = $why]] $backend);
+    };
     ($backend:expr) => {
-        $crate::store::contract::store_contract_tests!(@each $backend;
+        $crate::store::contract::store_contract_tests!(@all [] $backend);
+    };
+    (@all [$(#[$attr:meta])*] $backend:expr) => {
+        $crate::store::contract::store_contract_tests!(@each [$(#[$attr])*] $backend;
             a_failed_or_panicking_job_writes_nothing,
             every_change_takes_the_next_revision_and_one_event,
             acknowledged_writes_survive_a_reopen,
@@ -33,18 +41,20 @@ macro_rules! store_contract_tests {
             subject_reads_what_the_query_asks_for,
             the_log_pages_from_any_revision_and_trims_inside_a_group,
             the_user_index_follows_every_write,
-            an_erasure_renames_the_user_in_everything_retained,
-            a_pending_erasure_finishes_when_the_store_reopens,
         );
     };
-    (@each $backend:expr; $($check:ident),* $(,)?) => {
+    (@each $attrs:tt $backend:expr; $($check:ident),* $(,)?) => {
         $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $check() {
-                let backend = $backend;
-                $crate::store::contract::$check(&backend).await;
-            }
+            $crate::store::contract::store_contract_tests!(@one $attrs $backend; $check);
         )*
+    };
+    (@one [$(#[$attr:meta])*] $backend:expr; $check:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        $(#[$attr])*
+        async fn $check() {
+            let backend = $backend;
+            $crate::store::contract::$check(&backend).await;
+        }
     };
 }
 pub(crate) use store_contract_tests;

@@ -46,9 +46,68 @@
 //!    checkpoint entry and audit record written up to that job, atomically,
 //!    so revisions stay contiguous and checkpoint + log still folds to the
 //!    stored decisions.
+//!
+//! # The etcd backend: its consistency model (cargo feature `etcd`)
+//! `EtcdStore` keeps the contract above with any number of daemons sharing
+//! one etcd cluster (keys under one `--etcd-prefix`):
+//! - **One global revision sequence.** `m/revision` is written by every
+//!   commit in the same etcd transaction as the commit's keys, so every
+//!   daemon sees one log (`e/<revision>`) in one order, strictly increasing
+//!   with no gap, across daemon restarts.
+//! - **Writes: one writer at a time, fenced.** Jobs run once (they are
+//!   `FnOnce`), so they must never be re-run after a conflict. A daemon's
+//!   writer therefore writes only while it holds the store's etcd lock
+//!   (etcd's Lock API on a lease the daemon keeps alive; held while it has
+//!   writes queued, at most ~50 ms at a time, then let go so other daemons
+//!   get their turn). With the lock it reads `m/revision`, waits until its
+//!   local view has applied that commit, runs the jobs on the view plus
+//!   the group's staged writes, and commits the group in one transaction
+//!   that compares `m/revision`'s etcd `mod_revision` with the one the jobs
+//!   read and checks that its lock key still exists. If either compare
+//!   fails (its lease lapsed and another daemon wrote), nothing is written
+//!   and the jobs fail with UNAVAILABLE: a daemon never commits on a stale
+//!   view, so no update is lost and every job's invariants hold over the
+//!   whole cluster. A group larger than etcd's `--max-txn-ops` /
+//!   `--max-request-bytes` is split into transactions at job boundaries.
+//! - **Acknowledged after quorum.** A write is acknowledged once etcd has
+//!   committed its transaction (a Raft quorum) *and* this daemon's view has
+//!   applied it: read-your-writes on the daemon that acknowledged it. An
+//!   etcd error or timeout on commit is UNAVAILABLE with an unknown outcome
+//!   (the write may have committed; its revision then shows in the log).
+//! - **Reads are local.** Every read (Authorize, CheckApi, Watch catch-up,
+//!   exports, audit pages) is served from the daemon's in-memory view, fed
+//!   by one etcd watch from the revision it has applied, with no etcd
+//!   round trip. A view is a consistent prefix of the log, at most as far
+//!   behind etcd as the watch delivers (milliseconds when etcd is
+//!   healthy); another daemon's write becomes visible here when the watch
+//!   applies it. While etcd is unreachable reads go on from the last
+//!   applied view and writes fail with UNAVAILABLE.
+//! - **Watch.** Every daemon publishes every commit from its watch as one
+//!   contiguous group, so a client can resume `Watch` on any daemon with
+//!   the same `start_revision`: no gap, no duplicate.
+//! - **Start.** A daemon loads the whole prefix at one etcd revision, then
+//!   watches from the next one; if etcd compacted its own history past the
+//!   view while the watch was broken, the view is reloaded whole (the next
+//!   published group then says so by its `prev_revision`, and subscribers
+//!   catch up from the log).
+//! - **Retention.** Compaction and audit trimming are ordinary fenced
+//!   commits (checkpoint, horizon and deletions in one transaction), so
+//!   OUT_OF_RANGE behaves as in sled mode on every daemon.
 
 #[cfg(test)]
 pub(crate) mod contract;
+// Shared as source with tests/it: not every helper is used by both.
+#[cfg(test)]
+#[allow(dead_code)]
+pub(crate) mod etcd_cluster;
+#[cfg(test)]
+mod etcd_cluster_tests;
+#[cfg(feature = "etcd")]
+mod etcd_replica;
+#[cfg(feature = "etcd")]
+mod etcd_store;
+#[cfg(feature = "etcd")]
+mod etcd_writer;
 mod sled_codec;
 mod sled_durability;
 mod sled_maintenance;
@@ -62,6 +121,8 @@ use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use tokio::sync::broadcast;
 
+#[cfg(feature = "etcd")]
+pub use etcd_store::{EtcdConfig, EtcdStore, ETCD_FORMAT};
 use sled_codec as codec;
 pub use sled_codec::FORMAT_VERSION;
 pub use sled_store::{SledConfig, SledStore};

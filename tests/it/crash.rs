@@ -16,6 +16,7 @@ use crate::{
         Written, APP, MIN_ACKS,
     },
     fixture::{client_info, connect, location_app, test_config, Client},
+    support::on_sled,
 };
 
 /// SIGTERM during load: every write either completes and is durable, or fails
@@ -45,7 +46,7 @@ async fn sigterm_under_load_loses_nothing_acknowledged() {
     }
     written.assert_sound("SIGTERM", MIN_ACKS);
 
-    let daemon = Daemon::start(test_config(data)).await.unwrap();
+    let daemon = Daemon::start(on_sled(test_config(data))).await.unwrap();
     let client = Client {
         channel: connect(daemon.local_addr().unwrap()).await,
     };
@@ -100,7 +101,7 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
         previous = Some(cycle);
     }
     // The last restart in-process; revisions continue above everything committed.
-    let daemon = Daemon::start(test_config(data)).await.unwrap();
+    let daemon = Daemon::start(on_sled(test_config(data))).await.unwrap();
     let client = Client {
         channel: connect(daemon.local_addr().unwrap()).await,
     };

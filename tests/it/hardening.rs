@@ -246,9 +246,11 @@ async fn the_data_dir_and_exports_are_private() {
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("nested").join("data");
-    let daemon = consentd::server::Daemon::start(crate::fixture::test_config(data.clone()))
-        .await
-        .unwrap();
+    let daemon = consentd::server::Daemon::start(crate::support::on_sled(
+        crate::fixture::test_config(data.clone()),
+    ))
+    .await
+    .unwrap();
     let client = crate::fixture::Client {
         channel: crate::fixture::connect(daemon.local_addr().unwrap()).await,
     };
@@ -289,7 +291,7 @@ async fn the_data_dir_and_exports_are_private() {
     let loose = dir.path().join("data");
     std::fs::create_dir(&loose).unwrap();
     std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let config = crate::fixture::test_config(loose.clone());
+    let config = crate::support::on_sled(crate::fixture::test_config(loose.clone()));
     let daemon = consentd::server::Daemon::start(config).await.unwrap();
     assert_eq!(mode(&loose), 0o700);
     daemon.shutdown().await.unwrap();

@@ -10,6 +10,13 @@ mod cli;
 mod crash;
 mod crash_support;
 mod docs;
+#[cfg(feature = "etcd")]
+mod etcd;
+// The etcd test cluster harness, shared as source with the library's tests.
+#[cfg(feature = "etcd")]
+#[allow(dead_code)]
+#[path = "../../src/store/etcd_cluster.rs"]
+mod etcd_cluster;
 mod fixture;
 mod gates;
 mod grants;

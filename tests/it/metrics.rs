@@ -45,7 +45,12 @@ pub fn value(text: &str, series: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counters_move_with_calls() {
-    let h = TestDaemon::with(|c| c.metrics_listen = Some("127.0.0.1:0".parse().unwrap())).await;
+    let h = TestDaemon::with(|c| {
+        // consentd_store_size_bytes is the sled data dir's size (0 on etcd).
+        *c = crate::support::on_sled(c.clone());
+        c.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
     let addr = h.daemon().metrics_addr().expect("metrics endpoint on");
     let c = h.client();
     c.register(location_app("wxloc")).await;

@@ -38,7 +38,12 @@ pub(crate) fn open_when_released(data: &Path) -> sled::Db {
 async fn populated() -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let h = TestDaemon::with(|c| c.data_dir = data.clone()).await;
+    let h = TestDaemon::with(|c| {
+        // The sled data dir itself is under test.
+        *c = crate::support::on_sled(c.clone());
+        c.data_dir = data.clone();
+    })
+    .await;
     h.client()
         .register(crate::fixture::location_app("wxkeep"))
         .await;
@@ -127,7 +132,12 @@ async fn a_format_1_data_dir_is_migrated_and_keeps_its_data() {
         tree.insert(b"m/format", &1u64.to_be_bytes()).unwrap();
         db.flush().unwrap();
     }
-    let h = TestDaemon::with(|c| c.data_dir = data.clone()).await;
+    let h = TestDaemon::with(|c| {
+        // The sled data dir itself is under test.
+        *c = crate::support::on_sled(c.clone());
+        c.data_dir = data.clone();
+    })
+    .await;
     let app = h
         .client()
         .apps()
@@ -165,7 +175,12 @@ async fn format_2_json_audit_records_are_still_listed() {
         tree.insert(b"m/format", &2u64.to_be_bytes()).unwrap();
         db.flush().unwrap();
     }
-    let h = TestDaemon::with(|c| c.data_dir = data.clone()).await;
+    let h = TestDaemon::with(|c| {
+        // The sled data dir itself is under test.
+        *c = crate::support::on_sled(c.clone());
+        c.data_dir = data.clone();
+    })
+    .await;
     // A new record after the old one, in the new encoding.
     h.client()
         .record(
@@ -213,7 +228,12 @@ async fn format_2_json_audit_records_are_still_listed() {
     assert_eq!(new.client.as_ref().unwrap().sdk_version, "3.0.0");
     // Both still read after a restart, and the marker says the current format.
     h.stop().await;
-    let h = TestDaemon::with(|c| c.data_dir = data.clone()).await;
+    let h = TestDaemon::with(|c| {
+        // The sled data dir itself is under test.
+        *c = crate::support::on_sled(c.clone());
+        c.data_dir = data.clone();
+    })
+    .await;
     assert_eq!(list(&h).await, records);
     h.stop().await;
     assert_eq!(stored_format(&data), consentd::store::FORMAT_VERSION);
@@ -261,7 +281,12 @@ fn a_taken_port_is_one_line_naming_it() {
 async fn a_second_daemon_on_a_data_dir_says_another_holds_it() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let h = TestDaemon::with(|c| c.data_dir = data.clone()).await;
+    let h = TestDaemon::with(|c| {
+        // The sled data dir itself is under test.
+        *c = crate::support::on_sled(c.clone());
+        c.data_dir = data.clone();
+    })
+    .await;
     let cwd = dir.path().to_owned();
     let (code, stderr) = tokio::task::spawn_blocking(move || {
         daemon_fails_in(&cwd, &["--listen", "127.0.0.1:0", "--data-dir", "data"])

@@ -17,13 +17,56 @@ use tonic::transport::Channel;
 
 // --- A daemon on a temp data dir -------------------------------------------
 
-/// The daemon's defaults, listening on `127.0.0.1:0` over `data_dir`.
+/// The daemon's defaults, listening on `127.0.0.1:0` over `data_dir`, on
+/// the store `CONSENTD_TEST_STORE` names (see [`use_test_store`]).
 pub fn loopback_config(data_dir: PathBuf) -> Config {
-    Config {
+    let mut config = Config {
         listen: vec!["127.0.0.1:0".parse().unwrap()],
         data_dir,
         ..Config::default()
+    };
+    use_test_store(&mut config);
+    config
+}
+
+/// `CONSENTD_TEST_STORE=etcd` (a build with `--features etcd`) runs every
+/// in-process daemon of the suite on the test etcd cluster, under a key
+/// prefix named after its data dir (so a restart on the same data dir finds
+/// its store again); unset or `sled`: the sled default.
+#[cfg_attr(not(feature = "etcd"), allow(unused_variables))]
+pub fn use_test_store(config: &mut Config) {
+    match std::env::var("CONSENTD_TEST_STORE").as_deref() {
+        Err(_) | Ok("" | "sled") => {}
+        #[cfg(feature = "etcd")]
+        Ok("etcd") => {
+            let prefix = format!("/consentd-it{}/", config.data_dir.display());
+            use_etcd(config, &prefix);
+        }
+        Ok(other) => panic!(
+            "CONSENTD_TEST_STORE={other:?}: expected sled or etcd (etcd needs a build with \
+             --features etcd)"
+        ),
     }
+}
+
+/// Pins `config` to the sled store whatever `CONSENTD_TEST_STORE` says:
+/// for tests of the sled data dir itself (its files, locks, formats,
+/// crashes of a sled daemon), which mean nothing on etcd.
+pub fn on_sled(mut config: Config) -> Config {
+    config.store = consentd::config::StoreKind::Sled;
+    config.etcd = consentd::config::EtcdSettings::default();
+    config
+}
+
+/// Points `config` at the shared test etcd cluster under `prefix`.
+#[cfg(feature = "etcd")]
+pub fn use_etcd(config: &mut Config, prefix: &str) {
+    config.store = consentd::config::StoreKind::Etcd;
+    config.etcd.endpoints = crate::etcd_cluster::shared_endpoints().to_vec();
+    config.etcd.prefix = prefix.into();
+    // The test cluster runs with --max-txn-ops 10000, --max-request-bytes 8 MiB.
+    config.etcd.max_txn_ops = 10_000;
+    config.etcd.max_txn_bytes = 4 << 20;
 }
 
 /// An in-process daemon that owns its temp data dir. Dropping it aborts the

@@ -21,6 +21,11 @@ mod fixture;
 #[allow(dead_code)]
 #[path = "../it/support.rs"]
 mod support;
+// support.rs runs daemons on etcd when CONSENTD_TEST_STORE=etcd.
+#[cfg(feature = "etcd")]
+#[allow(dead_code)]
+#[path = "../../src/store/etcd_cluster.rs"]
+mod etcd_cluster;
 
 mod disk;
 mod lazyfs;

@@ -1,0 +1,1355 @@
+//! The etcd backend (`--store etcd`, cargo feature `etcd`): any number of
+//! daemons share one etcd cluster, each with a local view of the whole store
+//! kept current by one etcd watch (see `etcd_replica`) and a writer that
+//! commits through fenced etcd transactions (see `etcd_writer`). The
+//! consistency model is described in `store/mod.rs`, "The etcd backend".
+//!
+//! etcd keys: `<prefix>data/<key>`, with the keys and values of
+//! `sled_codec` for decisions, timers, apps, the checkpoint, privacy and
+//! anti-nag state and the counters (`m/revision`, `m/compacted_through`,
+//! `m/audit_seq`), so `sled_read` reads this view too; but the log one key
+//! per entry, not sled's chunks: `E/<revision>` holds one event
+//! (`encode_event`), `A/<seq>` one audit record (`encode_audit`) with its
+//! index entry `I/<app>\0<seq>` (small etcd values, one watch event each,
+//! trimmed by deleting keys). `<prefix>data/m/etcd_format` is this layout's
+//! version and `<prefix>lock/...` the write lock's keys (etcd's Lock API).
+
+use std::{
+    collections::BTreeMap,
+    ops::Bound,
+    sync::{
+        atomic::{AtomicI64, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Txn, TxnOp, WatchOptions,
+};
+use tokio::{
+    sync::{broadcast, mpsc, oneshot},
+    task::JoinHandle,
+};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    codec,
+    etcd_replica::{Changes, Replica, Shared},
+    etcd_writer::{Plan, Request, Writer, WriterConfig},
+    sled_read::{self, Overlay},
+    AuditPage, BoxFuture, CommitObserver, Committed, Compaction, DecisionRow, Job, Published,
+    Retention, Store, StoreError, StoreStats, TxnError, Verification, MAX_MISMATCHES,
+};
+use crate::{
+    clock::SharedClock,
+    domain::{App, AppId, AuditQuery, DecisionState, Event, StateQuery, SubjectState, UserId},
+};
+
+/// The version of the etcd key layout, under `m/etcd_format`.
+pub const ETCD_FORMAT: u64 = 1;
+const ETCD_FORMAT_KEY: &[u8] = b"m/etcd_format";
+/// Keys read per etcd range request when loading the view.
+const LOAD_PAGE: i64 = 2000;
+
+/// How to reach etcd and how to write to it.
+#[derive(Clone)]
+pub struct EtcdConfig {
+    /// Client URLs of the cluster's members (`http://host:2379`).
+    pub endpoints: Vec<String>,
+    /// Every key of this store starts with it (several stores can share a
+    /// cluster).
+    pub prefix: String,
+    /// etcd user and password, when etcd has authentication on.
+    pub user: Option<(String, String)>,
+    /// Most jobs committed by one group commit.
+    pub max_batch: usize,
+    /// Jobs waiting for the writer before submitters wait.
+    pub queue_depth: usize,
+    /// Committed groups buffered for watchers before a slow one lags.
+    pub publish_capacity: usize,
+    /// etcd's `--max-txn-ops` and (about) `--max-request-bytes`: a group
+    /// commit is split into transactions within them.
+    pub max_txn_ops: usize,
+    pub max_txn_bytes: usize,
+    /// The lease the write lock is held on: a daemon that dies holds the
+    /// lock at most this long.
+    pub lease_ttl: Duration,
+    /// Bound on each etcd call.
+    pub timeout: Duration,
+    pub observer: Option<Arc<dyn CommitObserver>>,
+    pub clock: SharedClock,
+    /// Tests: how long the watcher waits before applying each response (a
+    /// view that lags behind etcd).
+    #[cfg(test)]
+    pub(crate) watch_delay: Duration,
+}
+
+impl EtcdConfig {
+    /// Defaults for a cluster at `endpoints` with keys under `prefix`;
+    /// the transaction limits are etcd's own defaults.
+    pub fn new(endpoints: Vec<String>, prefix: impl Into<String>, clock: SharedClock) -> Self {
+        Self {
+            endpoints,
+            prefix: prefix.into(),
+            user: None,
+            max_batch: 256,
+            queue_depth: 4096,
+            publish_capacity: 1024,
+            max_txn_ops: 128,
+            max_txn_bytes: 1 << 20,
+            lease_ttl: Duration::from_secs(10),
+            timeout: Duration::from_secs(5),
+            observer: None,
+            clock,
+            #[cfg(test)]
+            watch_delay: Duration::ZERO,
+        }
+    }
+}
+
+impl std::fmt::Debug for EtcdConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdConfig")
+            .field("endpoints", &self.endpoints)
+            .field("prefix", &self.prefix)
+            .field("user", &self.user.as_ref().map(|(name, _)| name))
+            .finish_non_exhaustive()
+    }
+}
+
+/// The etcd-backed [`Store`].
+pub struct EtcdStore {
+    shared: Arc<Shared>,
+    client: Client,
+    writer: Mutex<Option<(mpsc::Sender<Request>, JoinHandle<()>)>>,
+    /// The watcher and the lease keeper.
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    stop: CancellationToken,
+    lease: Arc<AtomicI64>,
+    config: EtcdConfig,
+}
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("etcd: {what}: {e}"))
+}
+
+/// Runs an etcd call with the configured bound.
+async fn bounded<T>(
+    timeout: Duration,
+    what: &str,
+    call: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(unavailable(what, e)),
+        Err(_) => Err(unavailable(what, format!("no answer in {timeout:?}"))),
+    }
+}
+
+/// The first key after every key that starts with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // Everything: etcd's "\0" end means no upper bound.
+    vec![0]
+}
+
+impl EtcdStore {
+    /// Connects, loads the local view from etcd and starts the watcher, the
+    /// lease keeper and the writer.
+    pub async fn open(config: &EtcdConfig) -> Result<Self, StoreError> {
+        let open_err = |message: String| StoreError::Open {
+            path: format!(
+                "etcd {} prefix {:?}",
+                config.endpoints.join(","),
+                config.prefix
+            ),
+            message,
+        };
+        if config.endpoints.is_empty() {
+            return Err(open_err("no etcd endpoints given".into()));
+        }
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(config.timeout)
+            .with_keep_alive(Duration::from_secs(2), config.timeout)
+            .with_require_leader(true);
+        if let Some((name, password)) = &config.user {
+            options = options.with_user(name.clone(), password.clone());
+        }
+        let mut client = bounded(
+            config.timeout,
+            "connecting",
+            Client::connect(&config.endpoints, Some(options)),
+        )
+        .await
+        .map_err(|e| open_err(e.to_string()))?;
+        let data_prefix = [config.prefix.as_bytes(), b"data/"].concat();
+        let mut replica = load(&mut client, &data_prefix, config.timeout)
+            .await
+            .map_err(|e| open_err(e.to_string()))?;
+        check_format(&mut client, &data_prefix, &mut replica, config.timeout)
+            .await
+            .map_err(|e| open_err(e.to_string()))?;
+        let lease = bounded(
+            config.timeout,
+            "granting the lease",
+            client.lease_grant(lease_seconds(config.lease_ttl), None),
+        )
+        .await
+        .map_err(|e| open_err(e.to_string()))?
+        .id();
+        tracing::info!(
+            endpoints = %config.endpoints.join(","),
+            prefix = %config.prefix,
+            revision = replica.revision,
+            etcd_revision = replica.etcd_revision,
+            compacted_through = replica.compacted_through,
+            apps = replica.apps.len(),
+            events = replica.events,
+            "etcd store opened"
+        );
+
+        let shared = Arc::new(Shared::new(
+            replica,
+            config.publish_capacity,
+            config.observer.clone(),
+            config.clock.clone(),
+        ));
+        let stop = CancellationToken::new();
+        let lease = Arc::new(AtomicI64::new(lease));
+        let watcher = tokio::spawn(watch_loop(
+            client.clone(),
+            shared.clone(),
+            data_prefix.clone(),
+            config.clone(),
+            stop.clone(),
+        ));
+        let keeper = tokio::spawn(keep_lease(
+            client.clone(),
+            lease.clone(),
+            config.lease_ttl,
+            config.timeout,
+            stop.clone(),
+        ));
+        let (tx, rx) = mpsc::channel(config.queue_depth.max(1));
+        let writer = Writer::new(
+            client.clone(),
+            shared.clone(),
+            WriterConfig {
+                data_prefix,
+                lock_name: [config.prefix.as_bytes(), b"lock"].concat(),
+                max_batch: config.max_batch.max(1),
+                max_txn_ops: config.max_txn_ops.max(8),
+                max_txn_bytes: config.max_txn_bytes.max(4096),
+                max_hold: Duration::from_millis(50),
+                timeout: config.timeout,
+            },
+            lease.clone(),
+        );
+        let writer = tokio::spawn(writer.run(rx));
+        Ok(Self {
+            shared,
+            client,
+            writer: Mutex::new(Some((tx, writer))),
+            tasks: Mutex::new(vec![watcher, keeper]),
+            stop,
+            lease,
+            config: config.clone(),
+        })
+    }
+
+    fn sender(&self) -> Result<mpsc::Sender<Request>, StoreError> {
+        self.writer
+            .lock()
+            .map_err(|_| StoreError::Internal("writer handle poisoned".into()))?
+            .as_ref()
+            .map(|(tx, _)| tx.clone())
+            .ok_or(StoreError::Closed)
+    }
+
+    /// Commits a maintenance plan through the writer.
+    async fn maintain(&self, plan: Plan) -> Result<(), StoreError> {
+        let (done, rx) = oneshot::channel();
+        self.sender()?
+            .send(Request::Maintain { plan, done })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// The largest number of log entries one maintenance transaction trims
+    /// (each takes a delete and at most one checkpoint write).
+    fn chunk(&self) -> usize {
+        (self.config.max_txn_ops.max(8) - 4) / 2
+    }
+}
+
+fn lease_seconds(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX).max(2)
+}
+
+/// Reads every key under `data_prefix` at one etcd revision.
+async fn load(
+    client: &mut Client,
+    data_prefix: &[u8],
+    timeout: Duration,
+) -> Result<Replica, StoreError> {
+    let end = prefix_end(data_prefix);
+    let mut replica = Replica::default();
+    let mut start = data_prefix.to_vec();
+    let mut at = 0;
+    loop {
+        let mut options = GetOptions::new()
+            .with_range(end.clone())
+            .with_limit(LOAD_PAGE);
+        if at > 0 {
+            options = options.with_revision(at);
+        }
+        let resp = bounded(
+            timeout,
+            "loading the store",
+            client.get(start.clone(), Some(options)),
+        )
+        .await?;
+        if at == 0 {
+            at = resp.header().map_or(0, |h| h.revision());
+        }
+        for kv in resp.kvs() {
+            let key = &kv.key()[data_prefix.len()..];
+            replica.apply(key, Some(kv.value()))?;
+            if key == codec::REVISION_KEY {
+                replica.revision_mod = kv.mod_revision();
+            }
+            start = [kv.key(), b"\0"].concat();
+        }
+        if !resp.more() || resp.kvs().is_empty() {
+            break;
+        }
+    }
+    replica.etcd_revision = at;
+    Ok(replica)
+}
+
+/// Checks (or, on an empty prefix, writes) the layout version.
+async fn check_format(
+    client: &mut Client,
+    data_prefix: &[u8],
+    replica: &mut Replica,
+    timeout: Duration,
+) -> Result<(), StoreError> {
+    match replica.kv.get(ETCD_FORMAT_KEY) {
+        Some(raw) => {
+            let found = codec::decode_u64(raw)?;
+            if found > ETCD_FORMAT {
+                return Err(StoreError::Corrupt(format!(
+                    "the prefix holds etcd layout {found}; this consentd reads layout {ETCD_FORMAT}"
+                )));
+            }
+            Ok(())
+        }
+        None if !replica.kv.is_empty() => Err(StoreError::Corrupt(
+            "the prefix holds keys but no consentd layout marker (m/etcd_format): not a \
+             consentd store, or another program's keys; choose another --etcd-prefix"
+                .into(),
+        )),
+        None => {
+            let key = [data_prefix, ETCD_FORMAT_KEY].concat();
+            let value = codec::encode_u64(ETCD_FORMAT).to_vec();
+            // Several daemons may start on an empty prefix at once.
+            let txn = Txn::new()
+                .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(key, value.clone(), None)]);
+            bounded(timeout, "writing the layout marker", client.txn(txn)).await?;
+            // The watch brings the key into the view; readers never need it.
+            Ok(())
+        }
+    }
+}
+
+/// Feeds the local view from one etcd watch on the store's keys, resuming
+/// after the last revision applied when the stream breaks, reloading the
+/// whole view when etcd compacted its history past it.
+async fn watch_loop(
+    mut client: Client,
+    shared: Arc<Shared>,
+    data_prefix: Vec<u8>,
+    config: EtcdConfig,
+    stop: CancellationToken,
+) {
+    let timeout = config.timeout;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let from = match shared.read() {
+            Ok(r) => r.etcd_revision + 1,
+            Err(e) => {
+                tracing::error!(error = %e, "etcd watch stopped");
+                return;
+            }
+        };
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(from)
+            .with_progress_notify();
+        let opened = tokio::select! {
+            () = stop.cancelled() => return,
+            opened = tokio::time::timeout(timeout, client.watch(data_prefix.clone(), Some(options))) => opened,
+        };
+        let mut stream = match opened {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, from, "etcd watch could not start; retrying");
+                if sleep_or_stop(&stop, &mut pause).await {
+                    return;
+                }
+                continue;
+            }
+            Err(_) => {
+                tracing::warn!(from, "etcd watch did not start in time; retrying");
+                if sleep_or_stop(&stop, &mut pause).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        loop {
+            let message = tokio::select! {
+                () = stop.cancelled() => return,
+                message = stream.message() => message,
+            };
+            match message {
+                Ok(Some(resp)) => {
+                    pause = Duration::from_millis(50);
+                    if resp.canceled() {
+                        if resp.compact_revision() > 0 {
+                            tracing::warn!(
+                                compact_revision = resp.compact_revision(),
+                                from,
+                                "etcd compacted its history past the local view: reloading it"
+                            );
+                            match load(&mut client, &data_prefix, timeout).await {
+                                Ok(fresh) => {
+                                    if let Err(e) = shared.replace(fresh) {
+                                        tracing::error!(error = %e, "replacing the local view");
+                                    }
+                                }
+                                Err(e) => tracing::warn!(error = %e, "reloading the local view"),
+                            }
+                        } else {
+                            tracing::warn!(reason = resp.cancel_reason(), "etcd watch canceled");
+                        }
+                        break;
+                    }
+                    #[cfg(test)]
+                    tokio::time::sleep(config.watch_delay).await;
+                    if let Err(e) = apply(&shared, &data_prefix, &resp) {
+                        tracing::error!(error = %e, "etcd watch: a change could not be applied");
+                    }
+                }
+                Ok(None) => {
+                    tracing::warn!("etcd watch ended; resuming");
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "etcd watch broke; resuming");
+                    break;
+                }
+            }
+        }
+        if sleep_or_stop(&stop, &mut pause).await {
+            return;
+        }
+    }
+}
+
+/// Applies a watch response, one etcd revision at a time.
+fn apply(
+    shared: &Shared,
+    data_prefix: &[u8],
+    resp: &etcd_client::WatchResponse,
+) -> Result<(), StoreError> {
+    let mut current: Option<(i64, Changes)> = None;
+    for event in resp.events() {
+        let Some(kv) = event.kv() else { continue };
+        let Some(key) = kv.key().strip_prefix(data_prefix) else {
+            continue;
+        };
+        let value = match event.event_type() {
+            EventType::Put => Some(kv.value().to_vec()),
+            EventType::Delete => None,
+        };
+        let revision = kv.mod_revision();
+        match &mut current {
+            Some((at, changes)) if *at == revision => changes.push((key.to_vec(), value)),
+            _ => {
+                if let Some((at, changes)) = current.take() {
+                    shared.apply_revision(at, changes)?;
+                }
+                current = Some((revision, vec![(key.to_vec(), value)]));
+            }
+        }
+    }
+    if let Some((at, changes)) = current {
+        shared.apply_revision(at, changes)?;
+    }
+    Ok(())
+}
+
+/// Sleeps `pause` (doubling it up to 2 s for next time); true if stopped.
+async fn sleep_or_stop(stop: &CancellationToken, pause: &mut Duration) -> bool {
+    let wait = *pause;
+    *pause = (*pause * 2).min(Duration::from_secs(2));
+    tokio::select! {
+        () = stop.cancelled() => true,
+        () = tokio::time::sleep(wait) => false,
+    }
+}
+
+/// Keeps the write lock's lease alive; grants a new one when etcd lost it
+/// (it lapsed while etcd was out of reach).
+async fn keep_lease(
+    mut client: Client,
+    lease: Arc<AtomicI64>,
+    ttl: Duration,
+    timeout: Duration,
+    stop: CancellationToken,
+) {
+    let every = (ttl / 3).max(Duration::from_millis(500));
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let id = lease.load(Ordering::Acquire);
+        let kept = async {
+            let (mut keeper, mut answers) = bounded(
+                timeout,
+                "keeping the lease alive",
+                client.lease_keep_alive(id),
+            )
+            .await?;
+            loop {
+                bounded(timeout, "keeping the lease alive", keeper.keep_alive()).await?;
+                let answer = bounded(timeout, "keeping the lease alive", answers.message()).await?;
+                if answer.is_none_or(|a| a.ttl() <= 0) {
+                    return Err::<(), _>(StoreError::Unavailable(format!("lease {id:x} lapsed")));
+                }
+                tokio::time::sleep(every).await;
+            }
+        };
+        let failure: StoreError = tokio::select! {
+            () = stop.cancelled() => return,
+            Err(e) = kept => e,
+        };
+        tracing::warn!(error = %failure, "etcd: the write lock's lease");
+        // A lease that lapsed is gone for good: take a new one.
+        let alive = bounded(
+            timeout,
+            "reading the lease",
+            client.lease_time_to_live(id, None),
+        )
+        .await
+        .map(|t| t.ttl() > 0);
+        if let Ok(false) = alive {
+            match bounded(
+                timeout,
+                "granting a lease",
+                client.lease_grant(lease_seconds(ttl), None),
+            )
+            .await
+            {
+                Ok(granted) => {
+                    tracing::warn!(old = id, new = granted.id(), "etcd: took a new lease");
+                    lease.store(granted.id(), Ordering::Release);
+                }
+                Err(e) => tracing::warn!(error = %e, "etcd: no new lease yet"),
+            }
+        }
+        if sleep_or_stop(&stop, &mut pause).await {
+            return;
+        }
+    }
+}
+
+impl Store for EtcdStore {
+    fn app(&self, id: &AppId) -> Result<Option<Arc<App>>, StoreError> {
+        Ok(self.shared.read()?.apps.get(id).cloned())
+    }
+
+    fn apps(&self, after: Option<&AppId>, limit: usize) -> Result<Vec<Arc<App>>, StoreError> {
+        let replica = self.shared.read()?;
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        Ok(replica
+            .apps
+            .range((start, Bound::Unbounded))
+            .take(limit)
+            .map(|(_, a)| a.clone())
+            .collect())
+    }
+
+    fn decisions_after(
+        &self,
+        after: Option<&DecisionRow>,
+        limit: usize,
+    ) -> Result<Vec<DecisionRow>, StoreError> {
+        let start = match after {
+            Some(row) => Bound::Excluded(codec::decision_key(&row.app, &row.user, row.scope)),
+            None => Bound::Included(codec::DECISION_PREFIX.to_vec()),
+        };
+        let replica = self.shared.read()?;
+        let mut out = Vec::with_capacity(limit.min(4096));
+        for (key, value) in replica
+            .kv
+            .range::<Vec<u8>, _>((start, Bound::Unbounded))
+            .take(limit)
+        {
+            if !key.starts_with(codec::DECISION_PREFIX) {
+                break;
+            }
+            let (app, user, scope) = codec::split_decision_key(key)?;
+            let decision = codec::decode_decision(value)?;
+            out.push(DecisionRow {
+                app,
+                user,
+                scope,
+                state: decision.state,
+                lifetime: decision.lifetime,
+            });
+        }
+        Ok(out)
+    }
+
+    fn subject(
+        &self,
+        app: &AppId,
+        user: &UserId,
+        query: &StateQuery,
+    ) -> Result<SubjectState, StoreError> {
+        sled_read::subject(&*self.shared.read()?, app, user, query)
+    }
+
+    fn user_apps(
+        &self,
+        user: &UserId,
+        after: Option<&AppId>,
+        limit: usize,
+    ) -> Result<Vec<AppId>, StoreError> {
+        super::sled_users::user_apps(&*self.shared.read()?, user, after, limit)
+    }
+
+    fn finish_erasures(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
+        // The etcd writer refuses erasures (see `etcd_writer::stage`): none
+        // is ever pending.
+        Box::pin(async { Ok(0) })
+    }
+
+    fn audit(&self, app: &AppId, query: &AuditQuery) -> Result<AuditPage, StoreError> {
+        let replica = self.shared.read()?;
+        let prefix = codec::audit_index_prefix(app);
+        let start = match query.after_seq {
+            Some(seq) => codec::audit_index_key(app, seq.saturating_add(1)),
+            None => prefix.clone(),
+        };
+        let mut page = Vec::new();
+        let mut scanned = 0usize;
+        // Filters may skip many records: bound the work of one page too.
+        let budget = query.limit.saturating_mul(16).max(1024);
+        for key in replica.kv.range(start..).map(|(k, _)| k) {
+            if !key.starts_with(&prefix) {
+                return Ok((page, None));
+            }
+            let seq = codec::decode_u64(&key[prefix.len()..])?;
+            scanned += 1;
+            if let Some(raw) = replica.kv.get(codec::audit_key(seq).as_slice()) {
+                let record = codec::decode_audit(raw)?;
+                if query.matches(&record) {
+                    page.push(record);
+                }
+            }
+            if page.len() >= query.limit || scanned >= budget {
+                return Ok((page, Some(seq)));
+            }
+        }
+        Ok((page, None))
+    }
+
+    fn trim_audit(&self, retention: Retention) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(async move {
+            let now = self.shared.clock.now_ms();
+            let limit = self.chunk();
+            let mut removed = 0;
+            loop {
+                let (tx, rx) = std::sync::mpsc::sync_channel(1);
+                self.maintain(Box::new(move |replica| {
+                    let (overlay, n, done) = trim_audit_plan(replica, retention, now, limit)?;
+                    let _ = tx.send((n, done));
+                    Ok(overlay)
+                }))
+                .await?;
+                let (n, done) = rx
+                    .try_recv()
+                    .map_err(|_| StoreError::Internal("audit trim planned nothing".into()))?;
+                removed += n;
+                if done {
+                    break;
+                }
+            }
+            if removed > 0 {
+                tracing::info!(removed, "audit trail trimmed");
+            }
+            Ok(removed)
+        })
+    }
+
+    fn submit_detached(&self, job: Job) -> Result<(), StoreError> {
+        let (reply, _) = oneshot::channel();
+        self.sender()?
+            .try_send(Request::Write { job, reply })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => {
+                    StoreError::Internal("the write queue is full".into())
+                }
+                mpsc::error::TrySendError::Closed(_) => StoreError::Closed,
+            })
+    }
+
+    fn next_timer(&self) -> Result<Option<u64>, StoreError> {
+        let replica = self.shared.read()?;
+        let first = replica.scan_prefix(codec::TIMER_PREFIX).next();
+        first
+            .map(|(key, _)| codec::split_timer_key(key).map(|(at, _)| at))
+            .transpose()
+    }
+
+    fn revision(&self) -> u64 {
+        self.shared.revision.load(Ordering::Acquire)
+    }
+
+    fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
+        self.shared.read()?.events_after(after, limit)
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Arc<Published>> {
+        self.shared.published.subscribe()
+    }
+
+    fn compacted_through(&self) -> u64 {
+        self.shared.compacted_through.load(Ordering::Acquire)
+    }
+
+    fn stats(&self) -> StoreStats {
+        let (events, apps) = self
+            .shared
+            .read()
+            .map_or((0, 0), |r| (r.events, r.apps.len() as u64));
+        StoreStats {
+            revision: self.revision(),
+            compacted_through: self.compacted_through(),
+            events,
+            apps,
+            // The daemon keeps nothing on its own disk in etcd mode.
+            size_on_disk: 0,
+        }
+    }
+
+    fn compact(&self, retention: Retention) -> BoxFuture<'_, Result<Compaction, StoreError>> {
+        Box::pin(async move {
+            let now = self.shared.clock.now_ms();
+            let limit = self.chunk();
+            let mut total = Compaction {
+                removed: 0,
+                compacted_through: self.compacted_through(),
+            };
+            loop {
+                let (tx, rx) = std::sync::mpsc::sync_channel(1);
+                self.maintain(Box::new(move |replica| {
+                    let (overlay, chunk, done) = compact_plan(replica, retention, now, limit)?;
+                    let _ = tx.send((chunk, done));
+                    Ok(overlay)
+                }))
+                .await?;
+                let (chunk, done) = rx
+                    .try_recv()
+                    .map_err(|_| StoreError::Internal("compaction planned nothing".into()))?;
+                total.removed += chunk.removed;
+                total.compacted_through = chunk.compacted_through;
+                if done {
+                    break;
+                }
+            }
+            if total.removed > 0 {
+                tracing::info!(
+                    removed = total.removed,
+                    compacted_through = total.compacted_through,
+                    "event log compacted"
+                );
+            }
+            Ok(total)
+        })
+    }
+
+    fn verify(&self) -> BoxFuture<'_, Result<Verification, StoreError>> {
+        Box::pin(async move { verify(&*self.shared.read()?) })
+    }
+
+    fn submit(&self, job: Job) -> BoxFuture<'_, Result<Committed, TxnError>> {
+        Box::pin(async move {
+            let tx = self.sender()?;
+            let (reply, rx) = oneshot::channel();
+            tx.send(Request::Write { job, reply })
+                .await
+                .map_err(|_| StoreError::Closed)?;
+            rx.await.map_err(|_| StoreError::Closed)?
+        })
+    }
+
+    fn recover(&self) -> BoxFuture<'_, Result<bool, StoreError>> {
+        // Nothing to reopen: the etcd client reconnects by itself, and a
+        // failed commit leaves nothing behind on this daemon.
+        Box::pin(async { Ok(false) })
+    }
+
+    fn close(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let writer = self
+                .writer
+                .lock()
+                .map_err(|_| StoreError::Internal("writer handle poisoned".into()))?
+                .take();
+            if let Some((tx, handle)) = writer {
+                // The writer ends once the queued jobs are committed.
+                drop(tx);
+                handle
+                    .await
+                    .map_err(|e| StoreError::Internal(format!("joining the writer: {e}")))?;
+            }
+            self.stop.cancel();
+            let tasks = std::mem::take(
+                &mut *self
+                    .tasks
+                    .lock()
+                    .map_err(|_| StoreError::Internal("task handles poisoned".into()))?,
+            );
+            for task in tasks {
+                let _ = task.await;
+            }
+            let lease = self.lease.load(Ordering::Acquire);
+            let mut client = self.client.clone();
+            if let Err(e) = bounded(
+                self.config.timeout,
+                "revoking the lease",
+                client.lease_revoke(lease),
+            )
+            .await
+            {
+                // It lapses by itself after its TTL.
+                tracing::warn!(error = %e, "etcd: lease not revoked");
+            }
+            tracing::info!(revision = self.revision(), "etcd store closed");
+            Ok(())
+        })
+    }
+}
+
+impl Drop for EtcdStore {
+    fn drop(&mut self) {
+        // The watcher and the lease keeper end with the store; the writer
+        // ends when its queue's last sender (here) goes.
+        self.stop.cancel();
+    }
+}
+
+/// Plans trimming up to `limit` audit records that `retention` no longer
+/// keeps (oldest first), with their index entries: the keys to delete, how
+/// many records go, and whether nothing more is to trim.
+fn trim_audit_plan(
+    replica: &Replica,
+    retention: Retention,
+    now_ms: u64,
+    limit: usize,
+) -> Result<(Overlay, u64, bool), StoreError> {
+    let last = replica.audit_seq;
+    let cutoff = retention.age_cutoff(now_ms);
+    let mut overlay = Overlay::new();
+    let mut removed = 0u64;
+    let mut done = true;
+    for (key, value) in replica.scan_prefix(codec::AUDIT_PREFIX) {
+        if removed as usize == limit {
+            done = false;
+            break;
+        }
+        let record = codec::decode_audit(value)?;
+        let remaining = last.saturating_sub(record.seq) + 1;
+        if !retention.drops(remaining, record.time_ms, cutoff) {
+            break;
+        }
+        overlay.insert(key.clone(), None);
+        overlay.insert(codec::audit_index_key(&record.entry.app, record.seq), None);
+        removed += 1;
+    }
+    Ok((overlay, removed, done))
+}
+
+/// Plans trimming up to `limit` events that `retention` no longer keeps,
+/// folding them into the checkpoint (`b/` keys), in one transaction with
+/// the new horizon: what to write, what it did, and whether it is done.
+fn compact_plan(
+    replica: &Replica,
+    retention: Retention,
+    now_ms: u64,
+    limit: usize,
+) -> Result<(Overlay, Compaction, bool), StoreError> {
+    let horizon = replica.compacted_through;
+    let total = replica.events;
+    let cutoff = retention.age_cutoff(now_ms);
+    let mut base: BTreeMap<Vec<u8>, DecisionState> = BTreeMap::new();
+    let mut removed: Vec<Vec<u8>> = Vec::new();
+    let mut new_horizon = horizon;
+    let mut done = true;
+    for (seen, (key, value)) in replica.scan_prefix(codec::EVENT_PREFIX).enumerate() {
+        if seen == limit {
+            done = false;
+            break;
+        }
+        let revision = codec::decode_u64(&key[codec::EVENT_PREFIX.len()..])?;
+        if revision > horizon {
+            let remaining = total - removed.len() as u64;
+            let event = codec::decode_event(revision, value)?;
+            if !retention.drops(remaining, event.time_ms, cutoff) {
+                break;
+            }
+            let decision_key = codec::decision_key(&event.app, &event.user, event.scope);
+            base.insert(codec::base_key_of(&decision_key), event.new);
+            new_horizon = revision;
+        }
+        removed.push(key.clone());
+    }
+    let mut overlay = Overlay::new();
+    if removed.is_empty() {
+        return Ok((
+            overlay,
+            Compaction {
+                removed: 0,
+                compacted_through: horizon,
+            },
+            true,
+        ));
+    }
+    for (key, state) in base {
+        let value = match state {
+            DecisionState::NotDetermined => None,
+            s => Some(vec![codec::state_code(s)]),
+        };
+        overlay.insert(key, value);
+    }
+    overlay.insert(
+        codec::COMPACTED_KEY.to_vec(),
+        Some(codec::encode_u64(new_horizon).to_vec()),
+    );
+    let n = removed.len() as u64;
+    for key in removed {
+        overlay.insert(key, None);
+    }
+    Ok((
+        overlay,
+        Compaction {
+            removed: n,
+            compacted_through: new_horizon,
+        },
+        done,
+    ))
+}
+
+/// Folds the retained log over the checkpoint and compares the result with
+/// the stored decisions, on one consistent view; also checks that every
+/// event starts from the state the previous one left.
+fn verify(replica: &Replica) -> Result<Verification, StoreError> {
+    let horizon = replica.compacted_through;
+    let mut report = Verification {
+        compacted_through: horizon,
+        revision: replica.revision,
+        ..Verification::default()
+    };
+    let note = |report: &mut Verification, m: String| {
+        if report.mismatches.len() < MAX_MISMATCHES {
+            report.mismatches.push(m);
+        }
+    };
+    // Keyed by the shared tail `<app>\0<user>\0<scope>`.
+    let mut folded: BTreeMap<Vec<u8>, DecisionState> = BTreeMap::new();
+    for (key, value) in replica.scan_prefix(codec::BASE_PREFIX) {
+        let state = value
+            .first()
+            .copied()
+            .map(codec::state_from)
+            .transpose()?
+            .unwrap_or_default();
+        folded.insert(key[codec::BASE_PREFIX.len()..].to_vec(), state);
+    }
+    let mut last = horizon;
+    for e in replica.events_after(horizon, usize::MAX)? {
+        report.retained_events += 1;
+        let revision = e.revision;
+        if revision <= last {
+            note(
+                &mut report,
+                format!("event {revision} is out of order after {last}"),
+            );
+        }
+        last = revision;
+        let tail =
+            codec::decision_key(&e.app, &e.user, e.scope)[codec::DECISION_PREFIX.len()..].to_vec();
+        let before = folded.get(&tail).copied().unwrap_or_default();
+        if before != e.old {
+            note(
+                &mut report,
+                format!(
+                    "event {revision} ({} {} {}) starts from {:?} but the log left {before:?}",
+                    e.app, e.user, e.scope, e.old
+                ),
+            );
+        }
+        match e.new {
+            DecisionState::NotDetermined => folded.remove(&tail),
+            s => folded.insert(tail, s),
+        };
+    }
+    if last > report.revision {
+        let revision = report.revision;
+        note(
+            &mut report,
+            format!("event {last} is beyond the store revision {revision}"),
+        );
+    }
+    for (key, value) in replica.scan_prefix(codec::DECISION_PREFIX) {
+        report.decisions += 1;
+        let stored = codec::decode_decision(value)?.state;
+        let tail = &key[codec::DECISION_PREFIX.len()..];
+        match folded.remove(tail) {
+            Some(f) if f == stored => {}
+            other => note(
+                &mut report,
+                format!(
+                    "{} is {stored:?} but the log folds to {:?}",
+                    describe(tail),
+                    other.unwrap_or_default()
+                ),
+            ),
+        }
+    }
+    for (tail, state) in folded {
+        note(
+            &mut report,
+            format!(
+                "{} is not stored but the log folds to {state:?}",
+                describe(&tail)
+            ),
+        );
+    }
+    Ok(report)
+}
+
+fn describe(tail: &[u8]) -> String {
+    String::from_utf8_lossy(tail).replace('\0', " ")
+}
+
+#[cfg(test)]
+mod contract_tests {
+    use std::sync::Arc;
+
+    use super::{EtcdConfig, EtcdStore};
+    use crate::{
+        clock::SystemClock,
+        store::{
+            contract::{store_contract_tests, Backend},
+            etcd_cluster::shared_endpoints,
+            Store,
+        },
+    };
+
+    /// Stores under one key prefix per backend, a sub-prefix per name.
+    struct Etcd(String);
+
+    impl Etcd {
+        fn new() -> Self {
+            let mut id = [0u8; 8];
+            getrandom::getrandom(&mut id).expect("random bytes");
+            Self(format!("/consentd-test/{}/", hex::encode(id)))
+        }
+    }
+
+    impl Backend for Etcd {
+        fn open(&self, name: &str) -> Arc<dyn Store> {
+            self.open_lagging(name, std::time::Duration::ZERO)
+        }
+    }
+
+    impl Etcd {
+        /// A store whose view applies each watch response `lag` late.
+        fn open_lagging(&self, name: &str, lag: std::time::Duration) -> Arc<dyn Store> {
+            let mut config = EtcdConfig::new(
+                shared_endpoints().to_vec(),
+                format!("{}{name}/", self.0),
+                SystemClock::shared(),
+            );
+            // The test cluster runs with --max-txn-ops 10000.
+            config.max_txn_ops = 10_000;
+            config.watch_delay = lag;
+            let store = tokio::task::block_in_place(|| {
+                tokio::runtime::Handle::current().block_on(EtcdStore::open(&config))
+            })
+            .expect("the etcd store opens");
+            Arc::new(store)
+        }
+    }
+
+    store_contract_tests!(
+        ignore = "needs the etcd binary: scripts/test runs it (--ignored etcd)",
+        Etcd::new()
+    );
+
+    /// Two daemons' stores on one prefix flip one decision at once: every
+    /// flip reads the state the previous one (from either daemon) left, the
+    /// log is one gapless chain, both views end equal, and a subscriber on
+    /// one daemon sees the other daemon's commits as contiguous groups.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs the etcd binary: scripts/test runs it (--ignored etcd)"]
+    async fn etcd_two_stores_share_one_log_without_lost_updates() {
+        use crate::{
+            domain::{AppId, Cause, Change, DecisionState, Scope, StateQuery, Subject, UserId},
+            store::WriteSet,
+        };
+        let backend = Etcd::new();
+        // b's view lags: b must catch up before its jobs read.
+        let a = backend.open("shared");
+        let b = backend.open_lagging("shared", std::time::Duration::from_millis(30));
+        let mut on_b = b.subscribe();
+        const FLIPS: u64 = 24;
+        let flip = |store: Arc<dyn Store>| {
+            tokio::spawn(async move {
+                store
+                    .submit(Box::new(|view| {
+                        let u = Subject {
+                            app: AppId::parse("wxshared").unwrap(),
+                            user: UserId::parse("u").unwrap(),
+                        };
+                        let state = view.subject(&u.app, &u.user, &StateQuery::decisions())?;
+                        let old = state
+                            .records
+                            .get(&Scope::Camera)
+                            .map_or(DecisionState::NotDetermined, |d| d.state);
+                        let new = match old {
+                            DecisionState::Granted => DecisionState::Denied,
+                            _ => DecisionState::Granted,
+                        };
+                        let change = Change {
+                            scope: Scope::Camera,
+                            old,
+                            new,
+                            cause: Cause::Popup,
+                        };
+                        Ok(WriteSet {
+                            changes: vec![(u, change)],
+                            ..WriteSet::default()
+                        })
+                    }))
+                    .await
+                    .expect("the flip commits")
+            })
+        };
+        let flips: Vec<_> = (0..FLIPS)
+            .map(|i| flip(if i % 2 == 0 { a.clone() } else { b.clone() }))
+            .collect();
+        let mut acknowledged = Vec::new();
+        for f in flips {
+            acknowledged.push(f.await.unwrap().revision);
+        }
+        acknowledged.sort_unstable();
+        assert_eq!(
+            acknowledged,
+            (1..=FLIPS).collect::<Vec<_>>(),
+            "one revision each"
+        );
+
+        // b has applied what a acknowledged once its revision got there.
+        let mut last = 0;
+        let mut seen = Vec::new();
+        while last < FLIPS {
+            let group = tokio::time::timeout(std::time::Duration::from_secs(10), on_b.recv())
+                .await
+                .expect("b publishes every commit")
+                .expect("b's subscriber keeps up");
+            assert_eq!(group.prev_revision, last, "contiguous on b");
+            seen.extend(group.events.iter().map(|e| e.revision));
+            last = group.revision;
+        }
+        assert_eq!(seen, (1..=FLIPS).collect::<Vec<_>>());
+        let (log_a, log_b) = (
+            a.events_after(0, 1000).unwrap(),
+            b.events_after(0, 1000).unwrap(),
+        );
+        assert_eq!(log_a, log_b, "both views hold one log");
+        let mut state = DecisionState::NotDetermined;
+        for e in &log_a {
+            assert_eq!(e.old, state, "each flip saw the one before: {e:?}");
+            state = e.new;
+        }
+        for store in [&a, &b] {
+            let v = store.verify().await.unwrap();
+            assert!(v.mismatches.is_empty(), "{:?}", v.mismatches);
+            assert_eq!(v.revision, FLIPS);
+        }
+        a.close().await.unwrap();
+        b.close().await.unwrap();
+    }
+
+    /// Without a quorum (two of three members stopped) a write fails with
+    /// UNAVAILABLE within its deadline and takes no revision, reads go on
+    /// from the local view, and once the members run again writes resume
+    /// where the log was.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs the etcd binary: scripts/test runs it (--ignored etcd)"]
+    async fn etcd_no_quorum_fails_writes_keeps_reads_and_recovers() {
+        use crate::{
+            domain::{AppId, Cause, Change, DecisionState, Scope, StateQuery, Subject, UserId},
+            store::{etcd_cluster::EtcdCluster, StoreError, TxnError, WriteSet},
+        };
+        use std::time::{Duration, Instant};
+        let mut cluster = tokio::task::block_in_place(|| EtcdCluster::start(3)).expect("cluster");
+        let mut config = EtcdConfig::new(
+            cluster.endpoints()[..1].to_vec(),
+            "/quorum/",
+            SystemClock::shared(),
+        );
+        config.timeout = Duration::from_secs(2);
+        let store = EtcdStore::open(&config).await.expect("opens");
+        let u = Subject {
+            app: AppId::parse("wxq").unwrap(),
+            user: UserId::parse("u").unwrap(),
+        };
+        let write = |old, new| {
+            let u = u.clone();
+            Box::new(move |_: &dyn crate::store::View| {
+                let change = Change {
+                    scope: Scope::Camera,
+                    old,
+                    new,
+                    cause: Cause::Popup,
+                };
+                Ok(WriteSet {
+                    changes: vec![(u, change)],
+                    ..WriteSet::default()
+                })
+            })
+        };
+        let (n, g, d) = (
+            DecisionState::NotDetermined,
+            DecisionState::Granted,
+            DecisionState::Denied,
+        );
+        assert_eq!(store.submit(write(n, g)).await.unwrap().revision, 1);
+
+        cluster.pause(1);
+        cluster.pause(2);
+        let started = Instant::now();
+        let failed = store.submit(write(g, d)).await;
+        assert!(
+            matches!(failed, Err(TxnError::Store(StoreError::Unavailable(_)))),
+            "{failed:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "failed within its deadline: {:?}",
+            started.elapsed()
+        );
+        let read = store
+            .subject(&u.app, &u.user, &StateQuery::decisions())
+            .expect("reads go on from the view");
+        assert_eq!(read.records[&Scope::Camera].state, g);
+        assert_eq!(store.revision(), 1);
+
+        cluster.resume(1);
+        cluster.resume(2);
+        tokio::task::block_in_place(|| cluster.wait_healthy(Duration::from_secs(20)))
+            .expect("healthy again");
+        // The client may take a moment to find the leader again.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let next = loop {
+            match store.submit(write(g, d)).await {
+                Ok(c) => break c,
+                Err(e) if Instant::now() < deadline => {
+                    tracing::info!(error = %e, "not yet");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("writes did not resume: {e}"),
+            }
+        };
+        assert_eq!(next.revision, 2, "the failed write took no revision");
+        let v = store.verify().await.unwrap();
+        assert!(v.mismatches.is_empty(), "{:?}", v.mismatches);
+        assert_eq!(store.events_after(0, 10).unwrap().len(), 2);
+        store.close().await.unwrap();
+    }
+
+    /// A daemon that died holding the write lock (its lease no longer kept
+    /// alive) holds up the others only until its lease lapses; the lapsed
+    /// holder's key cannot be used to write any more.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs the etcd binary: scripts/test runs it (--ignored etcd)"]
+    async fn etcd_a_dead_lock_holder_stalls_writes_only_until_its_lease_lapses() {
+        use std::time::{Duration, Instant};
+        let backend = Etcd::new();
+        let prefix = format!("{}dead/", backend.0);
+        let mut dead = etcd_client::Client::connect(shared_endpoints(), None)
+            .await
+            .unwrap();
+        let lease = dead.lease_grant(2, None).await.unwrap().id();
+        let held = dead
+            .lock(
+                format!("{prefix}lock"),
+                Some(etcd_client::LockOptions::new().with_lease(lease)),
+            )
+            .await
+            .unwrap();
+        // Nobody keeps that lease alive: the holder is dead.
+        let store = backend.open("dead");
+        let started = Instant::now();
+        let committed = store
+            .submit(Box::new(|_| {
+                Ok(crate::store::WriteSet {
+                    privacy: Some((
+                        crate::domain::Subject {
+                            app: crate::domain::AppId::parse("wxdead").unwrap(),
+                            user: crate::domain::UserId::parse("u").unwrap(),
+                        },
+                        None,
+                    )),
+                    ..crate::store::WriteSet::default()
+                })
+            }))
+            .await
+            .expect("writes once the dead holder's lease lapsed");
+        let waited = started.elapsed();
+        assert_eq!(committed.revision, 1);
+        assert!(
+            waited >= Duration::from_millis(1500) && waited < Duration::from_secs(8),
+            "waited for the lease (2 s), not longer: {waited:?}"
+        );
+        // The lapsed holder's fence is gone with its key.
+        let fenced = etcd_client::Txn::new()
+            .when([etcd_client::Compare::create_revision(
+                held.key().to_vec(),
+                etcd_client::CompareOp::Greater,
+                0,
+            )])
+            .and_then([etcd_client::TxnOp::put(
+                format!("{prefix}data/x"),
+                "stale",
+                None,
+            )]);
+        assert!(!dead.txn(fenced).await.unwrap().succeeded());
+        store.close().await.unwrap();
+    }
+}
