@@ -41,8 +41,6 @@ macro_rules! store_contract_tests {
             subject_reads_what_the_query_asks_for,
             the_log_pages_from_any_revision_and_trims_inside_a_group,
             the_user_index_follows_every_write,
-            an_erasure_renames_the_user_in_everything_retained,
-            a_pending_erasure_finishes_when_the_store_reopens,
         );
     };
     (@each $attrs:tt $backend:expr; $($check:ident),* $(,)?) => {

@@ -13,7 +13,7 @@
 //!   entry and audit record up to those numbers, drops the user's stale
 //!   timers, and removes the marker in the same batch.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::{
     codec,
@@ -114,6 +114,71 @@ pub fn index_updates(
         let present = staged_present(overlay, app, user) || has_state(&staged, app, user)?;
         let key = user_app_key(user, app);
         let indexed = staged.read(&key, |_| Ok(()))?.is_some();
+        if present != indexed {
+            out.push((key, present.then(Vec::new)));
+        }
+    }
+    Ok(out)
+}
+
+/// `top` staged over `kv`: what a job sees of its own writes on top of
+/// what earlier jobs of its group staged (the etcd writer keeps the two
+/// apart).
+#[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+pub struct Layered<'a, K> {
+    pub kv: &'a K,
+    pub top: &'a Overlay,
+}
+
+impl<K: Kv> Kv for Layered<'_, K> {
+    fn read<T>(
+        &self,
+        key: &[u8],
+        decode: impl FnOnce(&[u8]) -> Result<T, StoreError>,
+    ) -> Result<Option<T>, StoreError> {
+        match self.top.get(key) {
+            Some(staged) => staged.as_deref().map(decode).transpose(),
+            None => self.kv.read(key, decode),
+        }
+    }
+
+    fn scan(
+        &self,
+        prefix: &[u8],
+        visit: &mut super::sled_read::Visit<'_>,
+    ) -> Result<(), StoreError> {
+        let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
+        self.kv.scan(prefix, &mut |k, v| {
+            merged.insert(k.to_vec(), Some(v.to_vec()));
+            Ok(())
+        })?;
+        for (key, value) in self.top.range(prefix.to_vec()..) {
+            if !key.starts_with(prefix) {
+                break;
+            }
+            merged.insert(key.clone(), value.clone());
+        }
+        for (key, value) in &merged {
+            if let Some(value) = value {
+                visit(key, value)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// [`index_updates`] for a backend that reads through any [`Kv`] (the etcd
+/// writer's in-memory view): every touched subject's keys are read.
+#[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+pub fn index_updates_kv(
+    kv: &impl Kv,
+    touched: &BTreeSet<Subject>,
+) -> Result<Vec<Staging>, StoreError> {
+    let mut out = Vec::new();
+    for Subject { app, user } in touched {
+        let present = has_state(kv, app, user)?;
+        let key = user_app_key(user, app);
+        let indexed = kv.read(&key, |_| Ok(()))?.is_some();
         if present != indexed {
             out.push((key, present.then(Vec::new)));
         }
@@ -332,26 +397,38 @@ fn renamed_audit(raw: &[u8], m: &Marker) -> Result<Option<(Vec<u8>, u64)>, Store
     Ok(Some((raw, n)))
 }
 
-/// Runs every pending erasure's scrub, each in one atomic batch (the
-/// renamed records and the marker's removal together), flushed. Returns how
-/// many records were renamed.
+/// What one pending erasure's scrub must rewrite: found by reading the
+/// whole retained log, audit trail and timers, which needs no exclusive
+/// turn (the store keeps serving writes meanwhile).
+pub struct ScrubPlan {
+    marker: Marker,
+    /// Event and audit chunk keys holding a record that names the user, and
+    /// timer keys naming the user.
+    keys: Vec<sled::IVec>,
+}
+
+/// Plans the scrub of every pending erasure. Records up to an erasure are
+/// only ever removed or trimmed in place after it (compaction, audit
+/// trimming), never moved to other keys, so the planned keys cover every
+/// record to rename when the plan is applied later.
 ///
-/// Cost: one pass over the retained log up to the erasure, the audit trail
-/// and the pending timers, bounded by the retention settings and the timed
-/// grants, not by the number of users, apps or decisions.
-pub fn scrub_pending(tree: &sled::Tree, compacted_through: u64) -> Result<u64, StoreError> {
-    let mut markers = Vec::new();
+/// Cost: one read of the retained log up to the erasure, of the audit trail
+/// and of the pending timers, bounded by the retention settings and the
+/// timed grants, not by the number of users, apps or decisions.
+pub fn plan_scrubs(
+    tree: &sled::Tree,
+    compacted_through: u64,
+) -> Result<Vec<ScrubPlan>, StoreError> {
+    let mut plans = Vec::new();
     for item in tree.scan_prefix(ERASURE_PREFIX) {
         let (key, value) = item?;
-        markers.push(decode_marker(&key, &value)?);
+        plans.push(ScrubPlan {
+            marker: decode_marker(&key, &value)?,
+            keys: Vec::new(),
+        });
     }
-    let mut renamed = 0u64;
-    for m in markers {
-        let mut batch = sled::Batch::default();
-        let mut n = 0u64;
-        // (app, scope) of the user's retained events: every checkpoint entry
-        // of the user has one (the erasure revoked every decision it left).
-        let mut pairs = BTreeSet::new();
+    for plan in &mut plans {
+        let m = &plan.marker;
         // Event chunks are keyed by their last revision: from the first
         // chunk that may hold a retained event, to the one holding the
         // erasure's last event.
@@ -361,21 +438,11 @@ pub fn scrub_pending(tree: &sled::Tree, compacted_through: u64) -> Result<u64, S
             if !key.starts_with(codec::EVENT_PREFIX) {
                 break;
             }
-            if let Some((raw, renamed)) = renamed_events(&value, &m, &mut pairs)? {
-                batch.insert(key.clone(), raw);
-                n += renamed;
+            if renamed_events(&value, m, &mut BTreeSet::new())?.is_some() {
+                plan.keys.push(key.clone());
             }
             if codec::key_u64(&key)? >= m.revision {
                 break;
-            }
-        }
-        for (app, scope) in &pairs {
-            let from = codec::base_key_of(&codec::decision_key(app, &m.user, *scope));
-            if let Some(state) = tree.get(&from)? {
-                let to = codec::base_key_of(&codec::decision_key(app, &m.pseudonym, *scope));
-                batch.remove(from);
-                batch.insert(to, state);
-                n += 1;
             }
         }
         for item in tree.range(codec::audit_key(0)..) {
@@ -383,30 +450,82 @@ pub fn scrub_pending(tree: &sled::Tree, compacted_through: u64) -> Result<u64, S
             if !key.starts_with(codec::AUDIT_PREFIX) {
                 break;
             }
-            if let Some((raw, renamed)) = renamed_audit(&value, &m)? {
-                batch.insert(key.clone(), raw);
-                n += renamed;
+            if renamed_audit(&value, m)?.is_some() {
+                plan.keys.push(key.clone());
             }
             if codec::key_u64(&key)? >= m.audit_seq {
                 break;
             }
         }
         // Timers whose grant changed since are stale until they come due,
-        // and their keys name the user: they go now (the erasure cleared
+        // and their keys name the user: they go too (the erasure cleared
         // the live ones).
         for key in tree.scan_prefix(codec::TIMER_PREFIX).keys() {
             let key = key?;
             let (_, decision) = codec::split_timer_key(&key)?;
             if codec::split_decision_key(&decision)?.1 == m.user {
-                batch.remove(key);
-                n += 1;
+                plan.keys.push(key);
             }
         }
-        batch.remove(marker_key(&m.pseudonym));
-        tree.apply_batch(batch)?;
-        tree.flush()?;
-        tracing::info!(pseudonym = %m.pseudonym, renamed = n, "erasure scrubbed: the retained log and audit trail no longer name the user");
-        renamed += n;
+    }
+    Ok(plans)
+}
+
+/// Applies a plan in one atomic batch with the marker's removal, flushed:
+/// re-reads only the planned keys (they may have been trimmed since), so
+/// the exclusive turn costs the user's records, not the log. Moves the
+/// user's checkpoint entries: every one has a retained event of the user
+/// (the erasure revoked every decision the checkpoint and log left).
+/// Returns how many records were renamed or removed; 0 when the erasure
+/// was finished already.
+pub fn apply_scrub(tree: &sled::Tree, plan: &ScrubPlan) -> Result<u64, StoreError> {
+    let m = &plan.marker;
+    if tree.get(marker_key(&m.pseudonym))?.is_none() {
+        return Ok(0);
+    }
+    let mut batch = sled::Batch::default();
+    let mut n = 0u64;
+    let mut pairs = BTreeSet::new();
+    for key in &plan.keys {
+        let Some(value) = tree.get(key)? else {
+            continue;
+        };
+        let renamed = if key.starts_with(codec::EVENT_PREFIX) {
+            renamed_events(&value, m, &mut pairs)?
+        } else if key.starts_with(codec::AUDIT_PREFIX) {
+            renamed_audit(&value, m)?
+        } else {
+            batch.remove(key.clone());
+            n += 1;
+            continue;
+        };
+        if let Some((raw, renamed)) = renamed {
+            batch.insert(key.clone(), raw);
+            n += renamed;
+        }
+    }
+    for (app, scope) in &pairs {
+        let from = codec::base_key_of(&codec::decision_key(app, &m.user, *scope));
+        if let Some(state) = tree.get(&from)? {
+            let to = codec::base_key_of(&codec::decision_key(app, &m.pseudonym, *scope));
+            batch.remove(from);
+            batch.insert(to, state);
+            n += 1;
+        }
+    }
+    batch.remove(marker_key(&m.pseudonym));
+    tree.apply_batch(batch)?;
+    tree.flush()?;
+    tracing::info!(pseudonym = %m.pseudonym, renamed = n, "erasure scrubbed: the retained log and audit trail no longer name the user");
+    Ok(n)
+}
+
+/// Plans and applies every pending erasure's scrub at once (opening the
+/// store, before anything is served). Returns how many records went.
+pub fn scrub_pending(tree: &sled::Tree, compacted_through: u64) -> Result<u64, StoreError> {
+    let mut renamed = 0;
+    for plan in plan_scrubs(tree, compacted_through)? {
+        renamed += apply_scrub(tree, &plan)?;
     }
     Ok(renamed)
 }
