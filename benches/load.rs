@@ -20,23 +20,25 @@
 //! per run; `BENCH_SCALE` (comma-separated decision counts for the scale
 //! scenario, default `10000,1000000`; `BENCH_SCALE_DIR` keeps the loaded
 //! stores there and reuses them); `BENCH_ONLY` (comma-separated scenario
-//! names: ceiling, authorize, record, mixed, watch, scale, soak; `soak`
-//! runs only when named, or briefly in the smoke run); `BENCH_COMPARE`
-//! (comma-separated `label@/path/to/consentd`: other builds, e.g. older
-//! commits, run through the authorize and durable record scenarios after
-//! this one, in the same run and against the same ceiling).
+//! names: ceiling, authorize, checkapi, record, mixed, watch, scale, soak;
+//! `soak` runs only when named, or briefly in the smoke run);
+//! `BENCH_COMPARE` (comma-separated `label@/path/to/consentd`: other builds,
+//! e.g. older commits, run through the authorize, checkapi and durable
+//! record scenarios after this one, in the same run and against the same
+//! ceiling); `BENCH_PIN=1` runs the servers on CPU 0 and the load generator
+//! on CPU 1 (`sched_setaffinity`; the first line says which).
 //!
 //! `soak`: durable UpdateSetting flips at c=64 (128 decisions, every call a
 //! real change) against a fresh daemon with the default configuration
 //! (retention, cache, compaction every minute) for `BENCH_SOAK_SECONDS`
 //! (default 1800), sampling the daemon's RSS, the data dir's size and the
 //! write rate every `BENCH_SOAK_SAMPLE` seconds (default 30); each sample
-//! is printed as it is taken.
+//! is printed as it is taken. `BENCH_SOAK_CONFIG=path` gives the daemon a
+//! config file (e.g. `[audit] max_records = 1000000`).
 
 use std::{
     collections::HashMap,
     future::Future,
-    net::SocketAddr,
     path::Path,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -64,7 +66,13 @@ mod process;
 #[path = "support/echo.rs"]
 mod echo;
 
+#[path = "support/reads.rs"]
+mod reads;
+
 use process::{self_cpu_ticks, Proc};
+use reads::{
+    authorize_call, channels, check_api_call, client_info, mixed_authorize, preload, APPS,
+};
 
 // ---------------------------------------------------------------------------
 // The load generator
@@ -147,20 +155,6 @@ fn secs(var: &str, default: f64) -> Duration {
     )
 }
 
-async fn channels(addr: SocketAddr, n: usize) -> Vec<Channel> {
-    let mut v = Vec::new();
-    for _ in 0..n {
-        v.push(
-            Channel::from_shared(format!("http://{addr}"))
-                .unwrap()
-                .connect()
-                .await
-                .unwrap(),
-        );
-    }
-    v
-}
-
 /// Runs `call(task, seq, client)` from `shape.concurrency` tasks for the
 /// configured duration after a warm-up; latency is recorded after warm-up.
 async fn drive<F, Fut>(server: &Proc, shape: Shape, call: F) -> Run
@@ -224,184 +218,6 @@ where
 // Scenarios
 // ---------------------------------------------------------------------------
 
-const APPS: usize = 10;
-const USERS: usize = 1000;
-
-fn client_info(host: &str) -> pb::ClientInfo {
-    pb::ClientInfo {
-        platform: pb::Platform::Android.into(),
-        host_version: host.into(),
-        sdk_version: "3.0.0".into(),
-    }
-}
-
-/// Registers the apps and gives every user a granted camera and a denied record.
-async fn preload(addr: SocketAddr) {
-    let chans = channels(addr, 4).await;
-    let mut apps = pb::apps_client::AppsClient::new(chans[0].clone());
-    for a in 0..APPS {
-        let app = pb::App {
-            app_id: format!("wxbench{a}"),
-            kind: pb::AppKind::MiniProgram.into(),
-            permission: [(
-                "scope.userLocation".to_string(),
-                pb::PermissionDesc {
-                    desc: "nearby".into(),
-                },
-            )]
-            .into(),
-            required_background_modes: vec!["location".into()],
-            ..Default::default()
-        };
-        apps.register_app(pb::RegisterAppRequest { app: Some(app) })
-            .await
-            .unwrap();
-    }
-    let tasks: Vec<_> = (0..64)
-        .map(|t| {
-            let mut auth = AuthorizationClient::new(chans[t % 4].clone());
-            tokio::spawn(async move {
-                for i in (t..APPS * USERS).step_by(64) {
-                    for (scope, answer) in [
-                        ("scope.camera", pb::Answer::Allow),
-                        ("scope.record", pb::Answer::Deny),
-                    ] {
-                        auth.record_decision(pb::RecordDecisionRequest {
-                            lifetime: None,
-                            app_id: format!("wxbench{}", i % APPS),
-                            user_id: format!("u{}", i / APPS),
-                            scope: scope.into(),
-                            answer: answer.into(),
-                            client: Some(client_info("8.0.5")),
-                        })
-                        .await
-                        .unwrap();
-                    }
-                }
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.unwrap();
-    }
-}
-
-/// Apps of the user in the user-view measurement.
-const VIEW_APPS: usize = 50;
-
-/// The user's own view at a store's size (issue 18): one user with two
-/// decisions in each of [`VIEW_APPS`] apps. ListUserDecisions of all of
-/// them (median of 50 calls), ResetUser of the 100 decisions (median of 10,
-/// seeded again before each), then EraseUser once (it also rewrites the
-/// retained log and audit trail: its cost follows their size). Latencies
-/// in ms, client side, one call at a time.
-async fn user_view(addr: SocketAddr) -> serde_json::Value {
-    let channel = channels(addr, 1).await.remove(0);
-    let mut apps = pb::apps_client::AppsClient::new(channel.clone());
-    let mut auth = AuthorizationClient::new(channel.clone());
-    let mut admin = pb::admin_client::AdminClient::new(channel);
-    let app_id = |i: usize| format!("wxview{i:02}");
-    for i in 0..VIEW_APPS {
-        let app = pb::App {
-            app_id: app_id(i),
-            kind: pb::AppKind::MiniProgram.into(),
-            ..Default::default()
-        };
-        apps.register_app(pb::RegisterAppRequest { app: Some(app) })
-            .await
-            .unwrap();
-    }
-    let user = "bench-view-user";
-    let seed = |mut auth: AuthorizationClient<Channel>| async move {
-        for i in 0..VIEW_APPS {
-            for scope in ["scope.camera", "scope.record"] {
-                auth.record_decision(pb::RecordDecisionRequest {
-                    lifetime: None,
-                    app_id: app_id(i),
-                    user_id: user.into(),
-                    scope: scope.into(),
-                    answer: pb::Answer::Allow.into(),
-                    client: Some(client_info("8.0.5")),
-                })
-                .await
-                .unwrap();
-            }
-        }
-    };
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let ms = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
-    seed(auth.clone()).await;
-    let mut list = Vec::new();
-    for _ in 0..50 {
-        let t = Instant::now();
-        let r = auth
-            .list_user_decisions(pb::ListUserDecisionsRequest {
-                user_id: user.into(),
-                page_size: VIEW_APPS as u32,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        list.push(ms(t));
-        assert_eq!(r.apps.len(), VIEW_APPS);
-    }
-    let mut reset = Vec::new();
-    for round in 0..10 {
-        if round > 0 {
-            seed(auth.clone()).await;
-        }
-        let t = Instant::now();
-        let r = auth
-            .reset_user(pb::ResetUserRequest {
-                user_id: user.into(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        reset.push(ms(t));
-        assert_eq!(r.events.len(), 2 * VIEW_APPS);
-    }
-    seed(auth.clone()).await;
-    let t = Instant::now();
-    let erased = admin
-        .erase_user(pb::EraseUserRequest {
-            user_id: user.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let erase = ms(t);
-    assert_eq!(erased.revoked_decisions as usize, 2 * VIEW_APPS);
-    json!({
-        "apps": VIEW_APPS, "decisions": 2 * VIEW_APPS,
-        "list_ms_p50": median(list.clone()), "list_ms_max": list.iter().copied().fold(0.0, f64::max),
-        "reset_ms_p50": median(reset.clone()), "reset_ms_max": reset.iter().copied().fold(0.0, f64::max),
-        "erase_ms": erase, "erase_rewritten_records": erased.rewritten_records,
-    })
-}
-
-/// The realistic Authorize mix: granted, denied, prompt, settings-required, abolished.
-fn mixed_authorize(seq: u64, task: usize) -> pb::AuthorizeRequest {
-    let n = seq as usize * 7 + task * 131;
-    let (scope, host) = match n % 5 {
-        0 => ("scope.camera", "8.0.5"),
-        1 => ("scope.record", "8.0.5"),
-        2 => ("scope.bluetooth", "8.0.5"),
-        3 => ("scope.userLocationBackground", "7.0.20"),
-        _ => ("scope.address", "8.0.5"),
-    };
-    pb::AuthorizeRequest {
-        app_id: format!("wxbench{}", n % APPS),
-        user_id: format!("u{}", (n / APPS) % USERS),
-        scope: scope.into(),
-        client: Some(client_info(host)),
-    }
-}
-
 fn fresh_record(task: usize, seq: u64) -> pb::RecordDecisionRequest {
     pb::RecordDecisionRequest {
         lifetime: None,
@@ -411,14 +227,6 @@ fn fresh_record(task: usize, seq: u64) -> pb::RecordDecisionRequest {
         answer: pb::Answer::Allow.into(),
         client: Some(client_info("8.0.5")),
     }
-}
-
-async fn authorize_call(
-    task: usize,
-    seq: u64,
-    mut c: AuthorizationClient<Channel>,
-) -> Result<(), tonic::Status> {
-    c.authorize(mixed_authorize(seq, task)).await.map(drop)
 }
 
 async fn record_call(
@@ -516,6 +324,104 @@ async fn fan_out(
             .unwrap_or(f64::NAN)
     };
     (all.len(), total * subscribers, q(0.5), q(0.99))
+}
+
+/// Apps of the user in the user-view measurement.
+const VIEW_APPS: usize = 50;
+
+/// The user's own view at a store's size (issue 18): one user with two
+/// decisions in each of [`VIEW_APPS`] apps. ListUserDecisions of all of
+/// them (median of 50 calls), ResetUser of the 100 decisions (median of 10,
+/// seeded again before each), then EraseUser once (it also rewrites the
+/// retained log and audit trail: its cost follows their size). Latencies
+/// in ms, client side, one call at a time.
+async fn user_view(addr: std::net::SocketAddr) -> serde_json::Value {
+    let channel = channels(addr, 1).await.remove(0);
+    let mut apps = pb::apps_client::AppsClient::new(channel.clone());
+    let mut auth = AuthorizationClient::new(channel.clone());
+    let mut admin = pb::admin_client::AdminClient::new(channel);
+    let app_id = |i: usize| format!("wxview{i:02}");
+    for i in 0..VIEW_APPS {
+        let app = pb::App {
+            app_id: app_id(i),
+            kind: pb::AppKind::MiniProgram.into(),
+            ..Default::default()
+        };
+        apps.register_app(pb::RegisterAppRequest { app: Some(app) })
+            .await
+            .unwrap();
+    }
+    let user = "bench-view-user";
+    let seed = |mut auth: AuthorizationClient<Channel>| async move {
+        for i in 0..VIEW_APPS {
+            for scope in ["scope.camera", "scope.record"] {
+                auth.record_decision(pb::RecordDecisionRequest {
+                    lifetime: None,
+                    app_id: app_id(i),
+                    user_id: user.into(),
+                    scope: scope.into(),
+                    answer: pb::Answer::Allow.into(),
+                    client: Some(client_info("8.0.5")),
+                })
+                .await
+                .unwrap();
+            }
+        }
+    };
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let ms = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
+    seed(auth.clone()).await;
+    let mut list = Vec::new();
+    for _ in 0..50 {
+        let t = Instant::now();
+        let r = auth
+            .list_user_decisions(pb::ListUserDecisionsRequest {
+                user_id: user.into(),
+                page_size: VIEW_APPS as u32,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        list.push(ms(t));
+        assert_eq!(r.apps.len(), VIEW_APPS);
+    }
+    let mut reset = Vec::new();
+    for round in 0..10 {
+        if round > 0 {
+            seed(auth.clone()).await;
+        }
+        let t = Instant::now();
+        let r = auth
+            .reset_user(pb::ResetUserRequest {
+                user_id: user.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        reset.push(ms(t));
+        assert_eq!(r.events.len(), 2 * VIEW_APPS);
+    }
+    seed(auth.clone()).await;
+    let t = Instant::now();
+    let erased = admin
+        .erase_user(pb::EraseUserRequest {
+            user_id: user.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let erase = ms(t);
+    assert_eq!(erased.revoked_decisions as usize, 2 * VIEW_APPS);
+    json!({
+        "apps": VIEW_APPS, "decisions": 2 * VIEW_APPS,
+        "list_ms_p50": median(list.clone()), "list_ms_max": list.iter().copied().fold(0.0, f64::max),
+        "reset_ms_p50": median(reset.clone()), "reset_ms_max": reset.iter().copied().fold(0.0, f64::max),
+        "erase_ms": erase, "erase_rewritten_records": erased.rewritten_records,
+    })
 }
 
 /// Writes `n` decisions (and their events) straight into a fresh store: the
@@ -772,13 +678,24 @@ fn main() {
             return;
         }
     }
+    // Before the runtime starts its threads, so that they inherit it.
+    process::pin_self();
+    let pinning = if process::pinned() {
+        format!(
+            "pinned (BENCH_PIN=1): servers on CPU {}, the load generator on CPU {}",
+            process::SERVER_CPU,
+            process::CLIENT_CPU
+        )
+    } else {
+        "unpinned".to_owned()
+    };
     if smoke() {
         println!(
-            "load bench: SMOKE run (checks the harness; a tenth of every duration, a 3,000-decision \
-             scale store; not a benchmark: run `cargo bench --bench load` for figures)"
+            "load bench: SMOKE run, {pinning} (checks the harness; a tenth of every duration, a \
+             3,000-decision scale store; not a benchmark: run `cargo bench --bench load` for figures)"
         );
     } else {
-        println!("load bench: FULL run");
+        println!("load bench: FULL run, {pinning}");
     }
     let only: Option<Vec<String>> = std::env::var("BENCH_ONLY")
         .ok()
@@ -818,6 +735,11 @@ fn main() {
                 report(&format!("ceiling echo {tag}"), &run, None);
             }
         }
+        if wants("ceiling") || wants("checkapi") {
+            let run = drive(&echo, shapes[1].1, check_api_call).await;
+            ceilings.insert("checkapi c64", run.rate());
+            report("ceiling echo checkapi c64", &run, None);
+        }
         // The echo answers RecordDecision too (a send on its broadcast, no
         // store): the ceiling for the write scenarios.
         if wants("ceiling") || wants("record") {
@@ -835,17 +757,27 @@ fn main() {
                 report(&format!("authorize {tag}"), &run, ceilings.get(tag).copied());
             }
         }
+        if wants("checkapi") {
+            let run = drive(&daemon, shapes[1].1, check_api_call).await;
+            report("checkapi c64", &run, ceilings.get("checkapi c64").copied());
+        }
         // Other builds of the daemon (older commits, say) under the same
-        // Authorize load, against the same ceiling.
-        if wants("authorize") {
+        // Authorize (and CheckApi) load, against the same ceiling.
+        if wants("authorize") || wants("checkapi") {
             for entry in compare.iter() {
                 let (label, binary) = entry.split_once('@').expect("BENCH_COMPARE: label@/path/to/consentd");
                 let dir = tempfile::tempdir().unwrap();
                 let other = Proc::daemon_bin(Path::new(binary), &dir.path().join("data"), &[]);
                 preload(other.addr).await;
-                for (tag, shape) in shapes {
-                    let run = drive(&other, shape, authorize_call).await;
-                    report(&format!("authorize {tag} [{label}]"), &run, ceilings.get(tag).copied());
+                if wants("authorize") {
+                    for (tag, shape) in shapes {
+                        let run = drive(&other, shape, authorize_call).await;
+                        report(&format!("authorize {tag} [{label}]"), &run, ceilings.get(tag).copied());
+                    }
+                }
+                if wants("checkapi") {
+                    let run = drive(&other, shapes[1].1, check_api_call).await;
+                    report(&format!("checkapi c64 [{label}]"), &run, ceilings.get("checkapi c64").copied());
                 }
                 other.stop();
             }
@@ -975,9 +907,15 @@ fn main() {
         if only.as_ref().map_or(smoke(), |o| o.iter().any(|x| x == "soak")) {
             let dir = tempfile::tempdir().unwrap();
             let data = dir.path().join("data");
-            let daemon = Proc::daemon(&data, &[]);
+            // BENCH_SOAK_CONFIG: a config file for the soak's daemon (e.g. a
+            // smaller audit retention, to reach its steady state sooner).
+            let config = std::env::var("BENCH_SOAK_CONFIG").ok();
+            let args: Vec<&str> = config.iter().flat_map(|c| ["--config", c.as_str()]).collect();
+            let daemon = Proc::daemon(&data, &args);
             preload(daemon.addr).await;
-            let samples = soak(&daemon, &data, secs("BENCH_SOAK_SECONDS", 1800.0), secs("BENCH_SOAK_SAMPLE", 30.0)).await;
+            // The smoke run: 3 s, a sample a second.
+            let (seconds, every) = if smoke() { (30.0, 10.0) } else { (1800.0, 30.0) };
+            let samples = soak(&daemon, &data, secs("BENCH_SOAK_SECONDS", seconds), secs("BENCH_SOAK_SAMPLE", every)).await;
             if smoke() {
                 let last = samples.last().expect("a soak sample");
                 assert!(last.writes > 0 && last.errors == 0, "soak: {} writes, {} errors", last.writes, last.errors);

@@ -236,25 +236,25 @@ impl Metrics {
     /// `code` is the gRPC status name, `None` for OK.
     pub fn observe_rpc(&self, method: usize, code: Option<&str>, elapsed: Duration) {
         let method = method.min(METHOD_COUNT);
-        let (kind, service, name) = method_labels(method);
-        let service = service.as_ref();
+        // The labels are made only for a handle's first use (and for
+        // error codes, which have no cached handle).
+        let counter = |code: &str| {
+            let (kind, service, name) = method_labels(method);
+            self.rpc_requests
+                .with_label_values(&[kind, service.as_ref(), name, code])
+        };
         let handles = &self.methods[method];
         match code {
-            None => handles
-                .ok
-                .get_or_init(|| {
-                    self.rpc_requests
-                        .with_label_values(&[kind, service, name, "OK"])
-                })
-                .inc(),
-            Some(code) => self
-                .rpc_requests
-                .with_label_values(&[kind, service, name, code])
-                .inc(),
+            None => handles.ok.get_or_init(|| counter("OK")).inc(),
+            Some(code) => counter(code).inc(),
         }
         handles
             .seconds
-            .get_or_init(|| self.rpc_seconds.with_label_values(&[kind, service, name]))
+            .get_or_init(|| {
+                let (kind, service, name) = method_labels(method);
+                self.rpc_seconds
+                    .with_label_values(&[kind, service.as_ref(), name])
+            })
             .observe(elapsed.as_secs_f64());
     }
 
@@ -502,6 +502,10 @@ fn method_index(path: &str) -> usize {
 /// The response header carrying the daemon's version on every gRPC call.
 pub const VERSION_HEADER: &str = "consentd-version";
 
+/// [`VERSION_HEADER`] as a header name, made once: inserting by `&str`
+/// parses the name on every call.
+const VERSION_HEADER_NAME: http::HeaderName = http::HeaderName::from_static(VERSION_HEADER);
+
 /// A tower layer counting and timing every gRPC call by method and status.
 #[derive(Clone)]
 pub struct RpcLayer {
@@ -534,12 +538,11 @@ pub struct RpcService<S> {
 impl<S, B, R> tower::Service<http::Request<B>> for RpcService<S>
 where
     S: tower::Service<http::Request<B>, Response = http::Response<R>>,
-    S::Future: Send + 'static,
-    S::Error: 'static,
+    S::Future: Unpin,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+    type Future = RpcFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -547,34 +550,50 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let method = method_index(request.uri().path());
-        let metrics = self.metrics.clone();
-        let started = Instant::now();
-        let response = self.inner.call(request);
-        Box::pin(async move {
-            let response = response.await;
-            // Errors come back trailers-only, with grpc-status in the head; a
-            // head without it starts a successful response.
-            let code = match &response {
-                Ok(r) => r
-                    .headers()
-                    .get("grpc-status")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<i32>().ok())
-                    .map(|c| code_label(tonic::Code::from(c))),
-                // The call never got a status: counted as grpc-go counts
-                // a broken transport.
-                Err(_) => Some(code_label(tonic::Code::Unavailable)),
-            };
-            metrics.observe_rpc(method, code, started.elapsed());
-            // Every response names the daemon's version (`consentctl version`).
-            response.map(|mut r| {
-                r.headers_mut().insert(
-                    VERSION_HEADER,
-                    http::HeaderValue::from_static(crate::VERSION),
-                );
-                r
-            })
-        })
+        RpcFuture {
+            metrics: self.metrics.clone(),
+            started: Instant::now(),
+            method,
+            inner: self.inner.call(request),
+        }
+    }
+}
+
+/// [`RpcService`]'s response future: the inner one, counted and timed
+/// when it completes (no box of its own: the inner future is `Unpin`).
+pub struct RpcFuture<F> {
+    inner: F,
+    metrics: Arc<Metrics>,
+    started: Instant,
+    method: usize,
+}
+
+impl<F, R, E> Future for RpcFuture<F>
+where
+    F: Future<Output = Result<http::Response<R>, E>> + Unpin,
+{
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let response = std::task::ready!(Pin::new(&mut self.inner).poll(cx));
+        // Errors come back trailers-only, with grpc-status in the head; a
+        // head without it starts a successful response.
+        let code = match &response {
+            Ok(r) => crate::grpc::access::status_code(r).map(code_label),
+            // The call never got a status: counted as grpc-go counts
+            // a broken transport.
+            Err(_) => Some(code_label(tonic::Code::Unavailable)),
+        };
+        self.metrics
+            .observe_rpc(self.method, code, self.started.elapsed());
+        // Every response names the daemon's version (`consentctl version`).
+        Poll::Ready(response.map(|mut r| {
+            r.headers_mut().insert(
+                VERSION_HEADER_NAME,
+                http::HeaderValue::from_static(crate::VERSION),
+            );
+            r
+        }))
     }
 }
 

@@ -1,5 +1,5 @@
 //! Shared by the benches: the bare tonic ceiling server. It answers
-//! Authorize with a fixed response of the same shape, and serves
+//! Authorize and CheckApi with fixed responses of the same shape, and serves
 //! RecordDecision + Watch as a bare `tokio::sync::broadcast` of ready
 //! `WatchResponse`s (no store, no filter, no commit). A bench runs it by
 //! re-executing itself with `--echo-server` (see [`spawn`]) and calling
@@ -20,13 +20,27 @@ use tonic::{Request, Response, Status};
 use super::process::Proc;
 
 /// The echo ceiling: this binary with `--echo-server`.
+#[allow(dead_code)] // not every bench that includes this file uses it
 pub fn spawn() -> Proc {
+    spawn_via(&[])
+}
+
+/// [`spawn`] under a wrapper: `wrapper` (e.g. `valgrind --tool=callgrind`)
+/// runs this binary with `--echo-server`.
+#[allow(dead_code)] // not every bench that includes this file wraps it
+pub fn spawn_via(wrapper: &[String]) -> Proc {
     let started = Instant::now();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .arg("--echo-server")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let mut command = match wrapper.split_first() {
+        None => Command::new(&exe),
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(&exe);
+            c
+        }
+    };
+    command.arg("--echo-server").stdout(Stdio::piped());
+    let mut child = super::process::pin_server(&mut command).spawn().unwrap();
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
@@ -40,6 +54,7 @@ pub fn spawn() -> Proc {
 
 pub struct Echo {
     pub answer: pb::AuthorizeResponse,
+    pub api_answer: pb::CheckApiResponse,
     pub events: broadcast::Sender<pb::WatchResponse>,
     /// Numbers the broadcast events, as consentd's revisions do.
     pub revision: AtomicU64,
@@ -102,7 +117,7 @@ impl Authorization for Echo {
         none()
     }
     async fn check_api(&self, _: Request<pb::CheckApiRequest>) -> R<pb::CheckApiResponse> {
-        none()
+        Ok(Response::new(self.api_answer.clone()))
     }
     async fn explain(&self, _: Request<pb::AuthorizeRequest>) -> R<pb::ExplainResponse> {
         none()
@@ -163,15 +178,25 @@ pub fn run() {
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         println!("{}", listener.local_addr().unwrap());
+        let decision = pb::Decision {
+            scope: "scope.camera".into(),
+            outcome: pb::Outcome::Granted.into(),
+            state: pb::DecisionState::Granted.into(),
+            err_msg: "authorize:ok".into(),
+            reason: pb::Reason::StoredGrant.into(),
+            ..Default::default()
+        };
         let answer = pb::AuthorizeResponse {
-            decision: Some(pb::Decision {
-                scope: "scope.camera".into(),
-                outcome: pb::Outcome::Granted.into(),
-                state: pb::DecisionState::Granted.into(),
-                err_msg: "authorize:ok".into(),
-                reason: pb::Reason::StoredGrant.into(),
-                ..Default::default()
-            }),
+            decision: Some(decision.clone()),
+            revision: 123_456,
+        };
+        // CheckApi's shape: the interface, the combined answer and one
+        // decision per scope (the interfaces of the bench need one scope).
+        let api_answer = pb::CheckApiResponse {
+            api: "camera".into(),
+            outcome: pb::Outcome::Granted.into(),
+            err_msg: "camera:ok".into(),
+            decisions: vec![decision],
             revision: 123_456,
         };
         let (events, _) = broadcast::channel(1024);
@@ -180,6 +205,7 @@ pub fn run() {
         tonic::transport::Server::builder()
             .add_service(pb::authorization_server::AuthorizationServer::new(Echo {
                 answer,
+                api_answer,
                 events,
                 revision: AtomicU64::new(0),
             }))

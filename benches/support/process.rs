@@ -25,7 +25,8 @@ impl Proc {
     /// Another build of the daemon (e.g. an older commit, to compare in one run).
     pub fn daemon_bin(binary: &Path, data_dir: &Path, extra: &[&str]) -> Proc {
         let started = Instant::now();
-        let mut child = Command::new(binary)
+        let mut child = Command::new(binary);
+        child
             .args([
                 "--listen",
                 "127.0.0.1:0",
@@ -36,9 +37,8 @@ impl Proc {
             .arg(data_dir)
             .args(extra)
             .env("RUST_LOG", "warn,consentd::server=info")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+            .stderr(Stdio::piped());
+        let mut child = pin_server(&mut child).spawn().unwrap();
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         let addr = loop {
             let line = lines.next().expect("consentd exited").unwrap();
@@ -108,4 +108,54 @@ fn cpu_ticks(path: &str) -> u64 {
 
 pub fn self_cpu_ticks() -> u64 {
     cpu_ticks("/proc/self/stat")
+}
+
+/// The CPU servers run on and the CPU the load generator runs on with
+/// `BENCH_PIN=1`, so that neither takes the other's core.
+pub const SERVER_CPU: usize = 0;
+pub const CLIENT_CPU: usize = 1;
+
+/// Whether `BENCH_PIN=1` asks for servers and the load generator on CPUs of
+/// their own.
+pub fn pinned() -> bool {
+    match std::env::var("BENCH_PIN").as_deref() {
+        Ok("1") => true,
+        Ok("0") | Err(_) => false,
+        Ok(other) => panic!("BENCH_PIN must be 0 or 1, not {other:?}"),
+    }
+}
+
+fn set_affinity(cpu: usize) -> std::io::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes
+    // within it and sched_setaffinity only reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// With `BENCH_PIN=1`, `command` starts on [`SERVER_CPU`] (set before exec,
+/// so every thread it makes inherits it).
+pub fn pin_server(command: &mut Command) -> &mut Command {
+    if pinned() {
+        use std::os::unix::process::CommandExt as _;
+        // SAFETY: the closure makes one system call, which is
+        // async-signal-safe, and allocates nothing.
+        unsafe {
+            command.pre_exec(|| set_affinity(SERVER_CPU));
+        }
+    }
+    command
+}
+
+/// With `BENCH_PIN=1`, this process (call it before starting threads) moves
+/// to [`CLIENT_CPU`].
+pub fn pin_self() {
+    if pinned() {
+        set_affinity(CLIENT_CPU).expect("BENCH_PIN=1: pinning the load generator");
+    }
 }

@@ -111,9 +111,11 @@ impl Rpc {
     /// `None` for any other path (health, reflection, unknown methods).
     pub fn from_path(path: &str) -> Option<Rpc> {
         let (service, method) = path.strip_prefix("/consent.v1.")?.split_once('/')?;
-        Rpc::ALL
-            .into_iter()
-            .find(|rpc| rpc.service_method() == (service, method))
+        // Method names tell most RPCs apart: compare them first.
+        Rpc::ALL.into_iter().find(|rpc| {
+            let (s, m) = rpc.service_method();
+            m == method && s == service
+        })
     }
 
     /// Calls that change nothing.

@@ -7,7 +7,7 @@
 //! one scope, further prompts are suppressed for a while.
 
 use super::{
-    gates::{err_prefix, msg, Outcome, Reason, Verdict},
+    gates::{err_msg, msg, Outcome, Reason, Verdict},
     machine::Answer,
     rules::Target,
     AppId, Client, DomainError, Scope, UserId,
@@ -219,7 +219,7 @@ pub fn embargo(
         Some(n) if verdict.outcome == Outcome::Prompt && n.embargoed(now_ms) => Verdict {
             outcome: Outcome::Embargoed,
             reason: Reason::PromptEmbargoed,
-            err_msg: format!("{}:{}", err_prefix(target), msg::AUTH_CANCEL),
+            err_msg: err_msg(target, msg::AUTH_CANCEL),
             prompt: None,
             embargo_until_ms: Some(n.embargo_until_ms),
             ..verdict

@@ -125,6 +125,12 @@ pub fn err_prefix(target: Target<'_>) -> &'static str {
     }
 }
 
+/// The errMsg `<prefix>:<suffix>`, in one allocation of its exact size (a
+/// `format!` costs every verdict about a thousand instructions more).
+pub fn err_msg(target: Target<'_>, suffix: &str) -> String {
+    [err_prefix(target), ":", suffix].concat()
+}
+
 /// errMsg suffixes (SPEC section 8), after `<prefix>:`.
 pub mod msg {
     pub const OK: &str = "ok";
@@ -172,7 +178,7 @@ pub(super) fn walk(
         err_msg: if suffix.is_empty() {
             String::new()
         } else {
-            format!("{}:{suffix}", err_prefix(target))
+            err_msg(target, suffix)
         },
         prompt: None,
         lifetime: super::Lifetime::Permanent,

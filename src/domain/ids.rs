@@ -24,6 +24,12 @@ macro_rules! id_type {
                 Self::parse_field($field, raw)
             }
 
+            /// [`Self::parse`] of a string the caller owns, kept as it is
+            /// (no copy).
+            pub fn from_string(raw: String) -> Result<Self, DomainError> {
+                validate_id($field, &raw).map(|()| Self(raw))
+            }
+
             pub fn as_str(&self) -> &str {
                 &self.0
             }
@@ -67,6 +73,10 @@ fn validate_id(field: &str, raw: &str) -> Result<(), DomainError> {
             "is {} bytes long; the limit is {MAX_ID_LEN}",
             raw.len()
         )));
+    }
+    // Printable ASCII (the usual id) needs no look at Unicode's tables.
+    if raw.bytes().all(|b| b.is_ascii_graphic()) {
+        return Ok(());
     }
     if let Some((at, _)) = raw
         .char_indices()

@@ -88,7 +88,7 @@ pub fn plan_answer(
             ),
         });
     }
-    let err = |suffix: &str| format!("{}:{suffix}", gates::err_prefix(Target::Authorize));
+    let err = |suffix: &str| gates::err_msg(Target::Authorize, suffix);
     let mut changes = Vec::new();
     let err_msg = match (verdict.outcome, answer) {
         (Outcome::Prompt, Answer::Allow) => {

@@ -6,7 +6,7 @@
 use std::{collections::BTreeSet, fmt, str::FromStr};
 
 use super::{
-    gates::{err_prefix, Outcome, Reason, Verdict},
+    gates::{err_msg, Outcome, Reason, Verdict},
     rules::Target,
     App, DecisionState, DomainError, Lifetime, Scope,
 };
@@ -186,7 +186,7 @@ pub fn gate(
         err_msg: if suffix.is_empty() {
             String::new()
         } else {
-            format!("{}:{suffix}", err_prefix(target))
+            err_msg(target, suffix)
         },
         prompt: None,
         lifetime: Lifetime::Permanent,

@@ -73,6 +73,18 @@ impl FromStr for Version {
     type Err = VersionError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        // A well-formed version in one pass over its bytes; anything else
+        // takes `parse_checked`, which names what is wrong.
+        match Self::parse_well_formed(s) {
+            Some(v) => Ok(v),
+            None => Self::parse_checked(s),
+        }
+    }
+}
+
+impl Version {
+    /// Parses segment by segment, saying what is wrong with the first bad one.
+    fn parse_checked(s: &str) -> Result<Self, VersionError> {
         if s.is_empty() {
             return Err(VersionError::Empty);
         }
@@ -96,6 +108,37 @@ impl FromStr for Version {
             v.len += 1;
         }
         Ok(v)
+    }
+
+    /// `s` if it is 1 to [`MAX_SEGMENTS`] non-empty runs of digits, each
+    /// within u32, separated by dots; `None` otherwise.
+    fn parse_well_formed(s: &str) -> Option<Self> {
+        let mut v = Self {
+            segments: [0; MAX_SEGMENTS],
+            len: 0,
+        };
+        let (mut segment, mut digits) = (0u32, 0usize);
+        for &b in s.as_bytes() {
+            if b == b'.' {
+                if digits == 0 {
+                    return None;
+                }
+                *v.segments.get_mut(usize::from(v.len))? = segment;
+                v.len += 1;
+                (segment, digits) = (0, 0);
+            } else if b.is_ascii_digit() {
+                segment = segment.checked_mul(10)?.checked_add(u32::from(b - b'0'))?;
+                digits += 1;
+            } else {
+                return None;
+            }
+        }
+        if digits == 0 {
+            return None;
+        }
+        *v.segments.get_mut(usize::from(v.len))? = segment;
+        v.len += 1;
+        Some(v)
     }
 }
 
@@ -204,6 +247,42 @@ mod tests {
         for (raw, want) in cases {
             assert_eq!(raw.parse::<Version>().unwrap_err(), want, "{raw:?}");
         }
+    }
+
+    #[test]
+    fn the_one_pass_parser_agrees_with_the_checked_one() {
+        use proptest::prelude::*;
+        let runner = |s: &str| {
+            let fast = Version::parse_well_formed(s);
+            let as_written = |v: Version| v.segments().to_vec();
+            assert_eq!(
+                fast.map(as_written),
+                Version::parse_checked(s).ok().map(as_written),
+                "{s:?}"
+            );
+            assert_eq!(fast.is_some(), s.parse::<Version>().is_ok(), "{s:?}");
+        };
+        for s in [
+            "",
+            ".",
+            "1.",
+            ".1",
+            "1..2",
+            "8.0.5",
+            "007.1",
+            "4294967295",
+            "4294967296",
+            "1.2.3.4.5.6.7.8",
+            "1.2.3.4.5.6.7.8.9",
+            "1.a",
+            "+1",
+            "1 ",
+            "٣",
+        ] {
+            runner(s);
+        }
+        proptest!(|(s in "[0-9.a]{0,24}")| runner(&s));
+        proptest!(|(s in "([0-9]{1,11}\\.){0,9}[0-9]{0,11}")| runner(&s));
     }
 
     #[test]

@@ -21,7 +21,7 @@ use super::convert::{ForSubject, Rejected};
 use crate::{
     auth::{Authenticator, Presentation},
     domain::{AppId, EventFilter, Principal, Rpc},
-    transport::{LogLimiter, PeerInfo, RequestGuard},
+    transport::{LogLimiter, PeerInfo, PeerLabel, RequestGuard},
 };
 
 /// The authenticated caller and the RPC it called, in every request's
@@ -297,8 +297,8 @@ fn presented<B>(request: &http::Request<B>) -> Result<Presentation, crate::auth:
     Ok(Presentation::new(token, cert))
 }
 
-/// What the caller of a request presented (for streams that must
-/// authenticate it again after a reload).
+/// What the caller of a Watch request presented (a stream must
+/// authenticate it again after a reload; only Watch requests carry it).
 pub fn presentation<T>(request: &tonic::Request<T>) -> Presentation {
     request
         .extensions()
@@ -320,13 +320,13 @@ struct Held {
 
 /// A response body that keeps [`Held`] until it is dropped.
 struct HeldBody<B> {
-    inner: Pin<Box<B>>,
+    inner: B,
     _held: Held,
 }
 
 impl<B> http_body::Body for HeldBody<B>
 where
-    B: http_body::Body,
+    B: http_body::Body + Unpin,
 {
     type Data = B::Data;
     type Error = B::Error;
@@ -335,7 +335,7 @@ where
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        self.inner.as_mut().poll_frame(cx)
+        Pin::new(&mut self.inner).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -349,13 +349,38 @@ where
 
 /// A request body that fails with DEADLINE_EXCEEDED when the client stops
 /// sending: the whole message within `limit`, or (client streams) each
-/// frame within `limit` of the one before.
+/// frame within `limit` of the one before. The timer is made only when the
+/// body has to wait: a unary request whose message has arrived with its
+/// headers (the common case) never registers one.
 struct DeadlineBody {
     inner: tonic::body::Body,
-    sleep: Pin<Box<tokio::time::Sleep>>,
+    deadline: tokio::time::Instant,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
     limit: Duration,
     per_frame: bool,
     rpc: Rpc,
+}
+
+impl DeadlineBody {
+    fn new(inner: tonic::body::Body, limit: Duration, per_frame: bool, rpc: Rpc) -> Self {
+        Self {
+            inner,
+            deadline: tokio::time::Instant::now() + limit,
+            sleep: None,
+            limit,
+            per_frame,
+            rpc,
+        }
+    }
+
+    /// The timer, made on first use.
+    fn sleep(self: Pin<&mut Self>) -> Pin<&mut tokio::time::Sleep> {
+        let this = self.get_mut();
+        let deadline = this.deadline;
+        this.sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)))
+            .as_mut()
+    }
 }
 
 impl http_body::Body for DeadlineBody {
@@ -370,11 +395,14 @@ impl http_body::Body for DeadlineBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if self.per_frame {
                     let next = tokio::time::Instant::now() + self.limit;
-                    self.sleep.as_mut().reset(next);
+                    self.deadline = next;
+                    if let Some(sleep) = self.sleep.as_mut() {
+                        sleep.as_mut().reset(next);
+                    }
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Pending => match self.sleep.as_mut().poll(cx) {
+            Poll::Pending => match self.as_mut().sleep().poll(cx) {
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(()) => Poll::Ready(Some(Err(Refusal::MessageLate {
                     rpc: self.rpc,
@@ -395,11 +423,15 @@ impl http_body::Body for DeadlineBody {
     }
 }
 
+/// The `grpc-status` header, made once (a `&str` key is parsed on every
+/// lookup).
+pub(crate) const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+
 /// The gRPC status code of a trailers-only response, if it is one.
-fn status_code<B>(response: &http::Response<B>) -> Option<tonic::Code> {
+pub(crate) fn status_code<B>(response: &http::Response<B>) -> Option<tonic::Code> {
     response
         .headers()
-        .get("grpc-status")
+        .get(GRPC_STATUS)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<i32>().ok())
         .map(tonic::Code::from)
@@ -410,7 +442,7 @@ where
     S: tower::Service<http::Request<tonic::body::Body>, Response = http::Response<R>>,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
-    R: http_body::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+    R: http_body::Body<Data = tonic::codegen::Bytes> + Send + Unpin + 'static,
     R::Error: Into<tonic::codegen::StdError>,
 {
     type Response = http::Response<tonic::body::Body>;
@@ -422,17 +454,16 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<tonic::body::Body>) -> Self::Future {
-        let peer = request.extensions().get::<PeerInfo>().cloned();
         let rpc = Rpc::from_path(request.uri().path());
+        let peer = request.extensions().get::<PeerInfo>();
+        // For log lines: copied, formatted only if one is written.
+        let shown_peer = peer.map_or_else(PeerLabel::default, PeerInfo::label);
         // Only calls of the API keep a connection open past its idle
         // timeout: health and reflection need no credentials, so a health
         // Watch must not pin a connection. They count as activity when
         // they start.
         let mut held = Held {
-            _request: peer
-                .as_ref()
-                .map(|p| p.activity.begin())
-                .filter(|_| rpc.is_some()),
+            _request: peer.map(|p| p.activity.begin()).filter(|_| rpc.is_some()),
             ..Held::default()
         };
         let Some(rpc) = rpc else {
@@ -440,15 +471,12 @@ where
             return Box::pin(async move {
                 Ok(response.await?.map(|body| {
                     tonic::body::Body::new(HeldBody {
-                        inner: Box::pin(body),
+                        inner: body,
                         _held: held,
                     })
                 }))
             });
         };
-        let shown_peer = peer
-            .as_ref()
-            .map_or_else(|| "unknown peer".to_owned(), ToString::to_string);
         let log = self.layer.log.clone();
         let reject = move |status: Status, held: Held| -> Self::Future {
             let response = status.into_http::<tonic::body::Body>();
@@ -463,7 +491,11 @@ where
         };
         let principal = match presented.and_then(|p| auth.authenticate(&p).map(|a| (a, p))) {
             Ok((principal, presented)) => {
-                request.extensions_mut().insert(presented);
+                // Only a Watch stream authenticates again (after a
+                // credentials reload); other calls need not carry it.
+                if rpc == Rpc::Watch {
+                    request.extensions_mut().insert(presented);
+                }
                 principal
             }
             Err(error) => {
@@ -516,13 +548,7 @@ where
         request.extensions_mut().insert(Caller { principal, rpc });
         let limit = self.layer.message_timeout;
         let request = request.map(|body| {
-            tonic::body::Body::new(DeadlineBody {
-                inner: body,
-                sleep: Box::pin(tokio::time::sleep(limit)),
-                limit,
-                per_frame: rpc == Rpc::Import,
-                rpc,
-            })
+            tonic::body::Body::new(DeadlineBody::new(body, limit, rpc == Rpc::Import, rpc))
         });
         let response = self.inner.call(request);
         // A client stream (Import) is read inside the call: only the
@@ -553,7 +579,7 @@ where
             }
             Ok(response.map(|body| {
                 tonic::body::Body::new(HeldBody {
-                    inner: Box::pin(body),
+                    inner: body,
                     _held: held,
                 })
             }))

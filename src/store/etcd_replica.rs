@@ -171,46 +171,6 @@ impl Kv for StagedReplica<'_> {
     }
 }
 
-/// `base` with one more layer of staged writes on top (a job's own writes
-/// over the view and its group's).
-pub(super) struct Layered<'a, K: Kv> {
-    pub base: &'a K,
-    pub overlay: &'a Overlay,
-}
-
-impl<K: Kv> Kv for Layered<'_, K> {
-    fn read<T>(
-        &self,
-        key: &[u8],
-        decode: impl FnOnce(&[u8]) -> Result<T, StoreError>,
-    ) -> Result<Option<T>, StoreError> {
-        match self.overlay.get(key) {
-            Some(staged) => staged.as_deref().map(decode).transpose(),
-            None => self.base.read(key, decode),
-        }
-    }
-
-    fn scan(&self, prefix: &[u8], visit: &mut Visit<'_>) -> Result<(), StoreError> {
-        let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
-        self.base.scan(prefix, &mut |k, v| {
-            merged.insert(k.to_vec(), Some(v.to_vec()));
-            Ok(())
-        })?;
-        for (key, value) in self.overlay.range(prefix.to_vec()..) {
-            if !key.starts_with(prefix) {
-                break;
-            }
-            merged.insert(key.clone(), value.clone());
-        }
-        for (key, value) in merged {
-            if let Some(value) = value {
-                visit(&key, &value)?;
-            }
-        }
-        Ok(())
-    }
-}
-
 /// The changes of one etcd revision: (key without the prefix, new value
 /// or `None` for a delete).
 pub(super) type Changes = Vec<(Vec<u8>, Option<Vec<u8>>)>;

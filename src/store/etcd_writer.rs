@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     codec,
-    etcd_replica::{Layered, Replica, Shared, StagedReplica},
+    etcd_replica::{Replica, Shared, StagedReplica},
     sled_read::{self, Kv as _, Overlay},
     sled_users, AppWrite, Committed, Job, StoreError, Timer, TxnError, View, WriteSet,
 };
@@ -721,25 +721,17 @@ fn stage(
     }
     // The per-user index (`u/<user>\0<app>`, the sled backend's keys) in
     // the same transaction as the state it follows.
-    let mut index = Vec::new();
-    {
+    let index = {
         let staged = StagedReplica {
             replica,
             overlay: seen,
         };
-        let job = Layered {
-            base: &staged,
-            overlay: &one.overlay,
+        let job = sled_users::Layered {
+            kv: &staged,
+            top: &one.overlay,
         };
-        for Subject { app, user } in &touched {
-            let present = sled_users::has_state(&job, app, user)?;
-            let key = sled_users::user_app_key(user, app);
-            let indexed = job.read(&key, |_| Ok(()))?.is_some();
-            if present != indexed {
-                index.push((key, present.then(Vec::new)));
-            }
-        }
-    }
+        sled_users::index_updates_kv(&job, &touched)?
+    };
     for (key, value) in index {
         put(one, key, value);
     }

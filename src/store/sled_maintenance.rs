@@ -114,7 +114,7 @@ pub fn compact_chunk(
         for (i, event) in events.iter().enumerate() {
             if event.revision > horizon {
                 // Events still counted from this one on.
-                let remaining = total - trimmed;
+                let remaining = total.saturating_sub(trimmed);
                 if !retention.drops(remaining, event.time_ms, cutoff) {
                     if i > 0 {
                         rewrite = Some((key, codec::encode_event_chunk(&events[i..])));

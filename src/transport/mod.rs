@@ -131,9 +131,31 @@ pub struct PeerInfo {
     pub activity: Arc<Activity>,
 }
 
+impl PeerInfo {
+    /// What log lines show of the peer, formatted only when one is written.
+    pub fn label(&self) -> PeerLabel {
+        PeerLabel(Some((self.transport, self.remote)))
+    }
+}
+
 impl fmt::Display for PeerInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (self.transport, self.remote) {
+        self.label().fmt(f)
+    }
+}
+
+/// A peer as log lines name it (`127.0.0.1:5000 (tcp)`, `unix socket`); the
+/// default is an unknown peer. Copying it costs nothing, so a call keeps one
+/// for the log lines it may write instead of formatting its peer up front.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PeerLabel(Option<(Transport, Option<SocketAddr>)>);
+
+impl fmt::Display for PeerLabel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Some((transport, remote)) = self.0 else {
+            return f.write_str("unknown peer");
+        };
+        match (transport, remote) {
             (Transport::Unix, _) => f.write_str("unix socket"),
             (t, Some(a)) => write!(
                 f,

@@ -29,9 +29,14 @@ pub(super) fn invalid(field: &str, message: String) -> DomainError {
 }
 
 pub fn subject(app_id: &str, user_id: &str) -> Result<Subject, DomainError> {
+    subject_of(app_id.to_owned(), user_id.to_owned())
+}
+
+/// [`subject`] keeping a request's own strings (no copies).
+pub fn subject_of(app_id: String, user_id: String) -> Result<Subject, DomainError> {
     Ok(Subject {
-        app: AppId::parse(app_id)?,
-        user: UserId::parse(user_id)?,
+        app: AppId::from_string(app_id)?,
+        user: UserId::from_string(user_id)?,
     })
 }
 

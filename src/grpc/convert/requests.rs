@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use super::{
     answer, app_request, client, invalid, lifetime, lifetime_of_stored, location_option, scope,
-    subject,
+    subject_of,
 };
 use crate::{
     domain::{
@@ -44,11 +44,11 @@ pub trait ForSubject {
 
 /// Parses the subject, then the rest of the request with it.
 fn about<T>(
-    app_id: &str,
-    user_id: &str,
+    app_id: String,
+    user_id: String,
     rest: impl FnOnce() -> Result<T, DomainError>,
 ) -> Result<(Subject, T), Rejected> {
-    let s = subject(app_id, user_id)?;
+    let s = subject_of(app_id, user_id)?;
     match rest() {
         Ok(t) => Ok((s, t)),
         Err(error) => Err(Rejected {
@@ -95,7 +95,7 @@ impl TryFrom<pb::AuthorizeRequest> for AuthorizeCall {
             scope: raw_scope,
             client: raw_client,
         } = r;
-        let (subject, (scope, client)) = about(&app_id, &user_id, || {
+        let (subject, (scope, client)) = about(app_id, user_id, || {
             Ok((scope("scope", &raw_scope)?, client(raw_client)?))
         })?;
         Ok(Self {
@@ -122,7 +122,7 @@ impl TryFrom<pb::BatchAuthorizeRequest> for BatchAuthorizeCall {
             scopes: raw_scopes,
             client: raw_client,
         } = r;
-        let (subject, (scopes, client)) = about(&app_id, &user_id, || {
+        let (subject, (scopes, client)) = about(app_id, user_id, || {
             if raw_scopes.is_empty() || raw_scopes.len() > MAX_BATCH_SCOPES {
                 return Err(invalid(
                     "scopes",
@@ -163,7 +163,7 @@ impl TryFrom<pb::CheckApiRequest> for CheckApiCall {
             api,
             client: raw_client,
         } = r;
-        let (subject, (api, client)) = about(&app_id, &user_id, || {
+        let (subject, (api, client)) = about(app_id, user_id, || {
             Ok((
                 crate::domain::Api::parse_field("api", &api)?,
                 client(raw_client)?,
@@ -197,7 +197,7 @@ impl TryFrom<pb::RecordDecisionRequest> for RecordCall {
             client: raw_client,
             lifetime: raw_lifetime,
         } = r;
-        let (subject, (scope, answer, client, lifetime)) = about(&app_id, &user_id, || {
+        let (subject, (scope, answer, client, lifetime)) = about(app_id, user_id, || {
             Ok((
                 scope("scope", &raw_scope)?,
                 answer(raw_answer)?,
@@ -232,7 +232,7 @@ impl TryFrom<pb::UpdateSettingRequest> for UpdateSettingCall {
             location: raw_location,
             lifetime: raw_lifetime,
         } = r;
-        let (subject, (update, lifetime)) = about(&app_id, &user_id, || {
+        let (subject, (update, lifetime)) = about(app_id, user_id, || {
             let mut toggles = BTreeMap::new();
             for (name, enabled) in &auth_setting {
                 toggles.insert(scope("auth_setting", name)?, *enabled);
@@ -270,7 +270,7 @@ impl TryFrom<pb::EndSessionRequest> for EndSessionCall {
             user_id,
             session_id,
         } = r;
-        let (subject, session) = about(&app_id, &user_id, || {
+        let (subject, session) = about(app_id, user_id, || {
             SessionId::parse_field("session_id", &session_id)
         })?;
         Ok(Self { subject, session })
@@ -291,7 +291,7 @@ impl TryFrom<pb::RecordPrivacyDecisionRequest> for PrivacyAnswerCall {
             user_id,
             agree,
         } = r;
-        let (subject, ()) = about(&app_id, &user_id, || Ok(()))?;
+        let (subject, ()) = about(app_id, user_id, || Ok(()))?;
         Ok(Self { subject, agree })
     }
 }
@@ -308,7 +308,7 @@ macro_rules! subject_only {
 
             fn try_from(r: pb::$req) -> Result<Self, Rejected> {
                 let pb::$req { app_id, user_id } = r;
-                let (subject, ()) = about(&app_id, &user_id, || Ok(()))?;
+                let (subject, ()) = about(app_id, user_id, || Ok(()))?;
                 Ok(Self { subject })
             }
         })*
