@@ -326,6 +326,104 @@ async fn fan_out(
     (all.len(), total * subscribers, q(0.5), q(0.99))
 }
 
+/// Apps of the user in the user-view measurement.
+const VIEW_APPS: usize = 50;
+
+/// The user's own view at a store's size (issue 18): one user with two
+/// decisions in each of [`VIEW_APPS`] apps. ListUserDecisions of all of
+/// them (median of 50 calls), ResetUser of the 100 decisions (median of 10,
+/// seeded again before each), then EraseUser once (it also rewrites the
+/// retained log and audit trail: its cost follows their size). Latencies
+/// in ms, client side, one call at a time.
+async fn user_view(addr: std::net::SocketAddr) -> serde_json::Value {
+    let channel = channels(addr, 1).await.remove(0);
+    let mut apps = pb::apps_client::AppsClient::new(channel.clone());
+    let mut auth = AuthorizationClient::new(channel.clone());
+    let mut admin = pb::admin_client::AdminClient::new(channel);
+    let app_id = |i: usize| format!("wxview{i:02}");
+    for i in 0..VIEW_APPS {
+        let app = pb::App {
+            app_id: app_id(i),
+            kind: pb::AppKind::MiniProgram.into(),
+            ..Default::default()
+        };
+        apps.register_app(pb::RegisterAppRequest { app: Some(app) })
+            .await
+            .unwrap();
+    }
+    let user = "bench-view-user";
+    let seed = |mut auth: AuthorizationClient<Channel>| async move {
+        for i in 0..VIEW_APPS {
+            for scope in ["scope.camera", "scope.record"] {
+                auth.record_decision(pb::RecordDecisionRequest {
+                    lifetime: None,
+                    app_id: app_id(i),
+                    user_id: user.into(),
+                    scope: scope.into(),
+                    answer: pb::Answer::Allow.into(),
+                    client: Some(client_info("8.0.5")),
+                })
+                .await
+                .unwrap();
+            }
+        }
+    };
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let ms = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
+    seed(auth.clone()).await;
+    let mut list = Vec::new();
+    for _ in 0..50 {
+        let t = Instant::now();
+        let r = auth
+            .list_user_decisions(pb::ListUserDecisionsRequest {
+                user_id: user.into(),
+                page_size: VIEW_APPS as u32,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        list.push(ms(t));
+        assert_eq!(r.apps.len(), VIEW_APPS);
+    }
+    let mut reset = Vec::new();
+    for round in 0..10 {
+        if round > 0 {
+            seed(auth.clone()).await;
+        }
+        let t = Instant::now();
+        let r = auth
+            .reset_user(pb::ResetUserRequest {
+                user_id: user.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        reset.push(ms(t));
+        assert_eq!(r.events.len(), 2 * VIEW_APPS);
+    }
+    seed(auth.clone()).await;
+    let t = Instant::now();
+    let erased = admin
+        .erase_user(pb::EraseUserRequest {
+            user_id: user.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let erase = ms(t);
+    assert_eq!(erased.revoked_decisions as usize, 2 * VIEW_APPS);
+    json!({
+        "apps": VIEW_APPS, "decisions": 2 * VIEW_APPS,
+        "list_ms_p50": median(list.clone()), "list_ms_max": list.iter().copied().fold(0.0, f64::max),
+        "reset_ms_p50": median(reset.clone()), "reset_ms_max": reset.iter().copied().fold(0.0, f64::max),
+        "erase_ms": erase, "erase_rewritten_records": erased.rewritten_records,
+    })
+}
+
 /// Writes `n` decisions (and their events) straight into a fresh store: the
 /// bulk path. sled 0.34 keeps the memory of a long run of large batches
 /// (about 6 GB of RSS per million decisions here, flushed or not, and not
@@ -781,7 +879,10 @@ fn main() {
                 })
                 .await;
                 report(&format!("scale {n} lookups c64"), &lookups, ceilings.get("c64").copied());
+                let users = user_view(daemon.addr).await;
+                println!("scale {n} user view: {users}");
                 scale.push(json!({
+                    "user_view": users,
                     "decisions": n, "bulk_load_s": load.as_secs_f64(), "on_disk_mib": du(&data) as f64 / 1048576.0,
                     "restart_to_serving_s": daemon.ready_after.as_secs_f64(), "lookups_per_sec": lookups.rate(),
                     "peak_rss_mib": daemon.status_kib("VmHWM:") as f64 / 1024.0,

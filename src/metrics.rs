@@ -55,6 +55,11 @@ pub struct Metrics {
     watch_started: IntCounter,
     watch_lagged: IntCounter,
     watch_catch_ups: IntCounter,
+    user_resets: IntCounter,
+    user_reset_decisions: IntCounter,
+    user_erasures: IntCounter,
+    user_erasure_rewrites: IntCounter,
+    user_erasures_pending: IntCounter,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -180,6 +185,26 @@ impl Metrics {
                 "watch_catch_ups_total",
                 "reads of the durable log by subscribers (replays and lag recovery)"
             )?),
+            user_resets: register!(IntCounter::new(
+                "user_resets_total",
+                "ResetUser calls that committed"
+            )?),
+            user_reset_decisions: register!(IntCounter::new(
+                "user_reset_decisions_total",
+                "decisions moved back to never asked by ResetUser (one USER_RESET event each)"
+            )?),
+            user_erasures: register!(IntCounter::new(
+                "user_erasures_total",
+                "EraseUser calls that committed"
+            )?),
+            user_erasure_rewrites: register!(IntCounter::new(
+                "user_erasure_rewritten_records_total",
+                "retained events, checkpoint entries and audit records rewritten to an erasure's pseudonym"
+            )?),
+            user_erasures_pending: register!(IntCounter::new(
+                "user_erasures_left_pending_total",
+                "erasures whose rewrite failed and was left pending until the store reopens"
+            )?),
             methods: (0..=METHOD_COUNT)
                 .map(|_| MethodMetrics::default())
                 .collect(),
@@ -189,6 +214,22 @@ impl Metrics {
             registry,
             standard,
         })
+    }
+
+    /// A committed ResetUser that moved `decisions` decisions.
+    pub fn observe_user_reset(&self, decisions: usize) {
+        self.user_resets.inc();
+        self.user_reset_decisions.inc_by(decisions as u64);
+    }
+
+    /// A committed EraseUser whose scrub rewrote `rewritten` records (or
+    /// was left `pending`).
+    pub fn observe_user_erasure(&self, rewritten: u64, pending: bool) {
+        self.user_erasures.inc();
+        self.user_erasure_rewrites.inc_by(rewritten);
+        if pending {
+            self.user_erasures_pending.inc();
+        }
     }
 
     /// One finished call of the method at `method` (from [`method_index`]);

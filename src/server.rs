@@ -242,6 +242,7 @@ impl Daemon {
             .add_service(
                 AdminServer::new(AdminService::new(
                     broker.clone(),
+                    metrics.clone(),
                     config.retention,
                     exports.clone(),
                     stop.clone(),

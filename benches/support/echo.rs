@@ -158,6 +158,15 @@ impl Authorization for Echo {
     async fn list_scopes(&self, _: Request<pb::ListScopesRequest>) -> R<pb::ListScopesResponse> {
         none()
     }
+    async fn list_user_decisions(
+        &self,
+        _: Request<pb::ListUserDecisionsRequest>,
+    ) -> R<pb::ListUserDecisionsResponse> {
+        none()
+    }
+    async fn reset_user(&self, _: Request<pb::ResetUserRequest>) -> R<pb::ResetUserResponse> {
+        none()
+    }
 }
 
 /// Serves on an ephemeral loopback port (printed on stdout) until killed.

@@ -16,6 +16,7 @@ mod decisions;
 mod error;
 mod reads;
 mod trail;
+mod users;
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -23,6 +24,7 @@ pub use apps::Imported;
 pub use error::BrokerError;
 use trail::Actor;
 use trail::PromptLog;
+pub use users::{UserDecisionsPage, UserErased, UserReset};
 
 pub use crate::domain::{ApiVerdict, Subject};
 use crate::{

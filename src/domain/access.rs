@@ -34,10 +34,13 @@ pub enum Rpc {
     Verify,
     Export,
     Import,
+    ListUserDecisions,
+    ResetUser,
+    EraseUser,
 }
 
 impl Rpc {
-    pub const ALL: [Rpc; 25] = [
+    pub const ALL: [Rpc; 28] = [
         Rpc::Authorize,
         Rpc::BatchAuthorize,
         Rpc::CheckApi,
@@ -63,6 +66,9 @@ impl Rpc {
         Rpc::Verify,
         Rpc::Export,
         Rpc::Import,
+        Rpc::ListUserDecisions,
+        Rpc::ResetUser,
+        Rpc::EraseUser,
     ];
 
     /// The gRPC service and method of each RPC, as the proto names them
@@ -95,6 +101,9 @@ impl Rpc {
             Rpc::Verify => ("Admin", "Verify"),
             Rpc::Export => ("Admin", "Export"),
             Rpc::Import => ("Admin", "Import"),
+            Rpc::ListUserDecisions => ("Authorization", "ListUserDecisions"),
+            Rpc::ResetUser => ("Authorization", "ResetUser"),
+            Rpc::EraseUser => ("Admin", "EraseUser"),
         }
     }
 
@@ -125,6 +134,7 @@ impl Rpc {
                 | Rpc::ListAudit
                 | Rpc::GetApp
                 | Rpc::ListApps
+                | Rpc::ListUserDecisions
         )
     }
 }
@@ -180,6 +190,8 @@ impl Role {
                     | Rpc::UpdateSetting
                     | Rpc::RemoveApp
                     | Rpc::GetPrivacySetting
+                    | Rpc::ListUserDecisions
+                    | Rpc::ResetUser
             ),
             Role::Observer => rpc.is_read_only(),
         }
@@ -386,14 +398,17 @@ mod tests {
                 Rpc::OpenSetting,
                 Rpc::UpdateSetting,
                 Rpc::RemoveApp,
-                Rpc::GetPrivacySetting
+                Rpc::GetPrivacySetting,
+                Rpc::ListUserDecisions,
+                Rpc::ResetUser
             ]
         );
         let observer = allowed(Role::Observer);
         assert!(observer.iter().all(|r| r.is_read_only()));
         assert!(!observer.contains(&Rpc::RecordDecision));
         assert!(!observer.contains(&Rpc::Export));
-        assert_eq!(observer.len(), 12);
+        assert_eq!(observer.len(), 13);
+        assert!(!observer.contains(&Rpc::ResetUser) && !observer.contains(&Rpc::EraseUser));
     }
 
     #[test]

@@ -34,6 +34,12 @@ pub enum AuditAction {
     PromptSuppressed,
     /// An operator action: register / update / delete an app, import.
     Operator(OperatorAction),
+    /// Every decision of the user in this app went back to never asked
+    /// (ResetUser); one record per app.
+    UserReset,
+    /// The user was erased (EraseUser); one record per app, naming the
+    /// erasure's pseudonym, never the user.
+    UserErased,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,11 +70,13 @@ impl AuditAction {
             AuditAction::Operator(OperatorAction::UpdateApp) => "OPERATOR_UPDATE_APP",
             AuditAction::Operator(OperatorAction::DeleteApp) => "OPERATOR_DELETE_APP",
             AuditAction::Operator(OperatorAction::Import) => "OPERATOR_IMPORT",
+            AuditAction::UserReset => "USER_RESET",
+            AuditAction::UserErased => "USER_ERASED",
         }
     }
 
     /// Every action, in the order of their names.
-    pub const ALL: [AuditAction; 16] = [
+    pub const ALL: [AuditAction; 18] = [
         AuditAction::PromptShown,
         AuditAction::Answered(Answer::Allow),
         AuditAction::Answered(Answer::AllowWhileUsing),
@@ -85,6 +93,8 @@ impl AuditAction {
         AuditAction::Operator(OperatorAction::UpdateApp),
         AuditAction::Operator(OperatorAction::DeleteApp),
         AuditAction::Operator(OperatorAction::Import),
+        AuditAction::UserReset,
+        AuditAction::UserErased,
     ];
 
     pub fn from_name(name: &str) -> Option<AuditAction> {

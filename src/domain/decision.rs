@@ -27,6 +27,10 @@ pub enum Cause {
     Operator,
     /// A timed or one-time grant lapsed; consentd itself made the change.
     Expired,
+    /// The user reset every decision in every app (ResetUser).
+    UserReset,
+    /// The user was erased (EraseUser): every decision revoked.
+    UserErased,
 }
 
 /// How long a grant lasts. Denials are always permanent.

@@ -18,6 +18,7 @@ pub mod machine;
 mod platform;
 pub mod privacy;
 pub mod rules;
+pub mod users;
 mod version;
 
 pub use access::{AppBinding, Denied, Principal, Role, Rpc};

@@ -17,6 +17,7 @@ const EXPORT_PAGE: usize = 1024;
 
 pub struct AdminService {
     broker: Broker,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
     retention: Retention,
     /// Owns the export tasks (the daemon waits for them on shutdown).
     exports: TaskTracker,
@@ -27,12 +28,14 @@ pub struct AdminService {
 impl AdminService {
     pub fn new(
         broker: Broker,
+        metrics: std::sync::Arc<crate::metrics::Metrics>,
         retention: Retention,
         exports: TaskTracker,
         stop: CancellationToken,
     ) -> Self {
         Self {
             broker,
+            metrics,
             retention,
             exports,
             stop,
@@ -131,6 +134,27 @@ impl Admin for AdminService {
             removed_events: done.removed,
             compacted_through: done.compacted_through,
             revision: self.broker.revision(),
+        }))
+    }
+
+    async fn erase_user(
+        &self,
+        request: Request<pb::EraseUserRequest>,
+    ) -> Result<Response<pb::EraseUserResponse>, Status> {
+        // The user's data may be in any app: only principals covering all.
+        let who = caller(&request)?;
+        who.may_span_all_apps()?;
+        let convert::UserCall(user) = request.into_inner().try_into()?;
+        let written = self.broker.erase_user(&user, &who).await?;
+        let e = &written.value;
+        self.metrics
+            .observe_user_erasure(e.rewritten, e.scrub_pending);
+        Ok(Response::new(pb::EraseUserResponse {
+            revoked_decisions: written.events.len() as u64,
+            apps: e.apps,
+            rewritten_records: e.rewritten,
+            scrub_pending: e.scrub_pending,
+            revision: written.revision,
         }))
     }
 

@@ -222,6 +222,42 @@ impl Authorization for AuthorizationService {
         }))
     }
 
+    async fn list_user_decisions(
+        &self,
+        request: Request<pb::ListUserDecisionsRequest>,
+    ) -> Result<Response<pb::ListUserDecisionsResponse>, Status> {
+        let who = caller(&request)?;
+        let call: convert::ListUserCall = request.into_inner().try_into()?;
+        // A principal bound to some apps sees only their rows.
+        let read = self.broker.list_user(
+            &call.user,
+            call.scope,
+            call.after.as_ref(),
+            call.page_size,
+            &who.apps,
+        )?;
+        Ok(Response::new(convert::user_decisions(
+            &read.value,
+            read.revision,
+        )))
+    }
+
+    async fn reset_user(
+        &self,
+        request: Request<pb::ResetUserRequest>,
+    ) -> Result<Response<pb::ResetUserResponse>, Status> {
+        let who = caller(&request)?;
+        let convert::UserCall(user) = request.into_inner().try_into()?;
+        // A principal bound to some apps resets only their decisions.
+        let written = self.broker.reset_user(&user, &who).await?;
+        self.metrics.observe_user_reset(written.events.len());
+        Ok(Response::new(pb::ResetUserResponse {
+            events: written.events.iter().map(convert::event).collect(),
+            apps: written.value.apps,
+            revision: written.revision,
+        }))
+    }
+
     async fn end_session(
         &self,
         request: Request<pb::EndSessionRequest>,

@@ -5,10 +5,10 @@
 
 use std::{sync::Arc, time::Duration};
 
-use super::{Retention, Store, StoreError, TxnError, WriteSet};
+use super::{Erasure, Retention, Store, StoreError, TxnError, WriteSet};
 use crate::domain::{
-    AppId, Cause, Change, DecisionState, DomainError, Event, NagState, PrivacyState, Scope,
-    StateQuery, Subject, UserId,
+    AppId, AuditAction, AuditEntry, AuditQuery, Cause, Change, DecisionState, DomainError, Event,
+    NagState, PrivacyState, Scope, StateQuery, Subject, UserId,
 };
 
 /// Opens stores for the contract checks.
@@ -40,6 +40,7 @@ macro_rules! store_contract_tests {
             compaction_trims_into_the_checkpoint_and_raises_the_horizon,
             subject_reads_what_the_query_asks_for,
             the_log_pages_from_any_revision_and_trims_inside_a_group,
+            the_user_index_follows_every_write,
         );
     };
     (@each $attrs:tt $backend:expr; $($check:ident),* $(,)?) => {
@@ -517,4 +518,313 @@ pub(crate) async fn the_log_pages_from_any_revision_and_trims_inside_a_group(
     };
     check(store).await;
     check(backend.open("paging")).await;
+}
+
+fn in_app(app: &str, user: &str) -> Subject {
+    Subject {
+        app: AppId::parse(app).unwrap(),
+        user: UserId::parse(user).unwrap(),
+    }
+}
+
+fn apps_of(store: &Arc<dyn Store>, user: &str) -> Vec<String> {
+    store
+        .user_apps(&UserId::parse(user).unwrap(), None, 1000)
+        .unwrap()
+        .into_iter()
+        .map(|a| a.as_str().to_owned())
+        .collect()
+}
+
+/// The per-user index: exactly the apps where the user has a decision, a
+/// privacy answer or an anti-nag state, after every kind of write, in the
+/// same job (a later job of the group sees it), paged in id order, and
+/// covered by verify.
+pub(crate) async fn the_user_index_follows_every_write(backend: &impl Backend) {
+    let store = backend.open("user-index");
+    let (n, g, d) = (
+        DecisionState::NotDetermined,
+        DecisionState::Granted,
+        DecisionState::Denied,
+    );
+    let nag = NagState {
+        cancels: 1,
+        embargo_until_ms: 0,
+    };
+    let answer = PrivacyState {
+        agreed: true,
+        version: 1,
+        at_ms: 5,
+    };
+    submit(
+        &store,
+        changes(vec![
+            (in_app("wxb", "u"), change(Scope::Camera, n, g)),
+            (in_app("wxa", "u"), change(Scope::Record, n, d)),
+            (in_app("wxa", "u10"), change(Scope::Record, n, d)),
+        ]),
+    )
+    .await;
+    submit(
+        &store,
+        WriteSet {
+            privacy: Some((in_app("wxc", "u"), Some(answer))),
+            nag: Some((in_app("wxd", "u"), Scope::Bluetooth, Some(nag))),
+            ..WriteSet::default()
+        },
+    )
+    .await;
+    assert_eq!(apps_of(&store, "u"), ["wxa", "wxb", "wxc", "wxd"]);
+    assert_eq!(
+        apps_of(&store, "u10"),
+        ["wxa"],
+        "a longer id is another user"
+    );
+    let u = UserId::parse("u").unwrap();
+    let page = store
+        .user_apps(&u, Some(&AppId::parse("wxb").unwrap()), 1)
+        .unwrap();
+    assert_eq!(page, [AppId::parse("wxc").unwrap()], "paged after wxb");
+
+    // Removing one of two decisions keeps the entry; the last one removes it.
+    submit(
+        &store,
+        changes(vec![(in_app("wxb", "u"), change(Scope::Record, n, g))]),
+    )
+    .await;
+    submit(
+        &store,
+        changes(vec![(in_app("wxb", "u"), change(Scope::Camera, g, n))]),
+    )
+    .await;
+    assert!(apps_of(&store, "u").contains(&"wxb".to_owned()));
+    submit(
+        &store,
+        changes(vec![(in_app("wxb", "u"), change(Scope::Record, g, n))]),
+    )
+    .await;
+    submit(
+        &store,
+        WriteSet {
+            forget: vec![in_app("wxc", "u"), in_app("wxd", "u")],
+            ..WriteSet::default()
+        },
+    )
+    .await;
+    assert_eq!(apps_of(&store, "u"), ["wxa"]);
+
+    // A job sees the entries an earlier job of its group staged.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let first = store.submit(Box::new(move |_| {
+        Ok(changes(vec![(
+            in_app("wxe", "u"),
+            change(Scope::Camera, n, g),
+        )]))
+    }));
+    let second = store.submit(Box::new(move |view| {
+        let _ = tx.send(view.user_apps(&UserId::parse("u").unwrap())?);
+        Ok(WriteSet::default())
+    }));
+    let (a, b) = tokio::join!(first, second);
+    a.unwrap();
+    b.unwrap();
+    let seen: Vec<String> = rx.await.unwrap().iter().map(|a| a.to_string()).collect();
+    assert_eq!(seen, ["wxa", "wxe"]);
+
+    let v = store.verify().await.unwrap();
+    assert!(v.mismatches.is_empty(), "{:?}", v.mismatches);
+    store.close().await.unwrap();
+    let store = backend.open("user-index");
+    assert_eq!(apps_of(&store, "u"), ["wxa", "wxe"], "durable");
+    store.close().await.unwrap();
+}
+
+/// An erasure: the marker commits with the revocations; finishing it
+/// renames the user in every retained event, checkpoint entry and audit
+/// record up to the erasing job (not after), keeps revisions contiguous
+/// and checkpoint + log == decisions.
+pub(crate) async fn an_erasure_renames_the_user_in_everything_retained(backend: &impl Backend) {
+    let store = backend.open("erasure");
+    let (n, g) = (DecisionState::NotDetermined, DecisionState::Granted);
+    let entry = |user: &str| AuditEntry {
+        app: AppId::parse("wxa").unwrap(),
+        user: Some(UserId::parse(user).unwrap()),
+        scope: Some(Scope::Camera),
+        action: AuditAction::SettingsChanged,
+        principal: "p".into(),
+        client: None,
+    };
+    for scope in [Scope::Camera, Scope::Record, Scope::Bluetooth] {
+        submit(
+            &store,
+            WriteSet {
+                changes: vec![
+                    (in_app("wxa", "gone"), change(scope, n, g)),
+                    (in_app("wxa", "stays"), change(scope, n, g)),
+                ],
+                audit: vec![entry("gone"), entry("stays")],
+                ..WriteSet::default()
+            },
+        )
+        .await;
+    }
+    // Two events folded into the checkpoint: the user is named there too.
+    store
+        .compact(Retention {
+            max_events: Some(4),
+            max_age: None,
+        })
+        .await
+        .unwrap();
+    // A timed grant changed since: its timer is stale but names the user.
+    submit(
+        &store,
+        WriteSet {
+            changes: vec![(in_app("wxa", "gone"), change(Scope::Werun, n, g))],
+            lifetime: crate::domain::Lifetime::Until {
+                expires_at_ms: u64::MAX / 2,
+            },
+            ..WriteSet::default()
+        },
+    )
+    .await;
+    submit(
+        &store,
+        changes(vec![(
+            in_app("wxa", "gone"),
+            change(Scope::Werun, g, DecisionState::Denied),
+        )]),
+    )
+    .await;
+    assert_eq!(store.next_timer().unwrap(), Some(u64::MAX / 2));
+    let pseudonym = UserId::parse("erased-0123456789abcdef0123456789abcdef").unwrap();
+    let revoke = [Scope::Camera, Scope::Record, Scope::Bluetooth, Scope::Werun]
+        .into_iter()
+        .map(|scope| {
+            let old = if scope == Scope::Werun {
+                DecisionState::Denied
+            } else {
+                g
+            };
+            (
+                in_app("wxa", "gone"),
+                Change {
+                    cause: Cause::UserErased,
+                    ..change(scope, old, n)
+                },
+            )
+        })
+        .collect();
+    let erased = submit(
+        &store,
+        WriteSet {
+            changes: revoke,
+            erasure: Some(Erasure {
+                user: UserId::parse("gone").unwrap(),
+                pseudonym: pseudonym.clone(),
+            }),
+            ..WriteSet::default()
+        },
+    )
+    .await;
+    assert!(erased.events.iter().all(|e| e.user.as_str() == "gone"));
+    assert!(apps_of(&store, "gone").is_empty());
+    let renamed = store.finish_erasures().await.unwrap();
+    assert!(renamed >= 3 + 3, "events and audit records: {renamed}");
+    assert_eq!(store.finish_erasures().await.unwrap(), 0, "nothing pending");
+    assert_eq!(
+        store.next_timer().unwrap(),
+        None,
+        "the stale timer went too"
+    );
+    // The user comes back after the erasure: the new event keeps the name.
+    submit(
+        &store,
+        changes(vec![(in_app("wxa", "gone"), change(Scope::Camera, n, g))]),
+    )
+    .await;
+
+    let events = all_events(&store, store.compacted_through());
+    let revisions: Vec<u64> = events.iter().map(|e| e.revision).collect();
+    let expected: Vec<u64> = (store.compacted_through() + 1..=store.revision()).collect();
+    assert_eq!(revisions, expected, "contiguous");
+    let named: Vec<u64> = events
+        .iter()
+        .filter(|e| e.user.as_str() == "gone")
+        .map(|e| e.revision)
+        .collect();
+    assert_eq!(
+        named,
+        [store.revision()],
+        "only the event after the erasure"
+    );
+    assert!(events.iter().any(|e| e.user == pseudonym));
+    let (records, _) = store
+        .audit(
+            &AppId::parse("wxa").unwrap(),
+            &AuditQuery {
+                limit: 100,
+                ..AuditQuery::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(records.len(), 6);
+    assert!(records
+        .iter()
+        .all(|r| r.entry.user.as_ref().map(UserId::as_str) != Some("gone")));
+    assert_eq!(
+        records
+            .iter()
+            .filter(|r| r.entry.user.as_ref() == Some(&pseudonym))
+            .count(),
+        3
+    );
+    let v = store.verify().await.unwrap();
+    assert!(v.mismatches.is_empty(), "{:?}", v.mismatches);
+    store.close().await.unwrap();
+}
+
+/// A crash between the erasing write and its scrub: the marker is durable,
+/// and opening the store finishes the scrub before anything is read.
+pub(crate) async fn a_pending_erasure_finishes_when_the_store_reopens(backend: &impl Backend) {
+    let store = backend.open("erasure-pending");
+    let (n, g) = (DecisionState::NotDetermined, DecisionState::Granted);
+    submit(
+        &store,
+        changes(vec![(in_app("wxa", "gone"), change(Scope::Camera, n, g))]),
+    )
+    .await;
+    submit(
+        &store,
+        WriteSet {
+            changes: vec![(
+                in_app("wxa", "gone"),
+                Change {
+                    cause: Cause::UserErased,
+                    ..change(Scope::Camera, g, n)
+                },
+            )],
+            erasure: Some(Erasure {
+                user: UserId::parse("gone").unwrap(),
+                pseudonym: UserId::parse("erased-ff").unwrap(),
+            }),
+            ..WriteSet::default()
+        },
+    )
+    .await;
+    // Not finished: the log still names the user until the store reopens.
+    assert!(all_events(&store, 0)
+        .iter()
+        .all(|e| e.user.as_str() == "gone"));
+    store.close().await.unwrap();
+    let store = backend.open("erasure-pending");
+    let users: Vec<String> = all_events(&store, 0)
+        .iter()
+        .map(|e| e.user.to_string())
+        .collect();
+    assert_eq!(users, ["erased-ff", "erased-ff"]);
+    assert_eq!(store.finish_erasures().await.unwrap(), 0, "nothing pending");
+    let v = store.verify().await.unwrap();
+    assert!(v.mismatches.is_empty(), "{:?}", v.mismatches);
+    store.close().await.unwrap();
 }

@@ -241,7 +241,12 @@ impl Shared {
                 }
                 if let (true, Some(v)) = (key.starts_with(codec::EVENT_PREFIX), value) {
                     let revision = codec::decode_u64(&key[codec::EVENT_PREFIX.len()..])?;
-                    new_events.push(codec::decode_event(revision, v)?);
+                    // An erasure's scrub rewrites retained events in place:
+                    // the view takes the new values, but they were published
+                    // when they were new and are not published again.
+                    if revision > prev_revision {
+                        new_events.push(codec::decode_event(revision, v)?);
+                    }
                 }
                 replica.apply(key, value.as_deref())?;
             }

@@ -11,8 +11,10 @@
 //! per entry, not sled's chunks: `E/<revision>` holds one event
 //! (`encode_event`), `A/<seq>` one audit record (`encode_audit`) with its
 //! index entry `I/<app>\0<seq>` (small etcd values, one watch event each,
-//! trimmed by deleting keys). `<prefix>data/m/etcd_format` is this layout's
-//! version and `<prefix>lock/...` the write lock's keys (etcd's Lock API).
+//! trimmed by deleting keys); the per-user index `u/<user>\0<app>` and the
+//! erasure markers `x/<pseudonym>` of `sled_users`. `<prefix>data/m/etcd_format`
+//! is this layout's version ([`ETCD_FORMAT`]) and `<prefix>lock/...` the
+//! write lock's keys (etcd's Lock API).
 
 use std::{
     collections::BTreeMap,
@@ -38,16 +40,18 @@ use super::{
     etcd_replica::{Changes, Replica, Shared},
     etcd_writer::{Plan, Request, Writer, WriterConfig},
     sled_read::{self, Overlay},
-    AuditPage, BoxFuture, CommitObserver, Committed, Compaction, DecisionRow, Job, Published,
-    Retention, Store, StoreError, StoreStats, TxnError, Verification, MAX_MISMATCHES,
+    sled_users, AuditPage, BoxFuture, CommitObserver, Committed, Compaction, DecisionRow, Job,
+    Published, Retention, Store, StoreError, StoreStats, TxnError, Verification, MAX_MISMATCHES,
 };
 use crate::{
     clock::SharedClock,
     domain::{App, AppId, AuditQuery, DecisionState, Event, StateQuery, SubjectState, UserId},
 };
 
-/// The version of the etcd key layout, under `m/etcd_format`.
-pub const ETCD_FORMAT: u64 = 1;
+/// The version of the etcd key layout, under `m/etcd_format`. Layout 2
+/// adds the per-user index (`u/<user>\0<app>`) and erasure markers
+/// (`x/<pseudonym>`); opening a layout-1 prefix builds the index.
+pub const ETCD_FORMAT: u64 = 2;
 const ETCD_FORMAT_KEY: &[u8] = b"m/etcd_format";
 /// Keys read per etcd range request when loading the view.
 const LOAD_PAGE: i64 = 2000;
@@ -193,7 +197,7 @@ impl EtcdStore {
         let mut replica = load(&mut client, &data_prefix, config.timeout)
             .await
             .map_err(|e| open_err(e.to_string()))?;
-        check_format(&mut client, &data_prefix, &mut replica, config.timeout)
+        let layout = check_format(&mut client, &data_prefix, &mut replica, config.timeout)
             .await
             .map_err(|e| open_err(e.to_string()))?;
         let lease = bounded(
@@ -253,7 +257,7 @@ impl EtcdStore {
             lease.clone(),
         );
         let writer = tokio::spawn(writer.run(rx));
-        Ok(Self {
+        let store = Self {
             shared,
             client,
             writer: Mutex::new(Some((tx, writer))),
@@ -261,7 +265,93 @@ impl EtcdStore {
             stop,
             lease,
             config: config.clone(),
-        })
+        };
+        if layout < 2 {
+            let written = store
+                .build_index()
+                .await
+                .map_err(|e| open_err(format!("building the per-user index (layout 2): {e}")))?;
+            tracing::info!(written, "etcd layout 2: per-user index built");
+        }
+        // An erasure whose scrub a crash interrupted (on this daemon or any
+        // other) finishes before anything is served.
+        if store.erasures_pending()? {
+            let renamed = store
+                .scrub_erasures()
+                .await
+                .map_err(|e| open_err(format!("finishing a pending erasure: {e}")))?;
+            tracing::info!(renamed, "pending erasure finished on open");
+        }
+        Ok(store)
+    }
+
+    /// Whether an erasure marker is in the view.
+    fn erasures_pending(&self) -> Result<bool, StoreError> {
+        Ok(self
+            .shared
+            .read()?
+            .scan_prefix(sled_users::ERASURE_PREFIX)
+            .next()
+            .is_some())
+    }
+
+    /// Brings the per-user index in line with the stored state, in fenced
+    /// transactions of bounded size, and records layout 2 in the last one
+    /// (an interrupted build is redone on the next open); returns how many
+    /// index keys it wrote or removed.
+    async fn build_index(&self) -> Result<u64, StoreError> {
+        let budget = self.config.max_txn_ops.max(8) - 4;
+        let mut written = 0;
+        loop {
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            self.maintain(Box::new(move |replica| {
+                let (overlay, n, done) = index_build_plan(replica, budget)?;
+                let _ = tx.send((n, done));
+                Ok(overlay)
+            }))
+            .await?;
+            let (n, done) = rx
+                .try_recv()
+                .map_err(|_| StoreError::Internal("the index build planned nothing".into()))?;
+            written += n;
+            if done {
+                return Ok(written);
+            }
+        }
+    }
+
+    /// Runs one fenced transaction of the first pending erasure's scrub
+    /// (at most `budget` keys): returns how many records it renamed and
+    /// whether any erasure is still pending after it.
+    async fn scrub_step(&self, budget: usize) -> Result<(u64, bool), StoreError> {
+        let max_bytes = self.config.max_txn_bytes.max(4096) / 2;
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.maintain(Box::new(move |replica| {
+            let step = scrub_plan(replica, budget, max_bytes)?;
+            let _ = tx.send((step.renamed, step.more));
+            Ok(step.overlay)
+        }))
+        .await?;
+        rx.try_recv()
+            .map_err(|_| StoreError::Internal("the erasure scrub planned nothing".into()))
+    }
+
+    /// Runs every pending erasure's scrub to its end, one bounded fenced
+    /// transaction at a time; returns how many records were renamed.
+    async fn scrub_erasures(&self) -> Result<u64, StoreError> {
+        let budget = self.config.max_txn_ops.max(8) - 4;
+        let mut renamed = 0;
+        loop {
+            let (n, more) = self.scrub_step(budget).await?;
+            renamed += n;
+            if !more {
+                tracing::info!(
+                    renamed,
+                    "erasure scrubbed: the retained log, checkpoint and audit trail no longer name the user"
+                );
+                return Ok(renamed);
+            }
+        }
     }
 
     fn sender(&self) -> Result<mpsc::Sender<Request>, StoreError> {
@@ -342,7 +432,7 @@ async fn check_format(
     data_prefix: &[u8],
     replica: &mut Replica,
     timeout: Duration,
-) -> Result<(), StoreError> {
+) -> Result<u64, StoreError> {
     match replica.kv.get(ETCD_FORMAT_KEY) {
         Some(raw) => {
             let found = codec::decode_u64(raw)?;
@@ -351,7 +441,7 @@ async fn check_format(
                     "the prefix holds etcd layout {found}; this consentd reads layout {ETCD_FORMAT}"
                 )));
             }
-            Ok(())
+            Ok(found)
         }
         None if !replica.kv.is_empty() => Err(StoreError::Corrupt(
             "the prefix holds keys but no consentd layout marker (m/etcd_format): not a \
@@ -367,7 +457,9 @@ async fn check_format(
                 .and_then([TxnOp::put(key, value.clone(), None)]);
             bounded(timeout, "writing the layout marker", client.txn(txn)).await?;
             // The watch brings the key into the view; readers never need it.
-            Ok(())
+            // (A daemon that lost the race to an older one meets layout 1
+            // on its next open and builds the index then.)
+            Ok(ETCD_FORMAT)
         }
     }
 }
@@ -630,6 +722,37 @@ impl Store for EtcdStore {
         sled_read::subject(&*self.shared.read()?, app, user, query)
     }
 
+    fn user_apps(
+        &self,
+        user: &UserId,
+        after: Option<&AppId>,
+        limit: usize,
+    ) -> Result<Vec<AppId>, StoreError> {
+        let prefix = sled_users::user_prefix(user);
+        let start = match after {
+            // The first key after `<prefix><after>`.
+            Some(app) => [&sled_users::user_app_key(user, app)[..], b"\0"].concat(),
+            None => prefix.clone(),
+        };
+        let replica = self.shared.read()?;
+        replica
+            .kv
+            .range::<Vec<u8>, _>((Bound::Included(start), Bound::Unbounded))
+            .take_while(|(key, _)| key.starts_with(&prefix))
+            .take(limit)
+            .map(|(key, _)| sled_users::split_user_app_key(key).map(|(_, app)| app))
+            .collect()
+    }
+
+    fn finish_erasures(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(async move {
+            if !self.erasures_pending()? {
+                return Ok(0);
+            }
+            self.scrub_erasures().await
+        })
+    }
+
     fn audit(&self, app: &AppId, query: &AuditQuery) -> Result<AuditPage, StoreError> {
         let replica = self.shared.read()?;
         let prefix = codec::audit_index_prefix(app);
@@ -792,8 +915,15 @@ impl Store for EtcdStore {
 
     fn recover(&self) -> BoxFuture<'_, Result<bool, StoreError>> {
         // Nothing to reopen: the etcd client reconnects by itself, and a
-        // failed commit leaves nothing behind on this daemon.
-        Box::pin(async { Ok(false) })
+        // failed commit leaves nothing behind on this daemon. An erasure
+        // whose scrub failed with the write resumes here.
+        Box::pin(async move {
+            if self.erasures_pending()? {
+                let renamed = self.scrub_erasures().await?;
+                tracing::info!(renamed, "pending erasure finished on recovery");
+            }
+            Ok(false)
+        })
     }
 
     fn close(&self) -> BoxFuture<'_, Result<(), StoreError>> {
@@ -1033,7 +1163,200 @@ fn verify(replica: &Replica) -> Result<Verification, StoreError> {
             ),
         );
     }
+    verify_index(replica, |m| note(&mut report, m))?;
     Ok(report)
+}
+
+/// One transaction of an erasure's scrub.
+struct ScrubStep {
+    overlay: Overlay,
+    renamed: u64,
+    /// Whether an erasure is still pending after this step.
+    more: bool,
+}
+
+/// Plans the next transaction of the first pending erasure's scrub on the
+/// current view: at most `max_ops` keys and about `max_bytes`. The work
+/// comes in units, in this order: for each (app, scope) of the user's
+/// retained events up to the erasure, its checkpoint entry and those
+/// events (so that checkpoint + log keeps folding to the stored decisions
+/// between steps, unless one unit alone exceeds a transaction); then each
+/// audit record up to the erasure's sequence number; then each timer whose
+/// key names the user (stale ones; the erasure cleared the live ones). The
+/// marker is removed in the step that takes the last unit. A step only
+/// rewrites what still names the user, so a scrub interrupted by a crash or
+/// a lost lock is resumed by planning again, on any daemon.
+fn scrub_plan(
+    replica: &Replica,
+    max_ops: usize,
+    max_bytes: usize,
+) -> Result<ScrubStep, StoreError> {
+    let mut markers = replica.scan_prefix(sled_users::ERASURE_PREFIX);
+    let Some((key, value)) = markers.next() else {
+        return Ok(ScrubStep {
+            overlay: Overlay::new(),
+            renamed: 0,
+            more: false,
+        });
+    };
+    let others = markers.next().is_some();
+    let m = sled_users::decode_marker(key, value)?;
+    type Unit = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+    let mut units: Vec<Unit> = Vec::new();
+    // Retained events up to the erasure that name the user, by (app, scope).
+    let mut pairs: BTreeMap<(AppId, crate::domain::Scope), Unit> = BTreeMap::new();
+    let first = replica.compacted_through.saturating_add(1);
+    if first <= m.revision {
+        let range = (
+            Bound::Included(codec::event_key(first).to_vec()),
+            Bound::Included(codec::event_key(m.revision).to_vec()),
+        );
+        for (key, value) in replica.kv.range::<Vec<u8>, _>(range) {
+            let revision = codec::decode_u64(&key[codec::EVENT_PREFIX.len()..])?;
+            let mut event = codec::decode_event(revision, value)?;
+            if event.user == m.user {
+                let unit = pairs.entry((event.app.clone(), event.scope)).or_default();
+                event.user = m.pseudonym.clone();
+                unit.push((key.clone(), Some(codec::encode_event(&event))));
+            }
+        }
+    }
+    for ((app, scope), events) in pairs {
+        let mut unit = Vec::new();
+        let from = codec::base_key_of(&codec::decision_key(&app, &m.user, scope));
+        if let Some(state) = replica.kv.get(&from) {
+            let to = codec::base_key_of(&codec::decision_key(&app, &m.pseudonym, scope));
+            unit.push((to, Some(state.clone())));
+            unit.push((from, None));
+        }
+        // A unit larger than a transaction is split, checkpoint first.
+        for chunk in unit
+            .into_iter()
+            .chain(events)
+            .collect::<Vec<_>>()
+            .chunks(max_ops.max(2))
+        {
+            units.push(chunk.to_vec());
+        }
+    }
+    let audit = (
+        Bound::Included(codec::audit_key(0).to_vec()),
+        Bound::Included(codec::audit_key(m.audit_seq).to_vec()),
+    );
+    for (key, value) in replica.kv.range::<Vec<u8>, _>(audit) {
+        let mut record = codec::decode_audit(value)?;
+        if record.entry.user.as_ref() == Some(&m.user) {
+            record.entry.user = Some(m.pseudonym.clone());
+            units.push(vec![(key.clone(), Some(codec::encode_audit(&record)))]);
+        }
+    }
+    for (key, _) in replica.scan_prefix(codec::TIMER_PREFIX) {
+        let (_, decision) = codec::split_timer_key(key)?;
+        if codec::split_decision_key(&decision)?.1 == m.user {
+            units.push(vec![(key.clone(), None)]);
+        }
+    }
+    let mut overlay = Overlay::new();
+    let (mut ops, mut bytes, mut renamed) = (0usize, 0usize, 0u64);
+    let mut all = true;
+    for unit in units {
+        let unit_bytes: usize = unit
+            .iter()
+            .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len) + 16)
+            .sum();
+        if !overlay.is_empty() && (ops + unit.len() > max_ops || bytes + unit_bytes > max_bytes) {
+            all = false;
+            break;
+        }
+        ops += unit.len();
+        bytes += unit_bytes;
+        for (key, value) in unit {
+            // A checkpoint move counts once (its delete is not a record).
+            if value.is_some() || key.starts_with(codec::TIMER_PREFIX) {
+                renamed += 1;
+            }
+            overlay.insert(key, value);
+        }
+    }
+    if all {
+        overlay.insert(sled_users::marker_key(&m.pseudonym), None);
+    }
+    Ok(ScrubStep {
+        overlay,
+        renamed,
+        more: !all || others,
+    })
+}
+
+/// The per-user index as the stored decisions, privacy answers and
+/// anti-nag states imply it (the keys it should hold).
+fn derived_index(replica: &Replica) -> Result<std::collections::BTreeSet<Vec<u8>>, StoreError> {
+    let mut pairs = std::collections::BTreeSet::new();
+    for prefix in [
+        codec::DECISION_PREFIX,
+        codec::NAG_PREFIX,
+        codec::PRIVACY_PREFIX,
+    ] {
+        for (key, _) in replica.scan_prefix(prefix) {
+            // `<app>\0<user>` then, for decisions and anti-nag, `\0<scope>`.
+            let mut parts = key[prefix.len()..].splitn(3, |b| *b == 0);
+            let (Some(app), Some(user)) = (parts.next(), parts.next()) else {
+                return Err(StoreError::Corrupt(format!(
+                    "bad key {:?}",
+                    String::from_utf8_lossy(key)
+                )));
+            };
+            pairs.insert([sled_users::USER_INDEX_PREFIX, user, b"\0", app].concat());
+        }
+    }
+    Ok(pairs)
+}
+
+/// Plans at most `max_ops` index keys that the stored state implies but the
+/// index lacks (or the reverse); when that is all of them, also records
+/// layout [`ETCD_FORMAT`]. Returns the keys, how many, and whether done.
+fn index_build_plan(replica: &Replica, max_ops: usize) -> Result<(Overlay, u64, bool), StoreError> {
+    let mut derived = derived_index(replica)?;
+    let mut overlay = Overlay::new();
+    for (key, _) in replica.scan_prefix(sled_users::USER_INDEX_PREFIX) {
+        if !derived.remove(key) {
+            overlay.insert(key.clone(), None);
+        }
+    }
+    for key in derived {
+        overlay.insert(key, Some(Vec::new()));
+    }
+    let total = overlay.len();
+    let mut overlay: Overlay = overlay.into_iter().take(max_ops.max(1)).collect();
+    let n = overlay.len() as u64;
+    let done = overlay.len() == total;
+    if done {
+        overlay.insert(
+            ETCD_FORMAT_KEY.to_vec(),
+            Some(codec::encode_u64(ETCD_FORMAT).to_vec()),
+        );
+    }
+    Ok((overlay, n, done))
+}
+
+/// Compares the per-user index with the state it follows, both ways.
+fn verify_index(replica: &Replica, mut note: impl FnMut(String)) -> Result<(), StoreError> {
+    let mut derived = derived_index(replica)?;
+    for (key, _) in replica.scan_prefix(sled_users::USER_INDEX_PREFIX) {
+        if !derived.remove(key) {
+            let (user, app) = sled_users::split_user_app_key(key)?;
+            note(format!(
+                "user index names {user} in {app}, but the user has no stored state there"
+            ));
+        }
+    }
+    for key in derived {
+        let (user, app) = sled_users::split_user_app_key(&key)?;
+        note(format!(
+            "{user} has stored state in {app}, but the user index lacks it"
+        ));
+    }
+    Ok(())
 }
 
 fn describe(tail: &[u8]) -> String {
@@ -1044,7 +1367,7 @@ fn describe(tail: &[u8]) -> String {
 mod contract_tests {
     use std::sync::Arc;
 
-    use super::{EtcdConfig, EtcdStore};
+    use super::{codec, EtcdConfig, EtcdStore, ETCD_FORMAT_KEY};
     use crate::{
         clock::SystemClock,
         store::{
@@ -1074,13 +1397,23 @@ mod contract_tests {
     impl Etcd {
         /// A store whose view applies each watch response `lag` late.
         fn open_lagging(&self, name: &str, lag: std::time::Duration) -> Arc<dyn Store> {
+            self.open_with(name, lag, 10_000)
+        }
+
+        /// A store whose transactions hold at most `max_txn_ops` keys.
+        fn open_with(
+            &self,
+            name: &str,
+            lag: std::time::Duration,
+            max_txn_ops: usize,
+        ) -> Arc<EtcdStore> {
             let mut config = EtcdConfig::new(
                 shared_endpoints().to_vec(),
                 format!("{}{name}/", self.0),
                 SystemClock::shared(),
             );
             // The test cluster runs with --max-txn-ops 10000.
-            config.max_txn_ops = 10_000;
+            config.max_txn_ops = max_txn_ops;
             config.watch_delay = lag;
             let store = tokio::task::block_in_place(|| {
                 tokio::runtime::Handle::current().block_on(EtcdStore::open(&config))
@@ -1335,6 +1668,328 @@ mod contract_tests {
                 None,
             )]);
         assert!(!dead.txn(fenced).await.unwrap().succeeded());
+        store.close().await.unwrap();
+    }
+
+    /// An erasure's scrub in transactions of at most 24 keys, interrupted
+    /// after its first one (the daemon "dies"): the marker is still there
+    /// and the log partly renamed; another daemon opening the prefix
+    /// finishes it; a third daemon that watched throughout picks every
+    /// rewrite up through its watch, its Watch subscribers get no event
+    /// twice, and Verify (log, checkpoint, index) holds on it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs the etcd binary: scripts/test runs it (--ignored etcd)"]
+    async fn etcd_an_interrupted_scrub_resumes_on_another_daemon_and_reaches_every_view() {
+        use crate::{
+            domain::{
+                AppId, AuditAction, AuditEntry, AuditQuery, Cause, Change, DecisionState, Scope,
+                Subject, UserId,
+            },
+            store::{Erasure, Retention, WriteSet},
+        };
+        let backend = Etcd::new();
+        let a = backend.open_with("scrub", std::time::Duration::ZERO, 24);
+        let watcher = backend.open_with("scrub", std::time::Duration::from_millis(20), 10_000);
+        let mut on_watcher = watcher.subscribe();
+        let subject = |app: &str, user: &str| Subject {
+            app: AppId::parse(app).unwrap(),
+            user: UserId::parse(user).unwrap(),
+        };
+        let (n, g) = (DecisionState::NotDetermined, DecisionState::Granted);
+        let change = |scope, old, new, cause| Change {
+            scope,
+            old,
+            new,
+            cause,
+        };
+        let apps = ["wxa", "wxb", "wxc", "wxd"];
+        let scopes = [Scope::Camera, Scope::Record];
+        for app in apps {
+            for scope in scopes {
+                let entry = move |user: &str| AuditEntry {
+                    app: AppId::parse(app).unwrap(),
+                    user: Some(UserId::parse(user).unwrap()),
+                    scope: Some(scope),
+                    action: AuditAction::SettingsChanged,
+                    principal: "p".into(),
+                    client: None,
+                };
+                a.submit(Box::new(move |_| {
+                    Ok(WriteSet {
+                        changes: vec![
+                            (subject(app, "gone"), change(scope, n, g, Cause::Popup)),
+                            (subject(app, "stays"), change(scope, n, g, Cause::Popup)),
+                        ],
+                        audit: vec![entry("gone"), entry("stays")],
+                        ..WriteSet::default()
+                    })
+                }))
+                .await
+                .unwrap();
+            }
+        }
+        // The first 4 events go into the checkpoint, which then names the user.
+        a.compact(Retention {
+            max_events: Some(12),
+            max_age: None,
+        })
+        .await
+        .unwrap();
+        let pseudonym = UserId::parse("erased-00aa").unwrap();
+        let erasure = Erasure {
+            user: UserId::parse("gone").unwrap(),
+            pseudonym: pseudonym.clone(),
+        };
+        let erased = a
+            .submit(Box::new(move |_| {
+                let changes = apps
+                    .iter()
+                    .flat_map(|app| {
+                        scopes.map(|scope| {
+                            (subject(app, "gone"), change(scope, g, n, Cause::UserErased))
+                        })
+                    })
+                    .collect();
+                Ok(WriteSet {
+                    changes,
+                    erasure: Some(erasure),
+                    ..WriteSet::default()
+                })
+            }))
+            .await
+            .unwrap();
+        assert_eq!(erased.events.len(), 8);
+        assert!(a
+            .user_apps(&UserId::parse("gone").unwrap(), None, 10)
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            a.user_apps(&UserId::parse("stays").unwrap(), None, 10)
+                .unwrap()
+                .len(),
+            4
+        );
+
+        // One transaction of the scrub, then the daemon is gone.
+        let (renamed, more) = a.scrub_step(10).await.unwrap();
+        assert!(renamed > 0 && more, "{renamed} {more}");
+        let named = |store: &EtcdStore| {
+            store
+                .events_after(0, usize::MAX)
+                .unwrap()
+                .iter()
+                .filter(|e| e.user.as_str() == "gone")
+                .count()
+        };
+        let partly = named(&a);
+        assert!(partly > 0 && partly < 14, "partly renamed: {partly} of 14");
+        assert!(
+            a.erasures_pending().unwrap(),
+            "the marker stays until the end"
+        );
+        a.close().await.unwrap();
+        drop(a);
+
+        // Another daemon opens the prefix: the scrub finishes first.
+        let b = backend.open("scrub");
+        assert_eq!(b.finish_erasures().await.unwrap(), 0, "nothing pending");
+        let audit = |store: &dyn Store, app: &str| {
+            store
+                .audit(
+                    &AppId::parse(app).unwrap(),
+                    &AuditQuery {
+                        limit: 100,
+                        ..AuditQuery::default()
+                    },
+                )
+                .unwrap()
+                .0
+        };
+        for store in [&*b, &*watcher as &dyn Store] {
+            // The watcher's view applies each rewrite through its watch.
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+            while store
+                .events_after(0, usize::MAX)
+                .unwrap()
+                .iter()
+                .any(|e| e.user.as_str() == "gone")
+                || watcher.erasures_pending().unwrap()
+            {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the view never got the scrub"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            let events = store
+                .events_after(store.compacted_through(), usize::MAX)
+                .unwrap();
+            assert_eq!(events.len(), 12 + 8, "retained: 12 kept, 8 revocations");
+            assert_eq!(events.iter().filter(|e| e.user == pseudonym).count(), 6 + 8);
+            for app in apps {
+                let records = audit(store, app);
+                assert_eq!(records.len(), 4);
+                assert!(records
+                    .iter()
+                    .all(|r| r.entry.user.as_ref().map(UserId::as_str) != Some("gone")));
+                assert_eq!(
+                    records
+                        .iter()
+                        .filter(|r| r.entry.user.as_ref() == Some(&pseudonym))
+                        .count(),
+                    2
+                );
+            }
+            let v = store.verify().await.unwrap();
+            assert!(v.mismatches.is_empty(), "{:?}", v.mismatches);
+        }
+        assert_eq!(named(&watcher), 0);
+        // The watcher's subscribers saw each revision once, the rewrites never.
+        let mut seen = Vec::new();
+        while let Ok(group) = on_watcher.try_recv() {
+            seen.extend(group.events.iter().map(|e| e.revision));
+        }
+        assert_eq!(seen, (1..=watcher.revision()).collect::<Vec<_>>());
+        b.close().await.unwrap();
+        watcher.close().await.unwrap();
+    }
+
+    /// Verify covers the per-user index on etcd: an entry nothing backs and
+    /// state the index lacks (keys changed behind consentd's back) are both
+    /// reported, on a daemon that only saw them through its watch.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs the etcd binary: scripts/test runs it (--ignored etcd)"]
+    async fn etcd_verify_reports_an_index_out_of_line_both_ways() {
+        use crate::{
+            domain::{AppId, Cause, Change, DecisionState, Scope, Subject, UserId},
+            store::WriteSet,
+        };
+        let backend = Etcd::new();
+        let store = backend.open_with("index", std::time::Duration::ZERO, 10_000);
+        for app in ["wxa", "wxb"] {
+            store
+                .submit(Box::new(move |_| {
+                    Ok(WriteSet {
+                        changes: vec![(
+                            Subject {
+                                app: AppId::parse(app).unwrap(),
+                                user: UserId::parse("u").unwrap(),
+                            },
+                            Change {
+                                scope: Scope::Camera,
+                                old: DecisionState::NotDetermined,
+                                new: DecisionState::Granted,
+                                cause: Cause::Popup,
+                            },
+                        )],
+                        ..WriteSet::default()
+                    })
+                }))
+                .await
+                .unwrap();
+        }
+        assert!(store.verify().await.unwrap().mismatches.is_empty());
+        let mut client = store.client.clone();
+        let data = format!("{}data/", store.config.prefix);
+        client
+            .delete(format!("{data}u/u\0wxa"), None)
+            .await
+            .unwrap();
+        client
+            .put(format!("{data}u/ghost\0wxb"), "", None)
+            .await
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let text = store.verify().await.unwrap().mismatches.join("\n");
+            if text.contains("ghost in wxb") && text.contains("u has stored state in wxa") {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{text}");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        store.close().await.unwrap();
+    }
+
+    /// A prefix written by layout 1 (no per-user index): the next daemon
+    /// to open it builds the index in bounded fenced transactions and
+    /// records layout 2.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs the etcd binary: scripts/test runs it (--ignored etcd)"]
+    async fn etcd_opening_a_layout_1_prefix_builds_the_user_index() {
+        use crate::{
+            domain::{AppId, Cause, Change, DecisionState, Scope, Subject, UserId},
+            store::WriteSet,
+        };
+        let backend = Etcd::new();
+        let store = backend.open_with("layout1", std::time::Duration::ZERO, 10_000);
+        let apps = ["wxa", "wxb", "wxc", "wxd", "wxe"];
+        for app in apps {
+            store
+                .submit(Box::new(move |_| {
+                    Ok(WriteSet {
+                        changes: ["u", "v"]
+                            .map(|user| {
+                                (
+                                    Subject {
+                                        app: AppId::parse(app).unwrap(),
+                                        user: UserId::parse(user).unwrap(),
+                                    },
+                                    Change {
+                                        scope: Scope::Camera,
+                                        old: DecisionState::NotDetermined,
+                                        new: DecisionState::Granted,
+                                        cause: Cause::Popup,
+                                    },
+                                )
+                            })
+                            .into(),
+                        ..WriteSet::default()
+                    })
+                }))
+                .await
+                .unwrap();
+        }
+        // What a layout-1 daemon leaves: no `u/` keys, layout 1.
+        let mut client = store.client.clone();
+        let data = format!("{}data/", store.config.prefix);
+        client
+            .delete(
+                format!("{data}u/"),
+                Some(etcd_client::DeleteOptions::new().with_prefix()),
+            )
+            .await
+            .unwrap();
+        client
+            .put(
+                format!("{data}m/etcd_format"),
+                codec::encode_u64(1).to_vec(),
+                None,
+            )
+            .await
+            .unwrap();
+        store.close().await.unwrap();
+        // Small transactions: the build takes several.
+        let store = backend.open_with("layout1", std::time::Duration::ZERO, 8);
+        for user in ["u", "v"] {
+            let listed: Vec<String> = store
+                .user_apps(&UserId::parse(user).unwrap(), None, 100)
+                .unwrap()
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            assert_eq!(listed, apps);
+        }
+        let v = store.verify().await.unwrap();
+        assert!(v.mismatches.is_empty(), "{:?}", v.mismatches);
+        let layout = store
+            .shared
+            .read()
+            .unwrap()
+            .kv
+            .get(ETCD_FORMAT_KEY)
+            .cloned();
+        assert_eq!(layout, Some(codec::encode_u64(2).to_vec()));
         store.close().await.unwrap();
     }
 }

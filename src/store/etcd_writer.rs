@@ -30,7 +30,7 @@ use super::{
     codec,
     etcd_replica::{Replica, Shared, StagedReplica},
     sled_read::{self, Kv as _, Overlay},
-    AppWrite, Committed, Job, StoreError, Timer, TxnError, View, WriteSet,
+    sled_users, AppWrite, Committed, Job, StoreError, Timer, TxnError, View, WriteSet,
 };
 use crate::domain::{
     App, AppId, AuditRecord, Decision, DecisionState, Event, Lifetime, StateQuery, Subject,
@@ -558,6 +558,10 @@ fn stage(
         revision: one.revision,
         ..Committed::default()
     };
+    // Whose stored state this job may create or remove: the per-user index
+    // is brought in line for them once the job is staged.
+    let touched = touched_subjects(&set);
+    let erasure = set.erasure.clone();
     let put = |one: &mut Staging, key: Vec<u8>, value: Option<Vec<u8>>| {
         one.overlay.insert(key, value);
     };
@@ -715,7 +719,49 @@ fn stage(
             Some(codec::encode_audit(&record)),
         );
     }
+    // The per-user index (`u/<user>\0<app>`, the sled backend's keys) in
+    // the same transaction as the state it follows.
+    let index = {
+        let staged = StagedReplica {
+            replica,
+            overlay: seen,
+        };
+        let job = sled_users::Layered {
+            kv: &staged,
+            top: &one.overlay,
+        };
+        sled_users::index_updates_kv(&job, &touched)?
+    };
+    for (key, value) in index {
+        put(one, key, value);
+    }
+    // An erasure's marker commits with its revocations; the scrub
+    // (`EtcdStore::finish_erasures`) removes it in its last transaction.
+    if let Some(e) = erasure {
+        let marker = sled_users::Marker {
+            user: e.user,
+            pseudonym: e.pseudonym,
+            revision: one.revision,
+            audit_seq: one.audit_seq,
+        };
+        put(
+            one,
+            sled_users::marker_key(&marker.pseudonym),
+            Some(sled_users::encode_marker(&marker)),
+        );
+    }
     Ok(committed)
+}
+
+/// The subjects whose decisions, privacy answer or anti-nag state `set`
+/// writes.
+fn touched_subjects(set: &WriteSet) -> std::collections::BTreeSet<Subject> {
+    let mut touched: std::collections::BTreeSet<Subject> =
+        set.changes.iter().map(|(s, _)| s.clone()).collect();
+    touched.extend(set.forget.iter().cloned());
+    touched.extend(set.privacy.iter().map(|(s, _)| s.clone()));
+    touched.extend(set.nag.iter().map(|(s, _, _)| s.clone()));
+    touched
 }
 
 /// The view plus what earlier jobs of the group staged.
@@ -783,6 +829,10 @@ impl View for GroupView<'_> {
             Ok(())
         })?;
         Ok(users.into_iter().collect())
+    }
+
+    fn user_apps(&self, user: &UserId) -> Result<Vec<AppId>, StoreError> {
+        sled_users::user_apps(&self.staged(), user, None, usize::MAX)
     }
 
     fn subjects_with_user_state(&self, app: &AppId) -> Result<Vec<Subject>, StoreError> {

@@ -33,6 +33,19 @@
 //!    [`Store::events_after`], so a reader resuming there must be told
 //!    OUT_OF_RANGE, never served a silent gap. [`Store::verify`] holds:
 //!    checkpoint + retained log == stored decisions.
+//! 8. **The per-user index is exact.** [`Store::user_apps`] (and
+//!    [`View::user_apps`]) list exactly the apps in which a user has a
+//!    decision, a privacy answer or an anti-nag state, kept by the backend
+//!    in the same atomic write that creates or removes that state (the
+//!    broker never writes it), so listing, resetting and erasing a user
+//!    touch only that user's records. [`Store::verify`] checks it.
+//! 9. **Erasure.** A job whose [`WriteSet::erasure`] is set commits a
+//!    durable "erasure pending" marker with its changes;
+//!    [`Store::finish_erasures`] (and opening the store, after a crash)
+//!    then renames the user to the pseudonym in every retained event,
+//!    checkpoint entry and audit record written up to that job, atomically,
+//!    so revisions stay contiguous and checkpoint + log still folds to the
+//!    stored decisions.
 //!
 //! # The etcd backend: its consistency model (cargo feature `etcd`)
 //! `EtcdStore` keeps the contract above with any number of daemons sharing
@@ -80,6 +93,36 @@
 //! - **Retention.** Compaction and audit trimming are ordinary fenced
 //!   commits (checkpoint, horizon and deletions in one transaction), so
 //!   OUT_OF_RANGE behaves as in sled mode on every daemon.
+//! - **The per-user index (item 8).** The writer stages the index keys
+//!   (`u/<user>\0<app>`, the sled keys) after each job, from the job's
+//!   writes over the view and its group, and commits them in the same
+//!   fenced etcd transaction as the state they follow; every daemon's
+//!   view gets them through its watch, so `user_apps` is a local range
+//!   read. Verify derives the index from the decision, privacy and anti-nag
+//!   keys and compares both ways. Layout 2 (`m/etcd_format`) has the
+//!   index: the first layout-2 daemon to open a layout-1 prefix builds it
+//!   in bounded fenced transactions and records layout 2 in the last one
+//!   (stop layout-1 daemons first: they write no index).
+//! - **Erasure (item 9).** The marker (`x/<pseudonym>`, the sled value)
+//!   commits in the erasing job's transaction, with its revocations, which
+//!   Watch subscribers get as usual. The scrub cannot be one transaction
+//!   (one key per event and audit record, within `--max-txn-ops` /
+//!   `--max-request-bytes`): each step is a maintenance commit, fenced
+//!   like every write, planned on the current view: first each (app,
+//!   scope) of the user's retained events up to the erasure, its checkpoint
+//!   entry and those events together (so checkpoint + log keeps folding to
+//!   the decisions between steps unless one such unit alone exceeds a
+//!   transaction), then the audit records up to the erasure's sequence
+//!   number, then timers whose keys name the user; the marker is deleted in
+//!   the step that takes the last of them. A step rewrites only what still
+//!   names the user, so a scrub cut short (a crash, a lost lock, no quorum)
+//!   is resumed by planning again: `finish_erasures`, `recover`, and every
+//!   daemon's open (which finishes it before serving). Until then the
+//!   retained log still names the user in what is not yet rewritten.
+//!   Every daemon's view takes the rewritten keys through its watch; the
+//!   rewrites do not move the store revision and are not published to
+//!   Watch subscribers again (a view publishes only events above the
+//!   revision it had).
 
 #[cfg(test)]
 pub(crate) mod contract;
@@ -101,6 +144,7 @@ mod sled_maintenance;
 mod sled_read;
 mod sled_shared;
 mod sled_store;
+mod sled_users;
 mod sled_writer;
 
 use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
@@ -145,6 +189,9 @@ pub trait View {
     fn app_decisions(&self, app: &AppId) -> Result<Vec<(UserId, UserDecisions)>, StoreError>;
     /// The users of `app` with a privacy answer or an anti-nag state.
     fn subjects_with_user_state(&self, app: &AppId) -> Result<Vec<Subject>, StoreError>;
+    /// Every app in which `user` has stored state (the per-user index), in
+    /// id order.
+    fn user_apps(&self, user: &UserId) -> Result<Vec<AppId>, StoreError>;
 }
 
 /// What a job writes. Decision changes become events, in order.
@@ -172,6 +219,18 @@ pub struct WriteSet {
     /// in use, renewed): not a change of state, so no event and no
     /// revision. A decision that is gone by now is left alone.
     pub renew: Vec<(Subject, Scope, Lifetime)>,
+    /// Set by an erasure: the store records a durable marker with this
+    /// job's changes, and [`Store::finish_erasures`] later renames the user
+    /// to the pseudonym in everything retained up to this job.
+    pub erasure: Option<Erasure>,
+}
+
+/// A user's erasure: the id to remove and the pseudonym that replaces it
+/// in the retained event log and audit trail.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Erasure {
+    pub user: UserId,
+    pub pseudonym: UserId,
 }
 
 /// A timed or one-time grant's timer: when it comes due, the grant lapses
@@ -313,6 +372,19 @@ pub trait Store: Send + Sync + 'static {
         user: &UserId,
         query: &StateQuery,
     ) -> Result<SubjectState, StoreError>;
+    /// The apps in which `user` has stored state (a decision, a privacy
+    /// answer or an anti-nag state), in id order, after `after`, at most
+    /// `limit`: the per-user index, so the cost does not grow with the
+    /// number of apps or users in the store.
+    fn user_apps(
+        &self,
+        user: &UserId,
+        after: Option<&AppId>,
+        limit: usize,
+    ) -> Result<Vec<AppId>, StoreError>;
+    /// Runs the scrub of every pending erasure (see [`WriteSet::erasure`]);
+    /// returns how many stored records were rewritten.
+    fn finish_erasures(&self) -> BoxFuture<'_, Result<u64, StoreError>>;
     /// One page of an app's audit records, oldest first, matching `query`.
     /// Returns the page and the sequence number to continue after, when
     /// more may follow.

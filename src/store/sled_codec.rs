@@ -18,6 +18,8 @@
 //! - `I/<app>\0<last seq: u64 BE>`    -> (empty) the audit chunk `A/<last seq>`
 //!   holds records of `app`: one entry per (app, chunk), not per record
 //! - `n/<app>\0<user>\0<scope>`       -> anti-nag state (12 bytes)
+//! - `u/<user>\0<app>`, `x/<pseudonym>` -> the per-user index and pending
+//!   erasures (format 5; see `sled_users.rs`)
 //! - `m/revision`, `m/format`, `m/compacted_through`, `m/events`,
 //!   `m/audit_seq` -> metadata (u64 BE)
 //!
@@ -80,7 +82,7 @@ pub const REVISION_KEY: &[u8] = b"m/revision";
 pub const FORMAT_KEY: &[u8] = b"m/format";
 
 /// The on-disk format this build reads and writes.
-pub const FORMAT_VERSION: u64 = 4;
+pub const FORMAT_VERSION: u64 = 5;
 
 const VALUE_VERSION: u8 = 1;
 /// Decision values with a lifetime (permanent ones keep version 1, which
@@ -201,6 +203,8 @@ fn cause_code(c: Cause) -> u8 {
         Cause::AppRemoved => 3,
         Cause::Operator => 4,
         Cause::Expired => 5,
+        Cause::UserReset => 6,
+        Cause::UserErased => 7,
     }
 }
 
@@ -211,6 +215,8 @@ fn cause_from(code: u8) -> Result<Cause, StoreError> {
         3 => Ok(Cause::AppRemoved),
         4 => Ok(Cause::Operator),
         5 => Ok(Cause::Expired),
+        6 => Ok(Cause::UserReset),
+        7 => Ok(Cause::UserErased),
         other => Err(StoreError::Corrupt(format!("unknown cause code {other}"))),
     }
 }
@@ -437,8 +443,6 @@ pub fn decode_audit_chunk(raw: &[u8]) -> Result<Vec<AuditRecord>, StoreError> {
 /// encodes it again, to be written back under the same key. Revisions (and
 /// so the key) must not change: `change` may rewrite ids, e.g. a user's
 /// erasure replacing the user id by a pseudonym.
-// The erasure scrub (issue 18) is its first caller outside the tests.
-#[cfg_attr(not(test), allow(dead_code))]
 pub fn rewrite_event_chunk(
     raw: &[u8],
     mut change: impl FnMut(&mut Event),
@@ -455,7 +459,6 @@ pub fn rewrite_event_chunk(
 /// Like [`rewrite_event_chunk`] for an audit chunk. Sequence numbers and
 /// apps must not change (the key and the `I/` index entries stay); both are
 /// kept whatever `change` does.
-#[cfg_attr(not(test), allow(dead_code))]
 pub fn rewrite_audit_chunk(
     raw: &[u8],
     mut change: impl FnMut(&mut AuditRecord),

@@ -8,7 +8,8 @@ use std::{
 };
 
 use super::{
-    codec, sled_writer::Writer, Compaction, Retention, StoreError, Verification, MAX_MISMATCHES,
+    codec, sled_users, sled_writer::Writer, Compaction, Retention, StoreError, Verification,
+    MAX_MISMATCHES,
 };
 use crate::domain::{AppId, DecisionState};
 
@@ -282,6 +283,7 @@ pub fn verify(w: &Writer) -> Result<Verification, StoreError> {
             ),
         );
     }
+    sled_users::verify_index(&w.tree, |m| note(&mut report, m))?;
     Ok(report)
 }
 

@@ -18,6 +18,7 @@ use super::{
     sled_durability::Durability,
     sled_maintenance, sled_read,
     sled_shared::Shared,
+    sled_users,
     sled_writer::{self, Request},
     AuditPage, BoxFuture, CommitObserver, Committed, Compaction, DecisionRow, Job, Published,
     Retention, Store, StoreError, StoreStats, TxnError, Verification,
@@ -227,6 +228,8 @@ fn open_handles(config: &SledConfig) -> Result<(sled::Db, sled::Tree, Loaded), S
             n
         }
     };
+    // An erasure interrupted by a crash finishes before anything is served.
+    sled_users::scrub_pending(&tree, compacted_through)?;
     tracing::info!(path = %path, revision, compacted_through, apps = apps.len(), events, "store opened");
     Ok((
         db,
@@ -308,7 +311,7 @@ type Migration = fn(&sled::Tree) -> Result<(), StoreError>;
 
 /// Every format upgrade, in order: entry `i` upgrades format `i + 1` to
 /// `i + 2`.
-const MIGRATIONS: &[Migration] = &[to_format_2, to_format_3, to_format_4];
+const MIGRATIONS: &[Migration] = &[to_format_2, to_format_3, to_format_4, to_format_5];
 
 /// Format 2 adds keys and value versions (grant lifetimes and timers,
 /// privacy guides and answers, the audit trail, anti-nag state, the
@@ -403,6 +406,16 @@ fn to_format_4(tree: &sled::Tree) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Format 5 adds the per-user index (`u/<user>\0<app>`, kept by every
+/// write since) and erasure markers: a format-3 build would leave the index
+/// stale. The step builds the index from the stored decisions, privacy
+/// answers and anti-nag states; an interrupted run is simply redone.
+fn to_format_5(tree: &sled::Tree) -> Result<(), StoreError> {
+    let entries = sled_users::build_index(tree)?;
+    tracing::info!(entries, "per-user index built");
+    Ok(())
+}
+
 /// Brings a data dir of format `from` up to [`FORMAT_VERSION`], one step at a
 /// time, recording each finished step.
 fn migrate(tree: &sled::Tree, from: u64) -> Result<(), String> {
@@ -480,6 +493,35 @@ impl Store for SledStore {
         query: &StateQuery,
     ) -> Result<SubjectState, StoreError> {
         sled_read::subject(&self.tree()?, app, user, query)
+    }
+
+    fn user_apps(
+        &self,
+        user: &UserId,
+        after: Option<&AppId>,
+        limit: usize,
+    ) -> Result<Vec<AppId>, StoreError> {
+        sled_users::user_apps_committed(&self.tree()?, user, after, limit)
+    }
+
+    fn finish_erasures(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(async move {
+            // Reading the log for the user's records needs no exclusive
+            // turn; only the rewrite of what was found does.
+            let tree = self.tree()?;
+            let horizon = self.compacted_through();
+            let plans =
+                tokio::task::spawn_blocking(move || sled_users::plan_scrubs(&tree, horizon))
+                    .await
+                    .map_err(|e| StoreError::Internal(format!("planning a scrub: {e}")))??;
+            let mut renamed = 0;
+            for plan in plans {
+                renamed += self
+                    .exclusive(move |w| sled_users::apply_scrub(&w.tree, &plan))
+                    .await?;
+            }
+            Ok(renamed)
+        })
     }
 
     fn decisions_after(
@@ -848,6 +890,19 @@ mod contract_tests {
     }
 
     store_contract_tests!(Sled(tempfile::tempdir().unwrap()));
+
+    // Erasure (issue 18) is sled's only so far: the etcd writer refuses it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_erasure_renames_the_user_in_everything_retained() {
+        let backend = Sled(tempfile::tempdir().unwrap());
+        crate::store::contract::an_erasure_renames_the_user_in_everything_retained(&backend).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pending_erasure_finishes_when_the_store_reopens() {
+        let backend = Sled(tempfile::tempdir().unwrap());
+        crate::store::contract::a_pending_erasure_finishes_when_the_store_reopens(&backend).await;
+    }
 }
 
 #[cfg(test)]
@@ -1019,7 +1074,7 @@ mod format_tests {
                 assert_eq!(tree.scan_prefix(old).count(), 0, "{old:?}");
             }
             let format = tree.get(codec::FORMAT_KEY).unwrap().unwrap();
-            assert_eq!(codec::decode_u64(&format).unwrap(), 4);
+            assert_eq!(codec::decode_u64(&format).unwrap(), codec::FORMAT_VERSION);
             // 1,000 events and 300 records in a few dozen chunks.
             assert!(tree.scan_prefix(codec::EVENT_PREFIX).count() < 30);
             assert!(tree.scan_prefix(codec::AUDIT_PREFIX).count() < 30);

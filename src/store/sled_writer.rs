@@ -14,7 +14,7 @@ use super::{
     sled_durability::Durability,
     sled_read::{self, read_due_timers, Kv, Overlay, Staged},
     sled_shared::Shared,
-    AppWrite, Committed, Job, Published, StoreError, Timer, TxnError, View, WriteSet,
+    sled_users, AppWrite, Committed, Job, Published, StoreError, Timer, TxnError, View, WriteSet,
 };
 use crate::domain::{
     App, AppId, AuditRecord, Decision, DecisionState, Event, Lifetime, StateQuery, Subject,
@@ -251,6 +251,10 @@ impl Writer {
             group.overlay.insert(key, value);
             group.dirty = true;
         };
+        // Whose stored state this job may create or remove: the per-user
+        // index is brought in line for them once the job is staged.
+        let touched = touched_subjects(&set);
+        let erasure = set.erasure.clone();
         let next = |group: &mut Group| -> Result<u64, StoreError> {
             group.revision = group
                 .revision
@@ -369,8 +373,34 @@ impl Writer {
             });
             group.dirty = true;
         }
+        for (key, value) in sled_users::index_updates(&self.tree, &group.overlay, &touched)? {
+            put(group, key, value);
+        }
+        if let Some(e) = erasure {
+            let marker = sled_users::Marker {
+                user: e.user,
+                pseudonym: e.pseudonym,
+                revision: group.revision,
+                audit_seq: group.audit_seq,
+            };
+            put(
+                group,
+                sled_users::marker_key(&marker.pseudonym),
+                Some(sled_users::encode_marker(&marker)),
+            );
+        }
         Ok(committed)
     }
+}
+
+/// The subjects whose decisions, privacy answer or anti-nag state `set` writes.
+fn touched_subjects(set: &WriteSet) -> std::collections::BTreeSet<Subject> {
+    let mut touched: std::collections::BTreeSet<Subject> =
+        set.changes.iter().map(|(s, _)| s.clone()).collect();
+    touched.extend(set.forget.iter().cloned());
+    touched.extend(set.privacy.iter().map(|(s, _)| s.clone()));
+    touched.extend(set.nag.iter().map(|(s, _, _)| s.clone()));
+    touched
 }
 
 impl Writer {
@@ -509,6 +539,14 @@ impl View for GroupView<'_> {
                 user,
             })
             .collect())
+    }
+
+    fn user_apps(&self, user: &UserId) -> Result<Vec<AppId>, StoreError> {
+        let staged = Staged {
+            tree: &self.writer.tree,
+            overlay: self.overlay,
+        };
+        sled_users::user_apps(&staged, user, None, usize::MAX)
     }
 
     fn app_decisions(&self, app: &AppId) -> Result<Vec<(UserId, UserDecisions)>, StoreError> {

@@ -275,6 +275,30 @@ pub async fn call(c: &As, rpc: &str, app: &str) -> Result<(), Status> {
                 .await
                 .map(drop)
         }
+        "ListUserDecisions" => c
+            .auth()
+            .list_user_decisions(pb::ListUserDecisionsRequest {
+                user_id: user,
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        // A user with nothing stored: the matrix's other calls keep u1's
+        // decisions (the binding's effect is checked on its own below).
+        "ResetUser" => c
+            .auth()
+            .reset_user(pb::ResetUserRequest {
+                user_id: "u-nothing".into(),
+            })
+            .await
+            .map(drop),
+        "EraseUser" => c
+            .admin()
+            .erase_user(pb::EraseUserRequest {
+                user_id: "u-nothing".into(),
+            })
+            .await
+            .map(drop),
         other => panic!("no call for {other}"),
     }
 }
@@ -310,6 +334,12 @@ const MATRIX: &[(&str, [char; 4])] = &[
     ("Verify", ['*', '-', '-', '-']),
     ("Export", ['*', '-', '-', '-']),
     ("Import", ['*', '-', '-', '-']),
+    // The user's own view: settings and observers list (a bound principal
+    // sees only its apps' rows), settings reset (only within its apps),
+    // erasure spans every app: operators only.
+    ("ListUserDecisions", ['*', '-', '*', '*']),
+    ("ResetUser", ['*', '-', '*', '-']),
+    ("EraseUser", ['*', '-', '-', '-']),
 ];
 
 struct Who {
@@ -470,6 +500,49 @@ async fn every_role_times_every_rpc_with_the_app_binding() {
         }
     }
     assert_eq!(checked, PRINCIPALS.len() * MATRIX.len() * 2);
+    h.stop().await;
+}
+
+/// A settings principal bound to some apps lists and resets a user's
+/// decisions in those apps only; an unbound one reaches every app.
+#[tokio::test]
+async fn the_users_own_view_follows_the_app_binding() {
+    let creds = tempfile::tempdir().unwrap();
+    let path = write_credentials(creds.path(), "");
+    let h = TestDaemon::with(|c| c.credentials = Some(path)).await;
+    let ops = As::new(h.client().channel, Some(&token_of("ops")));
+    seed(&ops).await;
+    let listed = |who: &'static str| {
+        let c = As::new(h.client().channel, Some(&token_of(who)));
+        async move {
+            let page = c
+                .auth()
+                .list_user_decisions(pb::ListUserDecisionsRequest {
+                    user_id: "u1".into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            page.apps.into_iter().map(|a| a.app_id).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(listed("shop-settings").await, ["wxown"]);
+    assert_eq!(listed("shop-observer").await, ["wxown"]);
+    assert_eq!(listed("all-settings").await, ["wxother", "wxown"]);
+    let shop = As::new(h.client().channel, Some(&token_of("shop-settings")));
+    let reset = shop
+        .auth()
+        .reset_user(pb::ResetUserRequest {
+            user_id: "u1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reset.apps, 1);
+    assert!(reset.events.iter().all(|e| e.app_id == "wxown"));
+    assert!(!reset.events.is_empty());
+    assert_eq!(listed("all-settings").await, ["wxother"]);
     h.stop().await;
 }
 

@@ -20,7 +20,7 @@ fn start_fails(data_dir: &Path) -> (i32, String) {
 /// Opens a data dir a stopped daemon used. sled releases the directory's
 /// lock from its own background thread after the last handle is dropped,
 /// so right after a shutdown the lock can still be held for a moment.
-fn open_when_released(data: &Path) -> sled::Db {
+pub(crate) fn open_when_released(data: &Path) -> sled::Db {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         match sled::open(data) {
@@ -52,7 +52,7 @@ async fn populated() -> (tempfile::TempDir, std::path::PathBuf) {
 }
 
 /// The format marker of a stopped daemon's data dir.
-fn stored_format(data: &Path) -> u64 {
+pub(crate) fn stored_format(data: &Path) -> u64 {
     let db = open_when_released(data);
     let format = db
         .open_tree("consent")
@@ -95,7 +95,10 @@ async fn an_unknown_format_is_refused() {
     let (code, stderr) = start_fails(&data);
     assert_eq!(code, 2, "{stderr}");
     assert!(
-        stderr.contains("has data format 99; this consentd reads format 4"),
+        stderr.contains(&format!(
+            "has data format 99; this consentd reads format {}",
+            consentd::store::FORMAT_VERSION
+        )),
         "{stderr}"
     );
 }
@@ -146,7 +149,7 @@ async fn a_format_1_data_dir_is_migrated_and_keeps_its_data() {
         .into_inner();
     assert_eq!(app.app.unwrap().app_id, "wxkeep");
     h.stop().await;
-    assert_eq!(stored_format(&data), 4);
+    assert_eq!(stored_format(&data), consentd::store::FORMAT_VERSION);
 }
 
 /// Format 2 stored audit records as JSON; format 3 reads them as they are
@@ -223,7 +226,7 @@ async fn format_2_json_audit_records_are_still_listed() {
         ("u-binary", "scope.userLocation")
     );
     assert_eq!(new.client.as_ref().unwrap().sdk_version, "3.0.0");
-    // Both still read after a restart, and the marker says format 3.
+    // Both still read after a restart, and the marker says the current format.
     h.stop().await;
     let h = TestDaemon::with(|c| {
         // The sled data dir itself is under test.
@@ -233,7 +236,7 @@ async fn format_2_json_audit_records_are_still_listed() {
     .await;
     assert_eq!(list(&h).await, records);
     h.stop().await;
-    assert_eq!(stored_format(&data), 4);
+    assert_eq!(stored_format(&data), consentd::store::FORMAT_VERSION);
 }
 
 /// Runs the daemon with `args` in `dir`; it must exit by itself.

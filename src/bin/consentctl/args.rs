@@ -224,6 +224,9 @@ pub enum Command {
     /// Register and inspect apps.
     #[command(subcommand)]
     Apps(AppsCommand),
+    /// One user across every app: list, reset or erase their decisions.
+    #[command(subcommand)]
+    User(UserCommand),
     /// The scope catalog.
     Scopes {
         #[arg(long)]
@@ -292,6 +295,34 @@ pub enum TokenCommand {
     New,
     /// The token_sha256 of a token read from stdin (never from argv).
     Hash,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UserCommand {
+    /// Every app in which USER has decisions, with each scope's state,
+    /// lifetime and last change (every page).
+    List {
+        /// The user id (openid).
+        user: String,
+        /// Only the apps holding a decision for this scope.
+        #[arg(long)]
+        scope: Option<String>,
+    },
+    /// Every decision of USER, in every app, back to never asked.
+    Reset {
+        /// The user id (openid).
+        user: String,
+    },
+    /// Erase USER everywhere (decisions, lifetimes, privacy answers, anti-nag
+    /// state; the retained log and audit trail then name a pseudonym).
+    /// Cannot be undone: asks for the user id again unless --yes.
+    Erase {
+        /// The user id (openid).
+        user: String,
+        /// Do not ask for confirmation (needed when stdin is not a terminal).
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -30,7 +30,7 @@ use serde_json::{json, Value};
 use tokio_stream::StreamExt as _;
 use tonic::{Code, Status};
 
-use args::{AppArgs, AppsCommand, Cli, Command, TokenCommand};
+use args::{AppArgs, AppsCommand, Cli, Command, TokenCommand, UserCommand};
 
 /// The clap command, with the connection flags hidden from the commands that
 /// talk to no daemon: each gets hidden local copies, which keep clap from
@@ -256,6 +256,9 @@ async fn run(cli: &Cli) -> Result<Answer> {
     if let Command::Token(command) = &cli.command {
         token_command(command)?;
         return Ok(Answer::Positive);
+    }
+    if let Command::User(UserCommand::Erase { user, yes: false }) = &cli.command {
+        confirm_erasure(user)?;
     }
     if let Command::Watch {
         apps,
@@ -512,6 +515,11 @@ async fn run(cli: &Cli) -> Result<Answer> {
             canonical = Some(json);
             value
         }
+        Command::User(command) => {
+            let (value, json) = user_command(&mut auth, &mut admin, command).await?;
+            canonical = Some(json);
+            value
+        }
         Command::Scopes { kind } => {
             let kind = kind.map_or(pb::AppKind::Unspecified, |k| k.to_pb());
             let r = auth
@@ -619,6 +627,100 @@ fn app_from_flags(a: &AppArgs, kind: pb::AppKind) -> pb::App {
         privacy: privacy_of(a),
         ..Default::default()
     }
+}
+
+/// Erasing cannot be undone: the operator types the user id again. Without
+/// a terminal to ask on, only --yes will do.
+fn confirm_erasure(user: &str) -> Result<()> {
+    use std::io::{BufRead as _, IsTerminal as _, Write as _};
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        anyhow::bail!(
+            "refusing to erase user {user:?} without confirmation: stdin is not a terminal (add --yes)"
+        );
+    }
+    eprint!(
+        "Erase user {user:?} from every app? This cannot be undone. Type the user id to confirm: "
+    );
+    std::io::stderr().flush()?;
+    let mut line = String::new();
+    stdin.lock().read_line(&mut line)?;
+    if line.trim_end_matches(['\r', '\n']) != user {
+        anyhow::bail!("not confirmed: nothing was erased");
+    }
+    Ok(())
+}
+
+async fn user_command(
+    auth: &mut AuthorizationClient<ClientChannel>,
+    admin: &mut AdminClient<ClientChannel>,
+    command: &UserCommand,
+) -> Result<(Value, Value)> {
+    Ok(match command {
+        UserCommand::List { user, scope } => {
+            let mut all = Vec::new();
+            let mut token = String::new();
+            let revision = loop {
+                let r = auth
+                    .list_user_decisions(pb::ListUserDecisionsRequest {
+                        user_id: user.clone(),
+                        scope: scope.clone().unwrap_or_default(),
+                        page_size: 1000,
+                        page_token: token,
+                    })
+                    .await?
+                    .into_inner();
+                all.extend(r.apps);
+                if r.next_page_token.is_empty() {
+                    break r.revision;
+                }
+                token = r.next_page_token;
+            };
+            let every = pb::ListUserDecisionsResponse {
+                apps: all,
+                next_page_token: String::new(),
+                revision,
+            };
+            (
+                json!({ "decisions": render::user_rows(&every.apps), "revision": revision }),
+                canonical::json(&every, "ListUserDecisionsResponse")?,
+            )
+        }
+        UserCommand::Reset { user } => {
+            let r = auth
+                .reset_user(pb::ResetUserRequest {
+                    user_id: user.clone(),
+                })
+                .await?
+                .into_inner();
+            (
+                json!({
+                    "apps": r.apps,
+                    "changes": r.events.iter().map(render::event).collect::<Vec<_>>(),
+                    "revision": r.revision,
+                }),
+                canonical::json(&r, "ResetUserResponse")?,
+            )
+        }
+        UserCommand::Erase { user, .. } => {
+            let r = admin
+                .erase_user(pb::EraseUserRequest {
+                    user_id: user.clone(),
+                })
+                .await?
+                .into_inner();
+            (
+                json!({
+                    "apps": r.apps,
+                    "revoked_decisions": r.revoked_decisions,
+                    "rewritten_records": r.rewritten_records,
+                    "scrub_pending": r.scrub_pending,
+                    "revision": r.revision,
+                }),
+                canonical::json(&r, "EraseUserResponse")?,
+            )
+        }
+    })
 }
 
 async fn apps_command(

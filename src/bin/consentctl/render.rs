@@ -127,6 +127,37 @@ pub fn event_line(e: &pb::DecisionEvent) -> String {
     )
 }
 
+/// One row per (app, scope) of a user's listing.
+pub fn user_rows(apps: &[pb::UserAppDecisions]) -> Vec<Value> {
+    apps.iter()
+        .flat_map(|a| {
+            a.decisions.iter().map(|d| {
+                json!({
+                    "app": a.app_id,
+                    "scope": d.scope,
+                    "state": state(d.state),
+                    "cause": cause(d.cause),
+                    "updated": time(&d.updated_at),
+                    "revision": d.revision,
+                    "expires": d.expires_at.as_ref().map_or(Value::String(String::new()), |_| time(&d.expires_at)),
+                    "session": d.session_id,
+                })
+            })
+        })
+        .collect()
+}
+
+pub fn event(e: &pb::DecisionEvent) -> Value {
+    json!({
+        "revision": e.revision,
+        "app": e.app_id,
+        "scope": e.scope,
+        "old_state": state(e.old_state),
+        "new_state": state(e.new_state),
+        "cause": cause(e.cause),
+    })
+}
+
 pub fn app(a: &pb::App) -> Value {
     let permission: Map<String, Value> = a
         .permission

@@ -223,6 +223,8 @@ pub fn cause(c: Cause) -> pb::Cause {
         Cause::AppRemoved => pb::Cause::AppRemoved,
         Cause::Operator => pb::Cause::Operator,
         Cause::Expired => pb::Cause::Expired,
+        Cause::UserReset => pb::Cause::UserReset,
+        Cause::UserErased => pb::Cause::UserErased,
     }
 }
 
@@ -345,6 +347,8 @@ fn audit_action(a: AuditAction) -> pb::AuditAction {
         AuditAction::Operator(OperatorAction::UpdateApp) => W::OperatorUpdateApp,
         AuditAction::Operator(OperatorAction::DeleteApp) => W::OperatorDeleteApp,
         AuditAction::Operator(OperatorAction::Import) => W::OperatorImport,
+        AuditAction::UserReset => W::UserReset,
+        AuditAction::UserErased => W::UserErased,
     }
 }
 
@@ -600,6 +604,43 @@ fn timestamp(ms: u64) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: i64::try_from(ms / 1000).unwrap_or(i64::MAX),
         nanos: i32::try_from((ms % 1000) * 1_000_000).unwrap_or(0),
+    }
+}
+
+/// One page of a user's decisions across apps.
+pub fn user_decisions(
+    page: &crate::broker::UserDecisionsPage,
+    revision: u64,
+) -> pb::ListUserDecisionsResponse {
+    pb::ListUserDecisionsResponse {
+        apps: page
+            .apps
+            .iter()
+            .map(|(app, rows)| pb::UserAppDecisions {
+                app_id: app.as_str().to_owned(),
+                decisions: rows
+                    .iter()
+                    .map(|(scope, d)| {
+                        let (expires_at, session_id) = stored_lifetime(&d.lifetime);
+                        pb::UserScopeDecision {
+                            scope: scope.name().to_owned(),
+                            state: state(d.state).into(),
+                            cause: cause(d.cause).into(),
+                            updated_at: Some(timestamp(d.updated_at_ms)),
+                            revision: d.revision,
+                            expires_at,
+                            session_id,
+                        }
+                    })
+                    .collect(),
+            })
+            .collect(),
+        next_page_token: page
+            .next
+            .as_ref()
+            .map(|a| a.as_str().to_owned())
+            .unwrap_or_default(),
+        revision,
     }
 }
 

@@ -454,3 +454,61 @@ impl TryFrom<pb::ListAppsRequest> for ListAppsCall {
         })
     }
 }
+
+/// ListUserDecisions: the user, an optional scope, the app to continue
+/// after (the page token) and the page size as asked.
+pub struct ListUserCall {
+    pub user: UserId,
+    pub scope: Option<Scope>,
+    pub after: Option<AppId>,
+    pub page_size: usize,
+}
+
+impl TryFrom<pb::ListUserDecisionsRequest> for ListUserCall {
+    type Error = DomainError;
+
+    fn try_from(r: pb::ListUserDecisionsRequest) -> Result<Self, DomainError> {
+        let pb::ListUserDecisionsRequest {
+            user_id,
+            scope: raw_scope,
+            page_size,
+            page_token,
+        } = r;
+        let user = UserId::parse_field("user_id", &user_id)?;
+        let scope = match raw_scope.as_str() {
+            "" => None,
+            raw => Some(scope("scope", raw)?),
+        };
+        let after = match page_token.as_str() {
+            "" => None,
+            token => Some(AppId::parse_field("page_token", token)?),
+        };
+        Ok(Self {
+            user,
+            scope,
+            after,
+            page_size: usize::try_from(page_size).unwrap_or(usize::MAX),
+        })
+    }
+}
+
+/// ResetUser and EraseUser: the user.
+pub struct UserCall(pub UserId);
+
+impl TryFrom<pb::ResetUserRequest> for UserCall {
+    type Error = DomainError;
+
+    fn try_from(r: pb::ResetUserRequest) -> Result<Self, DomainError> {
+        let pb::ResetUserRequest { user_id } = r;
+        Ok(Self(UserId::parse_field("user_id", &user_id)?))
+    }
+}
+
+impl TryFrom<pb::EraseUserRequest> for UserCall {
+    type Error = DomainError;
+
+    fn try_from(r: pb::EraseUserRequest) -> Result<Self, DomainError> {
+        let pb::EraseUserRequest { user_id } = r;
+        Ok(Self(UserId::parse_field("user_id", &user_id)?))
+    }
+}
