@@ -45,7 +45,9 @@
 //!    then renames the user to the pseudonym in every retained event,
 //!    checkpoint entry and audit record written up to that job, atomically,
 //!    so revisions stay contiguous and checkpoint + log still folds to the
-//!    stored decisions.
+//!    stored decisions. Compaction waits while an erasure is pending (it
+//!    would fold the user's events into checkpoint entries the scrub finds
+//!    only through those events).
 //!
 //! # The etcd backend: its consistency model (cargo feature `etcd`)
 //! `EtcdStore` keeps the contract above with any number of daemons sharing

@@ -90,6 +90,21 @@ pub fn compact_chunk(
 ) -> Result<(Compaction, bool), StoreError> {
     let shared = &w.shared;
     let horizon = shared.compacted_through.load(Ordering::Acquire);
+    // A pending erasure's scrub finds the user's checkpoint entries through
+    // the user's retained events: folding those into the checkpoint before
+    // the scrub ran would leave entries naming the user. Compaction waits.
+    if w.tree
+        .scan_prefix(sled_users::ERASURE_PREFIX)
+        .next()
+        .is_some()
+    {
+        tracing::info!("compaction postponed: an erasure's scrub is pending");
+        let unchanged = Compaction {
+            removed: 0,
+            compacted_through: horizon,
+        };
+        return Ok((unchanged, true));
+    }
     let total = shared.event_count.load(Ordering::Acquire);
     let cutoff = retention.age_cutoff(now_ms);
 

@@ -890,19 +890,6 @@ mod contract_tests {
     }
 
     store_contract_tests!(Sled(tempfile::tempdir().unwrap()));
-
-    // Erasure (issue 18) is sled's only so far: the etcd writer refuses it.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn an_erasure_renames_the_user_in_everything_retained() {
-        let backend = Sled(tempfile::tempdir().unwrap());
-        crate::store::contract::an_erasure_renames_the_user_in_everything_retained(&backend).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_pending_erasure_finishes_when_the_store_reopens() {
-        let backend = Sled(tempfile::tempdir().unwrap());
-        crate::store::contract::a_pending_erasure_finishes_when_the_store_reopens(&backend).await;
-    }
 }
 
 #[cfg(test)]
