@@ -91,7 +91,15 @@ pub(super) struct Writer {
     /// lapsed, by the store's lease keeper).
     pub lease: Arc<AtomicI64>,
     held: Option<Held>,
+    /// Lock keys whose release failed (e.g. the Unlock went to a member
+    /// that had just died). The lease stays alive, so etcd would keep such
+    /// a key, and every other daemon would wait behind it: they are
+    /// deleted again before the next lock and while the writer is idle.
+    stranded: Vec<Vec<u8>>,
 }
+
+/// How often an idle writer retries deleting lock keys it failed to release.
+const STRANDED_RETRY: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// One job's staged writes, or a group's.
 #[derive(Default)]
@@ -131,13 +139,26 @@ impl Writer {
             config,
             lease,
             held: None,
+            stranded: Vec::new(),
         }
     }
 
     /// Serves requests until every sender is gone, then lets the lock go.
     pub async fn run(mut self, mut rx: mpsc::Receiver<Request>) {
         let mut pending: Vec<(Job, Reply)> = Vec::with_capacity(self.config.max_batch);
-        while let Some(first) = rx.recv().await {
+        loop {
+            let first = if self.stranded.is_empty() {
+                rx.recv().await
+            } else {
+                match tokio::time::timeout(STRANDED_RETRY, rx.recv()).await {
+                    Ok(request) => request,
+                    Err(_) => {
+                        self.release_stranded().await;
+                        continue;
+                    }
+                }
+            };
+            let Some(first) = first else { break };
             let mut next = Some(first);
             while let Some(request) = next.take() {
                 match request {
@@ -179,6 +200,13 @@ impl Writer {
         }
         if let Some(held) = &self.held {
             return Ok(held.revision_mod);
+        }
+        self.release_stranded().await;
+        if !self.stranded.is_empty() {
+            return Err(unavailable(
+                "taking the write lock",
+                "a lock key this daemon failed to release is still there",
+            ));
         }
         let timeout = self.config.timeout;
         let lease = self.lease.load(Ordering::Acquire);
@@ -271,12 +299,36 @@ impl Writer {
     }
 
     async fn unlock(&mut self, key: Vec<u8>) {
-        match tokio::time::timeout(self.config.timeout, self.client.unlock(key)).await {
-            Ok(Ok(_)) => {}
-            // The lease lapses and etcd drops the lock key by itself.
-            Ok(Err(e)) => tracing::warn!(error = %e, "etcd: could not release the write lock"),
-            Err(_) => tracing::warn!("etcd: releasing the write lock timed out"),
+        if let Err(e) = self.try_unlock(&key).await {
+            // The lease is kept alive, so etcd keeps the key: retried.
+            tracing::warn!(error = %e, "etcd: could not release the write lock; retrying");
+            self.stranded.push(key);
         }
+    }
+
+    async fn try_unlock(&mut self, key: &[u8]) -> Result<(), StoreError> {
+        match tokio::time::timeout(self.config.timeout, self.client.unlock(key.to_vec())).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(unavailable("releasing the write lock", e)),
+            Err(_) => Err(unavailable("releasing the write lock", "no answer in time")),
+        }
+    }
+
+    /// Deletes again the lock keys whose release failed (never while the
+    /// lock is held: the key of a new lock on the same lease has the same
+    /// name).
+    async fn release_stranded(&mut self) {
+        if self.held.is_some() {
+            return;
+        }
+        let mut left = Vec::new();
+        for key in std::mem::take(&mut self.stranded) {
+            match self.try_unlock(&key).await {
+                Ok(()) => tracing::info!("etcd: a write lock key left behind is released"),
+                Err(_) => left.push(key),
+            }
+        }
+        self.stranded = left;
     }
 
     /// Commits `overlay` (plus the store's counters) in one fenced

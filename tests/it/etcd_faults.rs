@@ -357,19 +357,15 @@ fn assert_failures_unavailable(tallies: &[Tally]) {
 /// exactly the committed log, every acknowledged write is in it, and each
 /// daemon finds state == fold(log).
 ///
-/// Known bug (etcd backend, 3 of 3 runs here): after the kill, one daemon's
-/// writes never resume ("taking the write lock: no answer in 2s", for 30 s
-/// and more) while the other two write. The daemons' etcd clients go on
-/// sending calls to the dead member ("tcp connect error"); an Unlock that
-/// goes there fails ("could not release the write lock"), is not retried,
-/// and the lock key stays under a lease its daemon keeps alive, so the
-/// other daemons queue behind it. `scripts/test` skips this test until the
-/// backend is fixed; run it by hand: `RUST_LOG=info cargo test --features
-/// etcd --test it -- --ignored etcd_fault_leader` (the failure prints which
-/// daemons resumed, the lock keys and leases).
+/// It found a bug (4 of 4 runs): the daemons' etcd clients go on sending
+/// some calls to the dead member ("tcp connect error"); an Unlock that went
+/// there failed and was not retried, and the lock key stayed under a lease
+/// its daemon kept alive, so another daemon queued behind it for good. The
+/// writer now deletes such keys again (`etcd_writer.rs`, `stranded`). On a
+/// failure this prints which daemons resumed, the lock keys and leases
+/// (`RUST_LOG=info` adds the daemons' logs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known bug: after the etcd leader's kill -9 a daemon's write lock stays stranded \
-            (an Unlock sent to the dead member fails and is not retried); scripts/test skips it"]
+#[ignore = "needs etcd and the etcd feature: scripts/test runs it (--ignored etcd)"]
 async fn etcd_fault_leader_kill9_during_64_way_writes() {
     log_if_asked();
     let _heavy = heavy().await;
