@@ -778,9 +778,9 @@ fn stage(
             replica,
             overlay: seen,
         };
-        let job = sled_users::Layered {
-            kv: &staged,
-            top: &one.overlay,
+        let job = sled_read::Staged {
+            tree: &staged,
+            overlay: &one.overlay,
         };
         sled_users::index_updates_kv(&job, &touched)?
     };

@@ -43,13 +43,14 @@ impl Kv for sled::Tree {
 /// Raw key -> new value (None = removed), staged by earlier jobs of a group.
 pub(super) type Overlay = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 
-/// Committed state with a group's staged overlay on top.
-pub(super) struct Staged<'a> {
-    pub tree: &'a sled::Tree,
+/// Committed state (`tree`: the sled tree, or any other [`Kv`], e.g. the
+/// etcd writer's view of its group) with staged writes on top.
+pub(super) struct Staged<'a, K = sled::Tree> {
+    pub tree: &'a K,
     pub overlay: &'a Overlay,
 }
 
-impl Kv for Staged<'_> {
+impl<K: Kv> Kv for Staged<'_, K> {
     fn read<T>(
         &self,
         key: &[u8],

@@ -13,7 +13,7 @@
 //!   entry and audit record up to those numbers, drops the user's stale
 //!   timers, and removes the marker in the same batch.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use super::{
     codec,
@@ -119,52 +119,6 @@ pub fn index_updates(
         }
     }
     Ok(out)
-}
-
-/// `top` staged over `kv`: what a job sees of its own writes on top of
-/// what earlier jobs of its group staged (the etcd writer keeps the two
-/// apart).
-#[cfg_attr(not(feature = "etcd"), allow(dead_code))]
-pub struct Layered<'a, K> {
-    pub kv: &'a K,
-    pub top: &'a Overlay,
-}
-
-impl<K: Kv> Kv for Layered<'_, K> {
-    fn read<T>(
-        &self,
-        key: &[u8],
-        decode: impl FnOnce(&[u8]) -> Result<T, StoreError>,
-    ) -> Result<Option<T>, StoreError> {
-        match self.top.get(key) {
-            Some(staged) => staged.as_deref().map(decode).transpose(),
-            None => self.kv.read(key, decode),
-        }
-    }
-
-    fn scan(
-        &self,
-        prefix: &[u8],
-        visit: &mut super::sled_read::Visit<'_>,
-    ) -> Result<(), StoreError> {
-        let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
-        self.kv.scan(prefix, &mut |k, v| {
-            merged.insert(k.to_vec(), Some(v.to_vec()));
-            Ok(())
-        })?;
-        for (key, value) in self.top.range(prefix.to_vec()..) {
-            if !key.starts_with(prefix) {
-                break;
-            }
-            merged.insert(key.clone(), value.clone());
-        }
-        for (key, value) in &merged {
-            if let Some(value) = value {
-                visit(key, value)?;
-            }
-        }
-        Ok(())
-    }
 }
 
 /// [`index_updates`] for a backend that reads through any [`Kv`] (the etcd
