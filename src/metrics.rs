@@ -52,6 +52,7 @@ pub struct Metrics {
     apps: IntGauge,
     store_bytes: IntGauge,
     watch_active: IntGauge,
+    duties_held: IntGauge,
     watch_started: IntCounter,
     watch_lagged: IntCounter,
     watch_catch_ups: IntCounter,
@@ -173,6 +174,10 @@ impl Metrics {
                 "the store's size on disk"
             )?),
             watch_active: register!(IntGauge::new("watch_subscribers", "open Watch streams")?),
+            duties_held: register!(IntGauge::new(
+                "duties_held",
+                "1 while this daemon holds the cluster-wide duties (grant lapses, compaction, audit trimming, erasure scrubs), else 0"
+            )?),
             watch_started: register!(IntCounter::new(
                 "watch_subscriptions_total",
                 "Watch streams started"
@@ -289,6 +294,7 @@ impl Metrics {
         gauge(&self.apps, s.apps);
         gauge(&self.store_bytes, s.size_on_disk);
         gauge(&self.watch_active, watch.active.load(Ordering::Relaxed));
+        gauge(&self.duties_held, u64::from(*store.duties().borrow()));
         let counter = |c: &IntCounter, v: u64| c.inc_by(v.saturating_sub(c.get()));
         counter(&self.watch_started, watch.started.load(Ordering::Relaxed));
         counter(&self.watch_lagged, watch.lagged.load(Ordering::Relaxed));

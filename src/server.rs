@@ -1,11 +1,12 @@
 //! Wiring: open the store, bind, serve gRPC (with health and reflection),
-//! run the compaction task, and shut down in order: NOT_SERVING, end watch
+//! run the housekeeping tasks (the cluster-wide duties only while the store
+//! says this daemon holds them), and shut down in order: NOT_SERVING, end watch
 //! streams with a resumable status, drain in-flight calls (bounded), stop
 //! compaction, stop and flush the store.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use tokio::task::JoinHandle;
+use tokio::{sync::watch, task::JoinHandle};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::transport::Server;
 
@@ -273,6 +274,7 @@ impl Daemon {
             config.retention,
             config.audit.retention,
             config.compaction_interval,
+            store.duties(),
             stop.clone(),
         ));
         let recovery = tokio::spawn(recover_when_possible(store.clone(), stop.clone()));
@@ -280,6 +282,7 @@ impl Daemon {
             broker,
             clock,
             config.grants.expiry_check_interval,
+            store.duties(),
             stop.clone(),
         ));
         let shown: Vec<String> = addrs.iter().map(ToString::to_string).collect();
@@ -451,14 +454,31 @@ async fn recover_when_possible(store: Arc<dyn Store>, stop: CancellationToken) {
     }
 }
 
-/// Housekeeping until `stop`: lapses timed and one-time grants as their
-/// timers come due (checked every `every`; the first check runs at once,
-/// so grants that lapsed while the daemon was down lapse right after a
-/// start), and writes the buffered prompt audit records.
+/// Resolves when `duties` changes to held (never, when nobody sends: a
+/// store that always holds them).
+async fn acquired(duties: &mut watch::Receiver<bool>) {
+    loop {
+        if duties.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        if *duties.borrow_and_update() {
+            return;
+        }
+    }
+}
+
+/// Housekeeping until `stop`: writes the buffered prompt audit records
+/// (every daemon: the buffer holds what this daemon served, which no other
+/// daemon has), and, while this daemon holds the cluster-wide duties
+/// (`duties`), lapses timed and one-time grants as their timers come due
+/// (checked every `every` and when the duties arrive; the first check runs
+/// at once, so grants that lapsed while no daemon ran lapse right after a
+/// start or a takeover).
 async fn expire_grants(
     broker: Broker,
     clock: SharedClock,
     every: Duration,
+    mut duties: watch::Receiver<bool>,
     stop: CancellationToken,
 ) {
     let mut ticks = tokio::time::interval(every);
@@ -470,8 +490,12 @@ async fn expire_grants(
                 return;
             }
             _ = ticks.tick() => {}
+            () = acquired(&mut duties) => {}
         }
         broker.flush_prompt_audit();
+        if !*duties.borrow() {
+            continue;
+        }
         loop {
             let now = clock.now_ms();
             match broker.next_lapse() {
@@ -491,6 +515,10 @@ async fn expire_grants(
                     tracing::info!(lapsed = w.value, revision = w.revision, "grants lapsed");
                 }
                 Ok(_) => {}
+                Err(e) if !*duties.borrow() => {
+                    tracing::info!(error = %e, "lapsing grants stopped: the cluster-wide duties moved to another daemon");
+                    break;
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "lapsing grants failed; will retry");
                     break;
@@ -500,27 +528,40 @@ async fn expire_grants(
     }
 }
 
-/// Trims the event log and the audit trail every `every` until `stop`.
+/// Trims the event log and the audit trail every `every` until `stop`,
+/// while this daemon holds the cluster-wide duties (`duties`).
 async fn compact_periodically(
     broker: Broker,
     retention: Retention,
     audit_retention: Retention,
     every: Duration,
+    duties: watch::Receiver<bool>,
     stop: CancellationToken,
 ) {
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticks.tick().await;
+    // A failure after the duties moved away is expected, not an error.
+    let failed = |what: &str, e: &dyn std::fmt::Display| {
+        if *duties.borrow() {
+            tracing::error!(error = %e, "{what} failed; will retry");
+        } else {
+            tracing::info!(error = %e, "{what} stopped: the cluster-wide duties moved to another daemon");
+        }
+    };
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
             _ = ticks.tick() => {}
         }
+        if !*duties.borrow() {
+            continue;
+        }
         tokio::select! {
             () = stop.cancelled() => return,
-            result = broker.compact(retention) => {
+            result = broker.compact_duty(retention) => {
                 if let Err(e) = result {
-                    tracing::error!(error = %e, "compaction failed; will retry");
+                    failed("compaction", &e);
                 }
             }
         }
@@ -528,7 +569,7 @@ async fn compact_periodically(
             () = stop.cancelled() => return,
             result = broker.trim_audit(audit_retention) => {
                 if let Err(e) = result {
-                    tracing::error!(error = %e, "trimming the audit trail failed; will retry");
+                    failed("trimming the audit trail", &e);
                 }
             }
         }

@@ -16,9 +16,16 @@ impl Broker {
         Ok(self.store.compact(retention).await?)
     }
 
+    /// The periodic compaction: [`Broker::compact`] as a cluster-wide duty
+    /// (only on the daemon that holds the duties, fenced).
+    pub async fn compact_duty(&self, retention: Retention) -> Result<Compaction, BrokerError> {
+        Ok(self.store.compact_duty(retention).await?)
+    }
+
     /// Trims the audit trail to `retention`; returns how many records went.
+    /// A cluster-wide duty (only on the daemon that holds the duties).
     pub async fn trim_audit(&self, retention: Retention) -> Result<u64, BrokerError> {
-        Ok(self.store.trim_audit(retention).await?)
+        Ok(self.store.trim_audit_duty(retention).await?)
     }
 
     /// Checks checkpoint + retained log == stored decisions.

@@ -216,11 +216,12 @@ impl Broker {
 
     /// Lapses every grant whose timer is due at `now_ms` (at most a batch);
     /// returns how many lapsed. Stale timers (the decision changed since
-    /// they were set) are just removed.
+    /// they were set) are just removed. A cluster-wide duty: it commits
+    /// only on the daemon that holds the duties (see `Store::submit_duty`).
     pub async fn expire_due(&self, now_ms: u64) -> Result<Written<usize>, BrokerError> {
         let (committed, lapsed) = self
             .store
-            .write(move |view: &dyn View| {
+            .write_duty(move |view: &dyn View| {
                 let timers = view.due_timers(now_ms, EXPIRY_BATCH)?;
                 let mut subjects: Vec<Subject> = timers.iter().map(|t| t.subject.clone()).collect();
                 subjects.sort();

@@ -28,6 +28,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     codec,
+    etcd_duties::{Duties, Fence},
     etcd_replica::{Replica, Shared, StagedReplica},
     sled_read::{self, Kv as _, Overlay},
     sled_users, AppWrite, Committed, Job, StoreError, Timer, TxnError, View, WriteSet,
@@ -44,15 +45,20 @@ pub(super) type Plan = Box<dyn FnOnce(&Replica) -> Result<Overlay, StoreError> +
 
 pub(super) enum Request {
     /// A write job, group-committed with its neighbours.
+    /// A duty's job (`duty`) is committed on its own, fenced on this
+    /// daemon's holding of the cluster-wide duties.
     Write {
         job: Job,
         reply: oneshot::Sender<Result<Committed, TxnError>>,
+        duty: bool,
     },
     /// Maintenance, committed after the writes queued before it; `done`
-    /// says whether its writes committed.
+    /// says whether its writes committed. A duty's (`duty`) is fenced like
+    /// a duty's write.
     Maintain {
         plan: Plan,
         done: oneshot::Sender<Result<(), StoreError>>,
+        duty: bool,
     },
 }
 
@@ -72,6 +78,8 @@ pub(super) struct WriterConfig {
     pub max_hold: Duration,
     /// Bound on every etcd call and on waiting for the watch.
     pub timeout: Duration,
+    /// The TTL of a lease granted for lock attempts, in seconds.
+    pub lease_seconds: i64,
 }
 
 /// The lock, while this writer holds it.
@@ -87,9 +95,16 @@ pub(super) struct Writer {
     pub client: Client,
     pub shared: Arc<Shared>,
     pub config: WriterConfig,
-    /// The lease the lock is held on (kept alive, and replaced when it
-    /// lapsed, by the store's lease keeper).
+    /// The lease lock attempts are made on (kept alive, and replaced when
+    /// it lapsed, by the store's lease keeper; replaced by the writer after
+    /// a lock attempt that failed: see [`Writer::acquire`]).
     pub lease: Arc<AtomicI64>,
+    /// Whether this daemon holds the cluster-wide duties, and the fence
+    /// its duty commits compare.
+    duties: Arc<Duties>,
+    /// A lock attempt failed and its lease could not be replaced yet: no
+    /// lock is tried on it again.
+    lease_spent: bool,
     held: Option<Held>,
     /// Lock keys whose release failed (e.g. the Unlock went to a member
     /// that had just died). The lease stays alive, so etcd would keep such
@@ -132,12 +147,15 @@ impl Writer {
         shared: Arc<Shared>,
         config: WriterConfig,
         lease: Arc<AtomicI64>,
+        duties: Arc<Duties>,
     ) -> Self {
         Self {
             client,
             shared,
             config,
             lease,
+            duties,
+            lease_spent: false,
             held: None,
             stranded: Vec::new(),
         }
@@ -162,24 +180,53 @@ impl Writer {
             let mut next = Some(first);
             while let Some(request) = next.take() {
                 match request {
-                    Request::Write { job, reply } => {
+                    Request::Write {
+                        job,
+                        reply,
+                        duty: false,
+                    } => {
                         pending.push((job, reply));
                         if pending.len() >= self.config.max_batch {
-                            self.commit_group(&mut pending).await;
+                            self.commit_group(&mut pending, None).await;
                         }
                     }
-                    Request::Maintain { plan, done } => {
+                    Request::Write {
+                        job,
+                        reply,
+                        duty: true,
+                    } => {
+                        // After the writes that arrived before it, in a
+                        // transaction of its own: a refused fence fails
+                        // only the duty.
+                        if !pending.is_empty() {
+                            self.commit_group(&mut pending, None).await;
+                        }
+                        match self.duty_fence() {
+                            Ok(fence) => {
+                                self.commit_group(&mut vec![(job, reply)], Some(fence))
+                                    .await;
+                            }
+                            Err(e) => {
+                                let _ = reply.send(Err(e.into()));
+                            }
+                        }
+                    }
+                    Request::Maintain { plan, done, duty } => {
                         // After the writes that arrived before it.
                         if !pending.is_empty() {
-                            self.commit_group(&mut pending).await;
+                            self.commit_group(&mut pending, None).await;
                         }
-                        let _ = done.send(self.maintain(plan).await);
+                        let result = match duty.then(|| self.duty_fence()).transpose() {
+                            Ok(fence) => self.maintain(plan, fence).await,
+                            Err(e) => Err(e),
+                        };
+                        let _ = done.send(result);
                     }
                 }
                 next = rx.try_recv().ok();
             }
             if !pending.is_empty() {
-                self.commit_group(&mut pending).await;
+                self.commit_group(&mut pending, None).await;
             }
             // Nothing queued: let other daemons write.
             self.release().await;
@@ -208,6 +255,9 @@ impl Writer {
                 "a lock key this daemon failed to release is still there",
             ));
         }
+        if self.lease_spent {
+            self.replace_lease().await?;
+        }
         let timeout = self.config.timeout;
         let lease = self.lease.load(Ordering::Acquire);
         let lock = tokio::time::timeout(
@@ -221,16 +271,22 @@ impl Writer {
         let lock = match lock {
             Ok(Ok(lock)) => lock,
             failed => {
-                // etcd may still grant the request later: drop our key (etcd
-                // names it `<name>/<lease in hex>`), or other daemons would
-                // wait behind it for as long as the lease lives.
-                let mine = [
-                    self.config.lock_name.as_slice(),
-                    b"/",
-                    format!("{lease:x}").as_bytes(),
-                ]
-                .concat();
-                self.unlock(mine).await;
+                // etcd may still grant this request later, after we gave up
+                // (the member serving it was paused, or its answer was
+                // lost): the lock key `<name>/<lease in hex>` would then be
+                // held by a lease this daemon keeps alive, with nobody to
+                // release it, and every daemon would wait behind it.
+                // Deleting the key now is not enough (the grant may come
+                // after the delete). Revoking the lease is: it deletes the
+                // key if it is there, and etcd refuses every later put on a
+                // revoked lease, so the late grant fails. If the revoke
+                // fails too, the lease is not kept alive any more and lapses
+                // within its TTL, taking the key with it. The next attempt
+                // takes a fresh lease.
+                self.lease_spent = true;
+                if let Err(e) = self.replace_lease().await {
+                    tracing::warn!(error = %e, "etcd: the lease of a failed lock attempt is not replaced yet");
+                }
                 return Err(match failed {
                     Ok(Err(e)) => unavailable("taking the write lock", e),
                     _ => unavailable("taking the write lock", format!("no answer in {timeout:?}")),
@@ -265,6 +321,59 @@ impl Writer {
             since: Instant::now(),
         });
         Ok(revision_mod)
+    }
+
+    /// The fence of this daemon's holding of the duties, or why a duty
+    /// cannot run here.
+    fn duty_fence(&self) -> Result<Fence, StoreError> {
+        self.duties.fence().ok_or_else(|| {
+            StoreError::Unavailable(
+                "this daemon does not hold the cluster-wide duties: another daemon runs them"
+                    .into(),
+            )
+        })
+    }
+
+    /// Revokes the lease of a failed lock attempt (deleting any lock key on
+    /// it, now and for good) and puts a fresh one in its place, which the
+    /// lease keeper keeps alive from then on.
+    async fn replace_lease(&mut self) -> Result<(), StoreError> {
+        let old = self.lease.load(Ordering::Acquire);
+        let timeout = self.config.timeout;
+        match tokio::time::timeout(timeout, self.client.lease_revoke(old)).await {
+            Ok(Ok(_)) => {}
+            // Already gone (it lapsed, or an earlier revoke got through).
+            Ok(Err(e)) if e.to_string().contains("lease not found") => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, lease = old, "etcd: the lease of a failed lock attempt is not revoked: it lapses within its TTL");
+            }
+            Err(_) => {
+                tracing::warn!(lease = old, "etcd: the lease of a failed lock attempt is not revoked in time: it lapses within its TTL");
+            }
+        }
+        let granted = tokio::time::timeout(
+            timeout,
+            self.client.lease_grant(self.config.lease_seconds, None),
+        )
+        .await;
+        let new = match granted {
+            Ok(Ok(g)) => g.id(),
+            Ok(Err(e)) => return Err(unavailable("granting a lease for the write lock", e)),
+            Err(_) => {
+                return Err(unavailable(
+                    "granting a lease for the write lock",
+                    format!("no answer in {timeout:?}"),
+                ))
+            }
+        };
+        // The keeper may have replaced a lapsed lease meanwhile: either way
+        // the old one is not kept alive any more.
+        let _ = self
+            .lease
+            .compare_exchange(old, new, Ordering::AcqRel, Ordering::Acquire);
+        self.lease_spent = false;
+        tracing::info!(old, new, "etcd: a failed lock attempt's lease is replaced");
+        Ok(())
     }
 
     /// Waits until the view has applied etcd revision `at` (as `field` of
@@ -340,6 +449,7 @@ impl Writer {
         overlay: &Overlay,
         revision: u64,
         audit_seq: u64,
+        fence: Option<&Fence>,
     ) -> Result<i64, StoreError> {
         let prefix = &self.config.data_prefix;
         let key = |k: &[u8]| [prefix.as_slice(), k].concat();
@@ -365,12 +475,19 @@ impl Writer {
             codec::encode_u64(audit_seq).to_vec(),
             None,
         ));
-        let txn = Txn::new()
-            .when([
-                Compare::mod_revision(key(codec::REVISION_KEY), CompareOp::Equal, revision_mod),
-                Compare::create_revision(lock_key, CompareOp::Greater, 0),
-            ])
-            .and_then(ops);
+        let mut compares = vec![
+            Compare::mod_revision(key(codec::REVISION_KEY), CompareOp::Equal, revision_mod),
+            Compare::create_revision(lock_key, CompareOp::Greater, 0),
+        ];
+        if let Some(fence) = fence {
+            // A duty commits only while this daemon holds the duties.
+            compares.push(fence.compare());
+        }
+        let txn = Txn::new().when(compares).and_then(ops);
+        let txn = match fence {
+            Some(fence) => txn.or_else([fence.read()]),
+            None => txn,
+        };
         let timeout = self.config.timeout;
         let resp = match tokio::time::timeout(timeout, self.client.txn(txn)).await {
             Ok(Ok(resp)) => resp,
@@ -389,6 +506,22 @@ impl Writer {
         };
         if !resp.succeeded() {
             self.release().await;
+            if let Some(fence) = fence.filter(|f| f.lost_in(&resp, 0)) {
+                tracing::warn!(
+                    create_revision = fence.create_revision,
+                    "duty commit refused: this daemon no longer holds the cluster-wide duties"
+                );
+                self.duties.lost(
+                    fence,
+                    "a duty commit was refused: the duty key is gone or another daemon's",
+                );
+                return Err(StoreError::Unavailable(
+                    "etcd: this daemon no longer holds the cluster-wide duties (its lease \
+                     lapsed and another daemon took them over): the duty's commit was refused, \
+                     nothing was written"
+                        .into(),
+                ));
+            }
             return Err(StoreError::Unavailable(
                 "etcd: the write lock was lost (lease lapsed?) or another writer committed: \
                  nothing was written"
@@ -403,7 +536,7 @@ impl Writer {
         Ok(at)
     }
 
-    async fn commit_group(&mut self, pending: &mut Vec<(Job, Reply)>) {
+    async fn commit_group(&mut self, pending: &mut Vec<(Job, Reply)>, fence: Option<Fence>) {
         let revision_mod = match self.acquire().await {
             Ok(m) => m,
             Err(e) => {
@@ -438,6 +571,7 @@ impl Writer {
                         &batch.overlay,
                         batch.revision,
                         batch.audit_seq,
+                        fence.as_ref(),
                     )
                     .await
                 {
@@ -543,7 +677,7 @@ impl Writer {
     }
 
     /// Commits a maintenance plan on the current view.
-    async fn maintain(&mut self, plan: Plan) -> Result<(), StoreError> {
+    async fn maintain(&mut self, plan: Plan, fence: Option<Fence>) -> Result<(), StoreError> {
         let revision_mod = self.acquire().await?;
         let (overlay, revision, audit_seq) = {
             let replica = self.shared.read()?;
@@ -562,7 +696,7 @@ impl Writer {
                 "maintenance planned {ops} keys ({bytes} bytes), beyond one etcd transaction"
             )));
         }
-        self.commit(revision_mod, &overlay, revision, audit_seq)
+        self.commit(revision_mod, &overlay, revision, audit_seq, fence.as_ref())
             .await
             .map(|_| ())
     }

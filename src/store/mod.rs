@@ -135,6 +135,8 @@ pub(crate) mod etcd_cluster;
 #[cfg(test)]
 mod etcd_cluster_tests;
 #[cfg(feature = "etcd")]
+mod etcd_duties;
+#[cfg(feature = "etcd")]
 mod etcd_replica;
 #[cfg(feature = "etcd")]
 mod etcd_store;
@@ -151,7 +153,7 @@ mod sled_writer;
 
 use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 #[cfg(feature = "etcd")]
 pub use etcd_store::{EtcdConfig, EtcdStore, ETCD_FORMAT};
@@ -422,6 +424,32 @@ pub trait Store: Send + Sync + 'static {
     /// Stops the writer after the jobs already queued and flushes. Later
     /// writes fail with [`StoreError::Closed`].
     fn close(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Whether this daemon holds the cluster-wide duties (grant lapses, log
+    /// compaction, audit trimming, resuming an erasure's scrub), as it
+    /// changes: the server runs them only while it holds them, through the
+    /// `*_duty` methods. A backend that serves one daemon (sled) always
+    /// holds them.
+    fn duties(&self) -> watch::Receiver<bool> {
+        watch::channel(true).1
+    }
+
+    /// [`Store::submit`] as a cluster-wide duty: the job does not run (and
+    /// fails with UNAVAILABLE) unless this daemon holds the duties, and its
+    /// commit is refused if it lost them meanwhile.
+    fn submit_duty(&self, job: Job) -> BoxFuture<'_, Result<Committed, TxnError>> {
+        self.submit(job)
+    }
+
+    /// [`Store::compact`] as a cluster-wide duty (see [`Store::submit_duty`]).
+    fn compact_duty(&self, retention: Retention) -> BoxFuture<'_, Result<Compaction, StoreError>> {
+        self.compact(retention)
+    }
+
+    /// [`Store::trim_audit`] as a cluster-wide duty (see [`Store::submit_duty`]).
+    fn trim_audit_duty(&self, retention: Retention) -> BoxFuture<'_, Result<u64, StoreError>> {
+        self.trim_audit(retention)
+    }
 }
 
 impl dyn Store {
@@ -431,15 +459,35 @@ impl dyn Store {
         T: Send + 'static,
         F: FnOnce(&dyn View) -> Result<(WriteSet, T), TxnError> + Send + 'static,
     {
+        self.write_as(false, job).await
+    }
+
+    /// [`Store::write`] as a cluster-wide duty (see [`Store::submit_duty`]).
+    pub async fn write_duty<T, F>(&self, job: F) -> Result<(Committed, T), TxnError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn View) -> Result<(WriteSet, T), TxnError> + Send + 'static,
+    {
+        self.write_as(true, job).await
+    }
+
+    async fn write_as<T, F>(&self, duty: bool, job: F) -> Result<(Committed, T), TxnError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn View) -> Result<(WriteSet, T), TxnError> + Send + 'static,
+    {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let committed = self
-            .submit(Box::new(move |view| {
-                let (set, value) = job(view)?;
-                // The receiver lives until after the commit: cannot fail.
-                let _ = tx.send(value);
-                Ok(set)
-            }))
-            .await?;
+        let job: Job = Box::new(move |view| {
+            let (set, value) = job(view)?;
+            // The receiver lives until after the commit: cannot fail.
+            let _ = tx.send(value);
+            Ok(set)
+        });
+        let committed = if duty {
+            self.submit_duty(job).await?
+        } else {
+            self.submit(job).await?
+        };
         let value = rx
             .try_recv()
             .map_err(|_| StoreError::Internal("write job returned no value".into()))?;
