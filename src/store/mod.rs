@@ -71,6 +71,12 @@
 //!   view, so no update is lost and every job's invariants hold over the
 //!   whole cluster. A group larger than etcd's `--max-txn-ops` /
 //!   `--max-request-bytes` is split into transactions at job boundaries.
+//!   Lock attempts are made on a lease of their own: when one fails or
+//!   times out, the writer revokes that lease and takes a fresh one, since
+//!   etcd may still carry the attempt out after the writer gave up (the
+//!   member serving it was paused, or its answer was lost); a key on a
+//!   revoked lease is deleted and can never be created again, where a key
+//!   on the kept-alive lease would stall every daemon's writes.
 //! - **Acknowledged after quorum.** A write is acknowledged once etcd has
 //!   committed its transaction (a Raft quorum) *and* this daemon's view has
 //!   applied it: read-your-writes on the daemon that acknowledged it. An
@@ -125,6 +131,32 @@
 //!   rewrites do not move the store revision and are not published to
 //!   Watch subscribers again (a view publishes only events above the
 //!   revision it had).
+//! - **Cluster-wide duties (issue 14 item 7).** Grant lapses, log
+//!   compaction, audit trimming and resuming a pending erasure's scrub
+//!   ([`Store::recover`]) run on one daemon at a time, the holder
+//!   ([`Store::duties`]; the server runs them through the `*_duty`
+//!   methods only while it holds them). Holding is the key
+//!   `<prefix>duties`, created only if absent on a lease of the daemon's
+//!   own (TTL `lease_ttl`); its value names the holder (pid, lease). Every
+//!   duty commit compares that key's create revision in its transaction
+//!   (the fence), so a holder whose lease lapsed (paused, or cut off from
+//!   etcd, for longer than the TTL) commits no duty, even before it
+//!   notices: the commit fails with UNAVAILABLE and it steps down. The
+//!   other daemons look every `duty_check` (500 ms); when the holder dies
+//!   etcd deletes the key as its lease lapses and the next daemon to look
+//!   takes it: a takeover within the TTL plus half a second. The holder
+//!   looks too, and steps down when its key is gone or after a whole TTL
+//!   without reaching etcd; a daemon that stops deletes the key at once.
+//!   The duties are idempotent plans on the current view, committed under
+//!   the write lock, so even two holders at once (impossible with the
+//!   fence) would not lapse a grant twice; the election removes the
+//!   duplicated work. Per daemon, not cluster-wide: the prompt audit
+//!   batches (each daemon buffers the prompts *it* served, in its memory;
+//!   no other daemon has them, so each daemon writes its own, as ordinary
+//!   writes), the erasure scrub an EraseUser call runs itself (the
+//!   request's own work, reported to its caller) and the one a daemon
+//!   finishes on open before serving. Operator calls (Admin Compact) run
+//!   on whichever daemon gets them, fenced by the write lock only.
 
 #[cfg(test)]
 pub(crate) mod contract;
@@ -419,7 +451,9 @@ pub trait Store: Send + Sync + 'static {
     /// After a failed write (a backend may keep failing once it has hit an
     /// I/O error, e.g. a full disk): if there is room again, reopens the
     /// store in place and resumes writing. Returns whether it reopened. Reads go on
-    /// meanwhile, except for the moment of the reopen.
+    /// meanwhile, except for the moment of the reopen. Also resumes a
+    /// pending erasure's scrub (etcd: a cluster-wide duty, only on the
+    /// daemon that holds the duties).
     fn recover(&self) -> BoxFuture<'_, Result<bool, StoreError>>;
     /// Stops the writer after the jobs already queued and flushes. Later
     /// writes fail with [`StoreError::Closed`].
