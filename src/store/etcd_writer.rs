@@ -102,9 +102,11 @@ pub(super) struct Writer {
     /// Whether this daemon holds the cluster-wide duties, and the fence
     /// its duty commits compare.
     duties: Arc<Duties>,
-    /// A lock attempt failed and its lease could not be replaced yet: no
-    /// lock is tried on it again.
+    /// A lock attempt failed and its lease is not replaced yet: no lock is
+    /// tried on it again (replaced before the next attempt, or while idle).
     lease_spent: bool,
+    /// That lease is revoked (or was already gone).
+    spent_revoked: bool,
     held: Option<Held>,
     /// Lock keys whose release failed (e.g. the Unlock went to a member
     /// that had just died). The lease stays alive, so etcd would keep such
@@ -156,6 +158,7 @@ impl Writer {
             lease,
             duties,
             lease_spent: false,
+            spent_revoked: false,
             held: None,
             stranded: Vec::new(),
         }
@@ -165,13 +168,18 @@ impl Writer {
     pub async fn run(mut self, mut rx: mpsc::Receiver<Request>) {
         let mut pending: Vec<(Job, Reply)> = Vec::with_capacity(self.config.max_batch);
         loop {
-            let first = if self.stranded.is_empty() {
+            let first = if self.stranded.is_empty() && !self.lease_spent {
                 rx.recv().await
             } else {
                 match tokio::time::timeout(STRANDED_RETRY, rx.recv()).await {
                     Ok(request) => request,
                     Err(_) => {
                         self.release_stranded().await;
+                        if self.lease_spent {
+                            if let Err(e) = self.replace_lease().await {
+                                tracing::debug!(error = %e, "etcd: replacing a failed lock attempt's lease");
+                            }
+                        }
                         continue;
                     }
                 }
@@ -281,12 +289,11 @@ impl Writer {
                 // key if it is there, and etcd refuses every later put on a
                 // revoked lease, so the late grant fails. If the revoke
                 // fails too, the lease is not kept alive any more and lapses
-                // within its TTL, taking the key with it. The next attempt
-                // takes a fresh lease.
+                // within its TTL once replaced, taking the key with it. The
+                // next attempt (or the idle writer) takes a fresh lease; the
+                // jobs waiting now are answered after one more call only.
                 self.lease_spent = true;
-                if let Err(e) = self.replace_lease().await {
-                    tracing::warn!(error = %e, "etcd: the lease of a failed lock attempt is not replaced yet");
-                }
+                self.spent_revoked = self.revoke_spent().await;
                 return Err(match failed {
                     Ok(Err(e)) => unavailable("taking the write lock", e),
                     _ => unavailable("taking the write lock", format!("no answer in {timeout:?}")),
@@ -334,23 +341,34 @@ impl Writer {
         })
     }
 
-    /// Revokes the lease of a failed lock attempt (deleting any lock key on
-    /// it, now and for good) and puts a fresh one in its place, which the
-    /// lease keeper keeps alive from then on.
-    async fn replace_lease(&mut self) -> Result<(), StoreError> {
+    /// Revokes the lease of a failed lock attempt, deleting any lock key on
+    /// it now and for good; whether it is gone.
+    async fn revoke_spent(&mut self) -> bool {
         let old = self.lease.load(Ordering::Acquire);
-        let timeout = self.config.timeout;
-        match tokio::time::timeout(timeout, self.client.lease_revoke(old)).await {
-            Ok(Ok(_)) => {}
+        match tokio::time::timeout(self.config.timeout, self.client.lease_revoke(old)).await {
+            Ok(Ok(_)) => true,
             // Already gone (it lapsed, or an earlier revoke got through).
-            Ok(Err(e)) if e.to_string().contains("lease not found") => {}
+            Ok(Err(e)) if e.to_string().contains("lease not found") => true,
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, lease = old, "etcd: the lease of a failed lock attempt is not revoked: it lapses within its TTL");
+                tracing::warn!(error = %e, lease = old, "etcd: the lease of a failed lock attempt is not revoked; once replaced it lapses within its TTL");
+                false
             }
             Err(_) => {
-                tracing::warn!(lease = old, "etcd: the lease of a failed lock attempt is not revoked in time: it lapses within its TTL");
+                tracing::warn!(lease = old, "etcd: the lease of a failed lock attempt is not revoked in time; once replaced it lapses within its TTL");
+                false
             }
         }
+    }
+
+    /// Puts a fresh lease in the place of a failed lock attempt's (revoked
+    /// first if it is not yet), which the lease keeper keeps alive from
+    /// then on; the old one is not kept alive any more.
+    async fn replace_lease(&mut self) -> Result<(), StoreError> {
+        let timeout = self.config.timeout;
+        if !self.spent_revoked {
+            self.spent_revoked = self.revoke_spent().await;
+        }
+        let old = self.lease.load(Ordering::Acquire);
         let granted = tokio::time::timeout(
             timeout,
             self.client.lease_grant(self.config.lease_seconds, None),
@@ -372,6 +390,7 @@ impl Writer {
             .lease
             .compare_exchange(old, new, Ordering::AcqRel, Ordering::Acquire);
         self.lease_spent = false;
+        self.spent_revoked = false;
         tracing::info!(old, new, "etcd: a failed lock attempt's lease is replaced");
         Ok(())
     }
