@@ -58,6 +58,8 @@ async fn counters_move_with_calls() {
     let before = scrape(addr).await;
     let authorize = r#"grpc_server_handled_total{grpc_code="OK",grpc_method="Authorize",grpc_service="consent.v1.Authorization",grpc_type="unary"}"#;
     assert_eq!(value(&before, authorize), 1.0, "{before}");
+    // The one sled daemon always holds the cluster-wide duties.
+    assert_eq!(value(&before, "consentd_duties_held "), 1.0, "{before}");
     assert_eq!(
         value(
             &before,
