@@ -635,6 +635,7 @@ async fn health_becomes(clients: &[Client], want: ServingStatus, within: Duratio
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs etcd and the etcd feature: scripts/test runs it (--ignored etcd)"]
 async fn etcd_fault_quorum_loss_fails_writes_serves_reads_recovers() {
+    log_if_asked();
     let _heavy = heavy().await;
     let mut cluster = start_cluster();
     let prefix = fresh_prefix();
