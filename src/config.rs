@@ -24,6 +24,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 pub const DEFAULT_DATA_DIR: &str = "./consentd-data";
 pub const DEFAULT_CACHE_CAPACITY: u64 = 128 * 1024 * 1024;
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default longest wait for a consistency token (`consentd-min-revision`).
+pub const DEFAULT_MIN_REVISION_MAX_WAIT: Duration = Duration::from_secs(5);
 pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 1024;
 pub const DEFAULT_MAX_BATCH: usize = 1024;
 pub const DEFAULT_QUEUE_DEPTH: usize = 4096;
@@ -136,6 +138,9 @@ pub struct Config {
     pub cache_capacity: u64,
     /// How long in-flight calls may take to finish on shutdown.
     pub drain_timeout: Duration,
+    /// Longest wait for the view to reach a caller's consistency token
+    /// (`consentd-min-revision`), within the call's own deadline.
+    pub min_revision_max_wait: Duration,
     /// HTTP/2 streams per connection.
     pub max_concurrent_streams: u32,
     /// Most write jobs in one group commit.
@@ -235,6 +240,7 @@ impl Default for Config {
             log_level: None,
             cache_capacity: DEFAULT_CACHE_CAPACITY,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            min_revision_max_wait: DEFAULT_MIN_REVISION_MAX_WAIT,
             max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
             max_batch: DEFAULT_MAX_BATCH,
             queue_depth: DEFAULT_QUEUE_DEPTH,
@@ -345,6 +351,10 @@ pub struct Args {
     /// Seconds in-flight calls get to finish on shutdown [default: 10].
     #[arg(long, env = "CONSENTD_DRAIN_TIMEOUT", value_name = "SECS")]
     pub drain_timeout: Option<u64>,
+    /// Longest wait, in milliseconds, for this daemon's view to reach the
+    /// revision a caller sent in `consentd-min-revision` [default: 5000].
+    #[arg(long, env = "CONSENTD_MIN_REVISION_MAX_WAIT_MS", value_name = "MS")]
+    pub min_revision_max_wait_ms: Option<u64>,
 }
 
 /// The TOML file. Every key is optional.
@@ -366,6 +376,7 @@ pub struct FileConfig {
     pub log_level: Option<String>,
     pub cache_capacity: Option<u64>,
     pub drain_timeout_secs: Option<u64>,
+    pub min_revision_max_wait_ms: Option<u64>,
     pub max_concurrent_streams: Option<u32>,
     pub max_batch: Option<usize>,
     pub queue_depth: Option<usize>,
@@ -665,6 +676,10 @@ impl Config {
                 .drain_timeout
                 .or(file.drain_timeout_secs)
                 .map_or(d.drain_timeout, Duration::from_secs),
+            min_revision_max_wait: args
+                .min_revision_max_wait_ms
+                .or(file.min_revision_max_wait_ms)
+                .map_or(d.min_revision_max_wait, Duration::from_millis),
             max_concurrent_streams: file
                 .max_concurrent_streams
                 .unwrap_or(d.max_concurrent_streams),

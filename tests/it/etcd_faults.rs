@@ -22,12 +22,16 @@ use consentd::{
 };
 use tokio_stream::StreamExt as _;
 use tonic::{Code, Streaming};
+use tonic_health::pb::{
+    health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
+};
 
 use crate::{
     etcd::{assert_chain, fresh_prefix, from},
     etcd_cluster::{shared_endpoints, EtcdCluster},
     fixture::{android, connect, heavy, location_app, Client, TestDaemon},
     support::{child::spawn_consentd, key_of_change, key_of_event, record_req, EventKey},
+    tokens::with_token,
 };
 
 /// With `RUST_LOG` set (any value: level INFO), the in-process daemons' logs go to the test's
@@ -585,13 +589,53 @@ async fn etcd_fault_daemon_kill9_watch_resumes_elsewhere() {
     drop((b, c));
 }
 
-/// Two of three members stopped (SIGSTOP): writes through each daemon fail
-/// with UNAVAILABLE within their deadline and nothing of them is half
-/// applied; reads answer from the daemon's local view at its revision (the
-/// documented choice, src/store/mod.rs); after SIGCONT everything recovers.
+/// The health of every service (`""` and each consentd service) as each
+/// daemon reports it, once it is `want` for all of them: how long that took.
+async fn health_becomes(clients: &[Client], want: ServingStatus, within: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let mut seen = Vec::new();
+        for c in clients {
+            let mut health = HealthClient::new(c.channel.clone());
+            for service in [
+                "",
+                "consent.v1.Authorization",
+                "consent.v1.Apps",
+                "consent.v1.Admin",
+            ] {
+                let status = health
+                    .check(HealthCheckRequest {
+                        service: service.into(),
+                    })
+                    .await
+                    .expect("health answers without etcd")
+                    .into_inner()
+                    .status();
+                seen.push((service, status));
+            }
+        }
+        if seen.iter().all(|(_, s)| *s == want) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "health not {want:?} within {within:?}: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Two of three members stopped (SIGSTOP): health turns NOT_SERVING within
+/// seconds, writes through each daemon fail with UNAVAILABLE within their
+/// deadline and nothing of them is half applied; reads answer from the
+/// daemon's local view at its revision (the documented choice,
+/// src/store/mod.rs), and a consistency token above it is UNAVAILABLE;
+/// after SIGCONT health is SERVING again within seconds and everything
+/// recovers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs etcd and the etcd feature: scripts/test runs it (--ignored etcd)"]
 async fn etcd_fault_quorum_loss_fails_writes_serves_reads_recovers() {
+    log_if_asked();
     let _heavy = heavy().await;
     let mut cluster = start_cluster();
     let prefix = fresh_prefix();
@@ -613,9 +657,31 @@ async fn etcd_fault_quorum_loss_fails_writes_serves_reads_recovers() {
         }
     }
     let before = settle(&clients).await;
+    health_becomes(&clients, ServingStatus::Serving, Duration::from_secs(5)).await;
 
     cluster.pause(1);
     cluster.pause(2);
+    let took = health_becomes(&clients, ServingStatus::NotServing, Duration::from_secs(8)).await;
+    tracing::info!(?took, "health NOT_SERVING after the quorum was lost");
+    // A token the view has is met; one above it needs the quorum to check.
+    for c in &clients {
+        let ask = || crate::support::authorize_req("wxfq", "u0", "scope.camera", android());
+        c.auth()
+            .authorize(with_token(ask(), &before.to_string()))
+            .await
+            .expect("a token the view has is met without etcd");
+        let status = c
+            .auth()
+            .authorize(with_token(ask(), &(before + 1).to_string()))
+            .await
+            .expect_err("a token above the view cannot be checked without a quorum");
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert!(
+            status.message().contains(&(before + 1).to_string())
+                && status.message().contains(&before.to_string()),
+            "{status:?}"
+        );
+    }
     let run = fault_seconds();
     let quorum_back = Instant::now() + run;
     let mut failed = 0;
@@ -646,8 +712,12 @@ async fn etcd_fault_quorum_loss_fails_writes_serves_reads_recovers() {
             assert_eq!(c.revision().await, before, "the view stays where it was");
         }
     }
+    // Still NOT_SERVING at the end of the outage (no flapping back).
+    health_becomes(&clients, ServingStatus::NotServing, Duration::ZERO).await;
     cluster.resume(1);
     cluster.resume(2);
+    let took = health_becomes(&clients, ServingStatus::Serving, Duration::from_secs(15)).await;
+    tracing::info!(?took, "health SERVING after SIGCONT");
     tokio::task::block_in_place(|| cluster.wait_healthy(Duration::from_secs(30)))
         .expect("healthy again after SIGCONT");
 

@@ -37,6 +37,7 @@ mod security_process;
 mod settings;
 mod startup;
 mod support;
+mod tokens;
 mod users;
 mod versions;
 mod watch;
