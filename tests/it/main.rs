@@ -15,6 +15,8 @@ mod etcd;
 #[cfg(feature = "etcd")]
 mod etcd_faults;
 #[cfg(feature = "etcd")]
+mod etcd_partition;
+#[cfg(feature = "etcd")]
 mod etcd_sec;
 // The etcd test cluster harness, shared as source with the library's tests.
 #[cfg(feature = "etcd")]
