@@ -315,14 +315,18 @@ async fn etcd_fault_network_partition_cuts_the_leader_off() {
     while Instant::now() < until - run * 2 / 3 {
         // The cut-off daemon writes too until the cut.
         match write_once(&minority, "wxnp", 100, r).await {
-            Ok(events) => minority_tally.acked.extend(events),
+            Ok(events) => {
+                minority_tally.ok += 1;
+                minority_tally.acked.extend(events);
+            }
             Err(status) => minority_tally.failed.push((Instant::now(), status)),
         }
         r += 1;
     }
     assert!(
-        !minority_tally.acked.is_empty(),
-        "the daemon in the leader's namespace wrote before the cut"
+        minority_tally.ok > 0,
+        "the daemon in the leader's namespace wrote before the cut: {:?}",
+        minority_tally.failed.last()
     );
     tokio::task::block_in_place(|| netns.cut(leader)).expect("cut the leader off");
     let cut_at = Instant::now();
@@ -393,6 +397,7 @@ async fn etcd_fault_network_partition_cuts_the_leader_off() {
         ok: 1,
         failed: Vec::new(),
     });
+    assert_failures_unavailable(std::slice::from_ref(&minority_tally));
     tallies.push(minority_tally);
     let (acked, failed) = all_acked(&tallies);
     let end = settle(&clients).await;
