@@ -174,6 +174,8 @@ mod etcd_replica;
 #[cfg(feature = "etcd")]
 mod etcd_store;
 #[cfg(feature = "etcd")]
+mod etcd_tls;
+#[cfg(feature = "etcd")]
 mod etcd_writer;
 mod sled_codec;
 mod sled_durability;
@@ -190,6 +192,8 @@ use tokio::sync::broadcast;
 
 #[cfg(feature = "etcd")]
 pub use etcd_store::{EtcdConfig, EtcdStore, ETCD_FORMAT};
+#[cfg(feature = "etcd")]
+pub use etcd_tls::EtcdTls;
 use sled_codec as codec;
 pub use sled_codec::FORMAT_VERSION;
 pub use sled_store::{SledConfig, SledStore};
