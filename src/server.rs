@@ -99,11 +99,25 @@ async fn open_etcd(
     use crate::{config::ConfigError, store::EtcdConfig};
     let e = &config.etcd;
     let mut etcd = EtcdConfig::new(e.endpoints.clone(), e.prefix.clone(), clock);
-    if let (Some(user), Some(file)) = (&e.user, &e.password_file) {
-        let password = std::fs::read_to_string(file).map_err(|err| {
-            ConfigError::Invalid(format!("etcd.password_file {}: {err}", file.display()))
-        })?;
-        etcd.user = Some((user.clone(), password.trim_end().to_owned()));
+    if let Some(user) = &e.user {
+        let password = match (&e.password_file, &e.password) {
+            (Some(file), _) => std::fs::read_to_string(file)
+                .map_err(|err| {
+                    ConfigError::Invalid(format!("--etcd-password-file {}: {err}", file.display()))
+                })?
+                .trim_end_matches(['\r', '\n'])
+                .to_owned(),
+            (None, Some(secret)) => secret.0.clone(),
+            // Config::check_store refuses a user without a password.
+            (None, None) => String::new(),
+        };
+        etcd.user = Some((user.clone(), password));
+    }
+    if let Some(ca) = &e.ca {
+        let identity = e.cert.as_deref().zip(e.key.as_deref());
+        let tls = crate::store::EtcdTls::load(ca, identity)
+            .map_err(|err| ConfigError::Invalid(format!("TLS towards etcd: {err}")))?;
+        etcd.tls = Some(tls);
     }
     etcd.max_batch = config.max_batch;
     etcd.queue_depth = config.queue_depth;

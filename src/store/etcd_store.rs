@@ -70,8 +70,11 @@ pub struct EtcdConfig {
     /// Every key of this store starts with it (several stores can share a
     /// cluster).
     pub prefix: String,
-    /// etcd user and password, when etcd has authentication on.
+    /// etcd user and password, when etcd has authentication on (the
+    /// client authenticates again when etcd says its token expired).
     pub user: Option<(String, String)>,
+    /// TLS towards `https://` endpoints.
+    pub tls: Option<super::EtcdTls>,
     /// Most jobs committed by one group commit.
     pub max_batch: usize,
     /// Jobs waiting for the writer before submitters wait.
@@ -106,6 +109,7 @@ impl EtcdConfig {
             endpoints,
             prefix: prefix.into(),
             user: None,
+            tls: None,
             max_batch: 256,
             queue_depth: 4096,
             publish_capacity: 1024,
@@ -128,6 +132,7 @@ impl std::fmt::Debug for EtcdConfig {
             .field("endpoints", &self.endpoints)
             .field("prefix", &self.prefix)
             .field("user", &self.user.as_ref().map(|(name, _)| name))
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
@@ -155,6 +160,59 @@ pub struct EtcdStore {
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("etcd: {what}: {e}"))
+}
+
+/// What an error at start most likely means, for the operator: TLS and
+/// authentication failures come back from etcd-client as transport errors
+/// and gRPC statuses that do not name the setting to fix.
+fn open_hint(config: &EtcdConfig, message: &str) -> Option<String> {
+    if message.contains("invalid peer certificate") {
+        return Some(
+            "TLS: etcd's server certificate does not verify against --etcd-ca, or is not \
+             valid for the endpoint's host"
+                .into(),
+        );
+    }
+    // TLS 1.3: etcd checks the client certificate after the client's
+    // side of the handshake is done, so the client sees an alert, a closed
+    // connection or a broken pipe, whichever comes first.
+    let rejected = [
+        "connection closed",
+        "broken pipe",
+        "BadCertificate",
+        "CertificateRequired",
+    ];
+    if config.tls.is_some() && rejected.iter().any(|r| message.contains(r)) {
+        let sent = if config.tls.as_ref().is_some_and(|t| t.identity.is_some()) {
+            "refused the client certificate of --etcd-cert (not signed by a CA in its \
+             --trusted-ca-file?)"
+        } else {
+            "wants a client certificate: give --etcd-cert and --etcd-key"
+        };
+        return Some(format!(
+            "TLS: etcd closed the connection or refused the handshake: it likely {sent}"
+        ));
+    }
+    if message.contains("authentication failed") {
+        let user = config.user.as_ref().map_or("", |(name, _)| name.as_str());
+        return Some(format!(
+            "check --etcd-user {user:?} and its password (--etcd-password-file or \
+             CONSENTD_ETCD_PASSWORD)"
+        ));
+    }
+    if message.contains("permission denied") || message.contains("user name is empty") {
+        let user = config.user.as_ref().map_or("", |(name, _)| name.as_str());
+        return Some(if user.is_empty() {
+            "etcd has authentication on: give --etcd-user and its password".into()
+        } else {
+            format!(
+                "etcd user {user:?} needs a role with readwrite permission on the key prefix \
+                 {:?} (etcdctl role grant-permission ROLE --prefix=true readwrite {})",
+                config.prefix, config.prefix
+            )
+        });
+    }
+    None
 }
 
 /// Runs an etcd call with the configured bound.
@@ -208,7 +266,10 @@ impl EtcdStore {
                 config.endpoints.join(","),
                 config.prefix
             ),
-            message,
+            message: match open_hint(config, &message) {
+                Some(hint) => format!("{message} ({hint})"),
+                None => message,
+            },
         };
         if config.endpoints.is_empty() {
             return Err(open_err("no etcd endpoints given".into()));
@@ -218,7 +279,19 @@ impl EtcdStore {
             .with_keep_alive(Duration::from_secs(2), config.timeout)
             .with_require_leader(true);
         if let Some((name, password)) = &config.user {
-            options = options.with_user(name.clone(), password.clone());
+            // etcd's tokens expire (simple tokens after --auth-token-ttl of
+            // idleness): authenticate again and retry, instead of failing.
+            options = options
+                .with_user(name.clone(), password.clone())
+                .with_auto_token_refresh(true);
+        }
+        if let Some(tls) = &config.tls {
+            let mut t = etcd_client::TlsOptions::new()
+                .ca_certificate(etcd_client::Certificate::from_pem(&tls.ca_pem));
+            if let Some((cert, key)) = &tls.identity {
+                t = t.identity(etcd_client::Identity::from_pem(cert, key));
+            }
+            options = options.with_tls(t);
         }
         let mut client = bounded(
             config.timeout,

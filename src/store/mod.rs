@@ -208,6 +208,8 @@ mod etcd_replica;
 #[cfg(feature = "etcd")]
 mod etcd_store;
 #[cfg(feature = "etcd")]
+mod etcd_tls;
+#[cfg(feature = "etcd")]
 mod etcd_writer;
 mod sled_codec;
 mod sled_durability;
@@ -224,6 +226,8 @@ use tokio::sync::{broadcast, watch};
 
 #[cfg(feature = "etcd")]
 pub use etcd_store::{EtcdConfig, EtcdStore, ETCD_FORMAT};
+#[cfg(feature = "etcd")]
+pub use etcd_tls::EtcdTls;
 use sled_codec as codec;
 pub use sled_codec::FORMAT_VERSION;
 pub use sled_store::{SledConfig, SledStore};

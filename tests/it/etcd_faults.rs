@@ -36,7 +36,7 @@ use crate::{
 
 /// With `RUST_LOG` set (any value: level INFO), the in-process daemons' logs go to the test's
 /// output (shown when it fails).
-fn log_if_asked() {
+pub(crate) fn log_if_asked() {
     if std::env::var_os("RUST_LOG").is_some() {
         let _ = tracing_subscriber::fmt()
             .with_max_level(tracing::Level::INFO)
@@ -46,7 +46,7 @@ fn log_if_asked() {
 }
 
 /// How long each test's write phase lasts.
-fn fault_seconds() -> Duration {
+pub(crate) fn fault_seconds() -> Duration {
     let secs = std::env::var("CONSENTD_FAULT_SECONDS")
         .ok()
         .map(|s| {
@@ -58,14 +58,14 @@ fn fault_seconds() -> Duration {
 }
 
 /// A fresh 3-member cluster owned by the test.
-fn start_cluster() -> EtcdCluster {
+pub(crate) fn start_cluster() -> EtcdCluster {
     tokio::task::block_in_place(|| EtcdCluster::start(3))
         .unwrap_or_else(|e| panic!("cannot run the etcd fault tests: {e}"))
 }
 
 /// An in-process daemon on `endpoints` under `prefix`, with short etcd
 /// timeouts so that faults show within a test's patience.
-async fn daemon_on(endpoints: &[String], prefix: &str) -> TestDaemon {
+pub(crate) async fn daemon_on(endpoints: &[String], prefix: &str) -> TestDaemon {
     let (endpoints, prefix) = (endpoints.to_vec(), prefix.to_owned());
     TestDaemon::with(move |c| {
         c.store = StoreKind::Etcd;
@@ -81,12 +81,12 @@ async fn daemon_on(endpoints: &[String], prefix: &str) -> TestDaemon {
 }
 
 /// The deadline a writer gives each call.
-const CALL_DEADLINE: Duration = Duration::from_secs(15);
+pub(crate) const CALL_DEADLINE: Duration = Duration::from_secs(15);
 
 /// One write of writer `w` in round `r` (users shared by all writers: real
 /// contention): a popup answer, or every third time a removal. Returns the
 /// events of the committed changes.
-async fn write_once(
+pub(crate) async fn write_once(
     c: &Client,
     app: &str,
     w: usize,
@@ -114,16 +114,16 @@ async fn write_once(
 
 /// What one writer saw.
 #[derive(Default)]
-struct Tally {
-    acked: Vec<EventKey>,
-    ok: usize,
+pub(crate) struct Tally {
+    pub(crate) acked: Vec<EventKey>,
+    pub(crate) ok: usize,
     /// When each failed call failed, and its status.
-    failed: Vec<(Instant, tonic::Status)>,
+    pub(crate) failed: Vec<(Instant, tonic::Status)>,
 }
 
 /// Writes through `c` until `until`, failures included (a short pause after
 /// each).
-fn spawn_writer(
+pub(crate) fn spawn_writer(
     c: Client,
     app: &'static str,
     w: usize,
@@ -152,7 +152,7 @@ fn spawn_writer(
 /// What etcd holds besides the data, for a failure message: the keys
 /// under `prefix` other than events, audit records and decisions (the write
 /// lock's keys among them) and the leases, by `etcdctl` when installed.
-fn etcd_state(endpoints: &[String], prefix: &str) -> String {
+pub(crate) fn etcd_state(endpoints: &[String], prefix: &str) -> String {
     let etcdctl = |args: &[&str]| {
         std::process::Command::new("etcdctl")
             .env("ETCDCTL_API", "3")
@@ -186,7 +186,11 @@ fn etcd_state(endpoints: &[String], prefix: &str) -> String {
 
 /// Retries one write through `c` until it is acknowledged (30 s at most);
 /// the last status when it never is.
-async fn try_until_acked(c: &Client, app: &str, w: usize) -> Result<Vec<EventKey>, tonic::Status> {
+pub(crate) async fn try_until_acked(
+    c: &Client,
+    app: &str,
+    w: usize,
+) -> Result<Vec<EventKey>, tonic::Status> {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut r = 0;
     loop {
@@ -204,7 +208,7 @@ async fn try_until_acked(c: &Client, app: &str, w: usize) -> Result<Vec<EventKey
 
 /// Retries one write through `c` until it is acknowledged (30 s at most):
 /// writes resume.
-async fn write_until_acked(c: &Client, app: &str, w: usize) -> Vec<EventKey> {
+pub(crate) async fn write_until_acked(c: &Client, app: &str, w: usize) -> Vec<EventKey> {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut r = 0;
     loop {
@@ -221,7 +225,7 @@ async fn write_until_acked(c: &Client, app: &str, w: usize) -> Vec<EventKey> {
 }
 
 /// Waits until every daemon has applied the same, highest revision; returns it.
-async fn settle(clients: &[Client]) -> u64 {
+pub(crate) async fn settle(clients: &[Client]) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let mut revisions = Vec::new();
@@ -240,7 +244,7 @@ async fn settle(clients: &[Client]) -> u64 {
 }
 
 /// The whole log up to `until`, by a Watch from 0.
-async fn log_of(c: &Client, until: u64) -> Vec<EventKey> {
+pub(crate) async fn log_of(c: &Client, until: u64) -> Vec<EventKey> {
     collect(c.watch(from(0)).await.expect("Watch"))
         .until(until)
         .await
@@ -249,12 +253,12 @@ async fn log_of(c: &Client, until: u64) -> Vec<EventKey> {
 /// A Watch stream read as it comes (so that the daemon never drops it as a
 /// slow consumer) by a task, until an event at the target revision or the
 /// stream's end.
-struct Collector {
+pub(crate) struct Collector {
     target: tokio::sync::watch::Sender<u64>,
     task: tokio::task::JoinHandle<(Vec<EventKey>, Option<String>)>,
 }
 
-fn collect(mut stream: Streaming<pb::WatchResponse>) -> Collector {
+pub(crate) fn collect(mut stream: Streaming<pb::WatchResponse>) -> Collector {
     let (target, mut wanted) = tokio::sync::watch::channel(u64::MAX);
     let task = tokio::spawn(async move {
         let mut out: Vec<EventKey> = Vec::new();
@@ -286,7 +290,7 @@ fn collect(mut stream: Streaming<pb::WatchResponse>) -> Collector {
 
 impl Collector {
     /// The events up to `revision`; fails if the stream ended before.
-    async fn until(self, revision: u64) -> Vec<EventKey> {
+    pub(crate) async fn until(self, revision: u64) -> Vec<EventKey> {
         let Collector { target, task } = self;
         let _ = target.send(revision);
         let (events, ended) = tokio::time::timeout(Duration::from_secs(60), task)
@@ -302,7 +306,7 @@ impl Collector {
     }
 
     /// The events the stream delivered before it ended (its daemon died).
-    async fn ended(self) -> (Vec<EventKey>, String) {
+    pub(crate) async fn ended(self) -> (Vec<EventKey>, String) {
         let Collector { target, task } = self;
         let (events, ended) = tokio::time::timeout(Duration::from_secs(60), task)
             .await
@@ -316,7 +320,7 @@ impl Collector {
 /// The log is a chain without gap or duplicate, holds every acknowledged
 /// change, and at most `unknown` changes nobody saw acknowledged (writes
 /// that failed with an unknown outcome, up to two changes each).
-fn assert_log(log: &[EventKey], acked: &[EventKey], failed_writes: usize) {
+pub(crate) fn assert_log(log: &[EventKey], acked: &[EventKey], failed_writes: usize) {
     assert_chain(log);
     let in_log: BTreeSet<&EventKey> = log.iter().collect();
     assert_eq!(in_log.len(), log.len(), "no event twice in the log");
@@ -336,7 +340,7 @@ fn assert_log(log: &[EventKey], acked: &[EventKey], failed_writes: usize) {
     );
 }
 
-fn all_acked(tallies: &[Tally]) -> (Vec<EventKey>, usize) {
+pub(crate) fn all_acked(tallies: &[Tally]) -> (Vec<EventKey>, usize) {
     let mut acked: Vec<EventKey> = tallies.iter().flat_map(|t| t.acked.clone()).collect();
     acked.sort();
     (acked, tallies.iter().map(|t| t.failed.len()).sum())
@@ -344,7 +348,7 @@ fn all_acked(tallies: &[Tally]) -> (Vec<EventKey>, usize) {
 
 /// Every failure is UNAVAILABLE (the documented status of an etcd fault),
 /// never a hang past the deadline or an internal error.
-fn assert_failures_unavailable(tallies: &[Tally]) {
+pub(crate) fn assert_failures_unavailable(tallies: &[Tally]) {
     for t in tallies {
         for (_, status) in &t.failed {
             assert_eq!(

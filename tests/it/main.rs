@@ -16,6 +16,10 @@ mod etcd;
 mod etcd_duties;
 #[cfg(feature = "etcd")]
 mod etcd_faults;
+#[cfg(feature = "etcd")]
+mod etcd_partition;
+#[cfg(feature = "etcd")]
+mod etcd_sec;
 // The etcd test cluster harness, shared as source with the library's tests.
 #[cfg(feature = "etcd")]
 #[allow(dead_code)]
