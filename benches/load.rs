@@ -21,8 +21,8 @@
 //! scenario, default `10000,1000000`; `BENCH_SCALE_DIR` keeps the loaded
 //! stores there and reuses them); `BENCH_ONLY` (comma-separated scenario
 //! names: ceiling, authorize, checkapi, record, mixed, watch, scale, soak,
-//! etcd; `soak` and `etcd` run only when named, or briefly in the smoke
-//! run; `etcd` and its own variables: `support/etcd.rs`);
+//! etcd; `soak` runs only when named, or briefly in the smoke run; `etcd`
+//! only when named (its own variables: `support/etcd.rs`));
 //! `BENCH_COMPARE` (comma-separated `label@/path/to/consentd`: other builds,
 //! e.g. older commits, run through the authorize, checkapi and durable
 //! record scenarios after this one, in the same run and against the same
@@ -839,14 +839,21 @@ fn main() {
                 }));
             }
         }
-        // etcd mode (support/etcd.rs): only when named, or briefly in the
-        // smoke run of a build with the etcd backend.
+        // etcd mode (support/etcd.rs): only when named. Not in the smoke
+        // run: a 3-member cluster, four debug daemons and their preload take
+        // about two minutes on a busy 2-core machine.
         let mut etcd_results = serde_json::Value::Null;
-        if only.as_ref().map_or(smoke(), |o| o.iter().any(|x| x == "etcd")) {
+        if only.as_ref().is_some_and(|o| o.iter().any(|x| x == "etcd")) {
             match etcd::unavailable() {
                 Some(why) => println!("etcd scenario skipped: {why}"),
                 None => etcd_results = etcd::scenario(&echo, &daemon, &mut report).await,
             }
+        } else if smoke() {
+            println!(
+                "etcd scenario skipped: it runs only when named (BENCH_ONLY=etcd), being too slow \
+                 for the smoke run{}",
+                etcd::unavailable().map_or(String::new(), |why| format!(" ({why})"))
+            );
         }
         daemon.stop();
         echo.stop();
