@@ -40,8 +40,21 @@ impl Proc {
             .stderr(Stdio::piped());
         let mut child = pin_server(&mut child).spawn().unwrap();
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        // The last lines, for the panic message if it exits instead.
+        let mut tail = std::collections::VecDeque::new();
         let addr = loop {
-            let line = lines.next().expect("consentd exited").unwrap();
+            let Some(line) = lines.next() else {
+                let tail: Vec<String> = tail.into_iter().collect();
+                panic!(
+                    "consentd exited before serving; its last log lines:\n{}",
+                    tail.join("\n")
+                );
+            };
+            let line = line.unwrap();
+            if tail.len() == 20 {
+                tail.pop_front();
+            }
+            tail.push_back(line.clone());
             let log: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
             if log["fields"]["message"] == "consentd serving" {
                 break log["fields"]["addr"].as_str().unwrap().parse().unwrap();
