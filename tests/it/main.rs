@@ -14,6 +14,10 @@ mod docs;
 mod etcd;
 #[cfg(feature = "etcd")]
 mod etcd_faults;
+#[cfg(feature = "etcd")]
+mod etcd_partition;
+#[cfg(feature = "etcd")]
+mod etcd_sec;
 // The etcd test cluster harness, shared as source with the library's tests.
 #[cfg(feature = "etcd")]
 #[allow(dead_code)]
@@ -35,6 +39,7 @@ mod security_process;
 mod settings;
 mod startup;
 mod support;
+mod tokens;
 mod users;
 mod versions;
 mod watch;
