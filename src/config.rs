@@ -41,6 +41,7 @@ pub const DEFAULT_ETCD_MAX_TXN_OPS: usize = 128;
 pub const DEFAULT_ETCD_MAX_TXN_BYTES: usize = 1 << 20;
 pub const DEFAULT_ETCD_LEASE_TTL: Duration = Duration::from_secs(10);
 pub const DEFAULT_ETCD_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_ETCD_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Which store the daemon runs on.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -72,6 +73,9 @@ pub struct EtcdSettings {
     pub lease_ttl: Duration,
     /// Bound on each etcd call.
     pub timeout: Duration,
+    /// How often the local view's snapshot in `data_dir` is rewritten while
+    /// it moves (a restart catches up from it); `None`: no snapshot.
+    pub snapshot_interval: Option<Duration>,
 }
 
 impl Default for EtcdSettings {
@@ -85,6 +89,7 @@ impl Default for EtcdSettings {
             max_txn_bytes: DEFAULT_ETCD_MAX_TXN_BYTES,
             lease_ttl: DEFAULT_ETCD_LEASE_TTL,
             timeout: DEFAULT_ETCD_TIMEOUT,
+            snapshot_interval: Some(DEFAULT_ETCD_SNAPSHOT_INTERVAL),
         }
     }
 }
@@ -392,6 +397,8 @@ pub struct FileEtcd {
     pub max_txn_bytes: Option<usize>,
     pub lease_ttl_secs: Option<u64>,
     pub timeout_ms: Option<u64>,
+    /// 0: no snapshot of the view (every start reads the whole prefix).
+    pub snapshot_interval_secs: Option<u64>,
 }
 
 /// An optional `IP:PORT` or `localhost:PORT`, with `--listen`'s message.
@@ -653,6 +660,11 @@ impl Config {
                     max_txn_bytes: f.max_txn_bytes.unwrap_or(de.max_txn_bytes),
                     lease_ttl: f.lease_ttl_secs.map_or(de.lease_ttl, Duration::from_secs),
                     timeout: f.timeout_ms.map_or(de.timeout, Duration::from_millis),
+                    snapshot_interval: match f.snapshot_interval_secs {
+                        None => de.snapshot_interval,
+                        Some(0) => None,
+                        Some(secs) => Some(Duration::from_secs(secs)),
+                    },
                 }
             },
             log_format: args.log_format.or(file.log_format).unwrap_or(d.log_format),

@@ -13,6 +13,8 @@ mod docs;
 #[cfg(feature = "etcd")]
 mod etcd;
 #[cfg(feature = "etcd")]
+mod etcd_catchup;
+#[cfg(feature = "etcd")]
 mod etcd_faults;
 // The etcd test cluster harness, shared as source with the library's tests.
 #[cfg(feature = "etcd")]
