@@ -15,6 +15,8 @@ mod etcd;
 #[cfg(feature = "etcd")]
 mod etcd_catchup;
 #[cfg(feature = "etcd")]
+mod etcd_export;
+#[cfg(feature = "etcd")]
 mod etcd_faults;
 // The etcd test cluster harness, shared as source with the library's tests.
 #[cfg(feature = "etcd")]
