@@ -719,23 +719,18 @@ async fn write_snapshot(
 ) -> Result<Option<i64>, StoreError> {
     tokio::task::spawn_blocking(move || {
         let started = std::time::Instant::now();
-        let (bytes, at, keys) = {
-            let replica = shared.read()?;
-            if replica.etcd_revision == snapshots.written.load(Ordering::Acquire) {
-                return Ok(None);
-            }
-            (
-                etcd_snapshot::encode(&replica, &snapshots.origin),
-                replica.etcd_revision,
-                replica.kv.len(),
-            )
-        };
+        let at = shared.read()?.etcd_revision;
+        if at == snapshots.written.load(Ordering::Acquire) {
+            return Ok(None);
+        }
+        // Labelled `at` or a later revision the view reached meanwhile.
+        let bytes = etcd_snapshot::encode_from(|| shared.read(), &snapshots.origin)?;
+        let at = etcd_snapshot::revision_of(&bytes).unwrap_or(at);
         let encoded = started.elapsed();
         etcd_snapshot::write_atomically(&snapshots.path, &bytes)?;
         snapshots.written.store(at, Ordering::Release);
         tracing::debug!(
             etcd_revision = at,
-            keys,
             bytes = bytes.len(),
             encode_ms = encoded.as_millis() as u64,
             total_ms = started.elapsed().as_millis() as u64,
