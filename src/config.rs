@@ -1034,6 +1034,23 @@ mod tests {
     }
 
     #[test]
+    fn the_etcd_view_snapshot_interval_defaults_to_a_minute_and_0_turns_it_off() {
+        let on = |text: &str| {
+            let text = format!("store = \"etcd\"\n[etcd]\nendpoints = [\"http://h:2379\"]\n{text}");
+            Config::resolve(Args::default(), file(&text))
+                .unwrap()
+                .etcd
+                .snapshot_interval
+        };
+        assert_eq!(on(""), Some(DEFAULT_ETCD_SNAPSHOT_INTERVAL));
+        assert_eq!(
+            on("snapshot_interval_secs = 5"),
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(on("snapshot_interval_secs = 0"), None);
+    }
+
+    #[test]
     fn store_is_sled_unless_etcd_is_chosen_with_its_endpoints() {
         let c = Config::resolve(Args::default(), FileConfig::default()).unwrap();
         assert_eq!(c.store, StoreKind::Sled);
