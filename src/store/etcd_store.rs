@@ -584,7 +584,10 @@ async fn catch_up(
     lease: i64,
     path: &std::path::Path,
 ) -> Result<(Replica, i64, u64), Option<Unusable>> {
-    let snapshot = tokio::task::block_in_place(|| etcd_snapshot::read(path));
+    let file = path.to_owned();
+    let snapshot = tokio::task::spawn_blocking(move || etcd_snapshot::read(&file))
+        .await
+        .map_err(|e| Some(Unusable(format!("reading the snapshot: {e}"))))?;
     let (mut replica, found) = snapshot.map_err(Some)?.ok_or(None)?;
     let refuse = |why: String| Some(Unusable(why));
     if found.prefix != origin.prefix {
