@@ -23,9 +23,10 @@
 //! names: ceiling, authorize, checkapi, record, mixed, watch, scale, soak;
 //! `soak` runs only when named, or briefly in the smoke run);
 //! `BENCH_COMPARE` (comma-separated `label@/path/to/consentd`: other builds,
-//! e.g. older commits, run through the authorize, checkapi and durable
-//! record scenarios after this one, in the same run and against the same
-//! ceiling); `BENCH_PIN=1` runs the servers on CPU 0 and the load generator
+//! e.g. older commits, run through every scenario but the soak after this
+//! one, in the same run and against the same ceiling; the scale scenario
+//! then loads every build, this one included, through the Import RPC, since
+//! older builds cannot open this build's bulk-written store); `BENCH_PIN=1` runs the servers on CPU 0 and the load generator
 //! on CPU 1 (`sched_setaffinity`; the first line says which).
 //!
 //! `soak`: durable UpdateSetting flips at c=64 (128 decisions, every call a
@@ -449,6 +450,55 @@ fn bulk_preload(dir: &Path, n: usize) -> Duration {
     started.elapsed()
 }
 
+/// The builds named in `BENCH_COMPARE`, as (label, path of their consentd).
+fn builds(compare: &[String]) -> impl Iterator<Item = (&str, &str)> {
+    compare.iter().map(|e| {
+        e.split_once('@')
+            .expect("BENCH_COMPARE: label@/path/to/consentd")
+    })
+}
+
+/// Loads `n` granted cameras of app `wxscale` (users u0..u{n-1}, as the
+/// bulk path writes them) through the Admin Import RPC: the loading path
+/// every build has, so that other builds (whose data formats differ) can
+/// be measured on the same store.
+async fn import_preload(addr: std::net::SocketAddr, n: usize) -> Duration {
+    let started = Instant::now();
+    let channel = channels(addr, 1).await.remove(0);
+    let mut admin = pb::admin_client::AdminClient::new(channel).max_decoding_message_size(64 << 20);
+    let app = pb::App {
+        app_id: "wxscale".into(),
+        kind: pb::AppKind::MiniProgram.into(),
+        ..Default::default()
+    };
+    let records = std::iter::once(pb::ExportRecord {
+        record: Some(pb::export_record::Record::Header(pb::ExportHeader {
+            revision: 0,
+            format: 2,
+        })),
+    })
+    .chain(std::iter::once(pb::ExportRecord {
+        record: Some(pb::export_record::Record::App(app)),
+    }))
+    .chain((0..n).map(|i| pb::ExportRecord {
+        record: Some(pb::export_record::Record::Decision(pb::StoredDecision {
+            app_id: "wxscale".into(),
+            user_id: format!("u{i}"),
+            scope: "scope.camera".into(),
+            state: pb::DecisionState::Granted.into(),
+            expires_at: None,
+            session_id: String::new(),
+        })),
+    }));
+    let imported = admin
+        .import(tokio_stream::iter(records))
+        .await
+        .unwrap_or_else(|e| panic!("import of {n} decisions: {e}"))
+        .into_inner();
+    assert_eq!(imported.decisions, n as u64, "import of {n} decisions");
+    started.elapsed()
+}
+
 /// Decisions per bulk-load child process.
 fn bulk_slice() -> usize {
     if smoke() {
@@ -764,8 +814,7 @@ fn main() {
         // Other builds of the daemon (older commits, say) under the same
         // Authorize (and CheckApi) load, against the same ceiling.
         if wants("authorize") || wants("checkapi") {
-            for entry in compare.iter() {
-                let (label, binary) = entry.split_once('@').expect("BENCH_COMPARE: label@/path/to/consentd");
+            for (label, binary) in builds(&compare) {
                 let dir = tempfile::tempdir().unwrap();
                 let other = Proc::daemon_bin(Path::new(binary), &dir.path().join("data"), &[]);
                 preload(other.addr).await;
@@ -785,6 +834,14 @@ fn main() {
         if wants("mixed") {
             let run = drive(&daemon, shapes[1].1, mixed_call).await;
             report("mixed 95/5 c64", &run, ceilings.get("c64").copied());
+            for (label, binary) in builds(&compare) {
+                let dir = tempfile::tempdir().unwrap();
+                let other = Proc::daemon_bin(Path::new(binary), &dir.path().join("data"), &[]);
+                preload(other.addr).await;
+                let run = drive(&other, shapes[1].1, mixed_call).await;
+                report(&format!("mixed 95/5 c64 [{label}]"), &run, ceilings.get("c64").copied());
+                other.stop();
+            }
         }
         let mut durable_rate = None;
         if wants("record") {
@@ -800,6 +857,15 @@ fn main() {
         }
         let mut fanouts = Vec::new();
         if wants("watch") {
+            // Other builds on daemons of their own, preloaded like this one,
+            // each configuration measured on every build back to back.
+            let mut others = Vec::new();
+            for (label, binary) in builds(&compare) {
+                let dir = tempfile::tempdir().unwrap();
+                let other = Proc::daemon_bin(Path::new(binary), &dir.path().join("data"), &[]);
+                preload(other.addr).await;
+                others.push((label, other, dir));
+            }
             for (subs, rate) in [(1, 1000), (100, 1000), (1000, 100)] {
                 let bare = fan_out(&echo, subs, rate, "wxbench0").await;
                 let ours = fan_out(&daemon, subs, rate, "wxbench0").await;
@@ -807,12 +873,24 @@ fn main() {
                     assert!(ours.1 > 0 && ours.0 == ours.1, "watch {subs} x {rate}: consentd delivered {} of {}", ours.0, ours.1);
                     assert_eq!(bare.0, bare.1, "watch {subs} x {rate}: the bare fan-out");
                 }
+                let mut compared = serde_json::Map::new();
+                for (label, other, _) in &others {
+                    let theirs = fan_out(other, subs, rate, "wxbench0").await;
+                    compared.insert(
+                        (*label).to_owned(),
+                        json!({"delivered": theirs.0, "expected": theirs.1, "p50_ms": theirs.2, "p99_ms": theirs.3, "p99_ratio": theirs.3 / bare.3}),
+                    );
+                }
                 fanouts.push(json!({
                     "subscribers": subs, "events_per_sec": rate,
                     "consentd": {"delivered": ours.0, "expected": ours.1, "p50_ms": ours.2, "p99_ms": ours.3},
                     "bare_fanout": {"delivered": bare.0, "expected": bare.1, "p50_ms": bare.2, "p99_ms": bare.3},
                     "p99_ratio": ours.3 / bare.3,
+                    "compared": compared,
                 }));
+            }
+            for (_, other, _) in others {
+                other.stop();
             }
         }
         daemon.stop();
@@ -831,8 +909,7 @@ fn main() {
             }
             relaxed.stop();
             // Other builds under the same durable write load, in the same run.
-            for entry in compare.iter() {
-                let (label, binary) = entry.split_once('@').expect("BENCH_COMPARE: label@/path/to/consentd");
+            for (label, binary) in builds(&compare) {
                 let dir = tempfile::tempdir().unwrap();
                 let other = Proc::daemon_bin(Path::new(binary), &dir.path().join("data"), &[]);
                 preload(other.addr).await;
@@ -881,6 +958,37 @@ fn main() {
                 report(&format!("scale {n} lookups c64"), &lookups, ceilings.get("c64").copied());
                 let users = user_view(daemon.addr).await;
                 println!("scale {n} user view: {users}");
+                // The compared builds, and this one again, loaded the same
+                // way: through Import (the bulk path writes this build's data
+                // format, which older builds cannot open).
+                if !compare.is_empty() {
+                    let this = env!("CARGO_BIN_EXE_consentd");
+                    for (label, binary) in std::iter::once(("HEAD", this)).chain(builds(&compare)) {
+                        let dir = tempfile::tempdir().unwrap();
+                        let other = Proc::daemon_bin(Path::new(binary), &dir.path().join("data"), &[]);
+                        let load = import_preload(other.addr, n).await;
+                        let run = drive(&other, shapes[1].1, move |task, seq, mut c: AuthorizationClient<Channel>| async move {
+                            let user = (seq as usize * 7919 + task * 104_729) % n;
+                            c.authorize(pb::AuthorizeRequest {
+                                app_id: "wxscale".into(),
+                                user_id: format!("u{user}"),
+                                scope: "scope.camera".into(),
+                                client: Some(client_info("8.0.5")),
+                            })
+                            .await
+                            .map(drop)
+                        })
+                        .await;
+                        report(&format!("scale {n} lookups c64 [{label}, imported]"), &run, ceilings.get("c64").copied());
+                        scale.push(json!({
+                            "build": label, "decisions": n, "import_s": load.as_secs_f64(),
+                            "on_disk_mib": du(&dir.path().join("data")) as f64 / 1048576.0,
+                            "lookups_per_sec": run.rate(),
+                            "peak_rss_mib": other.status_kib("VmHWM:") as f64 / 1024.0,
+                        }));
+                        other.stop();
+                    }
+                }
                 scale.push(json!({
                     "user_view": users,
                     "decisions": n, "bulk_load_s": load.as_secs_f64(), "on_disk_mib": du(&data) as f64 / 1048576.0,
