@@ -5,13 +5,15 @@
 //! The file (`etcd-view.snap`) is written whole, atomically (a temporary
 //! file, fsync, rename, fsync of the directory), every
 //! `[etcd] snapshot_interval_secs` while the view moves and at a clean
-//! close. Layout, integers little-endian:
+//! close. It is streamed to the temporary file chunk by chunk (no copy of
+//! the whole view in memory), so the count, length and checksum trail it.
+//! Layout, integers little-endian:
 //! ```text
-//! magic "CONSENTD-ETCD-VIEW\n"  version u32 (SNAPSHOT_VERSION)  body_len u64
+//! magic "CONSENTD-ETCD-VIEW\n"  version u32 (SNAPSHOT_VERSION)
 //! body: cluster_id u64  etcd_revision i64  revision_mod i64
-//!       prefix_len u32  prefix  entries u64
+//!       prefix_len u32  prefix
 //!       entries x (key_len u32  key  value_len u32  value)
-//! crc32 of body u32
+//! trailer: entries u64  body_len u64  crc32 u32 (of body, entries, body_len)
 //! ```
 //! Keys are the view's (the data prefix cut off). A snapshot is only ever a
 //! starting point: the catch-up watch from `etcd_revision + 1` brings every
@@ -49,69 +51,103 @@ pub(super) fn encode(replica: &Replica, origin: &Origin) -> Vec<u8> {
     encode_from(|| Ok::<_, StoreError>(replica), origin).expect("no lock to fail")
 }
 
-/// Encodes the view `lock` gives access to, taking it once per [`CHUNK`]
-/// keys so that the watcher (and, behind a waiting writer, readers) are
-/// never held up for the whole view. The view moves between chunks: the
+/// Encodes the view `lock` gives access to into memory (tests).
+#[cfg(test)]
+pub(super) fn encode_from<G: std::ops::Deref<Target = Replica>>(
+    lock: impl FnMut() -> Result<G, StoreError>,
+    origin: &Origin,
+) -> Result<Vec<u8>, StoreError> {
+    let mut out = Vec::new();
+    encode_to(lock, origin, &mut |bytes| {
+        out.extend_from_slice(bytes);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Where encoded bytes go, with the body's length and checksum kept.
+struct Sink<'a> {
+    out: &'a mut dyn FnMut(&[u8]) -> Result<(), StoreError>,
+    crc: crc32fast::Hasher,
+    body_len: u64,
+}
+
+impl Sink<'_> {
+    fn header(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
+        (self.out)(bytes)
+    }
+
+    fn body(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
+        self.crc.update(bytes);
+        self.body_len += bytes.len() as u64;
+        (self.out)(bytes)
+    }
+}
+
+/// Encodes the view `lock` gives access to into `out`, taking the lock
+/// once per [`CHUNK`] keys so that the watcher (and, behind a waiting
+/// writer, readers) are never held up for the whole view, and so that only
+/// one chunk is ever encoded in memory. The view moves between chunks: the
 /// snapshot is labelled with the etcd revision seen *before* the first
 /// chunk, so every key in it is at that revision or later, and the
 /// catch-up replays every put and delete after it in order: each key ends
 /// at its latest value (puts and deletes carry whole values, so replaying
-/// one the snapshot already reflects changes nothing).
-pub(super) fn encode_from<G: std::ops::Deref<Target = Replica>>(
+/// one the snapshot already reflects changes nothing). Returns the label.
+pub(super) fn encode_to<G: std::ops::Deref<Target = Replica>>(
     mut lock: impl FnMut() -> Result<G, StoreError>,
     origin: &Origin,
-) -> Result<Vec<u8>, StoreError> {
-    let (at, revision_mod, size) = {
+    out: &mut dyn FnMut(&[u8]) -> Result<(), StoreError>,
+) -> Result<i64, StoreError> {
+    let (at, revision_mod) = {
         let replica = lock()?;
-        // An estimate of the size, to allocate once.
-        let size = replica.kv.len() * 64;
-        (replica.etcd_revision, replica.revision_mod, size)
+        (replica.etcd_revision, replica.revision_mod)
     };
-    let mut out = Vec::with_capacity(MAGIC.len() + 96 + origin.prefix.len() + size);
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
-    let body_len_at = out.len();
-    out.extend_from_slice(&0u64.to_le_bytes());
-    let body_at = out.len();
-    out.extend_from_slice(&origin.cluster_id.to_le_bytes());
-    out.extend_from_slice(&at.to_le_bytes());
-    out.extend_from_slice(&revision_mod.to_le_bytes());
-    put_bytes(&mut out, origin.prefix.as_bytes());
-    let count_at = out.len();
-    out.extend_from_slice(&0u64.to_le_bytes());
+    let mut sink = Sink {
+        out,
+        crc: crc32fast::Hasher::new(),
+        body_len: 0,
+    };
+    sink.header(MAGIC)?;
+    sink.header(&SNAPSHOT_VERSION.to_le_bytes())?;
+    let mut buf = Vec::with_capacity(1 << 20);
+    buf.extend_from_slice(&origin.cluster_id.to_le_bytes());
+    buf.extend_from_slice(&at.to_le_bytes());
+    buf.extend_from_slice(&revision_mod.to_le_bytes());
+    put_bytes(&mut buf, origin.prefix.as_bytes());
     let mut count = 0u64;
     let mut last: Option<Vec<u8>> = None;
     loop {
-        let replica = lock()?;
-        let from = last
-            .as_ref()
-            .map_or(Bound::Unbounded, |key| Bound::Excluded(key.clone()));
-        let mut taken = 0;
-        let mut last_key = None;
-        for (key, value) in replica.kv.range((from, Bound::Unbounded)).take(CHUNK) {
-            put_bytes(&mut out, key);
-            put_bytes(&mut out, value);
-            taken += 1;
-            last_key = Some(key);
-        }
+        let taken = {
+            let replica = lock()?;
+            let from = last
+                .as_ref()
+                .map_or(Bound::Unbounded, |key| Bound::Excluded(key.clone()));
+            let mut taken = 0;
+            let mut last_key = None;
+            for (key, value) in replica.kv.range((from, Bound::Unbounded)).take(CHUNK) {
+                put_bytes(&mut buf, key);
+                put_bytes(&mut buf, value);
+                taken += 1;
+                last_key = Some(key);
+            }
+            last = last_key.cloned();
+            taken
+        };
         count += taken as u64;
-        last = last_key.cloned();
+        sink.body(&buf)?;
+        buf.clear();
         if taken < CHUNK {
             break;
         }
     }
-    out[count_at..count_at + 8].copy_from_slice(&count.to_le_bytes());
-    let body_len = (out.len() - body_at) as u64;
-    out[body_len_at..body_len_at + 8].copy_from_slice(&body_len.to_le_bytes());
-    let crc = crc32fast::hash(&out[body_at..]);
-    out.extend_from_slice(&crc.to_le_bytes());
-    Ok(out)
-}
-
-/// The etcd revision a snapshot's bytes are labelled with.
-pub(super) fn revision_of(raw: &[u8]) -> Option<i64> {
-    let at = MAGIC.len() + 4 + 8 + 8;
-    Some(i64::from_le_bytes(raw.get(at..at + 8)?.try_into().ok()?))
+    let mut trailer = [0u8; 16];
+    trailer[..8].copy_from_slice(&count.to_le_bytes());
+    trailer[8..].copy_from_slice(&sink.body_len.to_le_bytes());
+    sink.crc.update(&trailer);
+    let crc = sink.crc.clone().finalize();
+    sink.header(&trailer)?;
+    sink.header(&crc.to_le_bytes())?;
+    Ok(at)
 }
 
 fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
@@ -138,14 +174,23 @@ pub(super) fn decode(raw: &[u8]) -> Result<(Replica, Origin), Unusable> {
             "snapshot format {version}; this consentd reads format {SNAPSHOT_VERSION}"
         )));
     }
-    let body_len = u64::from_le_bytes(r.array().ok_or_else(|| bad("truncated header"))?);
-    let body_len = usize::try_from(body_len).map_err(|_| bad("body length"))?;
-    let body = r.take(body_len).ok_or_else(|| bad("truncated body"))?;
-    let crc = u32::from_le_bytes(r.array().ok_or_else(|| bad("no checksum"))?);
-    if !r.0.is_empty() {
-        return Err(bad("bytes after the checksum"));
+    let rest = r.0;
+    let Some(body_end) = rest.len().checked_sub(20) else {
+        return Err(bad("truncated (no trailer)"));
+    };
+    let (body, trailer) = rest.split_at(body_end);
+    let mut t = Reader(trailer);
+    let short = || bad("truncated trailer");
+    let count = u64::from_le_bytes(t.array().ok_or_else(short)?);
+    let body_len = u64::from_le_bytes(t.array().ok_or_else(short)?);
+    let crc = u32::from_le_bytes(t.array().ok_or_else(short)?);
+    if body_len != body.len() as u64 {
+        return Err(bad("truncated or extended body"));
     }
-    if crc32fast::hash(body) != crc {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(body);
+    hasher.update(&trailer[..16]);
+    if hasher.finalize() != crc {
         return Err(bad("checksum mismatch"));
     }
     let mut b = Reader(body);
@@ -155,7 +200,6 @@ pub(super) fn decode(raw: &[u8]) -> Result<(Replica, Origin), Unusable> {
     let revision_mod = i64::from_le_bytes(b.array().ok_or_else(short)?);
     let prefix = b.bytes().ok_or_else(short)?;
     let prefix = String::from_utf8(prefix.to_vec()).map_err(|_| bad("prefix is not UTF-8"))?;
-    let count = u64::from_le_bytes(b.array().ok_or_else(short)?);
     let mut replica = Replica::default();
     for _ in 0..count {
         let key = b.bytes().ok_or_else(short)?;
@@ -203,9 +247,13 @@ pub(super) fn read(path: &Path) -> Result<Option<(Replica, Origin)>, Unusable> {
     }
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file beside it, fsync,
-/// rename over `path`, fsync of the directory.
-pub(super) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+/// Writes `path` atomically with what `write` puts into the file: a
+/// temporary file beside it, fsync, rename over `path`, fsync of the
+/// directory. Returns what `write` returned and the file's size.
+pub(super) fn write_atomically<T>(
+    path: &Path,
+    write: impl FnOnce(&mut dyn FnMut(&[u8]) -> Result<(), StoreError>) -> Result<T, StoreError>,
+) -> Result<(T, u64), StoreError> {
     let io = |what: &str, e: std::io::Error| {
         StoreError::Unavailable(format!("snapshot {}: {what}: {e}", path.display()))
     };
@@ -221,12 +269,17 @@ pub(super) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreErr
     ));
     let written = (|| {
         let mut file = File::create(&tmp).map_err(|e| io("creating the temporary file", e))?;
-        file.write_all(bytes).map_err(|e| io("writing", e))?;
+        let mut size = 0u64;
+        let value = write(&mut |bytes: &[u8]| {
+            size += bytes.len() as u64;
+            file.write_all(bytes).map_err(|e| io("writing", e))
+        })?;
         file.sync_all().map_err(|e| io("fsync", e))?;
         std::fs::rename(&tmp, path).map_err(|e| io("rename", e))?;
         File::open(dir)
             .and_then(|d| d.sync_all())
-            .map_err(|e| io("fsync of the directory", e))
+            .map_err(|e| io("fsync of the directory", e))?;
+        Ok((value, size))
     })();
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -357,9 +410,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(SNAPSHOT_FILE);
         assert!(read(&path).unwrap().is_none());
-        write_atomically(&path, b"old").unwrap();
+        write_atomically(&path, |out| out(b"old")).unwrap();
         let (replica, origin) = sample();
-        write_atomically(&path, &encode(&replica, &origin)).unwrap();
+        let (label, size) = write_atomically(&path, |out| {
+            encode_to(|| Ok::<_, StoreError>(&replica), &origin, out)
+        })
+        .unwrap();
+        assert_eq!((label, size), (42, encode(&replica, &origin).len() as u64));
         let (back, _) = read(&path).unwrap().unwrap();
         assert_eq!(back.kv, replica.kv);
         let names: Vec<_> = std::fs::read_dir(dir.path())
@@ -399,17 +456,21 @@ mod measure {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(SNAPSHOT_FILE);
         let started = std::time::Instant::now();
-        let bytes = encode(&replica, &origin);
+        let encoded_len = encode(&replica, &origin).len();
         let encoded = started.elapsed();
-        write_atomically(&path, &bytes).unwrap();
+        let started = std::time::Instant::now();
+        let (_, size) = write_atomically(&path, |out| {
+            encode_to(|| Ok::<_, StoreError>(&replica), &origin, out)
+        })
+        .unwrap();
+        assert_eq!(size, encoded_len as u64);
         let written = started.elapsed();
         let read_at = std::time::Instant::now();
         let (back, _) = read(&path).unwrap().unwrap();
         let loaded = read_at.elapsed();
         assert_eq!(back.kv.len(), n);
         println!(
-            "snapshot of {n} keys: {} bytes; encode {encoded:?}, encode+write+fsync {written:?}, read+decode {loaded:?}",
-            bytes.len()
+            "snapshot of {n} keys: {size} bytes; encode in memory {encoded:?}, encode streamed to the file + fsync {written:?}, read+decode {loaded:?}"
         );
     }
 }

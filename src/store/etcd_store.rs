@@ -727,15 +727,13 @@ async fn write_snapshot(
             return Ok(None);
         }
         // Labelled `at` or a later revision the view reached meanwhile.
-        let bytes = etcd_snapshot::encode_from(|| shared.read(), &snapshots.origin)?;
-        let at = etcd_snapshot::revision_of(&bytes).unwrap_or(at);
-        let encoded = started.elapsed();
-        etcd_snapshot::write_atomically(&snapshots.path, &bytes)?;
+        let (at, bytes) = etcd_snapshot::write_atomically(&snapshots.path, |out| {
+            etcd_snapshot::encode_to(|| shared.read(), &snapshots.origin, out)
+        })?;
         snapshots.written.store(at, Ordering::Release);
         tracing::debug!(
             etcd_revision = at,
-            bytes = bytes.len(),
-            encode_ms = encoded.as_millis() as u64,
+            bytes,
             total_ms = started.elapsed().as_millis() as u64,
             "etcd: the view's snapshot written"
         );
