@@ -24,6 +24,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 pub const DEFAULT_DATA_DIR: &str = "./consentd-data";
 pub const DEFAULT_CACHE_CAPACITY: u64 = 128 * 1024 * 1024;
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default longest wait for a consistency token (`consentd-min-revision`).
+pub const DEFAULT_MIN_REVISION_MAX_WAIT: Duration = Duration::from_secs(5);
 pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 1024;
 pub const DEFAULT_MAX_BATCH: usize = 1024;
 pub const DEFAULT_QUEUE_DEPTH: usize = 4096;
@@ -42,6 +44,20 @@ pub const DEFAULT_ETCD_MAX_TXN_BYTES: usize = 1 << 20;
 pub const DEFAULT_ETCD_LEASE_TTL: Duration = Duration::from_secs(10);
 pub const DEFAULT_ETCD_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_ETCD_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The environment variable holding the etcd password (the alternative to
+/// `--etcd-password-file`).
+pub const ETCD_PASSWORD_ENV: &str = "CONSENTD_ETCD_PASSWORD";
+
+/// A secret (a password) that never shows in `Debug` output or logs.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
 
 /// Which store the daemon runs on.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -63,9 +79,17 @@ pub struct EtcdSettings {
     /// Every key of the store starts with it.
     pub prefix: String,
     /// etcd user, when etcd has authentication on; the password is read
-    /// from `password_file`.
+    /// from `password_file`, or given in `CONSENTD_ETCD_PASSWORD` (never a
+    /// flag: it would show in `ps`).
     pub user: Option<String>,
     pub password_file: Option<PathBuf>,
+    pub password: Option<Secret>,
+    /// TLS towards etcd (`https://` endpoints): the CA bundle (PEM) etcd's
+    /// server certificates chain to, and a client certificate and key
+    /// (PEM) when etcd asks for one (`--client-cert-auth`).
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
     /// Must not exceed the members' `--max-txn-ops` / `--max-request-bytes`.
     pub max_txn_ops: usize,
     pub max_txn_bytes: usize,
@@ -85,6 +109,10 @@ impl Default for EtcdSettings {
             prefix: DEFAULT_ETCD_PREFIX.into(),
             user: None,
             password_file: None,
+            password: None,
+            ca: None,
+            cert: None,
+            key: None,
             max_txn_ops: DEFAULT_ETCD_MAX_TXN_OPS,
             max_txn_bytes: DEFAULT_ETCD_MAX_TXN_BYTES,
             lease_ttl: DEFAULT_ETCD_LEASE_TTL,
@@ -141,6 +169,9 @@ pub struct Config {
     pub cache_capacity: u64,
     /// How long in-flight calls may take to finish on shutdown.
     pub drain_timeout: Duration,
+    /// Longest wait for the view to reach a caller's consistency token
+    /// (`consentd-min-revision`), within the call's own deadline.
+    pub min_revision_max_wait: Duration,
     /// HTTP/2 streams per connection.
     pub max_concurrent_streams: u32,
     /// Most write jobs in one group commit.
@@ -240,6 +271,7 @@ impl Default for Config {
             log_level: None,
             cache_capacity: DEFAULT_CACHE_CAPACITY,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            min_revision_max_wait: DEFAULT_MIN_REVISION_MAX_WAIT,
             max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
             max_batch: DEFAULT_MAX_BATCH,
             queue_depth: DEFAULT_QUEUE_DEPTH,
@@ -332,6 +364,40 @@ pub struct Args {
     /// Key prefix of the store in etcd [default: /consentd/].
     #[arg(long, env = "CONSENTD_ETCD_PREFIX", value_name = "PREFIX")]
     pub etcd_prefix: Option<String>,
+    /// CA bundle (PEM) etcd's server certificates chain to: needed for
+    /// https:// endpoints.
+    #[arg(long, env = "CONSENTD_ETCD_CA", value_name = "PEM")]
+    pub etcd_ca: Option<PathBuf>,
+    /// Client certificate chain (PEM) to present to etcd (etcd with
+    /// --client-cert-auth).
+    #[arg(
+        long,
+        env = "CONSENTD_ETCD_CERT",
+        value_name = "PEM",
+        requires = "etcd_key"
+    )]
+    pub etcd_cert: Option<PathBuf>,
+    /// Private key (PEM) of --etcd-cert.
+    #[arg(
+        long,
+        env = "CONSENTD_ETCD_KEY",
+        value_name = "PEM",
+        requires = "etcd_cert"
+    )]
+    pub etcd_key: Option<PathBuf>,
+    /// etcd user, when etcd has authentication on; the password comes from
+    /// --etcd-password-file or the environment variable
+    /// CONSENTD_ETCD_PASSWORD.
+    #[arg(long, env = "CONSENTD_ETCD_USER", value_name = "NAME")]
+    pub etcd_user: Option<String>,
+    /// File holding the password of --etcd-user (a trailing newline is
+    /// ignored).
+    #[arg(long, env = "CONSENTD_ETCD_PASSWORD_FILE", value_name = "FILE")]
+    pub etcd_password_file: Option<PathBuf>,
+    /// The etcd password from CONSENTD_ETCD_PASSWORD (read by
+    /// [`Config::from_args`]; never a flag).
+    #[arg(skip)]
+    pub etcd_password: Option<Secret>,
     /// TOML configuration file.
     #[arg(long, env = "CONSENTD_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -350,6 +416,10 @@ pub struct Args {
     /// Seconds in-flight calls get to finish on shutdown [default: 10].
     #[arg(long, env = "CONSENTD_DRAIN_TIMEOUT", value_name = "SECS")]
     pub drain_timeout: Option<u64>,
+    /// Longest wait, in milliseconds, for this daemon's view to reach the
+    /// revision a caller sent in `consentd-min-revision` [default: 5000].
+    #[arg(long, env = "CONSENTD_MIN_REVISION_MAX_WAIT_MS", value_name = "MS")]
+    pub min_revision_max_wait_ms: Option<u64>,
 }
 
 /// The TOML file. Every key is optional.
@@ -371,6 +441,7 @@ pub struct FileConfig {
     pub log_level: Option<String>,
     pub cache_capacity: Option<u64>,
     pub drain_timeout_secs: Option<u64>,
+    pub min_revision_max_wait_ms: Option<u64>,
     pub max_concurrent_streams: Option<u32>,
     pub max_batch: Option<usize>,
     pub queue_depth: Option<usize>,
@@ -393,6 +464,9 @@ pub struct FileEtcd {
     pub prefix: Option<String>,
     pub user: Option<String>,
     pub password_file: Option<PathBuf>,
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
     pub max_txn_ops: Option<usize>,
     pub max_txn_bytes: Option<usize>,
     pub lease_ttl_secs: Option<u64>,
@@ -550,7 +624,10 @@ pub enum ConfigError {
 
 impl Config {
     /// Resolves flags, env, the optional file and the defaults.
-    pub fn from_args(args: Args) -> Result<Self, ConfigError> {
+    pub fn from_args(mut args: Args) -> Result<Self, ConfigError> {
+        if args.etcd_password.is_none() {
+            args.etcd_password = std::env::var(ETCD_PASSWORD_ENV).ok().map(Secret);
+        }
         let file = match &args.config {
             Some(path) => {
                 let shown = path.display().to_string();
@@ -654,8 +731,12 @@ impl Config {
                         args.etcd_endpoints
                     },
                     prefix: args.etcd_prefix.or(f.prefix).unwrap_or(de.prefix),
-                    user: f.user,
-                    password_file: f.password_file,
+                    user: args.etcd_user.or(f.user),
+                    password_file: args.etcd_password_file.or(f.password_file),
+                    password: args.etcd_password,
+                    ca: args.etcd_ca.or(f.ca),
+                    cert: args.etcd_cert.or(f.cert),
+                    key: args.etcd_key.or(f.key),
                     max_txn_ops: f.max_txn_ops.unwrap_or(de.max_txn_ops),
                     max_txn_bytes: f.max_txn_bytes.unwrap_or(de.max_txn_bytes),
                     lease_ttl: f.lease_ttl_secs.map_or(de.lease_ttl, Duration::from_secs),
@@ -677,6 +758,10 @@ impl Config {
                 .drain_timeout
                 .or(file.drain_timeout_secs)
                 .map_or(d.drain_timeout, Duration::from_secs),
+            min_revision_max_wait: args
+                .min_revision_max_wait_ms
+                .or(file.min_revision_max_wait_ms)
+                .map_or(d.min_revision_max_wait, Duration::from_millis),
             max_concurrent_streams: file
                 .max_concurrent_streams
                 .unwrap_or(d.max_concurrent_streams),
@@ -835,8 +920,8 @@ impl Config {
         if self.store == StoreKind::Sled {
             if *e != EtcdSettings::default() {
                 return Err(ConfigError::Invalid(
-                    "etcd settings (--etcd-endpoints, --etcd-prefix, [etcd]) are given but the \
-                     store is sled: add --store etcd (or store = \"etcd\"), or remove them"
+                    "etcd settings (--etcd-endpoints, --etcd-prefix, --etcd-ca, --etcd-user, \
+                     CONSENTD_ETCD_PASSWORD, [etcd]) are given but the store is sled: add --store etcd (or store = \"etcd\"), or remove them"
                         .into(),
                 ));
             }
@@ -848,16 +933,22 @@ impl Config {
                     .into(),
             ));
         }
+        let mut tls_endpoints = 0;
         for url in &e.endpoints {
-            let Some(rest) = url.strip_prefix("http://") else {
+            let rest = if let Some(rest) = url.strip_prefix("https://") {
+                tls_endpoints += 1;
+                rest
+            } else if let Some(rest) = url.strip_prefix("http://") {
+                rest
+            } else {
                 return Err(ConfigError::Invalid(format!(
-                    "etcd endpoint {url:?} is not an http:// URL (http://host:port; TLS \
-                     towards etcd is not supported yet)"
+                    "etcd endpoint {url:?} is not an http:// or https:// URL (http://host:port, \
+                     or https://host:port with --etcd-ca)"
                 )));
             };
             if rest.is_empty() || rest.contains('/') {
                 return Err(ConfigError::Invalid(format!(
-                    "etcd endpoint {url:?}: expected http://host:port"
+                    "etcd endpoint {url:?}: expected http://host:port or https://host:port"
                 )));
             }
         }
@@ -866,11 +957,7 @@ impl Config {
                 "--etcd-prefix must not be empty (the store's keys start with it)".into(),
             ));
         }
-        if e.user.is_some() != e.password_file.is_some() {
-            return Err(ConfigError::Invalid(
-                "[etcd] user and password_file go together".into(),
-            ));
-        }
+        self.check_etcd_security(tls_endpoints)?;
         if e.max_txn_ops < 8 {
             return Err(ConfigError::Invalid(format!(
                 "etcd.max_txn_ops {} is too small (at least 8; etcd's default is 128)",
@@ -889,6 +976,55 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// TLS and authentication towards etcd: all endpoints https:// (with a
+    /// CA) or none; a client certificate with its key; a user with exactly
+    /// one password source.
+    fn check_etcd_security(&self, tls_endpoints: usize) -> Result<(), ConfigError> {
+        let e = &self.etcd;
+        if tls_endpoints > 0 && tls_endpoints < e.endpoints.len() {
+            return Err(ConfigError::Invalid(format!(
+                "etcd endpoints mix http:// and https:// ({}): use https:// for all or none",
+                e.endpoints.join(",")
+            )));
+        }
+        let tls_files = e.ca.is_some() || e.cert.is_some() || e.key.is_some();
+        if tls_endpoints == 0 && tls_files {
+            return Err(ConfigError::Invalid(
+                "--etcd-ca, --etcd-cert and --etcd-key ([etcd] ca, cert, key) are for https:// \
+                 endpoints, but --etcd-endpoints are http://: use https:// URLs"
+                    .into(),
+            ));
+        }
+        if tls_endpoints > 0 && e.ca.is_none() {
+            return Err(ConfigError::Invalid(
+                "https:// etcd endpoints need --etcd-ca (or [etcd] ca): the CA bundle (PEM) \
+                 etcd's server certificates chain to"
+                    .into(),
+            ));
+        }
+        if e.cert.is_some() != e.key.is_some() {
+            return Err(ConfigError::Invalid(
+                "--etcd-cert and --etcd-key ([etcd] cert and key) go together".into(),
+            ));
+        }
+        match (&e.user, &e.password_file, &e.password) {
+            (None, None, None) | (Some(_), Some(_), None) | (Some(_), None, Some(_)) => Ok(()),
+            (Some(user), None, None) => Err(ConfigError::Invalid(format!(
+                "--etcd-user {user:?} needs a password: --etcd-password-file FILE or the \
+                 environment variable {ETCD_PASSWORD_ENV}"
+            ))),
+            (Some(_), Some(file), Some(_)) => Err(ConfigError::Invalid(format!(
+                "the etcd password is given twice, by --etcd-password-file {} and by \
+                 {ETCD_PASSWORD_ENV}: give one",
+                file.display()
+            ))),
+            (None, Some(_), _) | (None, None, Some(_)) => Err(ConfigError::Invalid(format!(
+                "an etcd password is given (--etcd-password-file or {ETCD_PASSWORD_ENV}) but no \
+                 --etcd-user"
+            ))),
+        }
     }
 
     /// The safe default: without credentials and TLS, listen on loopback
@@ -1099,7 +1235,7 @@ mod tests {
             "",
         );
         assert!(
-            bad.contains("\"127.0.0.1:2379\" is not an http:// URL"),
+            bad.contains("\"127.0.0.1:2379\" is not an http:// or https:// URL"),
             "{bad}"
         );
         let ignored = refused(
@@ -1117,7 +1253,106 @@ mod tests {
             },
             "[etcd]\nuser = \"u\"",
         )
-        .contains("user and password_file go together"));
+        .contains("--etcd-user \"u\" needs a password"));
+    }
+
+    #[test]
+    fn etcd_tls_and_auth_settings_resolve_and_are_checked() {
+        let https = || Args {
+            store: Some(StoreKind::Etcd),
+            etcd_endpoints: vec!["https://a:2379".into(), "https://b:2379".into()],
+            ..Args::default()
+        };
+        let c = Config::resolve(
+            Args {
+                etcd_ca: Some("/flag/ca.pem".into()),
+                etcd_user: Some("consentd".into()),
+                etcd_password: Some(Secret("pw".into())),
+                ..https()
+            },
+            file("[etcd]\nca = \"/file/ca.pem\"\ncert = \"/c.pem\"\nkey = \"/k.pem\""),
+        )
+        .unwrap();
+        assert_eq!(
+            c.etcd.ca,
+            Some("/flag/ca.pem".into()),
+            "the flag beats the file"
+        );
+        assert_eq!(
+            (c.etcd.cert.clone(), c.etcd.key.clone()),
+            (Some("/c.pem".into()), Some("/k.pem".into()))
+        );
+        assert_eq!(c.etcd.user.as_deref(), Some("consentd"));
+        assert_eq!(c.etcd.password, Some(Secret("pw".into())));
+        assert!(
+            !format!("{:?}", c.etcd).contains("pw"),
+            "the password never shows in Debug output"
+        );
+
+        let refused =
+            |args: Args, text: &str| Config::resolve(args, file(text)).unwrap_err().to_string();
+        let cases: [(Args, &str, &str); 7] = [
+            (https(), "", "https:// etcd endpoints need --etcd-ca"),
+            (
+                Args {
+                    etcd_endpoints: vec!["https://a:2379".into(), "http://b:2379".into()],
+                    etcd_ca: Some("/ca".into()),
+                    ..https()
+                },
+                "",
+                "mix http:// and https://",
+            ),
+            (
+                Args {
+                    etcd_endpoints: vec!["http://a:2379".into()],
+                    etcd_ca: Some("/ca".into()),
+                    ..https()
+                },
+                "",
+                "are for https:// endpoints",
+            ),
+            (
+                Args {
+                    etcd_ca: Some("/ca".into()),
+                    ..https()
+                },
+                "[etcd]\ncert = \"/c.pem\"",
+                "--etcd-cert and --etcd-key ([etcd] cert and key) go together",
+            ),
+            (
+                Args {
+                    etcd_ca: Some("/ca".into()),
+                    etcd_user: Some("u".into()),
+                    etcd_password_file: Some("/pw".into()),
+                    etcd_password: Some(Secret("x".into())),
+                    ..https()
+                },
+                "",
+                "the etcd password is given twice, by --etcd-password-file /pw and by \
+                 CONSENTD_ETCD_PASSWORD",
+            ),
+            (
+                Args {
+                    etcd_ca: Some("/ca".into()),
+                    etcd_password: Some(Secret("x".into())),
+                    ..https()
+                },
+                "",
+                "but no --etcd-user",
+            ),
+            (
+                Args {
+                    etcd_password: Some(Secret("x".into())),
+                    ..Args::default()
+                },
+                "",
+                "but the store is sled",
+            ),
+        ];
+        for (args, text, expected) in cases {
+            let message = refused(args, text);
+            assert!(message.contains(expected), "{message:?} says {expected:?}");
+        }
     }
 
     #[test]

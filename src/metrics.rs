@@ -47,6 +47,10 @@ pub struct Metrics {
     group_events: Histogram,
     flush_seconds: Histogram,
     revision: IntGauge,
+    cluster_revision: IntGauge,
+    view_lag: IntGauge,
+    backend_seconds: HistogramVec,
+    watch_max_lag: IntGauge,
     compacted_through: IntGauge,
     events_retained: IntGauge,
     apps: IntGauge,
@@ -157,7 +161,30 @@ impl Metrics {
             )?),
             revision: register!(IntGauge::new(
                 "store_revision",
-                "the last durable revision"
+                "the last durable revision this daemon's view has applied"
+            )?),
+            cluster_revision: register!(IntGauge::new(
+                "store_cluster_revision",
+                "the newest revision this daemon knows the whole store to have (etcd: read with a \
+                 quorum about once a second; sled: store_revision)"
+            )?),
+            view_lag: register!(IntGauge::new(
+                "store_view_lag_revisions",
+                "store_cluster_revision - store_revision: how far this daemon's view is behind"
+            )?),
+            backend_seconds: register!(HistogramVec::new(
+                HistogramOpts::new(
+                    "etcd_request_seconds",
+                    "etcd calls by operation (txn, range, lock, unlock, lease_keepalive, \
+                     lease_grant, lease_revoke, watch), failures and time-outs included"
+                )
+                .buckets(prometheus::exponential_buckets(100e-6, 2.0, 16)?),
+                &["op"]
+            )?),
+            watch_max_lag: register!(IntGauge::new(
+                "watch_lag_revisions_max",
+                "the most revisions any Watch stream was behind this daemon's store as it took \
+                 its next batch, since the previous scrape"
             )?),
             compacted_through: register!(IntGauge::new(
                 "event_log_compacted_through",
@@ -284,6 +311,15 @@ impl Metrics {
         let s = store.stats();
         let gauge = |g: &IntGauge, v: u64| g.set(i64::try_from(v).unwrap_or(i64::MAX));
         gauge(&self.revision, s.revision);
+        gauge(&self.cluster_revision, s.cluster_revision);
+        gauge(
+            &self.view_lag,
+            s.cluster_revision.saturating_sub(s.revision),
+        );
+        gauge(
+            &self.watch_max_lag,
+            watch.max_lag.swap(0, Ordering::Relaxed),
+        );
         gauge(&self.compacted_through, s.compacted_through);
         gauge(&self.events_retained, s.events);
         gauge(&self.apps, s.apps);
@@ -311,6 +347,12 @@ impl CommitObserver for Metrics {
         self.group_jobs.observe(jobs as f64);
         self.group_events.observe(events as f64);
         self.flush_seconds.observe(flush.as_secs_f64());
+    }
+
+    fn backend_call(&self, op: &'static str, elapsed: Duration) {
+        self.backend_seconds
+            .with_label_values(&[op])
+            .observe(elapsed.as_secs_f64());
     }
 }
 

@@ -14,7 +14,7 @@ use crate::{
     broker::Broker,
     clock::{SharedClock, SystemClock},
     config::{Config, StoreKind},
-    grpc::{AccessLayer, AdminService, AppsService, AuthorizationService},
+    grpc::{AccessLayer, AdminService, AppsService, AuthorizationService, ConsistencyLayer},
     metrics::{self, Metrics, MetricsError, RpcLayer},
     pb::{
         self, admin_server::AdminServer, apps_server::AppsServer,
@@ -98,11 +98,25 @@ async fn open_etcd(
     use crate::{config::ConfigError, store::EtcdConfig};
     let e = &config.etcd;
     let mut etcd = EtcdConfig::new(e.endpoints.clone(), e.prefix.clone(), clock);
-    if let (Some(user), Some(file)) = (&e.user, &e.password_file) {
-        let password = std::fs::read_to_string(file).map_err(|err| {
-            ConfigError::Invalid(format!("etcd.password_file {}: {err}", file.display()))
-        })?;
-        etcd.user = Some((user.clone(), password.trim_end().to_owned()));
+    if let Some(user) = &e.user {
+        let password = match (&e.password_file, &e.password) {
+            (Some(file), _) => std::fs::read_to_string(file)
+                .map_err(|err| {
+                    ConfigError::Invalid(format!("--etcd-password-file {}: {err}", file.display()))
+                })?
+                .trim_end_matches(['\r', '\n'])
+                .to_owned(),
+            (None, Some(secret)) => secret.0.clone(),
+            // Config::check_store refuses a user without a password.
+            (None, None) => String::new(),
+        };
+        etcd.user = Some((user.clone(), password));
+    }
+    if let Some(ca) = &e.ca {
+        let identity = e.cert.as_deref().zip(e.key.as_deref());
+        let tls = crate::store::EtcdTls::load(ca, identity)
+            .map_err(|err| ConfigError::Invalid(format!("TLS towards etcd: {err}")))?;
+        etcd.tls = Some(tls);
     }
     etcd.max_batch = config.max_batch;
     etcd.queue_depth = config.queue_depth;
@@ -150,6 +164,8 @@ pub struct Daemon {
     compactor: Option<JoinHandle<()>>,
     recovery: Option<JoinHandle<()>>,
     expiry: Option<JoinHandle<()>>,
+    /// Sets health from the store's quorum (etcd); none for sled.
+    health_follower: Option<JoinHandle<()>>,
     metrics_endpoint: Option<(SocketAddr, JoinHandle<()>)>,
     drain_timeout: Duration,
 }
@@ -222,6 +238,10 @@ impl Daemon {
                 &config.limits,
                 config.watch.max_streams,
             ))
+            .layer(ConsistencyLayer::new(
+                store.clone(),
+                config.min_revision_max_wait,
+            ))
             .max_concurrent_streams(config.max_concurrent_streams)
             .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -280,6 +300,9 @@ impl Daemon {
             stop.clone(),
         ));
         let recovery = tokio::spawn(recover_when_possible(store.clone(), stop.clone()));
+        let health_follower = store
+            .quorum()
+            .map(|quorum| tokio::spawn(follow_quorum(quorum, health.clone(), stop.clone())));
         let expiry = tokio::spawn(expire_grants(
             broker,
             clock,
@@ -317,6 +340,7 @@ impl Daemon {
             compactor: Some(compactor),
             recovery: Some(recovery),
             expiry: Some(expiry),
+            health_follower,
             metrics_endpoint,
             drain_timeout: config.drain_timeout,
         })
@@ -376,6 +400,11 @@ impl Daemon {
     /// within the drain timeout, then the store stops and flushes.
     pub async fn shutdown(mut self) -> Result<(), ServerError> {
         tracing::info!("shutting down");
+        // Nothing sets SERVING again from here on.
+        if let Some(follower) = self.health_follower.take() {
+            follower.abort();
+            let _ = follower.await;
+        }
         self.health
             .set_not_serving::<AuthorizationServer<AuthorizationService>>()
             .await;
@@ -431,11 +460,47 @@ impl Drop for Daemon {
             self.compactor.take().map(|t| t.abort_handle()),
             self.recovery.take().map(|t| t.abort_handle()),
             self.expiry.take().map(|t| t.abort_handle()),
+            self.health_follower.take().map(|t| t.abort_handle()),
         ]
         .into_iter()
         .flatten()
         {
             task.abort();
+        }
+    }
+}
+
+/// Keeps gRPC health (the overall `""` service and each service) SERVING
+/// while the store can commit and NOT_SERVING while it cannot (etcd
+/// without a quorum), until `stop`. The store logs each change.
+async fn follow_quorum(
+    mut quorum: tokio::sync::watch::Receiver<bool>,
+    health: tonic_health::server::HealthReporter,
+    stop: CancellationToken,
+) {
+    use tonic::server::NamedService;
+    use tonic_health::ServingStatus;
+    loop {
+        let status = if *quorum.borrow_and_update() {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        for service in [
+            "",
+            AuthorizationServer::<AuthorizationService>::NAME,
+            AppsServer::<AppsService>::NAME,
+            AdminServer::<AdminService>::NAME,
+        ] {
+            health.set_service_status(service, status).await;
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            changed = quorum.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
         }
     }
 }

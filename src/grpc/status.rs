@@ -110,6 +110,20 @@ impl From<super::access::Refusal> for Status {
     }
 }
 
+/// A consistency token that was malformed or not met.
+impl From<super::consistency::TokenRefusal> for Status {
+    fn from(r: super::consistency::TokenRefusal) -> Self {
+        use super::consistency::TokenRefusal as T;
+        use crate::store::RevisionWait as W;
+        let code = match &r {
+            T::Malformed { .. } => Code::InvalidArgument,
+            T::Wait(W::Ahead { .. }) => Code::OutOfRange,
+            T::Wait(W::Behind { .. } | W::Unreachable { .. }) => Code::Unavailable,
+        };
+        Status::new(code, bounded(r.to_string()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use super::{Erasure, Retention, Store, StoreError, TxnError, WriteSet};
+use super::{Erasure, Retention, RevisionWait, Store, StoreError, TxnError, WriteSet};
 use crate::domain::{
     AppId, AuditAction, AuditEntry, AuditQuery, Cause, Change, DecisionState, DomainError, Event,
     NagState, PrivacyState, Scope, StateQuery, Subject, UserId,
@@ -43,6 +43,7 @@ macro_rules! store_contract_tests {
             the_user_index_follows_every_write,
             an_erasure_renames_the_user_in_everything_retained,
             a_pending_erasure_finishes_when_the_store_reopens,
+            a_consistency_token_is_met_or_refused_by_what_it_names,
         );
     };
     (@each $attrs:tt $backend:expr; $($check:ident),* $(,)?) => {
@@ -838,5 +839,61 @@ pub(crate) async fn a_pending_erasure_finishes_when_the_store_reopens(backend: &
     assert_eq!(store.compact(everything).await.unwrap().removed, 2);
     let v = store.verify().await.unwrap();
     assert!(v.mismatches.is_empty(), "{:?}", v.mismatches);
+    store.close().await.unwrap();
+}
+
+/// Consistency tokens ([`Store::wait_for_revision`]): a revision the
+/// store's reads already reflect is met at once (a write's own revision
+/// right after its acknowledgement: read-your-writes); one beyond every
+/// commit of the whole store is `Ahead`, naming both numbers, at once, not
+/// after the wait.
+pub(crate) async fn a_consistency_token_is_met_or_refused_by_what_it_names(backend: &impl Backend) {
+    let store = backend.open("tokens");
+    let start = store.revision();
+    let long = Duration::from_secs(5);
+    assert!(store.wait_for_revision(0, long).await.unwrap() >= start);
+    assert!(store.wait_for_revision(start, long).await.unwrap() >= start);
+    let committed = submit(
+        &store,
+        changes(vec![(
+            subject("u"),
+            change(
+                Scope::Camera,
+                DecisionState::NotDetermined,
+                DecisionState::Granted,
+            ),
+        )]),
+    )
+    .await;
+    let met = tokio::time::timeout(
+        Duration::from_millis(500),
+        store.wait_for_revision(committed.revision, long),
+    )
+    .await
+    .expect("met without waiting")
+    .unwrap();
+    assert!(met >= committed.revision, "{met} < {}", committed.revision);
+    let wanted = committed.revision + 1000;
+    let started = std::time::Instant::now();
+    match store.wait_for_revision(wanted, long).await {
+        Err(RevisionWait::Ahead { wanted: w, newest }) => {
+            assert_eq!((w, newest), (wanted, committed.revision));
+        }
+        other => panic!("a revision never given out is Ahead: {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "refused at once, not after the wait: {:?}",
+        started.elapsed()
+    );
+    let message = store
+        .wait_for_revision(wanted, long)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains(&wanted.to_string()) && message.contains(&committed.revision.to_string()),
+        "{message}"
+    );
     store.close().await.unwrap();
 }

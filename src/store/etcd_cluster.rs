@@ -8,10 +8,13 @@
 //! For fault tests: [`EtcdCluster::kill`] (kill -9), [`EtcdCluster::pause`]
 //! (SIGSTOP), [`EtcdCluster::resume`] (SIGCONT), [`EtcdCluster::restart`],
 //! [`EtcdCluster::restart_all`], and [`EtcdCluster::leader`] to aim at.
+//! [`EtcdCluster::start_with`] takes [`Options`]: TLS with client
+//! certificates on the client URLs, a short auth token TTL, or each member
+//! in a network namespace of its own (the caller owns the namespaces).
 
 use std::{
     io::{Read as _, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
     os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -41,12 +44,39 @@ pub fn etcd_unavailable() -> Option<String> {
     }
 }
 
+/// The PEM files of TLS on the members' client URLs (`https://`): their
+/// certificate (valid for the members' addresses) and key, and the CA
+/// client certificates must chain to (`--client-cert-auth`).
+#[derive(Clone, Debug)]
+pub struct ServerTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// How the members run, beyond the defaults of [`EtcdCluster::start`].
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// TLS with client certificates on the client URLs.
+    pub tls: Option<ServerTls>,
+    /// `--auth-token simple --auth-token-ttl SECS`: how long an idle auth
+    /// token lives (etcd's default is 300 s).
+    pub auth_token_ttl: Option<u64>,
+    /// Member `i` runs in network namespace `netns[i].0` (through
+    /// `ip netns exec`), listening on `netns[i].1` (ports 2379: client,
+    /// 2380: peer, 2381: health and metrics). Empty: loopback ports.
+    pub netns: Vec<(String, Ipv4Addr)>,
+}
+
 /// One member: its process (None once killed) and its addresses.
 struct Member {
     name: String,
     client_url: String,
-    client_addr: SocketAddr,
+    /// Where `/health` and `/metrics` answer in plain HTTP
+    /// (`--listen-metrics-urls`), whatever the client URLs are.
+    metrics_addr: SocketAddr,
     peer_url: String,
+    netns: Option<String>,
     data_dir: PathBuf,
     log: PathBuf,
     child: Option<Child>,
@@ -56,6 +86,7 @@ struct Member {
 pub struct EtcdCluster {
     members: Vec<Member>,
     initial_cluster: String,
+    options: Options,
     // Removed on drop, after the members are gone.
     dir: tempfile::TempDir,
 }
@@ -104,10 +135,21 @@ impl EtcdCluster {
     /// Starts `n` members on free loopback ports and waits until every one
     /// reports healthy. Errors say what failed (with the member's log tail).
     pub fn start(n: usize) -> Result<Self, String> {
+        Self::start_with(n, Options::default())
+    }
+
+    /// Like [`EtcdCluster::start`], the members run as `options` say.
+    pub fn start_with(n: usize, options: Options) -> Result<Self, String> {
+        if !options.netns.is_empty() && options.netns.len() != n {
+            return Err(format!(
+                "{} network namespaces for {n} members",
+                options.netns.len()
+            ));
+        }
         // A port taken between probing and etcd's bind fails the start: retry.
         let mut last = String::new();
         for _ in 0..3 {
-            match Self::try_start(n) {
+            match Self::try_start(n, &options) {
                 Ok(cluster) => return Ok(cluster),
                 Err(e) => last = e,
             }
@@ -115,7 +157,7 @@ impl EtcdCluster {
         Err(last)
     }
 
-    fn try_start(n: usize) -> Result<Self, String> {
+    fn try_start(n: usize, options: &Options) -> Result<Self, String> {
         sweep_stale_dirs();
         let dir = tempfile::Builder::new()
             .prefix(DIR_PREFIX)
@@ -126,14 +168,30 @@ impl EtcdCluster {
         std::fs::write(dir.path().join("owner.pid"), std::process::id().to_string())
             .map_err(|e| format!("temp dir: {e}"))?;
         let mut members = Vec::with_capacity(n);
+        let scheme = if options.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         for i in 1..=n {
-            let client_addr = free_port().map_err(|e| format!("free port: {e}"))?;
-            let peer = free_port().map_err(|e| format!("free port: {e}"))?;
+            let (client_addr, peer, metrics_addr, netns) = match options.netns.get(i - 1) {
+                Some((netns, ip)) => (
+                    SocketAddr::from((*ip, 2379)),
+                    SocketAddr::from((*ip, 2380)),
+                    SocketAddr::from((*ip, 2381)),
+                    Some(netns.clone()),
+                ),
+                None => {
+                    let port = || free_port().map_err(|e| format!("free port: {e}"));
+                    (port()?, port()?, port()?, None)
+                }
+            };
             members.push(Member {
                 name: format!("m{i}"),
-                client_url: format!("http://{client_addr}"),
-                client_addr,
+                client_url: format!("{scheme}://{client_addr}"),
+                metrics_addr,
                 peer_url: format!("http://{peer}"),
+                netns,
                 data_dir: dir.path().join(format!("m{i}")),
                 log: dir.path().join(format!("m{i}.log")),
                 child: None,
@@ -147,6 +205,7 @@ impl EtcdCluster {
         let mut cluster = Self {
             members,
             initial_cluster,
+            options: options.clone(),
             dir,
         };
         for i in 0..n {
@@ -163,7 +222,14 @@ impl EtcdCluster {
             .append(true)
             .open(&m.log)
             .map_err(|e| format!("{}: {e}", m.log.display()))?;
-        let mut command = Command::new(etcd_binary());
+        let mut command = match &m.netns {
+            None => Command::new(etcd_binary()),
+            Some(netns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", netns]).arg(etcd_binary());
+                c
+            }
+        };
         command
             .args(["--name", &m.name])
             .arg("--data-dir")
@@ -183,6 +249,24 @@ impl EtcdCluster {
             .args(["--heartbeat-interval", "50"])
             .args(["--election-timeout", "500"])
             .args(["--logger", "zap", "--log-level", "warn"])
+            .arg("--listen-metrics-urls")
+            .arg(format!("http://{}", m.metrics_addr));
+        if let Some(tls) = &self.options.tls {
+            command
+                .arg("--cert-file")
+                .arg(&tls.cert)
+                .arg("--key-file")
+                .arg(&tls.key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--client-cert-auth");
+        }
+        if let Some(ttl) = self.options.auth_token_ttl {
+            command
+                .args(["--auth-token", "simple"])
+                .arg(format!("--auth-token-ttl={ttl}"));
+        }
+        command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
@@ -232,7 +316,7 @@ impl EtcdCluster {
                         self.log_tail(i)
                     ));
                 }
-                if healthy(self.members[i].client_addr) {
+                if healthy(self.members[i].metrics_addr) {
                     break;
                 }
                 if Instant::now() > deadline {
@@ -295,7 +379,7 @@ impl EtcdCluster {
     pub fn leader(&self) -> Option<usize> {
         (0..self.members.len()).find(|&i| {
             self.members[i].child.is_some()
-                && http_get(self.members[i].client_addr, "/metrics")
+                && http_get(self.members[i].metrics_addr, "/metrics")
                     .is_some_and(|m| m.lines().any(|l| l.trim() == "etcd_server_is_leader 1"))
         })
     }

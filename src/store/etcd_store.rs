@@ -20,10 +20,10 @@ use std::{
     collections::BTreeMap,
     ops::Bound,
     sync::{
-        atomic::{AtomicI64, Ordering},
+        atomic::{AtomicI64, AtomicU64, Ordering},
         Arc, Mutex,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use etcd_client::{
@@ -31,7 +31,7 @@ use etcd_client::{
     WatchOptions,
 };
 use tokio::{
-    sync::{broadcast, mpsc, oneshot},
+    sync::{broadcast, mpsc, oneshot, watch},
     task::JoinHandle,
 };
 use tokio_util::sync::CancellationToken;
@@ -43,7 +43,8 @@ use super::{
     etcd_writer::{Plan, Request, Writer, WriterConfig},
     sled_read::{self, Overlay},
     sled_users, AuditPage, BoxFuture, CommitObserver, Committed, Compaction, DecisionRow, Job,
-    Published, Retention, Store, StoreError, StoreStats, TxnError, Verification, MAX_MISMATCHES,
+    Published, Retention, RevisionWait, Store, StoreError, StoreStats, TxnError, Verification,
+    MAX_MISMATCHES,
 };
 use crate::{
     clock::SharedClock,
@@ -57,6 +58,10 @@ pub const ETCD_FORMAT: u64 = 2;
 const ETCD_FORMAT_KEY: &[u8] = b"m/etcd_format";
 /// Keys read per etcd range request when loading the view.
 const LOAD_PAGE: i64 = 2000;
+/// How often each daemon checks that etcd has a quorum (health).
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// The longest a quorum probe may take before it counts as failed.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How to reach etcd and how to write to it.
 #[derive(Clone)]
@@ -66,8 +71,11 @@ pub struct EtcdConfig {
     /// Every key of this store starts with it (several stores can share a
     /// cluster).
     pub prefix: String,
-    /// etcd user and password, when etcd has authentication on.
+    /// etcd user and password, when etcd has authentication on (the
+    /// client authenticates again when etcd says its token expired).
     pub user: Option<(String, String)>,
+    /// TLS towards `https://` endpoints.
+    pub tls: Option<super::EtcdTls>,
     /// Most jobs committed by one group commit.
     pub max_batch: usize,
     /// Jobs waiting for the writer before submitters wait.
@@ -106,6 +114,7 @@ impl EtcdConfig {
             endpoints,
             prefix: prefix.into(),
             user: None,
+            tls: None,
             max_batch: 256,
             queue_depth: 4096,
             publish_capacity: 1024,
@@ -129,6 +138,7 @@ impl std::fmt::Debug for EtcdConfig {
             .field("endpoints", &self.endpoints)
             .field("prefix", &self.prefix)
             .field("user", &self.user.as_ref().map(|(name, _)| name))
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
@@ -143,6 +153,11 @@ pub struct EtcdStore {
     stop: CancellationToken,
     lease: Arc<AtomicI64>,
     config: EtcdConfig,
+    /// Whether the last quorum probe succeeded (gRPC health follows it).
+    quorum: watch::Sender<bool>,
+    /// The newest `m/revision` read from etcd with a quorum (probes and
+    /// consistency-token checks): the store's revision as the cluster has it.
+    cluster_revision: Arc<AtomicU64>,
     snapshots: Option<Arc<Snapshots>>,
     opened: Opened,
 }
@@ -168,6 +183,59 @@ fn unavailable(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("etcd: {what}: {e}"))
 }
 
+/// What an error at start most likely means, for the operator: TLS and
+/// authentication failures come back from etcd-client as transport errors
+/// and gRPC statuses that do not name the setting to fix.
+fn open_hint(config: &EtcdConfig, message: &str) -> Option<String> {
+    if message.contains("invalid peer certificate") {
+        return Some(
+            "TLS: etcd's server certificate does not verify against --etcd-ca, or is not \
+             valid for the endpoint's host"
+                .into(),
+        );
+    }
+    // TLS 1.3: etcd checks the client certificate after the client's
+    // side of the handshake is done, so the client sees an alert, a closed
+    // connection or a broken pipe, whichever comes first.
+    let rejected = [
+        "connection closed",
+        "broken pipe",
+        "BadCertificate",
+        "CertificateRequired",
+    ];
+    if config.tls.is_some() && rejected.iter().any(|r| message.contains(r)) {
+        let sent = if config.tls.as_ref().is_some_and(|t| t.identity.is_some()) {
+            "refused the client certificate of --etcd-cert (not signed by a CA in its \
+             --trusted-ca-file?)"
+        } else {
+            "wants a client certificate: give --etcd-cert and --etcd-key"
+        };
+        return Some(format!(
+            "TLS: etcd closed the connection or refused the handshake: it likely {sent}"
+        ));
+    }
+    if message.contains("authentication failed") {
+        let user = config.user.as_ref().map_or("", |(name, _)| name.as_str());
+        return Some(format!(
+            "check --etcd-user {user:?} and its password (--etcd-password-file or \
+             CONSENTD_ETCD_PASSWORD)"
+        ));
+    }
+    if message.contains("permission denied") || message.contains("user name is empty") {
+        let user = config.user.as_ref().map_or("", |(name, _)| name.as_str());
+        return Some(if user.is_empty() {
+            "etcd has authentication on: give --etcd-user and its password".into()
+        } else {
+            format!(
+                "etcd user {user:?} needs a role with readwrite permission on the key prefix \
+                 {:?} (etcdctl role grant-permission ROLE --prefix=true readwrite {})",
+                config.prefix, config.prefix
+            )
+        });
+    }
+    None
+}
+
 /// Runs an etcd call with the configured bound.
 async fn bounded<T>(
     timeout: Duration,
@@ -179,6 +247,21 @@ async fn bounded<T>(
         Ok(Err(e)) => Err(unavailable(what, e)),
         Err(_) => Err(unavailable(what, format!("no answer in {timeout:?}"))),
     }
+}
+
+/// Awaits an etcd call, telling `observer` how long it took (failures and
+/// time-outs included) under `op`, one of a few fixed names.
+pub(super) async fn timed<F: std::future::Future>(
+    observer: &Option<Arc<dyn CommitObserver>>,
+    op: &'static str,
+    call: F,
+) -> F::Output {
+    let started = Instant::now();
+    let out = call.await;
+    if let Some(observer) = observer {
+        observer.backend_call(op, started.elapsed());
+    }
+    out
 }
 
 /// The first key after every key that starts with `prefix`.
@@ -204,7 +287,10 @@ impl EtcdStore {
                 config.endpoints.join(","),
                 config.prefix
             ),
-            message,
+            message: match open_hint(config, &message) {
+                Some(hint) => format!("{message} ({hint})"),
+                None => message,
+            },
         };
         if config.endpoints.is_empty() {
             return Err(open_err("no etcd endpoints given".into()));
@@ -214,7 +300,19 @@ impl EtcdStore {
             .with_keep_alive(Duration::from_secs(2), config.timeout)
             .with_require_leader(true);
         if let Some((name, password)) = &config.user {
-            options = options.with_user(name.clone(), password.clone());
+            // etcd's tokens expire (simple tokens after --auth-token-ttl of
+            // idleness): authenticate again and retry, instead of failing.
+            options = options
+                .with_user(name.clone(), password.clone())
+                .with_auto_token_refresh(true);
+        }
+        if let Some(tls) = &config.tls {
+            let mut t = etcd_client::TlsOptions::new()
+                .ca_certificate(etcd_client::Certificate::from_pem(&tls.ca_pem));
+            if let Some((cert, key)) = &tls.identity {
+                t = t.identity(etcd_client::Identity::from_pem(cert, key));
+            }
+            options = options.with_tls(t);
         }
         let mut client = bounded(
             config.timeout,
@@ -224,10 +322,14 @@ impl EtcdStore {
         .await
         .map_err(|e| open_err(e.to_string()))?;
         let data_prefix = [config.prefix.as_bytes(), b"data/"].concat();
-        let lease = bounded(
-            config.timeout,
-            "granting the lease",
-            client.lease_grant(lease_seconds(config.lease_ttl), None),
+        let lease = timed(
+            &config.observer,
+            "lease_grant",
+            bounded(
+                config.timeout,
+                "granting the lease",
+                client.lease_grant(lease_seconds(config.lease_ttl), None),
+            ),
         )
         .await
         .map_err(|e| open_err(e.to_string()))?
@@ -236,9 +338,13 @@ impl EtcdStore {
             .await
             .map_err(|e| open_err(e.to_string()))?;
         let mut replica = start.replica;
-        let layout = check_format(&mut client, &data_prefix, &mut replica, config.timeout)
-            .await
-            .map_err(|e| open_err(e.to_string()))?;
+        let layout = timed(
+            &config.observer,
+            "txn",
+            check_format(&mut client, &data_prefix, &mut replica, config.timeout),
+        )
+        .await
+        .map_err(|e| open_err(e.to_string()))?;
         tracing::info!(
             endpoints = %config.endpoints.join(","),
             prefix = %config.prefix,
@@ -271,11 +377,20 @@ impl EtcdStore {
         let keeper = tokio::spawn(keep_lease(
             client.clone(),
             lease.clone(),
-            config.lease_ttl,
-            config.timeout,
+            config.clone(),
             stop.clone(),
         ));
-        let mut tasks = vec![watcher, keeper];
+        let (quorum, _) = watch::channel(true);
+        let cluster_revision = Arc::new(AtomicU64::new(shared.revision.load(Ordering::Acquire)));
+        let prober = tokio::spawn(probe_quorum(
+            client.clone(),
+            [data_prefix.as_slice(), codec::REVISION_KEY].concat(),
+            config.clone(),
+            quorum.clone(),
+            cluster_revision.clone(),
+            stop.clone(),
+        ));
+        let mut tasks = vec![watcher, keeper, prober];
         let snapshots = start.snapshot_path.map(|path| {
             Arc::new(Snapshots {
                 path,
@@ -317,6 +432,8 @@ impl EtcdStore {
             stop,
             lease,
             config: config.clone(),
+            quorum,
+            cluster_revision,
             snapshots,
             opened: start.opened,
         };
@@ -448,6 +565,7 @@ async fn load(
     client: &mut Client,
     data_prefix: &[u8],
     timeout: Duration,
+    observer: &Option<Arc<dyn CommitObserver>>,
 ) -> Result<Replica, StoreError> {
     let end = prefix_end(data_prefix);
     let mut replica = Replica::default();
@@ -460,10 +578,14 @@ async fn load(
         if at > 0 {
             options = options.with_revision(at);
         }
-        let resp = bounded(
-            timeout,
-            "loading the store",
-            client.get(start.clone(), Some(options)),
+        let resp = timed(
+            observer,
+            "range",
+            bounded(
+                timeout,
+                "loading the store",
+                client.get(start.clone(), Some(options)),
+            ),
         )
         .await?;
         if at == 0 {
@@ -555,7 +677,7 @@ async fn start_view(
             ),
         }
     }
-    let replica = load(client, data_prefix, config.timeout).await?;
+    let replica = load(client, data_prefix, config.timeout, &config.observer).await?;
     let keys_read = replica.kv.len() as u64;
     Ok(Start {
         replica,
@@ -807,7 +929,7 @@ async fn watch_loop(
             .with_progress_notify();
         let opened = tokio::select! {
             () = stop.cancelled() => return,
-            opened = tokio::time::timeout(timeout, client.watch(data_prefix.clone(), Some(options))) => opened,
+            opened = timed(&config.observer, "watch", tokio::time::timeout(timeout, client.watch(data_prefix.clone(), Some(options)))) => opened,
         };
         let mut stream = match opened {
             Ok(Ok(stream)) => stream,
@@ -841,7 +963,7 @@ async fn watch_loop(
                                 from,
                                 "etcd compacted its history past the local view: reloading it"
                             );
-                            match load(&mut client, &data_prefix, timeout).await {
+                            match load(&mut client, &data_prefix, timeout, &config.observer).await {
                                 Ok(fresh) => {
                                     if let Err(e) = shared.replace(fresh) {
                                         tracing::error!(error = %e, "replacing the local view");
@@ -924,10 +1046,10 @@ async fn sleep_or_stop(stop: &CancellationToken, pause: &mut Duration) -> bool {
 async fn keep_lease(
     mut client: Client,
     lease: Arc<AtomicI64>,
-    ttl: Duration,
-    timeout: Duration,
+    config: EtcdConfig,
     stop: CancellationToken,
 ) {
+    let (ttl, timeout, observer) = (config.lease_ttl, config.timeout, &config.observer);
     let every = (ttl / 3).max(Duration::from_millis(500));
     let mut pause = Duration::from_millis(50);
     loop {
@@ -940,8 +1062,11 @@ async fn keep_lease(
             )
             .await?;
             loop {
-                bounded(timeout, "keeping the lease alive", keeper.keep_alive()).await?;
-                let answer = bounded(timeout, "keeping the lease alive", answers.message()).await?;
+                let answer = timed(observer, "lease_keepalive", async {
+                    bounded(timeout, "keeping the lease alive", keeper.keep_alive()).await?;
+                    bounded(timeout, "keeping the lease alive", answers.message()).await
+                })
+                .await?;
                 if answer.is_none_or(|a| a.ttl() <= 0) {
                     return Err::<(), _>(StoreError::Unavailable(format!("lease {id:x} lapsed")));
                 }
@@ -962,10 +1087,14 @@ async fn keep_lease(
         .await
         .map(|t| t.ttl() > 0);
         if let Ok(false) = alive {
-            match bounded(
-                timeout,
-                "granting a lease",
-                client.lease_grant(lease_seconds(ttl), None),
+            match timed(
+                observer,
+                "lease_grant",
+                bounded(
+                    timeout,
+                    "granting a lease",
+                    client.lease_grant(lease_seconds(ttl), None),
+                ),
             )
             .await
             {
@@ -978,6 +1107,82 @@ async fn keep_lease(
         }
         if sleep_or_stop(&stop, &mut pause).await {
             return;
+        }
+    }
+}
+
+/// The store revision etcd has committed (`m/revision`), read
+/// linearizably: it needs a quorum (a serializable read would be answered
+/// by a member cut off from the others).
+async fn read_cluster_revision(
+    client: &mut Client,
+    revision_key: &[u8],
+    timeout: Duration,
+    observer: &Option<Arc<dyn CommitObserver>>,
+) -> Result<u64, StoreError> {
+    let resp = timed(
+        observer,
+        "range",
+        bounded(
+            timeout,
+            "reading m/revision with a quorum",
+            client.get(revision_key.to_vec(), None),
+        ),
+    )
+    .await?;
+    resp.kvs()
+        .first()
+        .map_or(Ok(0), |kv| codec::decode_u64(kv.value()))
+}
+
+/// Probes etcd's quorum every [`PROBE_EVERY`] with a linearizable read of
+/// `m/revision` until `stop`: `quorum` says whether the last probe
+/// succeeded (gRPC health follows it), `cluster_revision` keeps the newest
+/// revision read. Logs each change once, with its reason.
+async fn probe_quorum(
+    mut client: Client,
+    revision_key: Vec<u8>,
+    config: EtcdConfig,
+    quorum: watch::Sender<bool>,
+    cluster_revision: Arc<AtomicU64>,
+    stop: CancellationToken,
+) {
+    let timeout = config.timeout.min(PROBE_TIMEOUT);
+    let mut ticks = tokio::time::interval(PROBE_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut lost_at: Option<Instant> = None;
+    loop {
+        let probed = tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticks.tick() => tokio::select! {
+                () = stop.cancelled() => return,
+                probed = read_cluster_revision(&mut client, &revision_key, timeout, &config.observer) => probed,
+            },
+        };
+        match probed {
+            Ok(revision) => {
+                cluster_revision.fetch_max(revision, Ordering::AcqRel);
+                if let Some(since) = lost_at.take() {
+                    tracing::info!(
+                        revision,
+                        unavailable_for = ?since.elapsed(),
+                        "etcd quorum reachable again: health SERVING"
+                    );
+                    quorum.send_replace(true);
+                }
+            }
+            Err(e) => {
+                if lost_at.is_none() {
+                    lost_at = Some(Instant::now());
+                    tracing::warn!(
+                        error = %e,
+                        probe_timeout = ?timeout,
+                        "etcd quorum unreachable: health NOT_SERVING until a probe succeeds; \
+                         writes fail, reads answer from the local view"
+                    );
+                    quorum.send_replace(false);
+                }
+            }
         }
     }
 }
@@ -1152,6 +1357,68 @@ impl Store for EtcdStore {
         self.shared.revision.load(Ordering::Acquire)
     }
 
+    fn wait_for_revision(
+        &self,
+        revision: u64,
+        within: Duration,
+    ) -> BoxFuture<'_, Result<u64, RevisionWait>> {
+        Box::pin(async move {
+            let view = self.revision();
+            if revision <= view {
+                return Ok(view);
+            }
+            let started = Instant::now();
+            let deadline = tokio::time::Instant::now() + within;
+            // Whether the revision exists at all: only a quorum can say.
+            let key = [self.config.prefix.as_bytes(), b"data/", codec::REVISION_KEY].concat();
+            let check = self.config.timeout.min(within);
+            let newest =
+                read_cluster_revision(&mut self.client.clone(), &key, check, &self.config.observer)
+                    .await
+                    .map_err(|error| RevisionWait::Unreachable {
+                        wanted: revision,
+                        view: self.revision(),
+                        error,
+                    })?;
+            self.cluster_revision.fetch_max(newest, Ordering::AcqRel);
+            if revision > newest {
+                return Err(RevisionWait::Ahead {
+                    wanted: revision,
+                    newest,
+                });
+            }
+            // Subscribed before looking: no change is missed in between.
+            let mut applied = self.shared.applied.subscribe();
+            loop {
+                let view = self.revision();
+                if view >= revision {
+                    return Ok(view);
+                }
+                match tokio::time::timeout_at(deadline, applied.changed()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => {
+                        return Err(RevisionWait::Unreachable {
+                            wanted: revision,
+                            view,
+                            error: StoreError::Closed,
+                        })
+                    }
+                    Err(_) => {
+                        return Err(RevisionWait::Behind {
+                            wanted: revision,
+                            view: self.revision(),
+                            waited: started.elapsed(),
+                        })
+                    }
+                }
+            }
+        })
+    }
+
+    fn quorum(&self) -> Option<watch::Receiver<bool>> {
+        Some(self.quorum.subscribe())
+    }
+
     fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
         self.shared.read()?.events_after(after, limit)
     }
@@ -1169,8 +1436,12 @@ impl Store for EtcdStore {
             .shared
             .read()
             .map_or((0, 0), |r| (r.events, r.apps.len() as u64));
+        let revision = self.revision();
         StoreStats {
-            revision: self.revision(),
+            revision,
+            // The view may be ahead of the last probe, never behind etcd's
+            // for long: the larger of the two is the newest known.
+            cluster_revision: self.cluster_revision.load(Ordering::Acquire).max(revision),
             compacted_through: self.compacted_through(),
             events,
             apps,
@@ -1277,13 +1548,12 @@ impl Store for EtcdStore {
             }
             let lease = self.lease.load(Ordering::Acquire);
             let mut client = self.client.clone();
-            if let Err(e) = bounded(
+            let revoke = bounded(
                 self.config.timeout,
                 "revoking the lease",
                 client.lease_revoke(lease),
-            )
-            .await
-            {
+            );
+            if let Err(e) = timed(&self.config.observer, "lease_revoke", revoke).await {
                 // It lapses by itself after its TTL.
                 tracing::warn!(error = %e, "etcd: lease not revoked");
             }
@@ -1872,7 +2142,7 @@ mod contract_tests {
     async fn etcd_no_quorum_fails_writes_keeps_reads_and_recovers() {
         use crate::{
             domain::{AppId, Cause, Change, DecisionState, Scope, StateQuery, Subject, UserId},
-            store::{etcd_cluster::EtcdCluster, StoreError, TxnError, WriteSet},
+            store::{etcd_cluster::EtcdCluster, RevisionWait, StoreError, TxnError, WriteSet},
         };
         use std::time::{Duration, Instant};
         let mut cluster = tokio::task::block_in_place(|| EtcdCluster::start(3)).expect("cluster");
@@ -1927,11 +2197,36 @@ mod contract_tests {
             .expect("reads go on from the view");
         assert_eq!(read.records[&Scope::Camera].state, g);
         assert_eq!(store.revision(), 1);
+        // Health follows the quorum probe.
+        let mut quorum = store.quorum().expect("an etcd store follows its quorum");
+        tokio::time::timeout(Duration::from_secs(8), quorum.wait_for(|up| !*up))
+            .await
+            .expect("the lost quorum is seen within seconds")
+            .unwrap();
+        // A token the view has is met without etcd; one above it cannot be
+        // checked without a quorum.
+        assert_eq!(
+            store
+                .wait_for_revision(1, Duration::from_secs(1))
+                .await
+                .unwrap(),
+            1
+        );
+        match store.wait_for_revision(2, Duration::from_secs(1)).await {
+            Err(RevisionWait::Unreachable {
+                wanted: 2, view: 1, ..
+            }) => {}
+            other => panic!("no quorum: the token cannot be checked: {other:?}"),
+        }
 
         cluster.resume(1);
         cluster.resume(2);
         tokio::task::block_in_place(|| cluster.wait_healthy(Duration::from_secs(20)))
             .expect("healthy again");
+        tokio::time::timeout(Duration::from_secs(10), quorum.wait_for(|up| *up))
+            .await
+            .expect("the quorum is seen back within seconds")
+            .unwrap();
         // The client may take a moment to find the leader again.
         let deadline = Instant::now() + Duration::from_secs(20);
         let next = loop {
@@ -1949,6 +2244,87 @@ mod contract_tests {
         assert!(v.mismatches.is_empty(), "{:?}", v.mismatches);
         assert_eq!(store.events_after(0, 10).unwrap().len(), 2);
         store.close().await.unwrap();
+    }
+
+    /// A consistency token sent to a daemon whose view lags (its watch
+    /// applies each response late) waits until that view has the revision,
+    /// then is met; a short bound is `Behind` naming both revisions; the
+    /// daemon's cluster revision shows the lag meanwhile.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs the etcd binary: scripts/test runs it (--ignored etcd)"]
+    async fn etcd_a_consistency_token_waits_for_a_lagging_view() {
+        use crate::{
+            domain::{AppId, Cause, Change, DecisionState, Scope, StateQuery, Subject, UserId},
+            store::{RevisionWait, WriteSet},
+        };
+        use std::time::{Duration, Instant};
+        let backend = Etcd::new();
+        let a = backend.open("tokens");
+        let b = backend.open_lagging("tokens", Duration::from_millis(700));
+        let u = Subject {
+            app: AppId::parse("wxtok").unwrap(),
+            user: UserId::parse("u").unwrap(),
+        };
+        let grant = |scope| {
+            let u = u.clone();
+            Box::new(move |_: &dyn crate::store::View| {
+                let change = Change {
+                    scope,
+                    old: DecisionState::NotDetermined,
+                    new: DecisionState::Granted,
+                    cause: Cause::Popup,
+                };
+                Ok(WriteSet {
+                    changes: vec![(u, change)],
+                    ..WriteSet::default()
+                })
+            })
+        };
+        let first = a.submit(grant(Scope::Camera)).await.unwrap().revision;
+        assert!(
+            b.revision() < first,
+            "b's view lags: the wait below is real"
+        );
+        match b.wait_for_revision(first, Duration::from_millis(50)).await {
+            Err(RevisionWait::Behind { wanted, view, .. }) => {
+                assert_eq!(wanted, first);
+                assert!(view < first, "{view}");
+            }
+            other => panic!("a short bound ends Behind: {other:?}"),
+        }
+        let stats = b.stats();
+        assert!(
+            stats.cluster_revision >= first && stats.revision < first,
+            "the lag is visible: {stats:?}"
+        );
+        let second = a.submit(grant(Scope::Record)).await.unwrap().revision;
+        let started = Instant::now();
+        let view = b
+            .wait_for_revision(second, Duration::from_secs(10))
+            .await
+            .expect("the view gets there");
+        assert!(view >= second, "{view} < {second}");
+        assert!(
+            started.elapsed() >= Duration::from_millis(100),
+            "it waited: {:?}",
+            started.elapsed()
+        );
+        // Once met, reads on b reflect it.
+        let read = b
+            .subject(&u.app, &u.user, &StateQuery::decisions())
+            .unwrap();
+        assert_eq!(read.records[&Scope::Record].state, DecisionState::Granted);
+        match b
+            .wait_for_revision(second + 5, Duration::from_secs(1))
+            .await
+        {
+            Err(RevisionWait::Ahead { wanted, newest }) => {
+                assert_eq!((wanted, newest), (second + 5, second));
+            }
+            other => panic!("beyond etcd's m/revision: {other:?}"),
+        }
+        a.close().await.unwrap();
+        b.close().await.unwrap();
     }
 
     /// A daemon that died holding the write lock (its lease no longer kept

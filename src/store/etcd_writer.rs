@@ -29,6 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{
     codec,
     etcd_replica::{Replica, Shared, StagedReplica},
+    etcd_store::timed,
     sled_read::{self, Kv as _, Overlay},
     sled_users, AppWrite, Committed, Job, StoreError, Timer, TxnError, View, WriteSet,
 };
@@ -210,11 +211,15 @@ impl Writer {
         }
         let timeout = self.config.timeout;
         let lease = self.lease.load(Ordering::Acquire);
-        let lock = tokio::time::timeout(
-            timeout,
-            self.client.lock(
-                self.config.lock_name.clone(),
-                Some(LockOptions::new().with_lease(lease)),
+        let lock = timed(
+            &self.shared.observer,
+            "lock",
+            tokio::time::timeout(
+                timeout,
+                self.client.lock(
+                    self.config.lock_name.clone(),
+                    Some(LockOptions::new().with_lease(lease)),
+                ),
             ),
         )
         .await;
@@ -240,7 +245,12 @@ impl Writer {
         let key = lock.key().to_vec();
         // From here on no other writer commits: read where the log ends.
         let revision_key = [self.config.data_prefix.as_slice(), codec::REVISION_KEY].concat();
-        let got = tokio::time::timeout(timeout, self.client.get(revision_key, None)).await;
+        let got = timed(
+            &self.shared.observer,
+            "range",
+            tokio::time::timeout(timeout, self.client.get(revision_key, None)),
+        )
+        .await;
         let revision_mod = match got {
             Ok(Ok(resp)) => resp.kvs().first().map_or(0, |kv| kv.mod_revision()),
             Ok(Err(e)) => {
@@ -307,7 +317,8 @@ impl Writer {
     }
 
     async fn try_unlock(&mut self, key: &[u8]) -> Result<(), StoreError> {
-        match tokio::time::timeout(self.config.timeout, self.client.unlock(key.to_vec())).await {
+        let unlock = tokio::time::timeout(self.config.timeout, self.client.unlock(key.to_vec()));
+        match timed(&self.shared.observer, "unlock", unlock).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(unavailable("releasing the write lock", e)),
             Err(_) => Err(unavailable("releasing the write lock", "no answer in time")),
@@ -372,7 +383,8 @@ impl Writer {
             ])
             .and_then(ops);
         let timeout = self.config.timeout;
-        let resp = match tokio::time::timeout(timeout, self.client.txn(txn)).await {
+        let txn = tokio::time::timeout(timeout, self.client.txn(txn));
+        let resp = match timed(&self.shared.observer, "txn", txn).await {
             Ok(Ok(resp)) => resp,
             Ok(Err(e)) => {
                 // The outcome is unknown: let the lock go and re-read.

@@ -49,6 +49,32 @@
 //!    would fold the user's events into checkpoint entries the scrub finds
 //!    only through those events).
 //!
+//! # Consistency tokens (both backends)
+//! Every write answers with the revision it committed at (and every read
+//! can learn the current one, e.g. `GetRevision`). A caller that sends the
+//! last revision it saw as the request metadata header
+//! `consentd-min-revision: N` (any RPC; `grpcurl -H 'consentd-min-revision:
+//! N'`) is answered only from a view that includes revision N, by any
+//! daemon: the SpiceDB ZedToken idea, with a plain number.
+//! [`Store::wait_for_revision`] is the one place that waits; the gRPC
+//! layer `grpc::consistency` calls it before the handler runs.
+//! - N at or below the view's revision: no wait, no etcd call.
+//! - N above it: the daemon checks that N exists (sled: its own revision is
+//!   the whole store's; etcd: a linearizable read of `m/revision`, which
+//!   needs a quorum), then waits until its view has applied N, at most the
+//!   call's deadline (`grpc-timeout`), the request timeout and
+//!   `min_revision_max_wait_ms` (default 5000).
+//! - N beyond the whole store: OUT_OF_RANGE naming N and the store's
+//!   newest revision (a token never given out, e.g. from another cluster).
+//! - The view did not get there in time, or the existence check found no
+//!   quorum: UNAVAILABLE naming N and the view's revision; retry, on this
+//!   daemon or another.
+//! - A header that is not one decimal number: INVALID_ARGUMENT naming the
+//!   header and its value.
+//!
+//! Without a token a read is answered from the daemon's view as it is
+//! (read-your-writes holds on the daemon that acknowledged the write).
+//!
 //! # The etcd backend: its consistency model (cargo feature `etcd`)
 //! `EtcdStore` keeps the contract above with any number of daemons sharing
 //! one etcd cluster (keys under one `--etcd-prefix`):
@@ -82,8 +108,17 @@
 //!   round trip. A view is a consistent prefix of the log, at most as far
 //!   behind etcd as the watch delivers (milliseconds when etcd is
 //!   healthy); another daemon's write becomes visible here when the watch
-//!   applies it. While etcd is unreachable reads go on from the last
-//!   applied view and writes fail with UNAVAILABLE.
+//!   applies it.
+//! - **Without a quorum.** Reads without a token go on from the last
+//!   applied view (its revision is what `GetRevision` and Watch progress
+//!   report); reads with a token above the view fail with UNAVAILABLE
+//!   (their check needs a quorum); writes fail with UNAVAILABLE within
+//!   their deadline. Each daemon probes etcd once a second with a
+//!   linearizable read of `m/revision` (bounded by the smaller of
+//!   `etcd.timeout` and 2 s: a serializable read would be answered by a cut
+//!   off member); while probes fail, gRPC health (the overall `""` service
+//!   and each service) is NOT_SERVING, and SERVING again after the first
+//!   probe that succeeds. Each change is logged once, with the reason.
 //! - **Watch.** Every daemon publishes every commit from its watch as one
 //!   contiguous group, so a client can resume `Watch` on any daemon with
 //!   the same `start_revision`: no gap, no duplicate.
@@ -149,6 +184,8 @@ mod etcd_snapshot;
 #[cfg(feature = "etcd")]
 mod etcd_store;
 #[cfg(feature = "etcd")]
+mod etcd_tls;
+#[cfg(feature = "etcd")]
 mod etcd_writer;
 mod sled_codec;
 mod sled_durability;
@@ -165,6 +202,8 @@ use tokio::sync::broadcast;
 
 #[cfg(feature = "etcd")]
 pub use etcd_store::{EtcdConfig, EtcdStore, Opened, ETCD_FORMAT};
+#[cfg(feature = "etcd")]
+pub use etcd_tls::EtcdTls;
 use sled_codec as codec;
 pub use sled_codec::FORMAT_VERSION;
 pub use sled_store::{SledConfig, SledStore};
@@ -343,6 +382,10 @@ pub struct StoreStats {
     pub events: u64,
     pub apps: u64,
     pub size_on_disk: u64,
+    /// The newest store revision this daemon knows the whole store to
+    /// have: its own revision for a local store (sled); for etcd, what the
+    /// last quorum probe read (`m/revision`), which the view may lag.
+    pub cluster_revision: u64,
 }
 
 /// Told about every group commit (for metrics); must be cheap: it runs on
@@ -350,6 +393,42 @@ pub struct StoreStats {
 pub trait CommitObserver: Send + Sync {
     /// `jobs` write jobs became `events` events in one batch and one flush.
     fn group_committed(&self, jobs: usize, events: usize, flush: Duration);
+    /// One call to a remote backend (etcd) took `elapsed`, failed calls
+    /// and time-outs included; `op` is one of a few fixed names (`txn`,
+    /// `range`, `lock`, ...).
+    fn backend_call(&self, op: &'static str, elapsed: Duration) {
+        let _ = (op, elapsed);
+    }
+}
+
+/// Why a consistency token (a revision the caller saw) was not honoured by
+/// [`Store::wait_for_revision`].
+#[derive(Debug, thiserror::Error)]
+pub enum RevisionWait {
+    /// No daemon has committed this revision: the token is not one the
+    /// store gave out.
+    #[error(
+        "revision {wanted} is beyond the store's newest revision {newest}: not a revision this \
+         store gave out"
+    )]
+    Ahead { wanted: u64, newest: u64 },
+    /// The revision exists, but this daemon's view did not apply it in time.
+    #[error(
+        "this daemon's view has applied revision {view}, not yet {wanted}, after waiting \
+         {waited:?}; retry (on any daemon)"
+    )]
+    Behind {
+        wanted: u64,
+        view: u64,
+        waited: Duration,
+    },
+    /// Whether the revision exists could not be checked (no quorum).
+    #[error("cannot check revision {wanted} against the store (this daemon's view is at {view}): {error}")]
+    Unreachable {
+        wanted: u64,
+        view: u64,
+        error: StoreError,
+    },
 }
 
 /// Most mismatches a verification reports.
@@ -410,6 +489,22 @@ pub trait Store: Send + Sync + 'static {
     fn next_timer(&self) -> Result<Option<u64>, StoreError>;
     /// The revision of the last durable commit.
     fn revision(&self) -> u64;
+    /// A consistency token: resolves (with the view's revision) once every
+    /// read of this store reflects at least `revision`, waiting at most
+    /// `within`. A revision the whole store has not reached is
+    /// [`RevisionWait::Ahead`] at once; a view that does not get there in
+    /// time is [`RevisionWait::Behind`]. See "Consistency tokens" above.
+    fn wait_for_revision(
+        &self,
+        revision: u64,
+        within: Duration,
+    ) -> BoxFuture<'_, Result<u64, RevisionWait>>;
+    /// Whether the store can commit at all, for a store that depends on
+    /// others (etcd: a quorum of its members), followed as it changes;
+    /// `None` for a store of its own (sled), always able while it is open.
+    fn quorum(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        None
+    }
     /// Retained events with revision > `after`, oldest first, at most `limit`.
     fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>, StoreError>;
     /// Committed groups from now on (bounded: a slow receiver lags and must

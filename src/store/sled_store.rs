@@ -9,6 +9,7 @@ use std::{
         Arc, Mutex, RwLock,
     },
     thread::JoinHandle,
+    time::Duration,
 };
 
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -21,7 +22,7 @@ use super::{
     sled_users,
     sled_writer::{self, Request},
     AuditPage, BoxFuture, CommitObserver, Committed, Compaction, DecisionRow, Job, Published,
-    Retention, Store, StoreError, StoreStats, TxnError, Verification,
+    Retention, RevisionWait, Store, StoreError, StoreStats, TxnError, Verification,
 };
 use crate::{
     clock::SharedClock,
@@ -656,6 +657,24 @@ impl Store for SledStore {
         self.shared.revision.load(Ordering::Acquire)
     }
 
+    fn wait_for_revision(
+        &self,
+        revision: u64,
+        _within: Duration,
+    ) -> BoxFuture<'_, Result<u64, RevisionWait>> {
+        // One writer, and a write is acknowledged only after its revision
+        // is readable: a revision above this one was never given out.
+        let newest = self.revision();
+        Box::pin(std::future::ready(if revision <= newest {
+            Ok(newest)
+        } else {
+            Err(RevisionWait::Ahead {
+                wanted: revision,
+                newest,
+            })
+        }))
+    }
+
     fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
         let Some(start) = after.checked_add(1) else {
             return Ok(Vec::new());
@@ -693,8 +712,11 @@ impl Store for SledStore {
     }
 
     fn stats(&self) -> StoreStats {
+        let revision = self.revision();
         StoreStats {
-            revision: self.revision(),
+            revision,
+            // A local store is the whole store.
+            cluster_revision: revision,
             compacted_through: self.compacted_through(),
             events: self.shared.event_count.load(Ordering::Acquire),
             apps: self.shared.apps.read().map_or(0, |a| a.len() as u64),

@@ -103,6 +103,9 @@ pub struct WatchStats {
     pub lagged: AtomicU64,
     /// Reads of the durable log (replays and lag recovery).
     pub catch_ups: AtomicU64,
+    /// The most revisions any stream was behind the store as it took its
+    /// next batch, since this was last taken (reset by each scrape).
+    pub max_lag: AtomicU64,
 }
 
 /// The end of a stream, read by the gRPC edge after the last item.

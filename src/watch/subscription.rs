@@ -210,6 +210,7 @@ impl Subscription {
                     if group.revision <= self.cursor {
                         continue;
                     }
+                    self.note_lag();
                     if group.prev_revision > self.cursor {
                         // A group we never saw: read the gap from the log.
                         let target = group.prev_revision;
@@ -270,8 +271,21 @@ impl Subscription {
             .fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Records how far behind the store this stream is as it takes its
+    /// next batch (a group or a log page): revisions committed that it has
+    /// not handed out. The watcher keeps the largest since the last scrape.
+    fn note_lag(&self) {
+        let lag = self.store.revision().saturating_sub(self.cursor);
+        let max = &self.guard.hub().stats.max_lag;
+        // Most batches set no new maximum: no write to the shared line then.
+        if lag > max.load(Ordering::Relaxed) {
+            max.fetch_max(lag, Ordering::Relaxed);
+        }
+    }
+
     /// The next page of retained events after the cursor.
     fn read_page(&mut self, target: u64) -> Result<(), WatchError> {
+        self.note_lag();
         let events = match self.store.events_after(self.cursor, self.page) {
             Ok(events) => events,
             // A store closed under a shutting-down stream is the shutdown.

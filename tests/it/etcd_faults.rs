@@ -22,17 +22,21 @@ use consentd::{
 };
 use tokio_stream::StreamExt as _;
 use tonic::{Code, Streaming};
+use tonic_health::pb::{
+    health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
+};
 
 use crate::{
     etcd::{assert_chain, fresh_prefix, from},
     etcd_cluster::{shared_endpoints, EtcdCluster},
     fixture::{android, connect, heavy, location_app, Client, TestDaemon},
     support::{child::spawn_consentd, key_of_change, key_of_event, record_req, EventKey},
+    tokens::with_token,
 };
 
 /// With `RUST_LOG` set (any value: level INFO), the in-process daemons' logs go to the test's
 /// output (shown when it fails).
-fn log_if_asked() {
+pub(crate) fn log_if_asked() {
     if std::env::var_os("RUST_LOG").is_some() {
         let _ = tracing_subscriber::fmt()
             .with_max_level(tracing::Level::INFO)
@@ -42,7 +46,7 @@ fn log_if_asked() {
 }
 
 /// How long each test's write phase lasts.
-fn fault_seconds() -> Duration {
+pub(crate) fn fault_seconds() -> Duration {
     let secs = std::env::var("CONSENTD_FAULT_SECONDS")
         .ok()
         .map(|s| {
@@ -54,14 +58,14 @@ fn fault_seconds() -> Duration {
 }
 
 /// A fresh 3-member cluster owned by the test.
-fn start_cluster() -> EtcdCluster {
+pub(crate) fn start_cluster() -> EtcdCluster {
     tokio::task::block_in_place(|| EtcdCluster::start(3))
         .unwrap_or_else(|e| panic!("cannot run the etcd fault tests: {e}"))
 }
 
 /// An in-process daemon on `endpoints` under `prefix`, with short etcd
 /// timeouts so that faults show within a test's patience.
-async fn daemon_on(endpoints: &[String], prefix: &str) -> TestDaemon {
+pub(crate) async fn daemon_on(endpoints: &[String], prefix: &str) -> TestDaemon {
     let (endpoints, prefix) = (endpoints.to_vec(), prefix.to_owned());
     TestDaemon::with(move |c| {
         c.store = StoreKind::Etcd;
@@ -77,12 +81,12 @@ async fn daemon_on(endpoints: &[String], prefix: &str) -> TestDaemon {
 }
 
 /// The deadline a writer gives each call.
-const CALL_DEADLINE: Duration = Duration::from_secs(15);
+pub(crate) const CALL_DEADLINE: Duration = Duration::from_secs(15);
 
 /// One write of writer `w` in round `r` (users shared by all writers: real
 /// contention): a popup answer, or every third time a removal. Returns the
 /// events of the committed changes.
-async fn write_once(
+pub(crate) async fn write_once(
     c: &Client,
     app: &str,
     w: usize,
@@ -110,16 +114,16 @@ async fn write_once(
 
 /// What one writer saw.
 #[derive(Default)]
-struct Tally {
-    acked: Vec<EventKey>,
-    ok: usize,
+pub(crate) struct Tally {
+    pub(crate) acked: Vec<EventKey>,
+    pub(crate) ok: usize,
     /// When each failed call failed, and its status.
-    failed: Vec<(Instant, tonic::Status)>,
+    pub(crate) failed: Vec<(Instant, tonic::Status)>,
 }
 
 /// Writes through `c` until `until`, failures included (a short pause after
 /// each).
-fn spawn_writer(
+pub(crate) fn spawn_writer(
     c: Client,
     app: &'static str,
     w: usize,
@@ -148,7 +152,7 @@ fn spawn_writer(
 /// What etcd holds besides the data, for a failure message: the keys
 /// under `prefix` other than events, audit records and decisions (the write
 /// lock's keys among them) and the leases, by `etcdctl` when installed.
-fn etcd_state(endpoints: &[String], prefix: &str) -> String {
+pub(crate) fn etcd_state(endpoints: &[String], prefix: &str) -> String {
     let etcdctl = |args: &[&str]| {
         std::process::Command::new("etcdctl")
             .env("ETCDCTL_API", "3")
@@ -182,7 +186,11 @@ fn etcd_state(endpoints: &[String], prefix: &str) -> String {
 
 /// Retries one write through `c` until it is acknowledged (30 s at most);
 /// the last status when it never is.
-async fn try_until_acked(c: &Client, app: &str, w: usize) -> Result<Vec<EventKey>, tonic::Status> {
+pub(crate) async fn try_until_acked(
+    c: &Client,
+    app: &str,
+    w: usize,
+) -> Result<Vec<EventKey>, tonic::Status> {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut r = 0;
     loop {
@@ -200,7 +208,7 @@ async fn try_until_acked(c: &Client, app: &str, w: usize) -> Result<Vec<EventKey
 
 /// Retries one write through `c` until it is acknowledged (30 s at most):
 /// writes resume.
-async fn write_until_acked(c: &Client, app: &str, w: usize) -> Vec<EventKey> {
+pub(crate) async fn write_until_acked(c: &Client, app: &str, w: usize) -> Vec<EventKey> {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut r = 0;
     loop {
@@ -217,7 +225,7 @@ async fn write_until_acked(c: &Client, app: &str, w: usize) -> Vec<EventKey> {
 }
 
 /// Waits until every daemon has applied the same, highest revision; returns it.
-async fn settle(clients: &[Client]) -> u64 {
+pub(crate) async fn settle(clients: &[Client]) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let mut revisions = Vec::new();
@@ -236,7 +244,7 @@ async fn settle(clients: &[Client]) -> u64 {
 }
 
 /// The whole log up to `until`, by a Watch from 0.
-async fn log_of(c: &Client, until: u64) -> Vec<EventKey> {
+pub(crate) async fn log_of(c: &Client, until: u64) -> Vec<EventKey> {
     collect(c.watch(from(0)).await.expect("Watch"))
         .until(until)
         .await
@@ -245,12 +253,12 @@ async fn log_of(c: &Client, until: u64) -> Vec<EventKey> {
 /// A Watch stream read as it comes (so that the daemon never drops it as a
 /// slow consumer) by a task, until an event at the target revision or the
 /// stream's end.
-struct Collector {
+pub(crate) struct Collector {
     target: tokio::sync::watch::Sender<u64>,
     task: tokio::task::JoinHandle<(Vec<EventKey>, Option<String>)>,
 }
 
-fn collect(mut stream: Streaming<pb::WatchResponse>) -> Collector {
+pub(crate) fn collect(mut stream: Streaming<pb::WatchResponse>) -> Collector {
     let (target, mut wanted) = tokio::sync::watch::channel(u64::MAX);
     let task = tokio::spawn(async move {
         let mut out: Vec<EventKey> = Vec::new();
@@ -282,7 +290,7 @@ fn collect(mut stream: Streaming<pb::WatchResponse>) -> Collector {
 
 impl Collector {
     /// The events up to `revision`; fails if the stream ended before.
-    async fn until(self, revision: u64) -> Vec<EventKey> {
+    pub(crate) async fn until(self, revision: u64) -> Vec<EventKey> {
         let Collector { target, task } = self;
         let _ = target.send(revision);
         let (events, ended) = tokio::time::timeout(Duration::from_secs(60), task)
@@ -298,7 +306,7 @@ impl Collector {
     }
 
     /// The events the stream delivered before it ended (its daemon died).
-    async fn ended(self) -> (Vec<EventKey>, String) {
+    pub(crate) async fn ended(self) -> (Vec<EventKey>, String) {
         let Collector { target, task } = self;
         let (events, ended) = tokio::time::timeout(Duration::from_secs(60), task)
             .await
@@ -312,7 +320,7 @@ impl Collector {
 /// The log is a chain without gap or duplicate, holds every acknowledged
 /// change, and at most `unknown` changes nobody saw acknowledged (writes
 /// that failed with an unknown outcome, up to two changes each).
-fn assert_log(log: &[EventKey], acked: &[EventKey], failed_writes: usize) {
+pub(crate) fn assert_log(log: &[EventKey], acked: &[EventKey], failed_writes: usize) {
     assert_chain(log);
     let in_log: BTreeSet<&EventKey> = log.iter().collect();
     assert_eq!(in_log.len(), log.len(), "no event twice in the log");
@@ -332,7 +340,7 @@ fn assert_log(log: &[EventKey], acked: &[EventKey], failed_writes: usize) {
     );
 }
 
-fn all_acked(tallies: &[Tally]) -> (Vec<EventKey>, usize) {
+pub(crate) fn all_acked(tallies: &[Tally]) -> (Vec<EventKey>, usize) {
     let mut acked: Vec<EventKey> = tallies.iter().flat_map(|t| t.acked.clone()).collect();
     acked.sort();
     (acked, tallies.iter().map(|t| t.failed.len()).sum())
@@ -340,7 +348,7 @@ fn all_acked(tallies: &[Tally]) -> (Vec<EventKey>, usize) {
 
 /// Every failure is UNAVAILABLE (the documented status of an etcd fault),
 /// never a hang past the deadline or an internal error.
-fn assert_failures_unavailable(tallies: &[Tally]) {
+pub(crate) fn assert_failures_unavailable(tallies: &[Tally]) {
     for t in tallies {
         for (_, status) in &t.failed {
             assert_eq!(
@@ -585,13 +593,53 @@ async fn etcd_fault_daemon_kill9_watch_resumes_elsewhere() {
     drop((b, c));
 }
 
-/// Two of three members stopped (SIGSTOP): writes through each daemon fail
-/// with UNAVAILABLE within their deadline and nothing of them is half
-/// applied; reads answer from the daemon's local view at its revision (the
-/// documented choice, src/store/mod.rs); after SIGCONT everything recovers.
+/// The health of every service (`""` and each consentd service) as each
+/// daemon reports it, once it is `want` for all of them: how long that took.
+async fn health_becomes(clients: &[Client], want: ServingStatus, within: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let mut seen = Vec::new();
+        for c in clients {
+            let mut health = HealthClient::new(c.channel.clone());
+            for service in [
+                "",
+                "consent.v1.Authorization",
+                "consent.v1.Apps",
+                "consent.v1.Admin",
+            ] {
+                let status = health
+                    .check(HealthCheckRequest {
+                        service: service.into(),
+                    })
+                    .await
+                    .expect("health answers without etcd")
+                    .into_inner()
+                    .status();
+                seen.push((service, status));
+            }
+        }
+        if seen.iter().all(|(_, s)| *s == want) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "health not {want:?} within {within:?}: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Two of three members stopped (SIGSTOP): health turns NOT_SERVING within
+/// seconds, writes through each daemon fail with UNAVAILABLE within their
+/// deadline and nothing of them is half applied; reads answer from the
+/// daemon's local view at its revision (the documented choice,
+/// src/store/mod.rs), and a consistency token above it is UNAVAILABLE;
+/// after SIGCONT health is SERVING again within seconds and everything
+/// recovers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs etcd and the etcd feature: scripts/test runs it (--ignored etcd)"]
 async fn etcd_fault_quorum_loss_fails_writes_serves_reads_recovers() {
+    log_if_asked();
     let _heavy = heavy().await;
     let mut cluster = start_cluster();
     let prefix = fresh_prefix();
@@ -613,9 +661,31 @@ async fn etcd_fault_quorum_loss_fails_writes_serves_reads_recovers() {
         }
     }
     let before = settle(&clients).await;
+    health_becomes(&clients, ServingStatus::Serving, Duration::from_secs(5)).await;
 
     cluster.pause(1);
     cluster.pause(2);
+    let took = health_becomes(&clients, ServingStatus::NotServing, Duration::from_secs(8)).await;
+    tracing::info!(?took, "health NOT_SERVING after the quorum was lost");
+    // A token the view has is met; one above it needs the quorum to check.
+    for c in &clients {
+        let ask = || crate::support::authorize_req("wxfq", "u0", "scope.camera", android());
+        c.auth()
+            .authorize(with_token(ask(), &before.to_string()))
+            .await
+            .expect("a token the view has is met without etcd");
+        let status = c
+            .auth()
+            .authorize(with_token(ask(), &(before + 1).to_string()))
+            .await
+            .expect_err("a token above the view cannot be checked without a quorum");
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert!(
+            status.message().contains(&(before + 1).to_string())
+                && status.message().contains(&before.to_string()),
+            "{status:?}"
+        );
+    }
     let run = fault_seconds();
     let quorum_back = Instant::now() + run;
     let mut failed = 0;
@@ -646,8 +716,12 @@ async fn etcd_fault_quorum_loss_fails_writes_serves_reads_recovers() {
             assert_eq!(c.revision().await, before, "the view stays where it was");
         }
     }
+    // Still NOT_SERVING at the end of the outage (no flapping back).
+    health_becomes(&clients, ServingStatus::NotServing, Duration::ZERO).await;
     cluster.resume(1);
     cluster.resume(2);
+    let took = health_becomes(&clients, ServingStatus::Serving, Duration::from_secs(15)).await;
+    tracing::info!(?took, "health SERVING after SIGCONT");
     tokio::task::block_in_place(|| cluster.wait_healthy(Duration::from_secs(30)))
         .expect("healthy again after SIGCONT");
 

@@ -18,6 +18,10 @@ mod etcd_catchup;
 mod etcd_export;
 #[cfg(feature = "etcd")]
 mod etcd_faults;
+#[cfg(feature = "etcd")]
+mod etcd_partition;
+#[cfg(feature = "etcd")]
+mod etcd_sec;
 // The etcd test cluster harness, shared as source with the library's tests.
 #[cfg(feature = "etcd")]
 #[allow(dead_code)]
@@ -39,6 +43,7 @@ mod security_process;
 mod settings;
 mod startup;
 mod support;
+mod tokens;
 mod users;
 mod versions;
 mod watch;

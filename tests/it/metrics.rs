@@ -175,3 +175,88 @@ async fn conventional_names_probes_and_every_metric_documented() {
     }
     h.stop().await;
 }
+
+/// The view's revision against the store's newest known one (equal on a
+/// healthy daemon), and the Watch lag: the most revisions any stream was
+/// behind as it took its next batch since the previous scrape.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revision_and_watch_lag_gauges_move() {
+    let h = TestDaemon::with(|c| c.metrics_listen = Some("127.0.0.1:0".parse().unwrap())).await;
+    let addr = h.daemon().metrics_addr().expect("metrics endpoint on");
+    let c = h.client();
+    c.register(location_app("wxlag")).await;
+    for i in 0..30 {
+        c.answer("wxlag", &format!("u{i}"), "scope.camera", Answer::Allow)
+            .await;
+    }
+    let revision = c.revision().await;
+    // The store's newest revision is seen (etcd: by the next quorum probe).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let text = loop {
+        let text = scrape(addr).await;
+        if value(&text, "consentd_store_cluster_revision ") >= revision as f64
+            || std::time::Instant::now() > deadline
+        {
+            break text;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        value(&text, "consentd_store_cluster_revision "),
+        revision as f64,
+        "{text}"
+    );
+    assert_eq!(value(&text, "consentd_store_revision "), revision as f64);
+    assert_eq!(value(&text, "consentd_store_view_lag_revisions "), 0.0);
+    assert_eq!(
+        value(&text, "consentd_watch_lag_revisions_max "),
+        0.0,
+        "no stream yet"
+    );
+
+    // A stream replaying from 0 starts `revision` revisions behind.
+    let mut watch = c
+        .watch(pb::WatchRequest {
+            start_revision: Some(0),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(watch.message().await.unwrap().is_some());
+    let text = scrape(addr).await;
+    assert_eq!(
+        value(&text, "consentd_watch_lag_revisions_max "),
+        revision as f64,
+        "{text}"
+    );
+    // Caught up: the next scrape shows the lag since this one.
+    let patience = std::time::Duration::from_secs(10);
+    tokio::time::timeout(patience, until_user(&mut watch, "u29"))
+        .await
+        .expect("the replay arrives");
+    scrape(addr).await;
+    c.answer("wxlag", "late", "scope.camera", Answer::Allow)
+        .await;
+    tokio::time::timeout(patience, until_user(&mut watch, "late"))
+        .await
+        .expect("the late event arrives");
+    let text = scrape(addr).await;
+    let lag = value(&text, "consentd_watch_lag_revisions_max ");
+    assert!(
+        (1.0..=2.0).contains(&lag),
+        "an up-to-date stream is behind by its next group only: {lag}"
+    );
+    h.stop().await;
+}
+
+/// Reads `watch` until an event of `user`.
+async fn until_user(watch: &mut tonic::Streaming<pb::WatchResponse>, user: &str) {
+    loop {
+        let item = watch.message().await.unwrap().expect("stream open");
+        if let Some(pb::watch_response::Kind::Event(e)) = item.kind {
+            if e.user_id == user {
+                return;
+            }
+        }
+    }
+}
