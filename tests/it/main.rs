@@ -13,6 +13,10 @@ mod docs;
 #[cfg(feature = "etcd")]
 mod etcd;
 #[cfg(feature = "etcd")]
+mod etcd_catchup;
+#[cfg(feature = "etcd")]
+mod etcd_export;
+#[cfg(feature = "etcd")]
 mod etcd_faults;
 #[cfg(feature = "etcd")]
 mod etcd_partition;
