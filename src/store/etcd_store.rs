@@ -56,8 +56,20 @@ use crate::{
 /// (`x/<pseudonym>`); opening a layout-1 prefix builds the index.
 pub const ETCD_FORMAT: u64 = 2;
 const ETCD_FORMAT_KEY: &[u8] = b"m/etcd_format";
-/// Keys read per etcd range request when loading the view.
-const LOAD_PAGE: i64 = 2000;
+/// Keys read per etcd range request when loading the view. Large on
+/// purpose: etcd 3.4 collects the revisions of the *whole rest* of a range
+/// for every page (its index lookup takes no limit; 3.5 fixed that), so a
+/// load in pages of P keys costs O(N^2 / P) there. With 2,000-key pages a
+/// store of 1M decisions (~3M keys) did not load in minutes; at 100,000 it
+/// takes a few dozen pages. A page is ~25 MB at most (keys ~60 bytes,
+/// values under 200 bytes but the event and audit chunks).
+const LOAD_PAGE: i64 = 100_000;
+/// The largest range response the loader accepts (tonic's default is 4 MiB).
+const LOAD_MESSAGE_BYTES: usize = 256 << 20;
+/// The least time one load page may take before the load fails: a large
+/// page from a busy etcd 3.4 takes seconds, more than the call timeout
+/// meant for single keys and commits.
+const LOAD_PAGE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often each daemon checks that etcd has a quorum (health).
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 /// The longest a quorum probe may take before it counts as failed.
@@ -571,6 +583,9 @@ async fn load(
     let mut replica = Replica::default();
     let mut start = data_prefix.to_vec();
     let mut at = 0;
+    let mut kv = client
+        .kv_client()
+        .max_decoding_message_size(LOAD_MESSAGE_BYTES);
     loop {
         let mut options = GetOptions::new()
             .with_range(end.clone())
@@ -582,9 +597,9 @@ async fn load(
             observer,
             "range",
             bounded(
-                timeout,
+                timeout.max(LOAD_PAGE_TIMEOUT),
                 "loading the store",
-                client.get(start.clone(), Some(options)),
+                kv.get(start.clone(), Some(options)),
             ),
         )
         .await?;
