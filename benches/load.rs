@@ -20,8 +20,9 @@
 //! per run; `BENCH_SCALE` (comma-separated decision counts for the scale
 //! scenario, default `10000,1000000`; `BENCH_SCALE_DIR` keeps the loaded
 //! stores there and reuses them); `BENCH_ONLY` (comma-separated scenario
-//! names: ceiling, authorize, checkapi, record, mixed, watch, scale, soak;
-//! `soak` runs only when named, or briefly in the smoke run);
+//! names: ceiling, authorize, checkapi, record, mixed, watch, scale, soak,
+//! etcd; `soak` runs only when named, or briefly in the smoke run; `etcd`
+//! only when named (its own variables: `support/etcd.rs`));
 //! `BENCH_COMPARE` (comma-separated `label@/path/to/consentd`: other builds,
 //! e.g. older commits, run through every scenario but the soak after this
 //! one, in the same run and against the same ceiling; the scale scenario
@@ -69,6 +70,9 @@ mod echo;
 
 #[path = "support/reads.rs"]
 mod reads;
+
+#[path = "support/etcd.rs"]
+mod etcd;
 
 use process::{self_cpu_ticks, Proc};
 use reads::{
@@ -163,8 +167,24 @@ where
     F: Fn(usize, u64, AuthorizationClient<Channel>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), tonic::Status>> + Send,
 {
+    drive_spread(&[server], shape, call).await
+}
+
+/// [`drive`] with the load spread over several servers (e.g. daemons
+/// sharing one etcd cluster): `shape.connections` to each, the callers
+/// taking turns over every connection; server CPU is their sum, peak RSS
+/// the largest.
+async fn drive_spread<F, Fut>(servers: &[&Proc], shape: Shape, call: F) -> Run
+where
+    F: Fn(usize, u64, AuthorizationClient<Channel>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), tonic::Status>> + Send,
+{
     let (warmup, duration) = (secs("BENCH_WARMUP", 1.0), secs("BENCH_SECONDS", 5.0));
-    let chans = channels(server.addr, shape.connections).await;
+    let mut chans = Vec::new();
+    for server in servers {
+        chans.extend(channels(server.addr, shape.connections).await);
+    }
+    let cpu = || servers.iter().map(|s| s.cpu_ticks()).sum::<u64>();
     let call = Arc::new(call);
     let start = Instant::now();
     let measure_from = start + warmup;
@@ -194,9 +214,9 @@ where
         }));
     }
     tokio::time::sleep_until(measure_from.into()).await;
-    let (server0, client0) = (server.cpu_ticks(), self_cpu_ticks());
+    let (server0, client0) = (cpu(), self_cpu_ticks());
     tokio::time::sleep_until(end.into()).await;
-    let (server1, client1) = (server.cpu_ticks(), self_cpu_ticks());
+    let (server1, client1) = (cpu(), self_cpu_ticks());
     let mut run = Run {
         calls: 0,
         errors: 0,
@@ -204,7 +224,11 @@ where
         hist: Histogram::new_with_bounds(1, 60_000_000_000, 3).unwrap(),
         server_cpu_s: (server1 - server0) as f64 / 100.0,
         client_cpu_s: (client1 - client0) as f64 / 100.0,
-        peak_rss_kib: server.status_kib("VmHWM:"),
+        peak_rss_kib: servers
+            .iter()
+            .map(|s| s.status_kib("VmHWM:"))
+            .max()
+            .unwrap_or(0),
     };
     for t in tasks {
         let (hist, calls, errors) = t.await.unwrap();
@@ -893,6 +917,22 @@ fn main() {
                 other.stop();
             }
         }
+        // etcd mode (support/etcd.rs): only when named. Not in the smoke
+        // run: a 3-member cluster, four debug daemons and their preload take
+        // about two minutes on a busy 2-core machine.
+        let mut etcd_results = serde_json::Value::Null;
+        if only.as_ref().is_some_and(|o| o.iter().any(|x| x == "etcd")) {
+            match etcd::unavailable() {
+                Some(why) => println!("etcd scenario skipped: {why}"),
+                None => etcd_results = etcd::scenario(&echo, &daemon, &mut report).await,
+            }
+        } else if smoke() {
+            println!(
+                "etcd scenario skipped: it runs only when named (BENCH_ONLY=etcd), being too slow \
+                 for the smoke run{}",
+                etcd::unavailable().map_or(String::new(), |why| format!(" ({why})"))
+            );
+        }
         daemon.stop();
         echo.stop();
 
@@ -1034,7 +1074,7 @@ fn main() {
                 .map(|s| json!({"at_s": s.at_s, "writes": s.writes, "writes_per_sec": s.rate, "rss_mib": s.rss_mib, "data_dir_mib": s.disk_mib, "cpu_us_per_write": s.cpu_us_per_write, "errors": s.errors}))
                 .collect();
         }
-        let out = json!({ "runs": results, "watch": fanouts, "scale": scale, "soak": soaked });
+        let out = json!({ "runs": results, "watch": fanouts, "scale": scale, "soak": soaked, "etcd": etcd_results });
         // The smoke run's file goes to cargo's scratch dir for tests, wherever
         // the target dir is.
         let path = if smoke() {

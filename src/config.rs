@@ -43,6 +43,7 @@ pub const DEFAULT_ETCD_MAX_TXN_OPS: usize = 128;
 pub const DEFAULT_ETCD_MAX_TXN_BYTES: usize = 1 << 20;
 pub const DEFAULT_ETCD_LEASE_TTL: Duration = Duration::from_secs(10);
 pub const DEFAULT_ETCD_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_ETCD_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(60);
 
 /// The environment variable holding the etcd password (the alternative to
 /// `--etcd-password-file`).
@@ -96,6 +97,9 @@ pub struct EtcdSettings {
     pub lease_ttl: Duration,
     /// Bound on each etcd call.
     pub timeout: Duration,
+    /// How often the local view's snapshot in `data_dir` is rewritten while
+    /// it moves (a restart catches up from it); `None`: no snapshot.
+    pub snapshot_interval: Option<Duration>,
 }
 
 impl Default for EtcdSettings {
@@ -113,6 +117,7 @@ impl Default for EtcdSettings {
             max_txn_bytes: DEFAULT_ETCD_MAX_TXN_BYTES,
             lease_ttl: DEFAULT_ETCD_LEASE_TTL,
             timeout: DEFAULT_ETCD_TIMEOUT,
+            snapshot_interval: Some(DEFAULT_ETCD_SNAPSHOT_INTERVAL),
         }
     }
 }
@@ -466,6 +471,8 @@ pub struct FileEtcd {
     pub max_txn_bytes: Option<usize>,
     pub lease_ttl_secs: Option<u64>,
     pub timeout_ms: Option<u64>,
+    /// 0: no snapshot of the view (every start reads the whole prefix).
+    pub snapshot_interval_secs: Option<u64>,
 }
 
 /// An optional `IP:PORT` or `localhost:PORT`, with `--listen`'s message.
@@ -734,6 +741,11 @@ impl Config {
                     max_txn_bytes: f.max_txn_bytes.unwrap_or(de.max_txn_bytes),
                     lease_ttl: f.lease_ttl_secs.map_or(de.lease_ttl, Duration::from_secs),
                     timeout: f.timeout_ms.map_or(de.timeout, Duration::from_millis),
+                    snapshot_interval: match f.snapshot_interval_secs {
+                        None => de.snapshot_interval,
+                        Some(0) => None,
+                        Some(secs) => Some(Duration::from_secs(secs)),
+                    },
                 }
             },
             log_format: args.log_format.or(file.log_format).unwrap_or(d.log_format),
@@ -1155,6 +1167,23 @@ mod tests {
         );
         assert_eq!(c.data_dir, PathBuf::from("/d"));
         assert_eq!(c.cache_capacity, DEFAULT_CACHE_CAPACITY);
+    }
+
+    #[test]
+    fn the_etcd_view_snapshot_interval_defaults_to_a_minute_and_0_turns_it_off() {
+        let on = |text: &str| {
+            let text = format!("store = \"etcd\"\n[etcd]\nendpoints = [\"http://h:2379\"]\n{text}");
+            Config::resolve(Args::default(), file(&text))
+                .unwrap()
+                .etcd
+                .snapshot_interval
+        };
+        assert_eq!(on(""), Some(DEFAULT_ETCD_SNAPSHOT_INTERVAL));
+        assert_eq!(
+            on("snapshot_interval_secs = 5"),
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(on("snapshot_interval_secs = 0"), None);
     }
 
     #[test]

@@ -127,6 +127,10 @@ async fn open_etcd(
     etcd.lease_ttl = e.lease_ttl;
     etcd.timeout = e.timeout;
     etcd.observer = Some(metrics);
+    if let Some(every) = e.snapshot_interval {
+        etcd.snapshot_dir = Some(config.data_dir.clone());
+        etcd.snapshot_interval = every;
+    }
     Ok(Arc::new(crate::store::EtcdStore::open(&etcd).await?))
 }
 

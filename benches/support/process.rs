@@ -40,8 +40,21 @@ impl Proc {
             .stderr(Stdio::piped());
         let mut child = pin_server(&mut child).spawn().unwrap();
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        // The last lines, for the panic message if it exits instead.
+        let mut tail = std::collections::VecDeque::new();
         let addr = loop {
-            let line = lines.next().expect("consentd exited").unwrap();
+            let Some(line) = lines.next() else {
+                let tail: Vec<String> = tail.into_iter().collect();
+                panic!(
+                    "consentd exited before serving; its last log lines:\n{}",
+                    tail.join("\n")
+                );
+            };
+            let line = line.unwrap();
+            if tail.len() == 20 {
+                tail.pop_front();
+            }
+            tail.push_back(line.clone());
             let log: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
             if log["fields"]["message"] == "consentd serving" {
                 break log["fields"]["addr"].as_str().unwrap().parse().unwrap();
@@ -62,13 +75,7 @@ impl Proc {
     }
 
     pub fn status_kib(&self, key: &str) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
+        pid_status_kib(self.child.id(), key)
     }
 
     pub fn stop(mut self) {
@@ -108,6 +115,21 @@ fn cpu_ticks(path: &str) -> u64 {
 
 pub fn self_cpu_ticks() -> u64 {
     cpu_ticks("/proc/self/stat")
+}
+
+/// utime + stime of any process (e.g. an etcd member), in clock ticks.
+pub fn pid_cpu_ticks(pid: u32) -> u64 {
+    cpu_ticks(&format!("/proc/{pid}/stat"))
+}
+
+/// A `/proc/PID/status` value in KiB (`VmRSS:`, `VmHWM:`), 0 if gone.
+pub fn pid_status_kib(pid: u32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// The CPU servers run on and the CPU the load generator runs on with

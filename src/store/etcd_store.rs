@@ -27,7 +27,8 @@ use std::{
 };
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Txn, TxnOp, WatchOptions,
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
+    WatchOptions,
 };
 use tokio::{
     sync::{broadcast, mpsc, oneshot, watch},
@@ -39,6 +40,7 @@ use super::{
     codec,
     etcd_duties::{Duties, Election},
     etcd_replica::{Changes, Replica, Shared},
+    etcd_snapshot::{self, Origin, Unusable},
     etcd_writer::{Plan, Request, Writer, WriterConfig},
     sled_read::{self, Overlay},
     sled_users, AuditPage, BoxFuture, CommitObserver, Committed, Compaction, DecisionRow, Job,
@@ -55,8 +57,20 @@ use crate::{
 /// (`x/<pseudonym>`); opening a layout-1 prefix builds the index.
 pub const ETCD_FORMAT: u64 = 2;
 const ETCD_FORMAT_KEY: &[u8] = b"m/etcd_format";
-/// Keys read per etcd range request when loading the view.
-const LOAD_PAGE: i64 = 2000;
+/// Keys read per etcd range request when loading the view. Large on
+/// purpose: etcd 3.4 collects the revisions of the *whole rest* of a range
+/// for every page (its index lookup takes no limit; 3.5 fixed that), so a
+/// load in pages of P keys costs O(N^2 / P) there. With 2,000-key pages a
+/// store of 1M decisions (~3M keys) did not load in minutes; at 100,000 it
+/// takes a few dozen pages. A page is ~25 MB at most (keys ~60 bytes,
+/// values under 200 bytes but the event and audit chunks).
+const LOAD_PAGE: i64 = 100_000;
+/// The largest range response the loader accepts (tonic's default is 4 MiB).
+const LOAD_MESSAGE_BYTES: usize = 256 << 20;
+/// The least time one load page may take before the load fails: a large
+/// page from a busy etcd 3.4 takes seconds, more than the call timeout
+/// meant for single keys and commits.
+const LOAD_PAGE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often each daemon checks that etcd has a quorum (health).
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 /// The longest a quorum probe may take before it counts as failed.
@@ -95,6 +109,13 @@ pub struct EtcdConfig {
     pub duty_check: Duration,
     pub observer: Option<Arc<dyn CommitObserver>>,
     pub clock: SharedClock,
+    /// Where the local view's snapshot is kept (the daemon's data dir), so
+    /// that a restart catches up from it; `None`: no snapshot, every start
+    /// loads the whole prefix.
+    pub snapshot_dir: Option<std::path::PathBuf>,
+    /// How often the snapshot is rewritten while the view moves (it is also
+    /// written at a clean close).
+    pub snapshot_interval: Duration,
     /// Tests: how long the watcher waits before applying each response (a
     /// view that lags behind etcd).
     #[cfg(test)]
@@ -120,6 +141,8 @@ impl EtcdConfig {
             duty_check: Duration::from_millis(500),
             observer: None,
             clock,
+            snapshot_dir: None,
+            snapshot_interval: Duration::from_secs(60),
             #[cfg(test)]
             watch_delay: Duration::ZERO,
         }
@@ -156,6 +179,25 @@ pub struct EtcdStore {
     /// The newest `m/revision` read from etcd with a quorum (probes and
     /// consistency-token checks): the store's revision as the cluster has it.
     cluster_revision: Arc<AtomicU64>,
+    snapshots: Option<Arc<Snapshots>>,
+    opened: Opened,
+}
+
+/// How a store's view was built when it opened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Opened {
+    /// The etcd revision of the snapshot it caught up from; `None`: it
+    /// read the whole prefix.
+    pub from_snapshot: Option<i64>,
+    /// Keys (or, when catching up, watch events) read from etcd.
+    pub keys_read: u64,
+}
+
+/// The snapshot file of one store and the etcd revision last written.
+struct Snapshots {
+    path: std::path::PathBuf,
+    origin: Origin,
+    written: AtomicI64,
 }
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> StoreError {
@@ -301,9 +343,22 @@ impl EtcdStore {
         .await
         .map_err(|e| open_err(e.to_string()))?;
         let data_prefix = [config.prefix.as_bytes(), b"data/"].concat();
-        let mut replica = load(&mut client, &data_prefix, config.timeout, &config.observer)
+        let lease = timed(
+            &config.observer,
+            "lease_grant",
+            bounded(
+                config.timeout,
+                "granting the lease",
+                client.lease_grant(lease_seconds(config.lease_ttl), None),
+            ),
+        )
+        .await
+        .map_err(|e| open_err(e.to_string()))?
+        .id();
+        let start = start_view(&mut client, config, &data_prefix, lease)
             .await
             .map_err(|e| open_err(e.to_string()))?;
+        let mut replica = start.replica;
         let layout = timed(
             &config.observer,
             "txn",
@@ -311,25 +366,19 @@ impl EtcdStore {
         )
         .await
         .map_err(|e| open_err(e.to_string()))?;
-        // One lease for lock attempts, one for the duties' key.
-        let mut leases = Vec::new();
-        for _ in 0..2 {
-            leases.push(
-                timed(
-                    &config.observer,
-                    "lease_grant",
-                    bounded(
-                        config.timeout,
-                        "granting the lease",
-                        client.lease_grant(lease_seconds(config.lease_ttl), None),
-                    ),
-                )
-                .await
-                .map_err(|e| open_err(e.to_string()))?
-                .id(),
-            );
-        }
-        let (lease, duty_lease) = (leases[0], leases[1]);
+        // A second lease, for the duties' key (the first is for lock attempts).
+        let duty_lease = timed(
+            &config.observer,
+            "lease_grant",
+            bounded(
+                config.timeout,
+                "granting the lease",
+                client.lease_grant(lease_seconds(config.lease_ttl), None),
+            ),
+        )
+        .await
+        .map_err(|e| open_err(e.to_string()))?
+        .id();
         tracing::info!(
             endpoints = %config.endpoints.join(","),
             prefix = %config.prefix,
@@ -338,6 +387,9 @@ impl EtcdStore {
             compacted_through = replica.compacted_through,
             apps = replica.apps.len(),
             events = replica.events,
+            from = if start.opened.from_snapshot.is_some() { "snapshot" } else { "etcd" },
+            snapshot_etcd_revision = start.opened.from_snapshot,
+            keys_read = start.opened.keys_read,
             "etcd store opened"
         );
 
@@ -380,6 +432,24 @@ impl EtcdStore {
             config.clone(),
             stop.clone(),
         ));
+        let mut tasks = vec![watcher, keeper, prober, duty_keeper];
+        let snapshots = start.snapshot_path.map(|path| {
+            Arc::new(Snapshots {
+                path,
+                origin: start.origin,
+                // A view caught up from a snapshot differs from it: write
+                // it again at the first tick.
+                written: AtomicI64::new(0),
+            })
+        });
+        if let Some(snapshots) = &snapshots {
+            tasks.push(tokio::spawn(snapshot_loop(
+                shared.clone(),
+                snapshots.clone(),
+                config.snapshot_interval,
+                stop.clone(),
+            )));
+        }
         let (tx, rx) = mpsc::channel(config.queue_depth.max(1));
         let writer = Writer::new(
             client.clone(),
@@ -402,7 +472,7 @@ impl EtcdStore {
             shared,
             client,
             writer: Mutex::new(Some((tx, writer))),
-            tasks: Mutex::new(vec![watcher, keeper, prober, duty_keeper]),
+            tasks: Mutex::new(tasks),
             stop,
             lease,
             duty_lease,
@@ -410,6 +480,8 @@ impl EtcdStore {
             config: config.clone(),
             quorum,
             cluster_revision,
+            snapshots,
+            opened: start.opened,
         };
         if layout < 2 {
             let written = store
@@ -449,6 +521,11 @@ impl EtcdStore {
             .map_err(|_| StoreError::Internal("task handles poisoned".into()))?
             .push(election);
         Ok(store)
+    }
+
+    /// How this store's view was built when it opened.
+    pub fn opened(&self) -> &Opened {
+        &self.opened
     }
 
     /// Whether an erasure marker is in the view.
@@ -637,6 +714,9 @@ async fn load(
     let mut replica = Replica::default();
     let mut start = data_prefix.to_vec();
     let mut at = 0;
+    let mut kv = client
+        .kv_client()
+        .max_decoding_message_size(LOAD_MESSAGE_BYTES);
     loop {
         let mut options = GetOptions::new()
             .with_range(end.clone())
@@ -648,9 +728,9 @@ async fn load(
             observer,
             "range",
             bounded(
-                timeout,
+                timeout.max(LOAD_PAGE_TIMEOUT),
                 "loading the store",
-                client.get(start.clone(), Some(options)),
+                kv.get(start.clone(), Some(options)),
             ),
         )
         .await?;
@@ -671,6 +751,264 @@ async fn load(
     }
     replica.etcd_revision = at;
     Ok(replica)
+}
+
+/// The view a store starts with and how it was built.
+struct Start {
+    replica: Replica,
+    opened: Opened,
+    origin: Origin,
+    snapshot_path: Option<std::path::PathBuf>,
+}
+
+/// Builds the view to start with: the snapshot in the data dir caught up
+/// through a watch from its revision when it is usable, else the whole
+/// prefix, with a log line saying why.
+async fn start_view(
+    client: &mut Client,
+    config: &EtcdConfig,
+    data_prefix: &[u8],
+    lease: i64,
+) -> Result<Start, StoreError> {
+    // Which cluster this is, and how far it is.
+    let probe = bounded(
+        config.timeout,
+        "reading the cluster's revision",
+        client.get(
+            [data_prefix, ETCD_FORMAT_KEY].concat(),
+            Some(GetOptions::new().with_count_only()),
+        ),
+    )
+    .await?;
+    let header = probe
+        .header()
+        .ok_or_else(|| unavailable("reading the cluster's revision", "no response header"))?;
+    let origin = Origin {
+        cluster_id: header.cluster_id(),
+        prefix: config.prefix.clone(),
+    };
+    let current = header.revision();
+    let snapshot_path = match &config.snapshot_dir {
+        Some(dir) => match std::fs::create_dir_all(dir) {
+            Ok(()) => Some(dir.join(etcd_snapshot::SNAPSHOT_FILE)),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e,
+                    "etcd: no snapshot of the view (the data dir cannot be created): every start reads the whole prefix");
+                None
+            }
+        },
+        None => None,
+    };
+    if let Some(path) = &snapshot_path {
+        match catch_up(client, config, data_prefix, &origin, current, lease, path).await {
+            Ok((replica, snapshot_revision, keys_read)) => {
+                return Ok(Start {
+                    replica,
+                    opened: Opened {
+                        from_snapshot: Some(snapshot_revision),
+                        keys_read,
+                    },
+                    origin,
+                    snapshot_path,
+                });
+            }
+            Err(None) => tracing::info!(
+                path = %path.display(),
+                "etcd: no snapshot of the view yet: reading the whole prefix"
+            ),
+            Err(Some(why)) => tracing::warn!(
+                path = %path.display(),
+                reason = %why,
+                "etcd: the view's snapshot cannot be used: reading the whole prefix"
+            ),
+        }
+    }
+    let replica = load(client, data_prefix, config.timeout, &config.observer).await?;
+    let keys_read = replica.kv.len() as u64;
+    Ok(Start {
+        replica,
+        opened: Opened {
+            from_snapshot: None,
+            keys_read,
+        },
+        origin,
+        snapshot_path,
+    })
+}
+
+/// Loads the snapshot at `path` and brings it up to date: every put and
+/// delete under the prefix since its etcd revision, through a watch from
+/// the next one, up to a marker key this call writes (its revision is past
+/// `current`, so every change before it has been seen once it arrives).
+/// Returns the view, the snapshot's revision and how many watch events
+/// were read; `Err(None)`: there is no snapshot; `Err(Some(why))`: it
+/// cannot be used.
+async fn catch_up(
+    client: &mut Client,
+    config: &EtcdConfig,
+    data_prefix: &[u8],
+    origin: &Origin,
+    current: i64,
+    lease: i64,
+    path: &std::path::Path,
+) -> Result<(Replica, i64, u64), Option<Unusable>> {
+    let file = path.to_owned();
+    let snapshot = tokio::task::spawn_blocking(move || etcd_snapshot::read(&file))
+        .await
+        .map_err(|e| Some(Unusable(format!("reading the snapshot: {e}"))))?;
+    let (mut replica, found) = snapshot.map_err(Some)?.ok_or(None)?;
+    let refuse = |why: String| Some(Unusable(why));
+    if found.prefix != origin.prefix {
+        return Err(refuse(format!(
+            "the snapshot is of prefix {:?}, not {:?}",
+            found.prefix, origin.prefix
+        )));
+    }
+    if found.cluster_id != origin.cluster_id {
+        return Err(refuse(format!(
+            "the snapshot is of etcd cluster {:x}, not {:x}",
+            found.cluster_id, origin.cluster_id
+        )));
+    }
+    let at = replica.etcd_revision;
+    if at > current {
+        return Err(refuse(format!(
+            "etcd's revision {current} is behind the snapshot's {at}: etcd was restored or replaced"
+        )));
+    }
+    let failed = |e: StoreError| refuse(format!("catching up: {e}"));
+    let mut nonce = [0u8; 8];
+    getrandom::getrandom(&mut nonce).map_err(|e| refuse(format!("random bytes: {e}")))?;
+    let prefix = config.prefix.as_bytes();
+    let marker = [prefix, b"catchup/", hex::encode(nonce).as_bytes()].concat();
+    // On the daemon's lease: gone with it should the delete below fail.
+    let put = bounded(
+        config.timeout,
+        "writing the catch-up marker",
+        client.put(
+            marker.clone(),
+            Vec::new(),
+            Some(PutOptions::new().with_lease(lease)),
+        ),
+    )
+    .await
+    .map_err(failed)?;
+    let target = put.header().map_or(0, |h| h.revision());
+    let options = WatchOptions::new()
+        .with_range(prefix_end(prefix))
+        .with_start_revision(at + 1);
+    let mut stream = bounded(
+        config.timeout,
+        "watching from the snapshot",
+        client.watch(prefix.to_vec(), Some(options)),
+    )
+    .await
+    .map_err(failed)?;
+    let mut read = 0u64;
+    'stream: loop {
+        let resp = bounded(config.timeout, "catching up", stream.message())
+            .await
+            .map_err(failed)?
+            .ok_or_else(|| refuse("the catch-up watch ended early".into()))?;
+        if resp.canceled() {
+            return Err(refuse(if resp.compact_revision() > 0 {
+                format!(
+                    "etcd compacted its history through revision {} past the snapshot's {at}",
+                    resp.compact_revision()
+                )
+            } else {
+                format!("the catch-up watch was canceled: {}", resp.cancel_reason())
+            }));
+        }
+        for event in resp.events() {
+            let Some(kv) = event.kv() else { continue };
+            if kv.key() == marker.as_slice() {
+                break 'stream;
+            }
+            let Some(key) = kv.key().strip_prefix(data_prefix) else {
+                continue;
+            };
+            let value = match event.event_type() {
+                EventType::Put => Some(kv.value()),
+                EventType::Delete => None,
+            };
+            if key == codec::REVISION_KEY {
+                replica.revision_mod = kv.mod_revision();
+            }
+            replica
+                .apply(key, value)
+                .map_err(|e| refuse(format!("a change since the snapshot: {e}")))?;
+            read += 1;
+        }
+    }
+    drop(stream);
+    replica.etcd_revision = target;
+    if let Err(e) = bounded(
+        config.timeout,
+        "deleting the catch-up marker",
+        client.delete(marker, None),
+    )
+    .await
+    {
+        tracing::warn!(error = %e, "etcd: the catch-up marker goes with the lease");
+    }
+    tracing::info!(
+        snapshot_etcd_revision = at,
+        etcd_revision = target,
+        events = read,
+        "etcd: the view caught up from its snapshot"
+    );
+    Ok((replica, at, read))
+}
+
+/// Rewrites the view's snapshot every `every` while the view moves.
+async fn snapshot_loop(
+    shared: Arc<Shared>,
+    snapshots: Arc<Snapshots>,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(every.max(Duration::from_millis(100)));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        if let Err(e) = write_snapshot(shared.clone(), snapshots.clone()).await {
+            tracing::warn!(error = %e, "etcd: the view's snapshot not written");
+        }
+    }
+}
+
+/// Writes the view's snapshot unless the last one is at its revision;
+/// returns the revision written, if any. Encoding (under the view's read
+/// lock) and writing run on a blocking thread.
+async fn write_snapshot(
+    shared: Arc<Shared>,
+    snapshots: Arc<Snapshots>,
+) -> Result<Option<i64>, StoreError> {
+    tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        let at = shared.read()?.etcd_revision;
+        if at == snapshots.written.load(Ordering::Acquire) {
+            return Ok(None);
+        }
+        // Labelled `at` or a later revision the view reached meanwhile.
+        let (at, bytes) = etcd_snapshot::write_atomically(&snapshots.path, |out| {
+            etcd_snapshot::encode_to(|| shared.read(), &snapshots.origin, out)
+        })?;
+        snapshots.written.store(at, Ordering::Release);
+        tracing::debug!(
+            etcd_revision = at,
+            bytes,
+            total_ms = started.elapsed().as_millis() as u64,
+            "etcd: the view's snapshot written"
+        );
+        Ok(Some(at))
+    })
+    .await
+    .map_err(|e| StoreError::Internal(format!("writing the snapshot: {e}")))?
 }
 
 /// Checks (or, on an empty prefix, writes) the layout version.
@@ -1317,6 +1655,14 @@ impl Store for EtcdStore {
             );
             for task in tasks {
                 let _ = task.await;
+            }
+            if let Some(snapshots) = &self.snapshots {
+                match write_snapshot(self.shared.clone(), snapshots.clone()).await {
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "etcd: the view's snapshot not written at close")
+                    }
+                }
             }
             let mut client = self.client.clone();
             for lease in [&self.lease, &self.duty_lease] {

@@ -128,11 +128,19 @@
 //! - **Watch.** Every daemon publishes every commit from its watch as one
 //!   contiguous group, so a client can resume `Watch` on any daemon with
 //!   the same `start_revision`: no gap, no duplicate.
-//! - **Start.** A daemon loads the whole prefix at one etcd revision, then
-//!   watches from the next one; if etcd compacted its own history past the
-//!   view while the watch was broken, the view is reloaded whole (the next
-//!   published group then says so by its `prev_revision`, and subscribers
-//!   catch up from the log).
+//! - **Start.** A daemon with a snapshot of its view in its data dir
+//!   (`etcd_snapshot`: written every `[etcd] snapshot_interval_secs` while
+//!   the view moves and at a clean close) starts from it when it is intact
+//!   and of this cluster (etcd's cluster id) and prefix: it writes a marker
+//!   key, watches the prefix from the snapshot's etcd revision + 1 and
+//!   applies every put *and delete* up to the marker, so the view is as
+//!   current as a full load (a range read would miss deletions). Otherwise
+//!   (no snapshot, corrupt, another cluster or prefix, etcd behind it or
+//!   compacted past it) it logs why and loads the whole prefix at one etcd
+//!   revision. Either way it then watches from the next revision; if etcd
+//!   compacted its own history past the view while the watch was broken,
+//!   the view is reloaded whole (the next published group then says so by
+//!   its `prev_revision`, and subscribers catch up from the log).
 //! - **Retention.** Compaction and audit trimming are ordinary fenced
 //!   commits (checkpoint, horizon and deletions in one transaction), so
 //!   OUT_OF_RANGE behaves as in sled mode on every daemon.
@@ -206,6 +214,8 @@ mod etcd_duties;
 #[cfg(feature = "etcd")]
 mod etcd_replica;
 #[cfg(feature = "etcd")]
+mod etcd_snapshot;
+#[cfg(feature = "etcd")]
 mod etcd_store;
 #[cfg(feature = "etcd")]
 mod etcd_tls;
@@ -225,7 +235,7 @@ use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 use tokio::sync::{broadcast, watch};
 
 #[cfg(feature = "etcd")]
-pub use etcd_store::{EtcdConfig, EtcdStore, ETCD_FORMAT};
+pub use etcd_store::{EtcdConfig, EtcdStore, Opened, ETCD_FORMAT};
 #[cfg(feature = "etcd")]
 pub use etcd_tls::EtcdTls;
 use sled_codec as codec;

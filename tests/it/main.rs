@@ -13,7 +13,11 @@ mod docs;
 #[cfg(feature = "etcd")]
 mod etcd;
 #[cfg(feature = "etcd")]
+mod etcd_catchup;
+#[cfg(feature = "etcd")]
 mod etcd_duties;
+#[cfg(feature = "etcd")]
+mod etcd_export;
 #[cfg(feature = "etcd")]
 mod etcd_faults;
 #[cfg(feature = "etcd")]
