@@ -67,7 +67,9 @@ pub fn plan<E: From<DomainError>>(
 ) -> Result<ImportPlan, E> {
     let mut apps = Vec::new();
     let mut declared: HashMap<AppId, (AppKind, Declarations)> = HashMap::new();
-    let mut rows: BTreeMap<(AppId, UserId, Scope), DecisionRow> = BTreeMap::new();
+    // Keyed once: a row's ids live in its key only (an import of 1M rows
+    // is held whole until it has been checked).
+    let mut rows: BTreeMap<(AppId, UserId, Scope), (DecisionState, Lifetime)> = BTreeMap::new();
     let mut run: Option<((AppId, UserId), usize)> = None;
     for record in records {
         match record? {
@@ -114,10 +116,12 @@ pub fn plan<E: From<DomainError>>(
                     .into());
                 }
                 run = Some((user_key, count));
-                let at = format!(
-                    "decision for app {} user {} scope {}",
-                    row.app, row.user, row.scope
-                );
+                let at = || {
+                    format!(
+                        "decision for app {} user {} scope {}",
+                        row.app, row.user, row.scope
+                    )
+                };
                 if let Some(ms) = row
                     .lifetime
                     .expires_at_ms()
@@ -126,20 +130,23 @@ pub fn plan<E: From<DomainError>>(
                     return Err(invalid(
                         "decision.expires_at",
                         format!(
-                            "{at}: decision.expires_at {ms} ms is beyond 9999-12-31, the range of a timestamp"
+                            "{}: decision.expires_at {ms} ms is beyond 9999-12-31, the range of a timestamp",
+                            at()
                         ),
                     )
                     .into());
                 }
+                let value = (row.state, row.lifetime.clone());
                 match rows.entry((row.app.clone(), row.user.clone(), row.scope)) {
-                    Entry::Occupied(seen) if *seen.get() == row => {}
+                    Entry::Occupied(seen) if *seen.get() == value => {}
                     Entry::Occupied(seen) => {
                         return Err(invalid(
                             "decision",
                             format!(
-                                "{at}: two rows disagree ({:?} {:?} and {:?} {:?}); an export has one per key",
-                                seen.get().state,
-                                seen.get().lifetime,
+                                "{}: two rows disagree ({:?} {:?} and {:?} {:?}); an export has one per key",
+                                at(),
+                                seen.get().0,
+                                seen.get().1,
                                 row.state,
                                 row.lifetime
                             ),
@@ -147,7 +154,7 @@ pub fn plan<E: From<DomainError>>(
                         .into())
                     }
                     Entry::Vacant(slot) => {
-                        slot.insert(row);
+                        slot.insert(value);
                     }
                 }
             }
@@ -155,38 +162,36 @@ pub fn plan<E: From<DomainError>>(
     }
     // Every row's app, and every grant's declaration.
     let mut checked: HashMap<AppId, Declarations> = HashMap::new();
-    for row in rows.values() {
-        let declarations = match checked.get(&row.app) {
+    for ((app, user, scope), (state, _)) in &rows {
+        let declarations = match checked.get(app) {
             Some(d) => d,
             None => {
-                let found = match declared.get(&row.app) {
+                let found = match declared.get(app) {
                     Some((_, d)) => Some(d.clone()),
-                    None => registered(&row.app)?,
+                    None => registered(app)?,
                 };
                 let Some(d) = found else {
                     return Err(DomainError::NotFound {
                         message: format!(
-                            "decision for app {} user {}: the app is neither in the import nor registered",
-                            row.app, row.user
+                            "decision for app {app} user {user}: the app is neither in the import nor registered"
                         ),
                     }
                     .into());
                 };
-                checked.entry(row.app.clone()).or_insert(d)
+                checked.entry(app.clone()).or_insert(d)
             }
         };
-        if row.state != DecisionState::Granted {
+        if *state != DecisionState::Granted {
             continue;
         }
-        let location = row.scope.info().location;
-        let undeclared = (location != LocationKind::None && declarations.desc(row.scope).is_none())
+        let location = scope.info().location;
+        let undeclared = (location != LocationKind::None && declarations.desc(*scope).is_none())
             || (location == LocationKind::Background && !declarations.background_location());
         if undeclared {
             return Err(invalid(
                 "decision.scope",
                 format!(
-                    "decision for app {} user {} scope {}: a grant of a scope the app does not declare",
-                    row.app, row.user, row.scope
+                    "decision for app {app} user {user} scope {scope}: a grant of a scope the app does not declare"
                 ),
             )
             .into());
@@ -194,7 +199,16 @@ pub fn plan<E: From<DomainError>>(
     }
     Ok(ImportPlan {
         apps,
-        rows: rows.into_values().collect(),
+        rows: rows
+            .into_iter()
+            .map(|((app, user, scope), (state, lifetime))| DecisionRow {
+                app,
+                user,
+                scope,
+                state,
+                lifetime,
+            })
+            .collect(),
     })
 }
 
