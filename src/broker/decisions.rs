@@ -39,6 +39,7 @@ impl Broker {
         lifetime: LifetimeRequest,
         who: &Principal,
     ) -> Result<Written<Recorded>, BrokerError> {
+        machine::check_answer(scope, answer)?;
         let actor = Actor::new(&who.name, Some(client.clone()));
         let rules = self.rules.clone();
         let policy = self.policy;

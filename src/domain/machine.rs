@@ -72,14 +72,13 @@ fn push(
 /// what [`super::authorize`] answers this client now: only a popup it could
 /// have shown can be answered; a repeated answer that matches the stored
 /// decision changes nothing.
-pub fn plan_answer(
-    verdict: &Verdict,
-    decisions: &UserDecisions,
-    answer: Answer,
-) -> Result<AnswerPlan, DomainError> {
-    let scope = verdict.scope;
-    let background = scope == Scope::UserLocationBackground;
-    if answer == Answer::AllowWhileUsing && !background {
+/// Whether `answer` is an answer a popup for `scope` can give at all,
+/// whatever is stored: ALLOW_WHILE_USING exists only on the background
+/// location popup. A malformed answer is INVALID_ARGUMENT before any state
+/// is looked at (an embargo, say, is a FAILED_PRECONDITION of well-formed
+/// answers only).
+pub fn check_answer(scope: Scope, answer: Answer) -> Result<(), DomainError> {
+    if answer == Answer::AllowWhileUsing && scope != Scope::UserLocationBackground {
         return Err(DomainError::InvalidArgument {
             field: "answer".into(),
             message: format!(
@@ -88,6 +87,17 @@ pub fn plan_answer(
             ),
         });
     }
+    Ok(())
+}
+
+pub fn plan_answer(
+    verdict: &Verdict,
+    decisions: &UserDecisions,
+    answer: Answer,
+) -> Result<AnswerPlan, DomainError> {
+    let scope = verdict.scope;
+    let background = scope == Scope::UserLocationBackground;
+    check_answer(scope, answer)?;
     let err = |suffix: &str| gates::err_msg(Target::Authorize, suffix);
     let mut changes = Vec::new();
     let err_msg = match (verdict.outcome, answer) {

@@ -432,6 +432,20 @@ async fn anti_nag_embargoes_prompts_after_repeated_cancels_only_when_on() {
         Code::FailedPrecondition,
         "anti-nag",
     );
+    // A malformed answer is refused as such, embargo or not (the model test
+    // found the embargo answered first).
+    assert_status(
+        c.record(
+            "wxnag",
+            "u1",
+            "scope.camera",
+            pb::Answer::AllowWhileUsing,
+            android(),
+        )
+        .await,
+        Code::InvalidArgument,
+        "ALLOW_WHILE_USING is only valid for scope.userLocationBackground",
+    );
     // Explain runs the same pipeline: it sees the embargo too.
     let explained = c
         .auth()
