@@ -474,6 +474,25 @@ fn bulk_preload(dir: &Path, n: usize) -> Duration {
     started.elapsed()
 }
 
+/// One lookup of the scale scenario: a granted camera of one of `n` users
+/// of app `wxscale`, spread over the users by task and sequence number.
+async fn scale_lookup(
+    n: usize,
+    task: usize,
+    seq: u64,
+    mut c: AuthorizationClient<Channel>,
+) -> Result<(), tonic::Status> {
+    let user = (seq as usize * 7919 + task * 104_729) % n;
+    c.authorize(pb::AuthorizeRequest {
+        app_id: "wxscale".into(),
+        user_id: format!("u{user}"),
+        scope: "scope.camera".into(),
+        client: Some(client_info("8.0.5")),
+    })
+    .await
+    .map(drop)
+}
+
 /// The builds named in `BENCH_COMPARE`, as (label, path of their consentd).
 fn builds(compare: &[String]) -> impl Iterator<Item = (&str, &str)> {
     compare.iter().map(|e| {
@@ -983,17 +1002,7 @@ fn main() {
                     load
                 };
                 let daemon = Proc::daemon(&data, &[]);
-                let lookups = drive(&daemon, shapes[1].1, move |task, seq, mut c: AuthorizationClient<Channel>| async move {
-                    let user = (seq as usize * 7919 + task * 104_729) % n;
-                    c.authorize(pb::AuthorizeRequest {
-                        app_id: "wxscale".into(),
-                        user_id: format!("u{user}"),
-                        scope: "scope.camera".into(),
-                        client: Some(client_info("8.0.5")),
-                    })
-                    .await
-                    .map(drop)
-                })
+                let lookups = drive(&daemon, shapes[1].1, move |task, seq, c| scale_lookup(n, task, seq, c))
                 .await;
                 report(&format!("scale {n} lookups c64"), &lookups, ceilings.get("c64").copied());
                 let users = user_view(daemon.addr).await;
@@ -1007,17 +1016,7 @@ fn main() {
                         let dir = tempfile::tempdir().unwrap();
                         let other = Proc::daemon_bin(Path::new(binary), &dir.path().join("data"), &[]);
                         let load = import_preload(other.addr, n).await;
-                        let run = drive(&other, shapes[1].1, move |task, seq, mut c: AuthorizationClient<Channel>| async move {
-                            let user = (seq as usize * 7919 + task * 104_729) % n;
-                            c.authorize(pb::AuthorizeRequest {
-                                app_id: "wxscale".into(),
-                                user_id: format!("u{user}"),
-                                scope: "scope.camera".into(),
-                                client: Some(client_info("8.0.5")),
-                            })
-                            .await
-                            .map(drop)
-                        })
+                        let run = drive(&other, shapes[1].1, move |task, seq, c| scale_lookup(n, task, seq, c))
                         .await;
                         report(&format!("scale {n} lookups c64 [{label}, imported]"), &run, ceilings.get("c64").copied());
                         scale.push(json!({

@@ -777,17 +777,7 @@ async fn scale(cluster: &EtcdCluster, dirs: &Path, n: usize) -> serde_json::Valu
             connections: 4,
             concurrency: 64,
         },
-        move |task, seq, mut c: AuthorizationClient<tonic::transport::Channel>| async move {
-            let user = (seq as usize * 7919 + task * 104_729) % n;
-            c.authorize(pb::AuthorizeRequest {
-                app_id: "wxscale".into(),
-                user_id: format!("u{user}"),
-                scope: "scope.camera".into(),
-                client: Some(client_info("8.0.5")),
-            })
-            .await
-            .map(drop)
-        },
+        move |task, seq, c| super::scale_lookup(n, task, seq, c),
     )
     .await;
     let fresh_after = fresh.status_kib("VmRSS:");

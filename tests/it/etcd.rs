@@ -12,7 +12,10 @@ use tonic::Streaming;
 use crate::{
     etcd_cluster::shared_endpoints,
     fixture::{connect, location_app, Client, TestDaemon},
-    support::{child::spawn_consentd, key_of_change, key_of_event, use_etcd, EventKey},
+    support::{
+        child::{spawn_consentd, Consentd},
+        key_of_change, key_of_event, use_etcd, EventKey,
+    },
 };
 
 /// A key prefix no other test uses.
@@ -20,6 +23,32 @@ pub(crate) fn fresh_prefix() -> String {
     let mut id = [0u8; 8];
     getrandom::getrandom(&mut id).expect("random bytes");
     format!("/consentd-it/{}/", hex::encode(id))
+}
+
+/// The `consentd` binary with `--store etcd` on `endpoints` (comma
+/// separated) under `prefix`, its data dir `data`, on a loopback port, with
+/// `extra` arguments and `env`.
+pub(crate) fn spawn_on_etcd(
+    endpoints: &str,
+    prefix: &str,
+    data: &std::path::Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Consentd {
+    let mut args = vec![
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--store",
+        "etcd",
+        "--etcd-endpoints",
+        endpoints,
+        "--etcd-prefix",
+        prefix,
+    ];
+    args.extend_from_slice(extra);
+    spawn_consentd(&args, env)
 }
 
 /// An in-process daemon on the shared cluster under `prefix`.
@@ -88,19 +117,11 @@ async fn etcd_daemon_binary_keeps_its_decisions_in_etcd() {
     let endpoints = shared_endpoints().join(",");
     let dir = tempfile::tempdir().unwrap();
     let spawn = |data: &str| {
-        spawn_consentd(
-            &[
-                "--listen",
-                "127.0.0.1:0",
-                "--data-dir",
-                dir.path().join(data).to_str().unwrap(),
-                "--store",
-                "etcd",
-                "--etcd-endpoints",
-                &endpoints,
-                "--etcd-prefix",
-                &prefix,
-            ],
+        spawn_on_etcd(
+            &endpoints,
+            &prefix,
+            &dir.path().join(data),
+            &[],
             &[("RUST_LOG", "info")],
         )
     };

@@ -13,13 +13,10 @@ use std::{path::Path, time::Duration};
 use consentd::pb;
 
 use crate::{
-    etcd::fresh_prefix,
+    etcd::{fresh_prefix, spawn_on_etcd},
     etcd_cluster::{shared_endpoints, EtcdCluster},
     fixture::{connect, location_app, Client, TestDaemon},
-    support::{
-        child::{spawn_consentd, Consentd},
-        export,
-    },
+    support::{child::Consentd, export},
 };
 
 /// `consentd --store etcd` on `endpoints` under `prefix`, its data dir
@@ -28,21 +25,11 @@ use crate::{
 fn spawn(endpoints: &[String], prefix: &str, data: &Path, config: &str) -> Consentd {
     let file = data.with_extension("toml");
     std::fs::write(&file, config).unwrap();
-    spawn_consentd(
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--config",
-            file.to_str().unwrap(),
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--store",
-            "etcd",
-            "--etcd-endpoints",
-            &endpoints.join(","),
-            "--etcd-prefix",
-            prefix,
-        ],
+    spawn_on_etcd(
+        &endpoints.join(","),
+        prefix,
+        data,
+        &["--config", file.to_str().unwrap()],
         &[("RUST_LOG", "info")],
     )
 }

@@ -14,7 +14,7 @@ use consentd::pb::{self, Answer};
 use serde_json::Value;
 
 use crate::{
-    etcd::fresh_prefix,
+    etcd::{fresh_prefix, spawn_on_etcd},
     etcd_cluster::shared_endpoints,
     fixture::{connect, location_app, Client},
     support::child::{run_consentctl, spawn_consentd, Consentd},
@@ -48,21 +48,7 @@ fn sled(data: &Path) -> Consentd {
 
 /// An etcd-mode daemon on the shared test cluster under `prefix`.
 fn etcd(data: &Path, prefix: &str) -> Consentd {
-    spawn_consentd(
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--store",
-            "etcd",
-            "--etcd-endpoints",
-            &shared_endpoints().join(","),
-            "--etcd-prefix",
-            prefix,
-        ],
-        &[],
-    )
+    spawn_on_etcd(&shared_endpoints().join(","), prefix, data, &[], &[])
 }
 
 /// `consentctl export` of `daemon` into `file`; returns its records, the

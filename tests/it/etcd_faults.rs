@@ -27,10 +27,10 @@ use tonic_health::pb::{
 };
 
 use crate::{
-    etcd::{assert_chain, fresh_prefix, from},
+    etcd::{assert_chain, fresh_prefix, from, spawn_on_etcd},
     etcd_cluster::{shared_endpoints, EtcdCluster},
     fixture::{android, connect, heavy, location_app, Client, TestDaemon},
-    support::{child::spawn_consentd, key_of_change, key_of_event, record_req, EventKey},
+    support::{key_of_change, key_of_event, record_req, EventKey},
     tokens::with_token,
 };
 
@@ -501,19 +501,11 @@ async fn etcd_fault_daemon_kill9_watch_resumes_elsewhere() {
     let endpoints = shared_endpoints().join(",");
     let dir = tempfile::tempdir().unwrap();
     let spawn = |data: &str| {
-        spawn_consentd(
-            &[
-                "--listen",
-                "127.0.0.1:0",
-                "--data-dir",
-                dir.path().join(data).to_str().unwrap(),
-                "--store",
-                "etcd",
-                "--etcd-endpoints",
-                &endpoints,
-                "--etcd-prefix",
-                &prefix,
-            ],
+        spawn_on_etcd(
+            &endpoints,
+            &prefix,
+            &dir.path().join(data),
+            &[],
             &[("RUST_LOG", "info")],
         )
     };
